@@ -1,0 +1,73 @@
+//! Weighted least connections: the healthy backend with the fewest in-flight requests per unit of
+//! weight. Ties go to the backend with the fewest picks per unit of weight, which rotates equal
+//! backends and spreads idle-time traffic by weight (what nginx does with weighted round robin
+//! among tied peers).
+//!
+//! Exact over pools of up to [`EXACT_LIMIT`] backends. Beyond that a full scan per request would cost
+//! more than the proxying itself, so the winner is the least loaded of [`SAMPLES`] random eligible
+//! backends: the "power of k choices", which keeps the load within a small margin of the optimum
+//! at a cost that does not grow with the pool.
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use super::{Exclude, Selector, eligible, scan_from_random};
+use crate::upstream::Backend;
+
+pub const EXACT_LIMIT: usize = 64;
+pub const SAMPLES: usize = 8;
+
+#[derive(Debug, Default)]
+pub struct LeastConn;
+
+impl LeastConn {
+    pub fn new() -> LeastConn {
+        LeastConn
+    }
+}
+
+/// Orders `a` before `b` when it is less loaded relative to its weight; compares by cross
+/// multiplication so no division or float is needed.
+fn compare(a: &Backend, b: &Backend) -> Ordering {
+    let (wa, wb) = (u128::from(a.weight()), u128::from(b.weight()));
+    let load = (u128::from(a.in_flight()) * wb).cmp(&(u128::from(b.in_flight()) * wa));
+    load.then_with(|| (u128::from(a.picks()) * wb).cmp(&(u128::from(b.picks()) * wa)))
+}
+
+impl Selector for LeastConn {
+    fn select(&self, backends: &[Arc<Backend>], exclude: &Exclude) -> Option<usize> {
+        let chosen = if backends.len() <= EXACT_LIMIT {
+            best_of(backends, exclude, 0..backends.len())
+        } else {
+            let n = backends.len();
+            best_of(
+                backends,
+                exclude,
+                (0..SAMPLES).map(|_| fastrand::usize(..n)),
+            )
+            .or_else(|| scan_from_random(backends, exclude))
+        };
+        if let Some(i) = chosen {
+            backends[i].note_pick();
+        }
+        chosen
+    }
+}
+
+fn best_of(
+    backends: &[Arc<Backend>],
+    exclude: &Exclude,
+    candidates: impl Iterator<Item = usize>,
+) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    for i in candidates {
+        if !eligible(&backends[i], i, exclude) {
+            continue;
+        }
+        best = match best {
+            Some(b) if compare(&backends[b], &backends[i]) != Ordering::Greater => Some(b),
+            _ => Some(i),
+        };
+    }
+    best
+}

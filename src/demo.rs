@@ -1,0 +1,90 @@
+//! The built-in demo: a tiny HTTP backend (`alb backend`) and a one-command setup of the balancer in
+//! front of two of them (`alb demo`), so alb can be tried with nothing else installed.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+/// What a demo backend answers with.
+#[derive(Debug, Clone)]
+pub struct DemoBackend {
+    pub name: String,
+    pub delay: Duration,
+}
+
+impl DemoBackend {
+    fn answer(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let text = format!(
+            "Hello from {}: {} {}\n",
+            self.name,
+            req.method(),
+            req.uri().path()
+        );
+        let mut response = Response::new(Full::new(Bytes::from(text)));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if let Ok(name) = HeaderValue::from_str(&self.name) {
+            headers.insert("x-backend", name);
+        }
+        response
+    }
+
+    /// Serves every path on `listener` until `shutdown` completes, then closes its connections.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let backend = Arc::new(self);
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let backend = backend.clone();
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let backend = backend.clone();
+                        async move {
+                            if !backend.delay.is_zero() {
+                                tokio::time::sleep(backend.delay).await;
+                            }
+                            Ok::<_, Infallible>(backend.answer(&req))
+                        }
+                    });
+                    let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                    tokio::spawn(graceful.watch(connection));
+                }
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+    }
+}
+
+/// Addresses of the demo's balancer and its backends: backends take the ports right after the
+/// balancer's (8081 and 8082 for the default 8080), or ephemeral ports when the balancer's is 0.
+pub fn backend_addrs(listen: SocketAddr, count: u16) -> Vec<SocketAddr> {
+    (1..=count)
+        .map(|i| {
+            let port = if listen.port() == 0 {
+                0
+            } else {
+                listen.port().saturating_add(i)
+            };
+            SocketAddr::new(listen.ip(), port)
+        })
+        .collect()
+}

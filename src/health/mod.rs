@@ -1,0 +1,137 @@
+//! Active health checks: one task per backend, all running concurrently, each probing its backend
+//! with `GET <path>` on a fresh connection (so a probe measures what a new request would meet) and
+//! flipping the backend's health flag after `rise` successes or `fall` failures in a row.
+//!
+//! Start-up state: every backend starts UP, so traffic flows from the first instant, and the first
+//! probes run at once. A backend whose very first probe fails is marked DOWN immediately rather than
+//! after `fall` probes: a backend that is down at start-up should not take traffic for `fall`
+//! intervals. From then on `rise`/`fall` apply.
+//!
+//! The proxy also asks for an early probe when real traffic could not connect to a backend
+//! ([`Backend::request_recheck`]); that turns a dead backend into a DOWN one within a few
+//! milliseconds instead of up to `fall` intervals, while the decision stays with the checker.
+
+mod probe;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+
+use crate::config::HealthCheckConfig;
+use crate::upstream::Backend;
+
+pub use probe::{ProbeError, probe};
+
+/// Shortest gap between two probes of one backend, however often traffic asks for a recheck.
+const MIN_GAP: Duration = Duration::from_millis(100);
+
+/// Runs the health checks of a set of backends until dropped or shut down.
+#[derive(Debug)]
+pub struct HealthChecker {
+    tasks: JoinSet<()>,
+}
+
+impl HealthChecker {
+    /// Starts one probing task per backend on the current runtime.
+    pub fn start(backends: &[Arc<Backend>], config: &HealthCheckConfig) -> HealthChecker {
+        let mut tasks = JoinSet::new();
+        for backend in backends {
+            tasks.spawn(check_loop(backend.clone(), config.clone()));
+        }
+        HealthChecker { tasks }
+    }
+
+    /// Stops every probing task.
+    pub async fn stop(mut self) {
+        self.tasks.shutdown().await;
+    }
+}
+
+/// Consecutive results and the rise/fall decision for one backend.
+#[derive(Debug)]
+pub struct HealthState {
+    rise: u32,
+    fall: u32,
+    successes: u32,
+    failures: u32,
+    first: bool,
+}
+
+/// What a probe result changed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Transition {
+    Up,
+    Down,
+}
+
+impl HealthState {
+    pub fn new(config: &HealthCheckConfig) -> HealthState {
+        HealthState {
+            rise: config.rise,
+            fall: config.fall,
+            successes: 0,
+            failures: 0,
+            first: true,
+        }
+    }
+
+    /// Records one probe result against the backend's current state and says whether it flips.
+    pub fn record(&mut self, passed: bool, currently_up: bool) -> Option<Transition> {
+        let first = std::mem::take(&mut self.first);
+        if passed {
+            self.failures = 0;
+            self.successes = self.successes.saturating_add(1);
+            (!currently_up && self.successes >= self.rise).then_some(Transition::Up)
+        } else {
+            self.successes = 0;
+            self.failures = self.failures.saturating_add(1);
+            (currently_up && (first || self.failures >= self.fall)).then_some(Transition::Down)
+        }
+    }
+}
+
+async fn check_loop(backend: Arc<Backend>, config: HealthCheckConfig) {
+    let mut state = HealthState::new(&config);
+    loop {
+        let result = probe(&backend, &config).await;
+        let passed = result.is_ok();
+        match state.record(passed, backend.is_healthy()) {
+            Some(Transition::Down) => {
+                backend.set_healthy(false);
+                let reason = result.err().map(|e| e.to_string()).unwrap_or_default();
+                tracing::warn!(backend = backend.url(), %reason, "backend {} is DOWN: {reason}", backend.url());
+            }
+            Some(Transition::Up) => {
+                backend.set_healthy(true);
+                tracing::info!(
+                    backend = backend.url(),
+                    "backend {} is UP again",
+                    backend.url()
+                );
+            }
+            None => {}
+        }
+        wait_next(&backend, config.interval).await;
+    }
+}
+
+/// Sleeps one interval with ±10 % jitter, so that probes of many backends (and of many balancers)
+/// spread out instead of arriving in bursts, or less when traffic asked for a recheck.
+async fn wait_next(backend: &Backend, interval: Duration) {
+    let jitter = 0.9 + fastrand::f64() * 0.2;
+    let sleep = tokio::time::sleep(interval.mul_f64(jitter));
+    let recheck = async {
+        backend.recheck_requested().await;
+        tokio::time::sleep(MIN_GAP).await;
+    };
+    first_of(sleep, recheck).await;
+}
+
+async fn first_of(a: impl Future<Output = ()>, b: impl Future<Output = ()>) {
+    tokio::select! {
+        () = a => {}
+        () = b => {}
+    }
+}

@@ -1,0 +1,25 @@
+//! alb: an asynchronous HTTP/1.1 load balancer.
+//!
+//! # Layout, in the order a request travels
+//! - [`config`]: the TOML file, parsed into raw structs, validated into a typed [`config::Config`].
+//! - [`server`]: listener, client connections, graceful shutdown.
+//! - [`proxy`]: one request: pick a backend, forward, stream back, header hygiene, error statuses.
+//! - [`balance`]: the [`balance::Selector`] trait and one file per algorithm.
+//! - [`upstream`]: backends, their live counters and health flag, pooled connections.
+//! - [`health`]: active health checks with rise/fall.
+//! - [`demo`]: the built-in demo backend.
+//! - [`telemetry`]: log output set-up.
+
+#![forbid(unsafe_code)]
+
+pub mod balance;
+pub mod config;
+pub mod demo;
+pub mod health;
+pub mod proxy;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;
+
+pub use config::Config;
+pub use server::Server;

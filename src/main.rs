@@ -1,0 +1,197 @@
+//! The `alb` command line: parse arguments, load the config, run.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+
+use alb::demo::{DemoBackend, backend_addrs};
+use alb::telemetry::{self, LogFormat};
+use alb::{Config, Server};
+
+#[derive(Debug, Parser)]
+#[command(name = "alb", version, about = "An asynchronous HTTP load balancer")]
+struct Cli {
+    /// Log output format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the balancer.
+    Run {
+        #[arg(long, short, default_value = "alb.toml")]
+        config: PathBuf,
+        /// Turn the per-request access log off, whatever the config says.
+        #[arg(long)]
+        no_access_log: bool,
+    },
+    /// Validate a config file: exit 0 if it is valid, else print every problem and exit 1.
+    Check {
+        #[arg(long, short, default_value = "alb.toml")]
+        config: PathBuf,
+    },
+    /// Run the balancer with two built-in demo backends.
+    Demo {
+        /// The balancer's address; the backends take the next two ports.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Run one demo backend: answers every path with a short text naming itself.
+    Backend {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        name: String,
+        /// Wait this long before answering each request.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+        /// Address to bind (0.0.0.0 inside a container).
+        #[arg(long, default_value = "127.0.0.1")]
+        host: IpAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Check { config } = &cli.command {
+        return check(config);
+    }
+    telemetry::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("alb: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("alb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            println!(
+                "{}: OK: {} backend(s), {}, listening on {}",
+                path.display(),
+                config.backends.len(),
+                config.algorithm.name(),
+                config.listen
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run {
+            config,
+            no_access_log,
+        } => {
+            let mut config = Config::load(&config)?;
+            config.access_log &= !no_access_log;
+            Server::bind(config).await?.run(shutdown_signal()).await?;
+        }
+        Command::Demo { listen } => demo(listen).await?,
+        Command::Backend {
+            port,
+            name,
+            delay_ms,
+            host,
+        } => {
+            let addr = SocketAddr::new(host, port);
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            tracing::info!(
+                "demo backend {name} listening on {}",
+                listener.local_addr()?
+            );
+            let delay = Duration::from_millis(delay_ms);
+            DemoBackend { name, delay }
+                .serve(listener, shutdown_signal())
+                .await;
+        }
+        Command::Check { .. } => unreachable!("handled before the runtime starts"),
+    }
+    Ok(())
+}
+
+async fn demo(listen: SocketAddr) -> anyhow::Result<()> {
+    let (stop_backends, stopped) = tokio::sync::watch::channel(false);
+    let mut urls = Vec::new();
+    let mut tasks = Vec::new();
+    for (i, addr) in backend_addrs(listen, 2).into_iter().enumerate() {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for a demo backend"))?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let backend = DemoBackend {
+            name: format!("demo-{}", i + 1),
+            delay: Duration::ZERO,
+        };
+        println!("  backend {} at {url}", backend.name);
+        urls.push(url);
+        let mut stopped = stopped.clone();
+        tasks.push(tokio::spawn(backend.serve(listener, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        })));
+    }
+    let server = Server::bind(Config::with_backends(listen, &urls)?).await?;
+    let addr = server.local_addr();
+    println!("alb demo: balancer on http://{addr} (least_conn over the backends above)");
+    println!("try: curl -i http://{addr}/");
+    println!("stop with Ctrl-C");
+    server.run(shutdown_signal()).await?;
+    let _ = stop_backends.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    Ok(())
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
+                    _ = term.recv() => tracing::info!("received SIGTERM"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops alb");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,65 @@
+//! One access-log line per request (tracing target `alb::access`), written when the response has
+//! been streamed to its end, or when it was cut short.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use http::Method;
+
+/// What the access-log line needs from the request, captured before the request is forwarded.
+#[derive(Debug)]
+pub struct AccessRecord {
+    method: Method,
+    path: String,
+    client: SocketAddr,
+    started: Instant,
+}
+
+/// How a response ended, as written in the log line.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome {
+    Complete,
+    /// The client went away before the body was streamed to its end.
+    ClientAborted,
+    /// The backend broke the body off.
+    UpstreamBroken,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Complete => "complete",
+            Outcome::ClientAborted => "client_aborted",
+            Outcome::UpstreamBroken => "upstream_broken",
+        }
+    }
+}
+
+impl AccessRecord {
+    pub fn new(method: &Method, path: &str, client: SocketAddr, started: Instant) -> AccessRecord {
+        AccessRecord {
+            method: method.clone(),
+            path: path.to_owned(),
+            client,
+            started,
+        }
+    }
+
+    pub fn finish(&self, status: u16, backend: Option<&str>, bytes: u64, outcome: Outcome) {
+        tracing::info!(
+            target: "alb::access",
+            client = %self.client,
+            method = %self.method,
+            path = %self.path,
+            status,
+            backend = backend.unwrap_or("-"),
+            duration_ms = format_args!("{:.3}", self.started.elapsed().as_secs_f64() * 1000.0),
+            bytes,
+            outcome = outcome.as_str(),
+            "{} {} {}",
+            self.method,
+            self.path,
+            status
+        );
+    }
+}

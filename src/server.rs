@@ -1,0 +1,149 @@
+//! The listener side: accepting client connections, serving HTTP/1.1 on each, and shutting down
+//! gracefully (stop accepting, let in-flight requests finish within the drain timeout).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::health::HealthChecker;
+use crate::proxy::{ClientInfo, Proxy};
+
+/// How long a client may take to send a request head (slowloris guard).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the listener's address: {0}")]
+    LocalAddr(#[source] std::io::Error),
+}
+
+/// A bound, not yet running balancer.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    proxy: Arc<Proxy>,
+    config: Config,
+}
+
+impl Server {
+    /// Binds `config.listen`.
+    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        let addr = config.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        Server::from_listener(listener, config)
+    }
+
+    /// Uses an already bound listener (tests bind port 0 and read the address back).
+    pub fn from_listener(listener: TcpListener, config: Config) -> Result<Server, ServerError> {
+        let local_addr = listener.local_addr().map_err(ServerError::LocalAddr)?;
+        Ok(Server {
+            listener,
+            local_addr,
+            proxy: Arc::new(Proxy::new(&config)),
+            config,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
+    /// Serves until `shutdown` completes, then drains: no new connections, idle keep-alive
+    /// connections closed, in-flight requests given `timeouts.drain` to finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let health = HealthChecker::start(self.proxy.backends(), &self.config.health_check);
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .keep_alive(true);
+        let graceful = GracefulShutdown::new();
+        let mut connections = JoinSet::new();
+        let mut shutdown = pin!(shutdown);
+        tracing::info!(
+            addr = %self.local_addr,
+            algorithm = self.config.algorithm.name(),
+            backends = self.proxy.backends().len(),
+            "alb listening on {}", self.local_addr
+        );
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        while connections.try_join_next().is_some() {}
+                        let connection = serve(&http, stream, peer, self.proxy.clone());
+                        connections.spawn(graceful.watch(connection));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    }
+                }
+            }
+        }
+        drop(self.listener);
+        let drain = self.config.timeouts.drain;
+        tracing::info!(
+            "shutting down: no new connections, draining in-flight requests for up to {drain:?}"
+        );
+        if tokio::time::timeout(drain, graceful.shutdown())
+            .await
+            .is_ok()
+        {
+            tracing::info!("drained: all connections closed");
+        } else {
+            tracing::warn!(
+                open = connections.len(),
+                "drain timeout passed: closing the remaining connections"
+            );
+        }
+        connections.shutdown().await;
+        health.stop().await;
+        Ok(())
+    }
+}
+
+/// One client connection, served until it closes.
+fn serve(
+    http: &http1::Builder,
+    stream: TcpStream,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+) -> impl hyper_util::server::graceful::GracefulConnection<Output = Result<(), hyper::Error>> + use<>
+{
+    // Responses are written whole; Nagle would only delay the last segment.
+    let _ = stream.set_nodelay(true);
+    let client = Arc::new(ClientInfo::new(peer));
+    let service = service_fn(move |req| {
+        let proxy = proxy.clone();
+        let client = client.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(req, &client).await) }
+    });
+    http.serve_connection(TokioIo::new(stream), service)
+}
