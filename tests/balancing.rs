@@ -48,11 +48,19 @@ async fn least_conn_prefers_the_fast_backend() {
     let slow = TestBackend::start("slow").await;
     fast.set_delay(Duration::from_millis(1));
     slow.set_delay(Duration::from_millis(50));
-    let lb = TestBalancer::start(&format!("{}{QUIET_HEALTH}", backends_line(&[&fast, &slow]))).await;
+    let lb =
+        TestBalancer::start(&format!("{}{QUIET_HEALTH}", backends_line(&[&fast, &slow]))).await;
     let counts = spread(&lb, 16, 1600).await;
     let fast_share = share(&counts, "fast");
-    assert!(fast_share >= 0.8, "fast backend got {:.1} % ({counts:?})", fast_share * 100.0);
-    assert!(counts.get("slow").copied().unwrap_or(0) > 0, "the slow backend still gets some: {counts:?}");
+    assert!(
+        fast_share >= 0.8,
+        "fast backend got {:.1} % ({counts:?})",
+        fast_share * 100.0
+    );
+    assert!(
+        counts.get("slow").copied().unwrap_or(0) > 0,
+        "the slow backend still gets some: {counts:?}"
+    );
     lb.stop().await;
     fast.stop().await;
     slow.stop().await;
@@ -73,9 +81,17 @@ async fn least_conn_rotates_ties() {
 
 #[tokio::test]
 async fn round_robin_splits_evenly() {
-    let backends = [TestBackend::start("a").await, TestBackend::start("b").await, TestBackend::start("c").await];
+    let backends = [
+        TestBackend::start("a").await,
+        TestBackend::start("b").await,
+        TestBackend::start("c").await,
+    ];
     let refs: Vec<&TestBackend> = backends.iter().collect();
-    let lb = TestBalancer::start(&format!("algorithm = \"round_robin\"\n{}{QUIET_HEALTH}", backends_line(&refs))).await;
+    let lb = TestBalancer::start(&format!(
+        "algorithm = \"round_robin\"\n{}{QUIET_HEALTH}",
+        backends_line(&refs)
+    ))
+    .await;
     let counts = spread(&lb, 1, 300).await;
     for name in ["a", "b", "c"] {
         assert_eq!(counts[name], 100, "{counts:?}");
@@ -104,11 +120,20 @@ async fn weights_are_honoured_by_every_algorithm() {
     let heavy = TestBackend::start("heavy").await;
     let light = TestBackend::start("light").await;
     // Sequential requests: exact shares for the deterministic algorithms.
-    for (algorithm, total, tolerance) in [("round_robin", 400, 0.0), ("least_conn", 400, 0.01), ("random", 2000, 0.05), ("p2c", 2000, 0.06)] {
+    for (algorithm, total, tolerance) in [
+        ("round_robin", 400, 0.0),
+        ("least_conn", 400, 0.01),
+        ("random", 2000, 0.05),
+        ("p2c", 2000, 0.06),
+    ] {
         let lb = TestBalancer::start(&weighted(algorithm, &heavy, &light)).await;
         let counts = spread(&lb, 1, total).await;
         let heavy_share = share(&counts, "heavy");
-        assert!((heavy_share - 0.75).abs() <= tolerance, "{algorithm}: heavy got {:.3} ({counts:?})", heavy_share);
+        assert!(
+            (heavy_share - 0.75).abs() <= tolerance,
+            "{algorithm}: heavy got {:.3} ({counts:?})",
+            heavy_share
+        );
         lb.stop().await;
     }
     heavy.stop().await;
@@ -124,7 +149,10 @@ async fn least_conn_weights_hold_under_concurrency() {
     let lb = TestBalancer::start(&weighted("least_conn", &heavy, &light)).await;
     let counts = spread(&lb, 16, 800).await;
     let heavy_share = share(&counts, "heavy");
-    assert!((0.65..=0.85).contains(&heavy_share), "heavy got {heavy_share:.3} ({counts:?})");
+    assert!(
+        (0.65..=0.85).contains(&heavy_share),
+        "heavy got {heavy_share:.3} ({counts:?})"
+    );
     lb.stop().await;
     heavy.stop().await;
     light.stop().await;
@@ -136,7 +164,11 @@ async fn p2c_prefers_the_fast_backend() {
     let slow = TestBackend::start("slow").await;
     fast.set_delay(Duration::from_millis(1));
     slow.set_delay(Duration::from_millis(50));
-    let lb = TestBalancer::start(&format!("algorithm = \"p2c\"\n{}{QUIET_HEALTH}", backends_line(&[&fast, &slow]))).await;
+    let lb = TestBalancer::start(&format!(
+        "algorithm = \"p2c\"\n{}{QUIET_HEALTH}",
+        backends_line(&[&fast, &slow])
+    ))
+    .await;
     let counts = spread(&lb, 16, 1600).await;
     assert!(share(&counts, "fast") >= 0.8, "{counts:?}");
     lb.stop().await;

@@ -35,7 +35,9 @@ async fn round_trip_returns_the_backends_answer() {
 async fn every_method_is_forwarded() {
     let (backend, lb) = one_backend().await;
     let c = client();
-    for method in ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "TRACE", "PURGE"] {
+    for method in [
+        "GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "TRACE", "PURGE",
+    ] {
         let request = Request::builder()
             .method(Method::from_bytes(method.as_bytes()).unwrap())
             .uri(lb.url("/m"))
@@ -62,7 +64,11 @@ const BIG: u64 = 64 * 1024 * 1024;
 async fn streams_a_64_mib_download() {
     let (backend, lb) = one_backend().await;
     let response = client()
-        .request(Request::get(lb.url(&format!("/bytes/{BIG}"))).body(full(Bytes::new())).unwrap())
+        .request(
+            Request::get(lb.url(&format!("/bytes/{BIG}")))
+                .body(full(Bytes::new()))
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
@@ -74,7 +80,9 @@ async fn streams_a_64_mib_download() {
 #[tokio::test]
 async fn streams_a_64_mib_upload_and_its_echo() {
     let (backend, lb) = one_backend().await;
-    let request = Request::post(lb.url("/echo")).body(pattern_body(BIG)).unwrap();
+    let request = Request::post(lb.url("/echo"))
+        .body(pattern_body(BIG))
+        .unwrap();
     let response = client().request(request).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(read_pattern(response.into_body()).await, BIG);
@@ -100,14 +108,26 @@ async fn hop_by_hop_request_fields_are_removed_and_forwarding_fields_appended() 
     let (status, _, _) = send(&client(), request).await;
     assert_eq!(status, 200);
     let seen = backend.last_request().unwrap().headers;
-    for gone in ["x-hop", "keep-alive", "proxy-authorization", "te", "upgrade"] {
-        assert!(!seen.contains_key(gone), "{gone} reached the backend: {seen:?}");
+    for gone in [
+        "x-hop",
+        "keep-alive",
+        "proxy-authorization",
+        "te",
+        "upgrade",
+    ] {
+        assert!(
+            !seen.contains_key(gone),
+            "{gone} reached the backend: {seen:?}"
+        );
     }
     // hyper's client pool adds its own keep-alive semantics; only the client's tokens must not pass.
     if let Some(connection) = seen.get("connection") {
         assert!(!connection.to_str().unwrap().contains("x-hop"));
     }
-    assert_eq!(seen["host"], "app.example", "Host is kept as the client sent it");
+    assert_eq!(
+        seen["host"], "app.example",
+        "Host is kept as the client sent it"
+    );
     assert_eq!(seen["x-end-to-end"], "kept");
     assert_eq!(seen["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
     assert_eq!(seen["x-forwarded-proto"], "http");
@@ -124,7 +144,10 @@ async fn hop_by_hop_response_fields_are_removed() {
     assert_eq!(&body[..], b"hop");
     assert_eq!(headers["x-public"], "ok");
     for gone in ["x-private", "keep-alive", "proxy-authenticate"] {
-        assert!(!headers.contains_key(gone), "{gone} reached the client: {headers:?}");
+        assert!(
+            !headers.contains_key(gone),
+            "{gone} reached the client: {headers:?}"
+        );
     }
     lb.stop().await;
     backend.stop().await;
@@ -177,7 +200,10 @@ async fn absolute_form_target_becomes_origin_form_with_its_host() {
 async fn http_1_0_request_without_host_gets_the_backends_authority() {
     let (backend, lb) = one_backend().await;
     let answer = raw_exchange(&lb, b"GET /old HTTP/1.0\r\n\r\n").await;
-    assert!(answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
     assert!(answer.ends_with("solo"), "{answer}");
     let seen = backend.last_request().unwrap();
     assert_eq!(seen.headers["host"], backend.addr.to_string().as_str());
@@ -188,7 +214,11 @@ async fn http_1_0_request_without_host_gets_the_backends_authority() {
 #[tokio::test]
 async fn connect_method_is_refused() {
     let (backend, lb) = one_backend().await;
-    let answer = raw_exchange(&lb, b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\nConnection: close\r\n\r\n").await;
+    let answer = raw_exchange(
+        &lb,
+        b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
     assert_eq!(backend.hits(), 0);
     lb.stop().await;
@@ -205,7 +235,11 @@ async fn upstream_connections_are_pooled_and_reused() {
     }
     // One connection for the first health probe, one or two for traffic (a connection may still be
     // settling when the next request arrives).
-    assert!(backend.connections() <= 4, "{} upstream connections for 200 sequential requests", backend.connections());
+    assert!(
+        backend.connections() <= 4,
+        "{} upstream connections for 200 sequential requests",
+        backend.connections()
+    );
     lb.stop().await;
     backend.stop().await;
 }
@@ -214,7 +248,11 @@ async fn upstream_connections_are_pooled_and_reused() {
 async fn a_client_going_away_mid_body_releases_the_in_flight_count() {
     let (backend, lb) = one_backend().await;
     let response = client()
-        .request(Request::get(lb.url("/bytes/104857600")).body(full(Bytes::new())).unwrap())
+        .request(
+            Request::get(lb.url("/bytes/104857600"))
+                .body(full(Bytes::new()))
+                .unwrap(),
+        )
         .await
         .unwrap();
     let mut body = response.into_body();
@@ -222,9 +260,11 @@ async fn a_client_going_away_mid_body_releases_the_in_flight_count() {
     assert!(first.is_data());
     assert_eq!(lb.proxy.backends()[0].in_flight(), 1);
     drop(body);
-    wait_until(Duration::from_secs(5), || lb.proxy.backends()[0].in_flight() == 0)
-        .await
-        .expect("in-flight count released after the client went away");
+    wait_until(Duration::from_secs(5), || {
+        lb.proxy.backends()[0].in_flight() == 0
+    })
+    .await
+    .expect("in-flight count released after the client went away");
     // The balancer is still fine.
     let (status, _, _) = get(&client(), &lb.url("/after")).await;
     assert_eq!(status, 200);

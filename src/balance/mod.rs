@@ -73,3 +73,177 @@ pub fn selector_for(algorithm: Algorithm, backends: &[Arc<Backend>]) -> Box<dyn 
         Algorithm::P2c => Box::new(PowerOfTwoChoices::new(backends)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::config::{BackendAddr, BackendSpec};
+    use crate::upstream::InFlightGuard;
+
+    fn pool(weights: &[u32]) -> Vec<Arc<Backend>> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &weight)| {
+                let addr = SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16));
+                Arc::new(Backend::new(&BackendSpec {
+                    url: format!("http://{addr}"),
+                    authority: addr.to_string(),
+                    addr: BackendAddr::Ip(addr),
+                    weight,
+                }))
+            })
+            .collect()
+    }
+
+    const ALL: [Algorithm; 4] = [
+        Algorithm::LeastConn,
+        Algorithm::RoundRobin,
+        Algorithm::Random,
+        Algorithm::P2c,
+    ];
+
+    fn counts(
+        selector: &dyn Selector,
+        backends: &[Arc<Backend>],
+        picks: usize,
+    ) -> HashMap<usize, usize> {
+        let mut counts = HashMap::new();
+        for _ in 0..picks {
+            let i = selector
+                .select(backends, &Exclude::default())
+                .expect("a pick");
+            *counts.entry(i).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn every_algorithm_skips_unhealthy_and_excluded_backends() {
+        for algorithm in ALL {
+            let backends = pool(&[1, 1, 1, 1]);
+            backends[0].set_healthy(false);
+            backends[2].set_healthy(false);
+            let selector = selector_for(algorithm, &backends);
+            let mut exclude = Exclude::default();
+            exclude.add(1);
+            for _ in 0..200 {
+                assert_eq!(
+                    selector.select(&backends, &exclude),
+                    Some(3),
+                    "{algorithm:?}"
+                );
+            }
+            exclude.add(3);
+            assert_eq!(selector.select(&backends, &exclude), None, "{algorithm:?}");
+        }
+    }
+
+    #[test]
+    fn every_algorithm_finds_the_one_healthy_backend_in_a_large_pool() {
+        for algorithm in ALL {
+            let backends = pool(&vec![1; 5000]);
+            for b in &backends {
+                b.set_healthy(false);
+            }
+            backends[4321].set_healthy(true);
+            let selector = selector_for(algorithm, &backends);
+            assert_eq!(
+                selector.select(&backends, &Exclude::default()),
+                Some(4321),
+                "{algorithm:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn least_conn_picks_the_lowest_in_flight_per_weight() {
+        let backends = pool(&[1, 1, 4]);
+        let selector = LeastConn::new();
+        let _busy: Vec<InFlightGuard> = [0, 0, 1, 2, 2, 2, 2]
+            .iter()
+            .map(|&i| InFlightGuard::new(backends[i].clone()))
+            .collect();
+        // In flight per weight: 2/1, 1/1, 4/4: backends 1 and 2 tie, neither picked yet.
+        assert_eq!(selector.select(&backends, &Exclude::default()), Some(1));
+        // Still tied on load; now 2 has fewer picks per weight (0/4 against 1/1).
+        assert_eq!(selector.select(&backends, &Exclude::default()), Some(2));
+        let _more = InFlightGuard::new(backends[2].clone());
+        // 5/4 against 1/1.
+        assert_eq!(selector.select(&backends, &Exclude::default()), Some(1));
+    }
+
+    #[test]
+    fn least_conn_rotates_ties_and_spreads_idle_traffic_by_weight() {
+        let backends = pool(&[1, 1, 1]);
+        let picks: Vec<usize> = (0..6)
+            .map(|_| {
+                LeastConn::new()
+                    .select(&backends, &Exclude::default())
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+        let backends = pool(&[3, 1]);
+        let c = counts(&LeastConn::new(), &backends, 400);
+        assert_eq!((c[&0], c[&1]), (300, 100));
+    }
+
+    #[test]
+    fn round_robin_gives_each_its_weight_per_cycle_interleaved() {
+        let backends = pool(&[5, 1, 1]);
+        let selector = RoundRobin::new(&backends);
+        let cycle: Vec<usize> = (0..7)
+            .map(|_| selector.select(&backends, &Exclude::default()).unwrap())
+            .collect();
+        let heavy = cycle.iter().filter(|&&i| i == 0).count();
+        assert_eq!(heavy, 5, "{cycle:?}");
+        assert!(cycle.contains(&1) && cycle.contains(&2), "{cycle:?}");
+        let longest_run = cycle
+            .chunk_by(|a, b| a == b)
+            .map(<[usize]>::len)
+            .max()
+            .unwrap();
+        assert!(longest_run <= 3, "heavy turns are interleaved: {cycle:?}");
+    }
+
+    #[test]
+    fn weighted_algorithms_follow_weights_over_many_picks() {
+        for algorithm in [
+            Algorithm::RoundRobin,
+            Algorithm::Random,
+            Algorithm::P2c,
+            Algorithm::LeastConn,
+        ] {
+            let backends = pool(&[1, 2, 7]);
+            let selector = selector_for(algorithm, &backends);
+            let c = counts(selector.as_ref(), &backends, 10_000);
+            for (i, expected) in [(0, 0.1), (1, 0.2), (2, 0.7)] {
+                let got = c.get(&i).copied().unwrap_or(0) as f64 / 10_000.0;
+                assert!(
+                    (got - expected).abs() < 0.03,
+                    "{algorithm:?}: backend {i} got {got}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn golden_stride_is_coprime_with_the_total() {
+        for total in 1..500u64 {
+            let selector = RoundRobin::new(&pool(&vec![1; total as usize]));
+            let backends = pool(&vec![1; total as usize]);
+            let mut seen = vec![false; total as usize];
+            for _ in 0..total {
+                seen[selector.select(&backends, &Exclude::default()).unwrap()] = true;
+            }
+            assert!(
+                seen.iter().all(|&s| s),
+                "total {total}: one cycle visits every backend"
+            );
+        }
+    }
+}

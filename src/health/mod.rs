@@ -8,8 +8,9 @@
 //! intervals. From then on `rise`/`fall` apply.
 //!
 //! The proxy also asks for an early probe when real traffic could not connect to a backend
-//! ([`Backend::request_recheck`]); that turns a dead backend into a DOWN one within a few
-//! milliseconds instead of up to `fall` intervals, while the decision stays with the checker.
+//! ([`Backend::request_recheck`]), and probes a backend whose state is changing at most a second
+//! apart. Together they turn a dead backend into a DOWN one in about a second instead of `fall`
+//! full intervals, while the decision stays with the checker and its thresholds.
 
 mod probe;
 
@@ -26,6 +27,10 @@ pub use probe::{ProbeError, probe};
 
 /// Shortest gap between two probes of one backend, however often traffic asks for a recheck.
 const MIN_GAP: Duration = Duration::from_millis(100);
+/// Longest gap between probes while a backend's state is changing (some, but not yet `rise` or
+/// `fall`, results against it), so that a change is confirmed in about a second rather than in
+/// `fall` full intervals (HAProxy's `fastinter`).
+const CONFIRM_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs the health checks of a set of backends until dropped or shut down.
 #[derive(Debug)]
@@ -77,6 +82,15 @@ impl HealthState {
         }
     }
 
+    /// Whether the latest results point away from the current state without having decided yet.
+    pub fn is_changing(&self, currently_up: bool) -> bool {
+        if currently_up {
+            self.failures > 0
+        } else {
+            self.successes > 0
+        }
+    }
+
     /// Records one probe result against the backend's current state and says whether it flips.
     pub fn record(&mut self, passed: bool, currently_up: bool) -> Option<Transition> {
         let first = std::mem::take(&mut self.first);
@@ -113,7 +127,12 @@ async fn check_loop(backend: Arc<Backend>, config: HealthCheckConfig) {
             }
             None => {}
         }
-        wait_next(&backend, config.interval).await;
+        let interval = if state.is_changing(backend.is_healthy()) {
+            config.interval.min(CONFIRM_INTERVAL)
+        } else {
+            config.interval
+        };
+        wait_next(&backend, interval).await;
     }
 }
 
@@ -133,5 +152,56 @@ async fn first_of(a: impl Future<Output = ()>, b: impl Future<Output = ()>) {
     tokio::select! {
         () = a => {}
         () = b => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(rise: u32, fall: u32) -> HealthState {
+        HealthState::new(&HealthCheckConfig {
+            rise,
+            fall,
+            ..HealthCheckConfig::default()
+        })
+    }
+
+    #[test]
+    fn a_failing_first_probe_marks_down_at_once() {
+        let mut s = state(2, 3);
+        assert_eq!(s.record(false, true), Some(Transition::Down));
+    }
+
+    #[test]
+    fn fall_counts_consecutive_failures_after_the_first_probe() {
+        let mut s = state(2, 3);
+        assert_eq!(s.record(true, true), None);
+        assert_eq!(s.record(false, true), None);
+        assert!(s.is_changing(true));
+        assert_eq!(s.record(false, true), None);
+        assert_eq!(
+            s.record(true, true),
+            None,
+            "a success resets the failure count"
+        );
+        assert!(!s.is_changing(true));
+        assert_eq!(s.record(false, true), None);
+        assert_eq!(s.record(false, true), None);
+        assert_eq!(s.record(false, true), Some(Transition::Down));
+    }
+
+    #[test]
+    fn rise_counts_consecutive_successes() {
+        let mut s = state(2, 1);
+        assert_eq!(s.record(false, true), Some(Transition::Down));
+        assert_eq!(s.record(true, false), None);
+        assert_eq!(
+            s.record(false, false),
+            None,
+            "a failure resets the success count"
+        );
+        assert_eq!(s.record(true, false), None);
+        assert_eq!(s.record(true, false), Some(Transition::Up));
     }
 }

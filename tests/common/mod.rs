@@ -93,7 +93,12 @@ impl TestBackend {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(serve(listener, state.clone(), stopped));
-        TestBackend { addr, state, stop: Some(stop), task: Some(task) }
+        TestBackend {
+            addr,
+            state,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -119,7 +124,9 @@ impl TestBackend {
     }
 
     pub fn set_delay(&self, delay: Duration) {
-        self.state.delay_ms.store(delay.as_millis() as u64, Ordering::SeqCst);
+        self.state
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     pub fn set_mode(&self, mode: Mode) {
@@ -179,7 +186,10 @@ async fn serve(listener: TcpListener, state: Arc<State>, mut stopped: oneshot::R
 
 type AnswerError = Box<dyn std::error::Error + Send + Sync>;
 
-async fn answer(state: Arc<State>, req: Request<Incoming>) -> Result<Response<TestBody>, AnswerError> {
+async fn answer(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<TestBody>, AnswerError> {
     let health_check = req
         .headers()
         .get("user-agent")
@@ -200,7 +210,13 @@ async fn answer(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Te
     }
     match state.mode.load(Ordering::SeqCst) {
         1 => std::future::pending::<()>().await,
-        2 => return Ok(text(StatusCode::INTERNAL_SERVER_ERROR, "failing on purpose", &state.name)),
+        2 => {
+            return Ok(text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "failing on purpose",
+                &state.name,
+            ));
+        }
         3 if !health_check => std::future::pending::<()>().await,
         // hyper closes the connection without a response when the service fails.
         4 if !health_check => return Err("dropping the connection on purpose".into()),
@@ -220,15 +236,25 @@ async fn answer(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Te
     if path == "/echo" {
         let body = req.into_body().map_err(std::io::Error::other).boxed();
         let mut response = Response::new(body);
-        response.headers_mut().insert("x-backend", state.name.parse().unwrap());
+        response
+            .headers_mut()
+            .insert("x-backend", state.name.parse().unwrap());
         return Ok(response);
     }
-    if let Some(n) = path.strip_prefix("/bytes/").and_then(|n| n.parse::<u64>().ok()) {
+    if let Some(n) = path
+        .strip_prefix("/bytes/")
+        .and_then(|n| n.parse::<u64>().ok())
+    {
         let mut response = Response::new(pattern_body(n));
-        response.headers_mut().insert("x-backend", state.name.parse().unwrap());
+        response
+            .headers_mut()
+            .insert("x-backend", state.name.parse().unwrap());
         return Ok(response);
     }
-    if let Some(code) = path.strip_prefix("/status/").and_then(|n| n.parse::<u16>().ok()) {
+    if let Some(code) = path
+        .strip_prefix("/status/")
+        .and_then(|n| n.parse::<u16>().ok())
+    {
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
         return Ok(text(status, &format!("status {code}"), &state.name));
     }
@@ -238,7 +264,9 @@ async fn answer(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Te
 fn text(status: StatusCode, body: &str, name: &str) -> Response<TestBody> {
     let mut response = Response::new(full(body.to_string()));
     *response.status_mut() = status;
-    response.headers_mut().insert("x-backend", name.parse().unwrap());
+    response
+        .headers_mut()
+        .insert("x-backend", name.parse().unwrap());
     response
 }
 
@@ -287,7 +315,12 @@ pub async fn read_pattern(mut body: Incoming) -> u64 {
         let frame = frame.expect("body frame");
         if let Some(data) = frame.data_ref() {
             for (k, byte) in data.iter().enumerate() {
-                assert_eq!(*byte, pattern_byte(offset + k as u64), "byte {} differs", offset + k as u64);
+                assert_eq!(
+                    *byte,
+                    pattern_byte(offset + k as u64),
+                    "byte {} differs",
+                    offset + k as u64
+                );
             }
             offset += data.len() as u64;
         }
@@ -316,7 +349,9 @@ impl TestBalancer {
     }
 
     pub async fn start_config(config: Config) -> TestBalancer {
-        let listener = TcpListener::bind(config.listen).await.expect("bind balancer");
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .expect("bind balancer");
         let server = Server::from_listener(listener, config).expect("server");
         let addr = server.local_addr();
         let proxy = server.proxy().clone();
@@ -329,7 +364,12 @@ impl TestBalancer {
                 .await
                 .expect("server run");
         });
-        TestBalancer { addr, proxy, stop: Some(stop), task: Some(task) }
+        TestBalancer {
+            addr,
+            proxy,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -372,7 +412,10 @@ impl Drop for TestBalancer {
 
 /// Config lines listing `backends` (the `backends = [...]` form).
 pub fn backends_line(backends: &[&TestBackend]) -> String {
-    let urls: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.url())).collect();
+    let urls: Vec<String> = backends
+        .iter()
+        .map(|b| format!("\"{}\"", b.url()))
+        .collect();
     format!("backends = [{}]\n", urls.join(", "))
 }
 
@@ -396,13 +439,22 @@ pub fn client() -> Client<HttpConnector, TestBody> {
 }
 
 /// A GET; returns status, headers and the whole body.
-pub async fn get(client: &Client<HttpConnector, TestBody>, url: &str) -> (StatusCode, HeaderMap, Bytes) {
+pub async fn get(
+    client: &Client<HttpConnector, TestBody>,
+    url: &str,
+) -> (StatusCode, HeaderMap, Bytes) {
     let request = Request::get(url).body(full(Bytes::new())).unwrap();
     send(client, request).await
 }
 
-pub async fn send(client: &Client<HttpConnector, TestBody>, request: Request<TestBody>) -> (StatusCode, HeaderMap, Bytes) {
-    let response = client.request(request).await.expect("request through the balancer");
+pub async fn send(
+    client: &Client<HttpConnector, TestBody>,
+    request: Request<TestBody>,
+) -> (StatusCode, HeaderMap, Bytes) {
+    let response = client
+        .request(request)
+        .await
+        .expect("request through the balancer");
     let (parts, body) = response.into_parts();
     let body = body.collect().await.expect("response body").to_bytes();
     (parts.status, parts.headers, body)

@@ -1,0 +1,203 @@
+//! Health: concurrent traffic, a backend dying and coming back, active checks with rise/fall.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+
+const FAST_HEALTH: &str =
+    "[health_check]\ninterval = \"100ms\"\ntimeout = \"200ms\"\nrise = 2\nfall = 2\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_requests_all_succeed() {
+    let a = TestBackend::start("a").await;
+    let b = TestBackend::start("b").await;
+    let lb = TestBalancer::start(&backends_line(&[&a, &b])).await;
+    let c = client();
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (c, url) = (c.clone(), lb.url("/"));
+        tasks.push(tokio::spawn(async move { get(&c, &url).await.0 }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 200);
+    }
+    assert_eq!(a.hits() + b.hits(), 50);
+    assert!(
+        a.hits() > 0 && b.hits() > 0,
+        "both backends served: {} / {}",
+        a.hits(),
+        b.hits()
+    );
+    lb.stop().await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_stopped_midway_costs_nothing_and_comes_back() {
+    let a = TestBackend::start("a").await;
+    let b = TestBackend::start("b").await;
+    let lb = TestBalancer::start(&format!("{}{FAST_HEALTH}", backends_line(&[&a, &b]))).await;
+
+    // Steady traffic from 8 workers while `a` is killed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), lb.url("/"));
+        workers.push(tokio::spawn(async move {
+            let c = client();
+            for _ in 0..5000 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let response = c
+                    .request(
+                        http::Request::get(&url)
+                            .body(full(bytes::Bytes::new()))
+                            .unwrap(),
+                    )
+                    .await;
+                match response {
+                    Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::SeqCst),
+                    _ => failed.fetch_add(1, Ordering::SeqCst),
+                };
+            }
+        }));
+    }
+    wait_until(Duration::from_secs(10), || a.hits() >= 100)
+        .await
+        .expect("traffic reaches a");
+    let a_addr = a.stop().await;
+    lb.wait_health(&a_addr, false, Duration::from_secs(3)).await;
+    let b_before = b.hits();
+    wait_until(Duration::from_secs(10), || b.hits() >= b_before + 200)
+        .await
+        .expect("traffic continues on b");
+
+    // Back on its old port: health checks bring it back into rotation.
+    let a = TestBackend::start_on(a_addr, "a").await;
+    lb.wait_health(&a_addr, true, Duration::from_secs(3)).await;
+    wait_until(Duration::from_secs(10), || a.hits() >= 50)
+        .await
+        .expect("the revived backend serves again");
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "{} requests failed, {} succeeded",
+        failed.load(Ordering::SeqCst),
+        ok.load(Ordering::SeqCst)
+    );
+    lb.stop().await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_backend_gets_no_traffic_until_it_recovers() {
+    let good = TestBackend::start("good").await;
+    let sick = TestBackend::start("sick").await;
+    let lb = TestBalancer::start(&format!("{}{FAST_HEALTH}", backends_line(&[&good, &sick]))).await;
+    sick.set_mode(Mode::Fail);
+    lb.wait_health(&sick.addr, false, Duration::from_secs(3))
+        .await;
+    let before = sick.hits();
+    let c = client();
+    for _ in 0..20 {
+        let (status, headers, _) = get(&c, &lb.url("/")).await;
+        assert_eq!(status, 200);
+        assert_eq!(backend_of(&headers), "good");
+    }
+    assert_eq!(sick.hits(), before, "a DOWN backend gets no requests");
+    sick.set_mode(Mode::Normal);
+    lb.wait_health(&sick.addr, true, Duration::from_secs(3))
+        .await;
+    let mut reached_sick = false;
+    for _ in 0..10 {
+        reached_sick |= backend_of(&get(&c, &lb.url("/")).await.1) == "sick";
+    }
+    assert!(reached_sick, "a recovered backend gets traffic again");
+    lb.stop().await;
+    good.stop().await;
+    sick.stop().await;
+}
+
+#[tokio::test]
+async fn a_hanging_backend_is_marked_down_by_the_probe_timeout() {
+    let good = TestBackend::start("good").await;
+    let hung = TestBackend::start("hung").await;
+    let lb = TestBalancer::start(&format!("{}{FAST_HEALTH}", backends_line(&[&good, &hung]))).await;
+    lb.wait_health(&hung.addr, true, Duration::from_secs(1))
+        .await;
+    hung.set_mode(Mode::Hang);
+    lb.wait_health(&hung.addr, false, Duration::from_secs(3))
+        .await;
+    lb.stop().await;
+    good.stop().await;
+    hung.stop().await;
+}
+
+#[tokio::test]
+async fn a_backend_down_at_start_is_out_after_its_first_probe() {
+    let good = TestBackend::start("good").await;
+    let dead_addr = TestBackend::start("dead").await.stop().await;
+    // Long interval: only the immediate first probe can mark it DOWN in time.
+    let config = format!(
+        "backends = [\"{}\", \"http://{dead_addr}\"]\n[health_check]\ninterval = \"60s\"\nfall = 3\n",
+        good.url()
+    );
+    let lb = TestBalancer::start(&config).await;
+    lb.wait_health(&dead_addr, false, Duration::from_secs(2))
+        .await;
+    let c = client();
+    for _ in 0..10 {
+        assert_eq!(get(&c, &lb.url("/")).await.0, 200);
+    }
+    assert_eq!(good.hits(), 10);
+    lb.stop().await;
+    good.stop().await;
+}
+
+#[tokio::test]
+async fn rise_needs_consecutive_successes() {
+    let b = TestBackend::start("b").await;
+    let config = format!(
+        "{}[health_check]\ninterval = \"50ms\"\nrise = 3\nfall = 1\n",
+        backends_line(&[&b])
+    );
+    let lb = TestBalancer::start(&config).await;
+    b.set_mode(Mode::Fail);
+    lb.wait_health(&b.addr, false, Duration::from_secs(2)).await;
+    b.set_mode(Mode::Normal);
+    let probes_at_recovery = b.probes();
+    lb.wait_health(&b.addr, true, Duration::from_secs(2)).await;
+    assert!(
+        b.probes() >= probes_at_recovery + 3,
+        "UP after {} passing probes, rise is 3",
+        b.probes() - probes_at_recovery
+    );
+    lb.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn health_checks_use_the_configured_path() {
+    let b = TestBackend::start("b").await;
+    // /status/500 fails every probe; the backend itself is fine.
+    let config = format!(
+        "{}[health_check]\npath = \"/status/500\"\ninterval = \"60s\"\n",
+        backends_line(&[&b])
+    );
+    let lb = TestBalancer::start(&config).await;
+    lb.wait_health(&b.addr, false, Duration::from_secs(2)).await;
+    lb.stop().await;
+    b.stop().await;
+}
