@@ -157,3 +157,34 @@ async fn hung_backend_gives_504_within_the_response_timeout() {
     lb.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_slow_upload_is_not_cut_by_the_response_timeout() {
+    let b = TestBackend::start("b").await;
+    let lb = TestBalancer::start(&format!(
+        "{}[timeouts]\nresponse = \"300ms\"\n[health_check]\ninterval = \"60s\"\n",
+        backends_line(&[&b])
+    ))
+    .await;
+    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(1);
+    let request = Request::post(lb.url("/count"))
+        .body(http_body_util::BodyExt::boxed(body))
+        .unwrap();
+    let c = client();
+    let upload = tokio::spawn(async move {
+        // 8 chunks, 100 ms apart: the upload takes longer than the response timeout.
+        for _ in 0..8 {
+            if let Err(e) = tx.send_data(Bytes::from_static(&[7u8; 1000])).await {
+                eprintln!("send failed: {e:?}");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let (status, _, body) = send(&c, request).await;
+    upload.await.unwrap();
+    assert_eq!(status, 200, "{body:?}");
+    assert_eq!(&body[..], b"8000");
+    lb.stop().await;
+    b.stop().await;
+}

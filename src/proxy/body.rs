@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use tokio::sync::oneshot;
 
 use super::access_log::{AccessRecord, Outcome};
 use crate::upstream::{InFlightGuard, UpstreamSender};
@@ -16,10 +17,33 @@ use crate::upstream::{InFlightGuard, UpstreamSender};
 /// A request body on its way to a backend.
 #[derive(Debug)]
 pub enum RequestBody {
-    /// Streamed from the client as it arrives.
-    Client(Incoming),
+    /// Streamed from the client as it arrives; `sent` fires once it has been read to its end.
+    Client {
+        body: Incoming,
+        sent: Option<oneshot::Sender<()>>,
+    },
     /// No body: also what a replayed body-less request carries.
     Empty,
+}
+
+impl RequestBody {
+    pub fn client(body: Incoming) -> RequestBody {
+        RequestBody::Client { body, sent: None }
+    }
+
+    /// A receiver that completes when the body has been read to its end (or was dropped unread),
+    /// so the response timeout can start when the upload is done rather than when it started: a
+    /// large upload must not turn into a 504. `None` for an empty body.
+    pub fn watch_sent(&mut self) -> Option<oneshot::Receiver<()>> {
+        match self {
+            RequestBody::Client { sent, .. } => {
+                let (tx, rx) = oneshot::channel();
+                *sent = Some(tx);
+                Some(rx)
+            }
+            RequestBody::Empty => None,
+        }
+    }
 }
 
 impl Body for RequestBody {
@@ -31,21 +55,32 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            RequestBody::Client(body) => Pin::new(body).poll_frame(cx),
+            RequestBody::Client { body, sent } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                let ended = match &polled {
+                    Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
+                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
+                    Poll::Pending => false,
+                };
+                if ended && let Some(tx) = sent.take() {
+                    let _ = tx.send(());
+                }
+                polled
+            }
             RequestBody::Empty => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            RequestBody::Client(body) => body.is_end_stream(),
+            RequestBody::Client { body, .. } => body.is_end_stream(),
             RequestBody::Empty => true,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RequestBody::Client(body) => body.size_hint(),
+            RequestBody::Client { body, .. } => body.size_hint(),
             RequestBody::Empty => SizeHint::with_exact(0),
         }
     }

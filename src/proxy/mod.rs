@@ -192,9 +192,13 @@ impl Proxy {
                     }
                 },
             };
-            let sent =
-                tokio::time::timeout(self.timeouts.response, sender.try_send_request(request))
-                    .await;
+            let uploaded = request.body_mut().watch_sent();
+            let sent = within_response_timeout(
+                sender.try_send_request(request),
+                uploaded,
+                self.timeouts.response,
+            )
+            .await;
             match sent {
                 Ok(Ok(response)) => return Ok((response, sender)),
                 Err(_elapsed) => {
@@ -241,6 +245,24 @@ impl Proxy {
     }
 }
 
+/// Awaits the response head, allowing `limit` once the request body has been sent: the clock of
+/// `timeouts.response` measures the backend's thinking time, not the client's upload speed. An
+/// early answer (before the upload ends) is taken as it comes.
+async fn within_response_timeout<T>(
+    response: impl Future<Output = T>,
+    uploaded: Option<tokio::sync::oneshot::Receiver<()>>,
+    limit: std::time::Duration,
+) -> Result<T, tokio::time::error::Elapsed> {
+    let mut response = std::pin::pin!(response);
+    if let Some(uploaded) = uploaded {
+        tokio::select! {
+            answer = &mut response => return Ok(answer),
+            _ = uploaded => {}
+        }
+    }
+    tokio::time::timeout(limit, response).await
+}
+
 /// A request ready to forward, and whether it came without a Host (HTTP/1.0), in which case each
 /// attempt names its backend.
 struct Outbound {
@@ -274,7 +296,7 @@ fn prepare(req: Request<Incoming>, client: &ClientInfo) -> Result<Outbound, Prox
     let body = if http_body::Body::is_end_stream(&body) {
         RequestBody::Empty
     } else {
-        RequestBody::Client(body)
+        RequestBody::client(body)
     };
     Ok(Outbound {
         request: Request::from_parts(parts, body),

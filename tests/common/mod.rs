@@ -63,7 +63,8 @@ struct State {
 
 /// A real HTTP/1.1 backend on loopback.
 ///
-/// Paths: `/echo` streams the request body back; `/bytes/N` streams N bytes in 64 KiB chunks;
+/// Paths: `/echo` streams the request body back; `/count` reads the whole body, then answers with
+/// its length; `/bytes/N` streams N bytes in 64 KiB chunks;
 /// `/status/N` answers with status N; anything else answers with the backend's name. Requests
 /// whose user agent is alb's health check are not counted as hits.
 pub struct TestBackend {
@@ -221,6 +222,11 @@ async fn answer(
         // hyper closes the connection without a response when the service fails.
         4 if !health_check => return Err("dropping the connection on purpose".into()),
         _ => {}
+    }
+    if req.uri().path() == "/count" {
+        // Reads the whole body before answering, as most application servers do.
+        let body = req.into_body().collect().await?.to_bytes();
+        return Ok(text(StatusCode::OK, &body.len().to_string(), &state.name));
     }
     if req.uri().path() == "/hop" {
         let mut response = text(StatusCode::OK, "hop", &state.name);
