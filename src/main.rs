@@ -1,5 +1,6 @@
 //! The `alb` command line: parse arguments, load the config, run.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -79,7 +80,6 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("alb: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -105,6 +105,9 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
+    // Registered before anything listens: a supervisor may send SIGTERM as soon as it sees the
+    // listening line, and that must drain, not kill.
+    let shutdown = shutdown_signal()?;
     match command {
         Command::Run {
             config,
@@ -112,9 +115,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let mut config = Config::load(&config)?;
             config.access_log &= !no_access_log;
-            Server::bind(config).await?.run(shutdown_signal()).await?;
+            Server::bind(config).await?.run(shutdown).await?;
         }
-        Command::Demo { listen } => demo(listen).await?,
+        Command::Demo { listen } => demo(listen, shutdown).await?,
         Command::Backend {
             port,
             name,
@@ -130,16 +133,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 listener.local_addr()?
             );
             let delay = Duration::from_millis(delay_ms);
-            DemoBackend { name, delay }
-                .serve(listener, shutdown_signal())
-                .await;
+            DemoBackend { name, delay }.serve(listener, shutdown).await;
         }
         Command::Check { .. } => unreachable!("handled before the runtime starts"),
     }
     Ok(())
 }
 
-async fn demo(listen: SocketAddr) -> anyhow::Result<()> {
+async fn demo(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let (stop_backends, stopped) = tokio::sync::watch::channel(false);
     let mut urls = Vec::new();
     let mut tasks = Vec::new();
@@ -164,7 +165,7 @@ async fn demo(listen: SocketAddr) -> anyhow::Result<()> {
     println!("alb demo: balancer on http://{addr} (least_conn over the backends above)");
     println!("try: curl -i http://{addr}/");
     println!("stop with Ctrl-C");
-    server.run(shutdown_signal()).await?;
+    server.run(shutdown).await?;
     let _ = stop_backends.send(true);
     for task in tasks {
         let _ = task.await;
@@ -172,26 +173,16 @@ async fn demo(listen: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
-                    _ = term.recv() => tracing::info!("received SIGTERM"),
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops alb");
-                let _ = tokio::signal::ctrl_c().await;
-            }
+/// A future completing on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed here, before the
+/// future is first polled.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("received SIGINT"),
+            _ = terminate.recv() => tracing::info!("received SIGTERM"),
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    })
 }

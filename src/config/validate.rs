@@ -138,6 +138,9 @@ fn backend_url(key: &str, url: &str, weight: u32, problems: &mut Problems) -> Op
         problems.add(key, format!("{url:?}: {reason}"));
         None
     };
+    if url.contains('#') {
+        return fail("a fragment is not supported, give only http://host:port".into());
+    }
     let uri: http::Uri = match url.parse() {
         Ok(uri) => uri,
         Err(e) => return fail(format!("not a valid URL ({e})")),
@@ -160,16 +163,30 @@ fn backend_url(key: &str, url: &str, weight: u32, problems: &mut Problems) -> Op
     if host.is_empty() {
         return fail("missing host".into());
     }
-    let port = authority.port_u16().unwrap_or(80);
-    let bare_host = host.trim_start_matches('[').trim_end_matches(']');
-    let addr = match bare_host.parse::<IpAddr>() {
-        Ok(ip) => BackendAddr::Ip(SocketAddr::new(ip, port)),
-        Err(_) => BackendAddr::Name {
-            host: bare_host.to_ascii_lowercase(),
-            port,
+    // Read the port text ourselves: `Authority::port` hides an out-of-range port as "no port".
+    let port_text = authority.as_str()[host.len()..]
+        .strip_prefix(':')
+        .unwrap_or("");
+    let port = match port_text {
+        "" => 80,
+        text => match text.parse::<u16>() {
+            Ok(0) | Err(_) => return fail(format!("port {text:?} is not between 1 and 65535")),
+            Ok(port) => port,
         },
     };
-    let authority = format!("{}:{port}", host.to_ascii_lowercase());
+    let bare_host = host.trim_start_matches('[').trim_end_matches(']');
+    let (addr, authority) = match bare_host.parse::<IpAddr>() {
+        // The canonical text of the address, so that two spellings of one IP are one backend.
+        Ok(ip) => {
+            let sa = SocketAddr::new(ip, port);
+            (BackendAddr::Ip(sa), sa.to_string())
+        }
+        Err(_) => {
+            let host = bare_host.to_ascii_lowercase();
+            let authority = format!("{host}:{port}");
+            (BackendAddr::Name { host, port }, authority)
+        }
+    };
     Some(BackendSpec {
         url: format!("http://{authority}"),
         authority,

@@ -285,14 +285,16 @@ pub fn pattern_byte(i: u64) -> u8 {
     (i % 251) as u8
 }
 
-/// A body of `n` pattern bytes, produced in 64 KiB chunks as the reader pulls them.
+/// A body of `n` pattern bytes, produced in 64 KiB chunks as the reader pulls them (each chunk a
+/// zero-copy slice of one precomputed buffer).
 pub fn pattern_body(n: u64) -> TestBody {
     const CHUNK: u64 = 64 * 1024;
+    let source = Bytes::from((0..CHUNK + 251).map(pattern_byte).collect::<Vec<u8>>());
     let chunks = (0..n.div_ceil(CHUNK)).map(move |c| {
         let start = c * CHUNK;
-        let end = (start + CHUNK).min(n);
-        let data: Vec<u8> = (start..end).map(pattern_byte).collect();
-        Ok::<_, std::io::Error>(Frame::data(Bytes::from(data)))
+        let len = (start + CHUNK).min(n) - start;
+        let offset = (start % 251) as usize;
+        Ok::<_, std::io::Error>(Frame::data(source.slice(offset..offset + len as usize)))
     });
     StreamBody::new(futures_stream(chunks)).boxed()
 }
