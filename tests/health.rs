@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::*;
 
-const FAST_HEALTH: &str =
-    "[health_check]\ninterval = \"100ms\"\ntimeout = \"200ms\"\nrise = 2\nfall = 2\n";
+const FAST_HEALTH: &str = "[health_check]\ninterval = \"100ms\"\ntimeout = \"200ms\"\nrise = 2\nfall = 2\n\
+    [passive_health]\nejection_time = \"200ms\"\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_requests_all_succeed() {

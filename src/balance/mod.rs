@@ -49,7 +49,7 @@ impl Exclude {
 /// Whether `backend` at `index` may take this request.
 #[inline]
 fn eligible(backend: &Backend, index: usize, exclude: &Exclude) -> bool {
-    backend.is_healthy() && (exclude.is_empty() || !exclude.contains(index))
+    backend.is_available() && (exclude.is_empty() || !exclude.contains(index))
 }
 
 /// The first eligible backend scanning from a random start: the fallback when sampling found none.
@@ -94,6 +94,7 @@ mod tests {
                     authority: addr.to_string(),
                     addr: BackendAddr::Ip(addr),
                     weight,
+                    max_connections: None,
                 }))
             })
             .collect()

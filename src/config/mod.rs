@@ -3,7 +3,9 @@
 
 mod error;
 mod raw;
+mod sections;
 mod validate;
+mod values;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,6 +23,8 @@ pub struct Config {
     pub health_check: HealthCheckConfig,
     pub timeouts: Timeouts,
     pub retry: RetryConfig,
+    pub passive_health: PassiveHealthConfig,
+    pub limits: Limits,
     /// One log line per request (target `alb::access`).
     pub access_log: bool,
 }
@@ -78,6 +82,8 @@ pub struct BackendSpec {
     pub authority: String,
     pub addr: BackendAddr,
     pub weight: u32,
+    /// Most requests in flight to this backend at once; more wait in its queue.
+    pub max_connections: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +93,9 @@ pub struct HealthCheckConfig {
     pub timeout: Duration,
     pub rise: u32,
     pub fall: u32,
+    /// After coming back UP, a backend's share of new requests ramps from nothing to full over
+    /// this time. Zero: off.
+    pub slow_start: Duration,
 }
 
 impl Default for HealthCheckConfig {
@@ -97,6 +106,7 @@ impl Default for HealthCheckConfig {
             timeout: Duration::from_secs(2),
             rise: 2,
             fall: 2,
+            slow_start: Duration::ZERO,
         }
     }
 }
@@ -105,8 +115,19 @@ impl Default for HealthCheckConfig {
 pub struct Timeouts {
     /// TCP connect to a backend; past it the backend counts as unreachable (502, retried elsewhere).
     pub connect: Duration,
-    /// From sending the request until the upstream's response headers arrive (504 after).
+    /// From the end of the request upload until the upstream's response headers (504 after).
     pub response: Duration,
+    /// Longest silence between two pieces of a backend's response body; the response is cut after.
+    pub upstream_idle: Duration,
+    /// From a request's first byte to the end of its head (slowloris guard); 408 and close after.
+    pub client_header: Duration,
+    /// Longest silence between two pieces of a client's request body; 408 and close after.
+    pub client_body_idle: Duration,
+    /// How long an idle keep-alive client connection is kept open.
+    pub keepalive_idle: Duration,
+    /// Optional overall limit from a request's arrival to its response headers, retries
+    /// included; 504 after.
+    pub request: Option<Duration>,
     /// How long a graceful shutdown waits for in-flight requests before closing what is left.
     pub drain: Duration,
 }
@@ -116,6 +137,11 @@ impl Default for Timeouts {
         Timeouts {
             connect: Duration::from_secs(2),
             response: Duration::from_secs(30),
+            upstream_idle: Duration::from_secs(60),
+            client_header: Duration::from_secs(10),
+            client_body_idle: Duration::from_secs(30),
+            keepalive_idle: Duration::from_secs(60),
+            request: None,
             drain: Duration::from_secs(30),
         }
     }
@@ -125,11 +151,86 @@ impl Default for Timeouts {
 pub struct RetryConfig {
     /// Tries in all, the first one included (1 = never retry).
     pub attempts: u32,
+    /// Retries may add at most this share (percent) of recent requests...
+    pub budget_percent: u32,
+    /// ...plus this many per second, so that a quiet service can still retry.
+    pub budget_min_per_second: u32,
+    /// Backend answers that are retried on another backend (idempotent requests only).
+    pub on_status: Vec<u16>,
+    /// Whether an idempotent request whose response headers timed out is retried elsewhere.
+    pub on_timeout: bool,
+    /// Request bodies up to this size are kept so that the request can be retried.
+    pub max_body_buffer: u64,
 }
 
 impl Default for RetryConfig {
     fn default() -> Self {
-        RetryConfig { attempts: 2 }
+        RetryConfig {
+            attempts: 2,
+            budget_percent: 20,
+            budget_min_per_second: 10,
+            on_status: Vec::new(),
+            on_timeout: true,
+            max_body_buffer: 64 * 1024,
+        }
+    }
+}
+
+/// Outlier ejection: failures seen on live traffic take a backend out at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassiveHealthConfig {
+    pub enabled: bool,
+    /// Consecutive failed requests (connect errors, resets, timeouts) that eject a backend.
+    pub consecutive_failures: u32,
+    /// Whether 5xx answers count as failures.
+    pub count_5xx: bool,
+    /// First ejection lasts this long; each repeated ejection one more time as long.
+    pub ejection_time: Duration,
+    pub max_ejection_time: Duration,
+    /// Never eject more than this share (percent) of the pool.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for PassiveHealthConfig {
+    fn default() -> Self {
+        PassiveHealthConfig {
+            enabled: true,
+            consecutive_failures: 5,
+            count_5xx: false,
+            ejection_time: Duration::from_secs(10),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// Size and concurrency limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Request line plus header fields; 431 above.
+    pub max_header_bytes: usize,
+    /// Request target; 414 above.
+    pub max_uri_bytes: usize,
+    /// Request body; 413 above (also for chunked bodies, as they stream). None: unlimited.
+    pub max_body_bytes: Option<u64>,
+    /// Client connections open at once; alb stops accepting while at the limit.
+    pub max_client_connections: usize,
+    /// Requests that may wait for a backend at its `max_connections`; 503 beyond.
+    pub backend_queue: usize,
+    /// How long a request may wait in that queue; 503 after.
+    pub backend_queue_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 32 * 1024,
+            max_uri_bytes: 8 * 1024,
+            max_body_bytes: None,
+            max_client_connections: 20_000,
+            backend_queue: 128,
+            backend_queue_timeout: Duration::from_secs(5),
+        }
     }
 }
 

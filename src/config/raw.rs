@@ -14,6 +14,8 @@ pub struct RawConfig {
     pub health_check: Option<RawHealthCheck>,
     pub timeouts: Option<RawTimeouts>,
     pub retry: Option<RawRetry>,
+    pub passive_health: Option<RawPassiveHealth>,
+    pub limits: Option<RawLimits>,
     pub access_log: Option<bool>,
 }
 
@@ -22,6 +24,7 @@ pub struct RawConfig {
 pub struct RawBackend {
     pub url: String,
     pub weight: Option<i64>,
+    pub max_connections: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -32,6 +35,7 @@ pub struct RawHealthCheck {
     pub timeout: Option<String>,
     pub rise: Option<i64>,
     pub fall: Option<i64>,
+    pub slow_start: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -39,6 +43,11 @@ pub struct RawHealthCheck {
 pub struct RawTimeouts {
     pub connect: Option<String>,
     pub response: Option<String>,
+    pub upstream_idle: Option<String>,
+    pub client_header: Option<String>,
+    pub client_body_idle: Option<String>,
+    pub keepalive_idle: Option<String>,
+    pub request: Option<String>,
     pub drain: Option<String>,
 }
 
@@ -46,4 +55,40 @@ pub struct RawTimeouts {
 #[serde(deny_unknown_fields)]
 pub struct RawRetry {
     pub attempts: Option<i64>,
+    pub budget_percent: Option<i64>,
+    pub budget_min_per_second: Option<i64>,
+    pub on_status: Option<Vec<i64>>,
+    pub on_timeout: Option<bool>,
+    pub max_body_buffer: Option<RawSize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPassiveHealth {
+    pub enabled: Option<bool>,
+    pub consecutive_failures: Option<i64>,
+    pub count_5xx: Option<bool>,
+    pub ejection_time: Option<String>,
+    pub max_ejection_time: Option<String>,
+    pub max_ejected_percent: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_header_bytes: Option<RawSize>,
+    pub max_uri_bytes: Option<RawSize>,
+    pub max_body_bytes: Option<RawSize>,
+    pub max_client_connections: Option<i64>,
+    pub backend_max_connections: Option<i64>,
+    pub backend_queue: Option<i64>,
+    pub backend_queue_timeout: Option<String>,
+}
+
+/// A byte size: a plain number of bytes, or a string with a unit ("64KiB", "10MB").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawSize {
+    Bytes(i64),
+    Text(String),
 }

@@ -3,39 +3,27 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
-use super::raw::{RawConfig, RawHealthCheck, RawRetry, RawTimeouts};
-use super::{
-    Algorithm, BackendAddr, BackendSpec, Config, HealthCheckConfig, MAX_WEIGHT, Problem,
-    RetryConfig, Timeouts,
-};
+use super::raw::RawConfig;
+use super::sections;
+use super::values::{Problems, count};
+use super::{Algorithm, BackendAddr, BackendSpec, Config, MAX_WEIGHT, Problem};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
-#[derive(Default)]
-struct Problems(Vec<Problem>);
-
-impl Problems {
-    fn add(&mut self, key: impl Into<String>, reason: impl Into<String>) {
-        self.0.push(Problem {
-            key: key.into(),
-            reason: reason.into(),
-        });
-    }
-}
-
-pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
+pub(super) fn validate(mut raw: RawConfig) -> Result<Config, Vec<Problem>> {
     let mut problems = Problems::default();
     let listen = listen(raw.listen.as_deref(), &mut problems);
     let algorithm = algorithm(raw.algorithm.as_deref(), &mut problems);
-    let backends = backends(&raw, &mut problems);
-    let health_check = health_check(raw.health_check.unwrap_or_default(), &mut problems);
-    let timeouts = timeouts(raw.timeouts.unwrap_or_default(), &mut problems);
-    let retry = retry(raw.retry.unwrap_or_default(), &mut problems);
-    if !problems.0.is_empty() {
-        return Err(problems.0);
-    }
+    let (limits, backend_max) =
+        sections::limits(raw.limits.take().unwrap_or_default(), &mut problems);
+    let backends = backends(&raw, backend_max, &mut problems);
+    let health_check = sections::health_check(raw.health_check.unwrap_or_default(), &mut problems);
+    let timeouts = sections::timeouts(raw.timeouts.unwrap_or_default(), &mut problems);
+    let retry = sections::retry(raw.retry.unwrap_or_default(), &mut problems);
+    let passive_health =
+        sections::passive_health(raw.passive_health.unwrap_or_default(), &mut problems);
+    problems.into_result()?;
     Ok(Config {
         listen,
         algorithm,
@@ -43,6 +31,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<Problem>> {
         health_check,
         timeouts,
         retry,
+        passive_health,
+        limits,
         access_log: raw.access_log.unwrap_or(true),
     })
 }
@@ -74,8 +64,13 @@ fn algorithm(value: Option<&str>, problems: &mut Problems) -> Algorithm {
     })
 }
 
-fn backends(raw: &RawConfig, problems: &mut Problems) -> Vec<BackendSpec> {
-    let entries: Vec<(String, &str, Option<i64>)> = match (&raw.backends, &raw.backend) {
+fn backends(
+    raw: &RawConfig,
+    default_max: Option<u32>,
+    problems: &mut Problems,
+) -> Vec<BackendSpec> {
+    type Entry<'a> = (String, &'a str, Option<i64>, Option<i64>);
+    let entries: Vec<Entry> = match (&raw.backends, &raw.backend) {
         (Some(_), Some(_)) => {
             problems.add(
                 "backend",
@@ -86,12 +81,15 @@ fn backends(raw: &RawConfig, problems: &mut Problems) -> Vec<BackendSpec> {
         (Some(urls), None) => urls
             .iter()
             .enumerate()
-            .map(|(i, url)| (format!("backends[{i}]"), url.as_str(), None))
+            .map(|(i, url)| (format!("backends[{i}]"), url.as_str(), None, None))
             .collect(),
         (None, Some(tables)) => tables
             .iter()
             .enumerate()
-            .map(|(i, b)| (format!("backend[{i}]"), b.url.as_str(), b.weight))
+            .map(|(i, b)| {
+                let key = format!("backend[{i}]");
+                (key, b.url.as_str(), b.weight, b.max_connections)
+            })
             .collect(),
         (None, None) => Vec::new(),
     };
@@ -103,11 +101,23 @@ fn backends(raw: &RawConfig, problems: &mut Problems) -> Vec<BackendSpec> {
     }
     let mut seen = HashSet::new();
     let mut specs = Vec::with_capacity(entries.len());
-    for (key, url, weight) in entries {
+    for (key, url, weight, max_connections) in entries {
         let weight = backend_weight(&key, weight, problems);
-        let Some(spec) = backend_url(&key, url, weight, problems) else {
+        let max_connections = match max_connections {
+            Some(n) => Some(count(
+                &format!("{key}.max_connections"),
+                Some(n),
+                1,
+                1,
+                1_000_000,
+                problems,
+            )),
+            None => default_max,
+        };
+        let Some(mut spec) = backend_url(&key, url, weight, problems) else {
             continue;
         };
+        spec.max_connections = max_connections;
         if !seen.insert(spec.url.clone()) {
             problems.add(key, format!("duplicate backend {}", spec.url));
             continue;
@@ -192,105 +202,6 @@ fn backend_url(key: &str, url: &str, weight: u32, problems: &mut Problems) -> Op
         authority,
         addr,
         weight,
+        max_connections: None,
     })
-}
-
-fn health_check(raw: RawHealthCheck, problems: &mut Problems) -> HealthCheckConfig {
-    let default = HealthCheckConfig::default();
-    let path = raw.path.unwrap_or(default.path.clone());
-    if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
-        problems.add(
-            "health_check.path",
-            format!("{path:?} must be an absolute path such as \"/health\""),
-        );
-    }
-    HealthCheckConfig {
-        path,
-        interval: positive_duration(
-            "health_check.interval",
-            raw.interval,
-            default.interval,
-            problems,
-        ),
-        timeout: positive_duration(
-            "health_check.timeout",
-            raw.timeout,
-            default.timeout,
-            problems,
-        ),
-        rise: count("health_check.rise", raw.rise, default.rise, 1, problems),
-        fall: count("health_check.fall", raw.fall, default.fall, 1, problems),
-    }
-}
-
-fn timeouts(raw: RawTimeouts, problems: &mut Problems) -> Timeouts {
-    let default = Timeouts::default();
-    Timeouts {
-        connect: positive_duration("timeouts.connect", raw.connect, default.connect, problems),
-        response: positive_duration(
-            "timeouts.response",
-            raw.response,
-            default.response,
-            problems,
-        ),
-        drain: duration("timeouts.drain", raw.drain, default.drain, problems),
-    }
-}
-
-fn retry(raw: RawRetry, problems: &mut Problems) -> RetryConfig {
-    let default = RetryConfig::default();
-    RetryConfig {
-        attempts: count(
-            "retry.attempts",
-            raw.attempts,
-            default.attempts,
-            1,
-            problems,
-        ),
-    }
-}
-
-fn count(key: &str, value: Option<i64>, default: u32, min: u32, problems: &mut Problems) -> u32 {
-    const MAX: i64 = 1000;
-    match value {
-        None => default,
-        Some(v) if (i64::from(min)..=MAX).contains(&v) => v as u32,
-        Some(v) => {
-            problems.add(key, format!("must be between {min} and {MAX}, got {v}"));
-            default
-        }
-    }
-}
-
-fn duration(
-    key: &str,
-    value: Option<String>,
-    default: Duration,
-    problems: &mut Problems,
-) -> Duration {
-    let Some(text) = value else {
-        return default;
-    };
-    humantime::parse_duration(text.trim()).unwrap_or_else(|e| {
-        problems.add(
-            key,
-            format!("{text:?} is not a duration ({e}); write it like \"5s\" or \"500ms\""),
-        );
-        default
-    })
-}
-
-fn positive_duration(
-    key: &str,
-    value: Option<String>,
-    default: Duration,
-    problems: &mut Problems,
-) -> Duration {
-    let before = problems.0.len();
-    let parsed = duration(key, value, default, problems);
-    if parsed.is_zero() && problems.0.len() == before {
-        problems.add(key, "must be greater than zero");
-        return default;
-    }
-    parsed
 }

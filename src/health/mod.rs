@@ -12,6 +12,7 @@
 //! apart. Together they turn a dead backend into a DOWN one in about a second instead of `fall`
 //! full intervals, while the decision stays with the checker and its thresholds.
 
+mod passive;
 mod probe;
 
 use std::future::Future;
@@ -20,9 +21,10 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 
-use crate::config::HealthCheckConfig;
+use crate::config::{HealthCheckConfig, PassiveHealthConfig};
 use crate::upstream::Backend;
 
+pub use passive::OutlierDetector;
 pub use probe::{ProbeError, probe};
 
 /// Shortest gap between two probes of one backend, however often traffic asks for a recheck.
@@ -40,10 +42,15 @@ pub struct HealthChecker {
 
 impl HealthChecker {
     /// Starts one probing task per backend on the current runtime.
-    pub fn start(backends: &[Arc<Backend>], config: &HealthCheckConfig) -> HealthChecker {
+    pub fn start(
+        backends: &[Arc<Backend>],
+        config: &HealthCheckConfig,
+        passive: &PassiveHealthConfig,
+    ) -> HealthChecker {
         let mut tasks = JoinSet::new();
         for backend in backends {
-            tasks.spawn(check_loop(backend.clone(), config.clone()));
+            let forgive_after = passive.max_ejection_time;
+            tasks.spawn(check_loop(backend.clone(), config.clone(), forgive_after));
         }
         HealthChecker { tasks }
     }
@@ -106,8 +113,9 @@ impl HealthState {
     }
 }
 
-async fn check_loop(backend: Arc<Backend>, config: HealthCheckConfig) {
+async fn check_loop(backend: Arc<Backend>, config: HealthCheckConfig, forgive_after: Duration) {
     let mut state = HealthState::new(&config);
+    let mut readmitted_at: Option<tokio::time::Instant> = None;
     loop {
         let result = probe(&backend, &config).await;
         let passed = result.is_ok();
@@ -127,11 +135,29 @@ async fn check_loop(backend: Arc<Backend>, config: HealthCheckConfig) {
             }
             None => {}
         }
-        let interval = if state.is_changing(backend.is_healthy()) {
+        // An ejected backend comes back once its time is served and a probe passes.
+        if passed && backend.is_ejected() && backend.ejection_elapsed() && backend.readmit() {
+            readmitted_at = Some(tokio::time::Instant::now());
+            if backend.is_healthy() {
+                tracing::info!(
+                    backend = backend.url(),
+                    "backend {} is UP again: ejection over and probe passed",
+                    backend.url()
+                );
+            }
+        }
+        if readmitted_at.is_some_and(|at| at.elapsed() >= forgive_after) && !backend.is_ejected() {
+            backend.forgive_ejections();
+            readmitted_at = None;
+        }
+        let mut interval = if state.is_changing(backend.is_healthy()) {
             config.interval.min(CONFIRM_INTERVAL)
         } else {
             config.interval
         };
+        if backend.is_ejected() {
+            interval = interval.min(backend.ejection_left() + MIN_GAP);
+        }
         wait_next(&backend, interval).await;
     }
 }

@@ -13,6 +13,7 @@ pub struct AccessRecord {
     path: String,
     client: SocketAddr,
     started: Instant,
+    attempts: u32,
 }
 
 /// How a response ended, as written in the log line.
@@ -23,14 +24,17 @@ pub enum Outcome {
     ClientAborted,
     /// The backend broke the body off.
     UpstreamBroken,
+    /// The backend went silent mid-body for longer than `timeouts.upstream_idle`.
+    UpstreamIdle,
 }
 
 impl Outcome {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Complete => "complete",
             Outcome::ClientAborted => "client_aborted",
             Outcome::UpstreamBroken => "upstream_broken",
+            Outcome::UpstreamIdle => "upstream_idle_timeout",
         }
     }
 }
@@ -42,7 +46,13 @@ impl AccessRecord {
             path: path.to_owned(),
             client,
             started,
+            attempts: 1,
         }
+    }
+
+    /// How many backends were tried (retries included).
+    pub fn set_attempts(&mut self, attempts: u32) {
+        self.attempts = attempts;
     }
 
     pub fn finish(&self, status: u16, backend: Option<&str>, bytes: u64, outcome: Outcome) {
@@ -55,6 +65,7 @@ impl AccessRecord {
             backend = backend.unwrap_or("-"),
             duration_ms = format_args!("{:.3}", self.started.elapsed().as_secs_f64() * 1000.0),
             bytes,
+            attempts = self.attempts,
             outcome = outcome.as_str(),
             "{} {} {}",
             self.method,

@@ -7,8 +7,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
-use super::body::ResponseBody;
-use crate::upstream::ConnectError;
+use super::request_body::BodyError;
+use super::response_body::ResponseBody;
+use crate::upstream::{ConnectError, QueueError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -20,6 +21,16 @@ pub enum ProxyError {
     ResponseTimeout(Duration),
     #[error("backend failed before its response headers: {0}")]
     Upstream(#[source] hyper::Error),
+    #[error("backend answered {0}")]
+    UpstreamStatus(u16),
+    #[error("{0}")]
+    Queue(#[from] QueueError),
+    #[error("no response headers within the request deadline of {0:?}")]
+    Deadline(Duration),
+    #[error("{0}")]
+    Body(#[from] BodyError),
+    #[error("request target longer than {0} bytes")]
+    UriTooLong(usize),
     #[error("{0}")]
     BadRequest(&'static str),
     #[error("method not allowed: {0}")]
@@ -29,11 +40,28 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::NoHealthyBackend | ProxyError::Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::UpstreamStatus(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::ResponseTimeout(_) | ProxyError::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Body(BodyError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Body(BodyError::Idle(_)) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Body(BodyError::Client(_)) => StatusCode::BAD_REQUEST,
+            ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    /// What this error tells passive health about the backend, if anything: only the backend's
+    /// own failures count, never the client's.
+    pub fn passive_failure(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::Connect(_) => Some("connect failed"),
+            ProxyError::Upstream(_) => Some("connection broke before the response"),
+            ProxyError::ResponseTimeout(_) => Some("response timeout"),
+            _ => None,
         }
     }
 
@@ -43,8 +71,21 @@ impl ProxyError {
         match self {
             ProxyError::NoHealthyBackend => "no healthy backend is available, try again later",
             ProxyError::Connect(_) => "the backend could not be reached",
-            ProxyError::Upstream(_) => "the backend failed to answer",
+            ProxyError::Upstream(_) | ProxyError::UpstreamStatus(_) => {
+                "the backend failed to answer"
+            }
             ProxyError::ResponseTimeout(_) => "the backend did not answer in time",
+            ProxyError::Queue(QueueError::Full) => {
+                "the backend is at its connection limit and its queue is full"
+            }
+            ProxyError::Queue(QueueError::Timeout(_)) => {
+                "waited too long for a free connection to the backend"
+            }
+            ProxyError::Deadline(_) => "the request took longer than its deadline",
+            ProxyError::Body(BodyError::TooLarge(_)) => "the request body is too large",
+            ProxyError::Body(BodyError::Idle(_)) => "the request body stalled",
+            ProxyError::Body(BodyError::Client(_)) => "the request body broke off",
+            ProxyError::UriTooLong(_) => "the request target is too long",
             ProxyError::BadRequest(m) | ProxyError::MethodNotAllowed(m) => m,
         }
     }
@@ -68,6 +109,11 @@ impl ProxyError {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, retry_after.clone());
+        }
+        // After a client error the rest of the connection cannot be trusted (an unread body, a
+        // stalled upload): answer and close.
+        if status.is_client_error() {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let ProxyError::MethodNotAllowed(_) = self {
             headers.insert(

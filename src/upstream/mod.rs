@@ -6,18 +6,27 @@
 //! for balancing decisions, and no other memory is published through it.
 
 mod connect;
+mod limit;
 mod pool;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use http::HeaderValue;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use crate::config::{BackendAddr, BackendSpec};
 
 pub use connect::{ConnectError, connect};
+pub use limit::{ConnectionLimit, QueueError};
 pub use pool::{ConnectionPool, UpstreamSender};
+
+/// Milliseconds since the first call: a clock that fits in an atomic.
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
 
 /// One backend server and everything alb knows about it right now.
 #[derive(Debug)]
@@ -26,7 +35,17 @@ pub struct Backend {
     addr: BackendAddr,
     host_header: HeaderValue,
     weight: u32,
+    /// Verdict of the active health checks.
     healthy: AtomicBool,
+    /// Taken out by passive health (failures on live traffic) until the checker lets it back.
+    ejected: AtomicBool,
+    ejected_until_ms: AtomicU64,
+    /// How many times in a row it was ejected: each ejection lasts one base time longer.
+    ejections: AtomicU32,
+    /// Consecutive failed requests on live traffic.
+    failures: AtomicU32,
+    /// When it last came back into rotation (for slow start); 0 = has been in from the start.
+    back_since_ms: AtomicU64,
     in_flight: AtomicU64,
     /// Requests ever picked for this backend: the tie-breaker of weighted least-connections.
     picks: AtomicU64,
@@ -34,10 +53,16 @@ pub struct Backend {
     /// checker probes it now instead of at the next interval.
     recheck: Notify,
     pool: ConnectionPool,
+    limit: Option<ConnectionLimit>,
 }
 
 impl Backend {
     pub fn new(spec: &BackendSpec) -> Backend {
+        Backend::with_queue(spec, 0)
+    }
+
+    /// A backend whose `max_connections` (if any) lets up to `queue` requests wait.
+    pub fn with_queue(spec: &BackendSpec, queue: usize) -> Backend {
         Backend {
             url: spec.url.clone(),
             addr: spec.addr.clone(),
@@ -45,10 +70,18 @@ impl Backend {
                 .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
             weight: spec.weight.max(1),
             healthy: AtomicBool::new(true),
+            ejected: AtomicBool::new(false),
+            ejected_until_ms: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            failures: AtomicU32::new(0),
+            back_since_ms: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             picks: AtomicU64::new(0),
             recheck: Notify::new(),
             pool: ConnectionPool::default(),
+            limit: spec
+                .max_connections
+                .map(|max| ConnectionLimit::new(max, queue)),
         }
     }
 
@@ -75,7 +108,94 @@ impl Backend {
 
     /// Sets the health flag and returns the previous value.
     pub fn set_healthy(&self, healthy: bool) -> bool {
-        self.healthy.swap(healthy, Ordering::Relaxed)
+        let was = self.healthy.swap(healthy, Ordering::Relaxed);
+        if healthy && !was {
+            self.back_since_ms.store(now_ms().max(1), Ordering::Relaxed);
+        }
+        was
+    }
+
+    /// Whether new requests may go here: healthy by the active checks and not ejected.
+    #[inline]
+    pub fn is_available(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed) && !self.ejected.load(Ordering::Relaxed)
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Relaxed)
+    }
+
+    /// Ejects the backend until `now + duration`; false if it already was.
+    pub(crate) fn eject(&self, base: Duration, max: Duration) -> Option<Duration> {
+        if self.ejected.swap(true, Ordering::Relaxed) {
+            return None;
+        }
+        let n = self
+            .ejections
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        let duration = base.saturating_mul(n).min(max);
+        self.ejected_until_ms
+            .store(now_ms() + duration.as_millis() as u64, Ordering::Relaxed);
+        Some(duration)
+    }
+
+    /// Whether an ejection is over by the clock (the checker still has to see a passing probe).
+    pub(crate) fn ejection_elapsed(&self) -> bool {
+        now_ms() >= self.ejected_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Time left in the current ejection.
+    pub(crate) fn ejection_left(&self) -> Duration {
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        Duration::from_millis(until.saturating_sub(now_ms()))
+    }
+
+    /// Ends an ejection; false if it was not ejected.
+    pub(crate) fn readmit(&self) -> bool {
+        let was = self.ejected.swap(false, Ordering::Relaxed);
+        if was {
+            self.failures.store(0, Ordering::Relaxed);
+            self.back_since_ms.store(now_ms().max(1), Ordering::Relaxed);
+        }
+        was
+    }
+
+    /// Forgets past ejections once the backend has behaved for a while.
+    pub(crate) fn forgive_ejections(&self) {
+        if self.ejections.load(Ordering::Relaxed) != 0 {
+            self.ejections.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a failed request; returns the number of failures in a row.
+    pub(crate) fn note_failure(&self) -> u32 {
+        self.failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1)
+    }
+
+    /// A successful request resets the run of failures (without writing when there was none, to
+    /// keep the cache line shared on the hot path).
+    #[inline]
+    pub(crate) fn note_success(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Share of full traffic during slow start: from 0 when it came back to 1 after `ramp`.
+    pub fn warmth(&self, ramp: Duration) -> f64 {
+        let since = self.back_since_ms.load(Ordering::Relaxed);
+        if since == 0 || ramp.is_zero() {
+            return 1.0;
+        }
+        let elapsed = now_ms().saturating_sub(since) as f64;
+        (elapsed / ramp.as_millis() as f64).clamp(0.0, 1.0)
+    }
+
+    pub fn limit(&self) -> Option<&ConnectionLimit> {
+        self.limit.as_ref()
     }
 
     pub fn in_flight(&self) -> u64 {
@@ -110,12 +230,25 @@ impl Backend {
 #[derive(Debug)]
 pub struct InFlightGuard {
     backend: Arc<Backend>,
+    /// The backend's connection slot, when it has a `max_connections`.
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 impl InFlightGuard {
     pub fn new(backend: Arc<Backend>) -> InFlightGuard {
         backend.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlightGuard { backend }
+        InFlightGuard {
+            backend,
+            slot: None,
+        }
+    }
+
+    /// Takes a connection slot of a limited backend, waiting in its queue if need be.
+    pub async fn acquire_slot(&mut self, wait: Duration) -> Result<(), QueueError> {
+        if let Some(limit) = self.backend.limit() {
+            self.slot = Some(limit.acquire(wait).await?);
+        }
+        Ok(())
     }
 
     pub fn backend(&self) -> &Arc<Backend> {

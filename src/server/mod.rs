@@ -1,26 +1,33 @@
-//! The listener side: accepting client connections, serving HTTP/1.1 on each, and shutting down
-//! gracefully (stop accepting, let in-flight requests finish within the drain timeout).
+//! The listener side: accepting client connections (up to `limits.max_client_connections`),
+//! serving HTTP/1.1 on each, and shutting down gracefully (stop accepting, let in-flight requests
+//! finish within the drain timeout).
+
+mod client_io;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::config::Config;
-use crate::health::HealthChecker;
-use crate::proxy::{ClientInfo, Proxy};
+pub use client_io::{Activity, ActivityGuard, ClientIo};
 
-/// How long a client may take to send a request head (slowloris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::config::{Config, Timeouts};
+use crate::health::HealthChecker;
+use crate::proxy::{ClientInfo, Proxy, ResponseBody, ResponseBodyError};
+
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -77,11 +84,18 @@ impl Server {
     /// Serves until `shutdown` completes, then drains: no new connections, idle keep-alive
     /// connections closed, in-flight requests given `timeouts.drain` to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let health = HealthChecker::start(self.proxy.backends(), &self.config.health_check);
+        let health = HealthChecker::start(
+            self.proxy.backends(),
+            &self.config.health_check,
+            &self.config.passive_health,
+        );
         let mut http = http1::Builder::new();
+        // Head and keep-alive timeouts are ClientIo's: hyper's own covers both at once.
         http.timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(None)
+            .max_header_size(self.config.limits.max_header_bytes)
             .keep_alive(true);
+        let slots = Arc::new(Semaphore::new(self.config.limits.max_client_connections));
         let graceful = GracefulShutdown::new();
         let mut connections = JoinSet::new();
         let mut shutdown = pin!(shutdown);
@@ -92,13 +106,27 @@ impl Server {
             "alb listening on {}", self.local_addr
         );
         loop {
+            // At the connection limit, stop accepting (the kernel's backlog holds newcomers)
+            // rather than accept and drop.
+            let slot = tokio::select! {
+                () = &mut shutdown => break,
+                slot = slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => break,
+                },
+            };
             tokio::select! {
                 () = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         while connections.try_join_next().is_some() {}
-                        let connection = serve(&http, stream, peer, self.proxy.clone());
-                        connections.spawn(graceful.watch(connection));
+                        let connection = serve(&http, stream, peer, self.proxy.clone(), &self.config.timeouts);
+                        let connection = graceful.watch(connection);
+                        connections.spawn(async move {
+                            let result = connection.await;
+                            drop(slot);
+                            result
+                        });
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -135,15 +163,58 @@ fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     proxy: Arc<Proxy>,
+    timeouts: &Timeouts,
 ) -> impl hyper_util::server::graceful::GracefulConnection<Output = Result<(), hyper::Error>> + use<>
 {
     // Responses are written whole; Nagle would only delay the last segment.
     let _ = stream.set_nodelay(true);
+    let activity = Arc::new(Activity::default());
+    let io = ClientIo::new(
+        stream,
+        activity.clone(),
+        timeouts.client_header,
+        timeouts.keepalive_idle,
+    );
     let client = Arc::new(ClientInfo::new(peer));
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
         let client = client.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(req, &client).await) }
+        let started = activity.start();
+        async move {
+            let response = proxy.handle(req, &client).await;
+            Ok::<_, Infallible>(response.map(|body| ServedBody {
+                body,
+                _started: started,
+            }))
+        }
     });
-    http.serve_connection(TokioIo::new(stream), service)
+    http.serve_connection(TokioIo::new(io), service)
+}
+
+/// A response body that tells the connection when it has been written out (or dropped), so the
+/// connection knows it is idle again.
+#[derive(Debug)]
+pub struct ServedBody {
+    body: ResponseBody,
+    _started: ActivityGuard,
+}
+
+impl Body for ServedBody {
+    type Data = Bytes;
+    type Error = ResponseBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }

@@ -1,0 +1,217 @@
+//! Validation of the optional sections: health checks, timeouts, retries, passive health, limits.
+
+use std::time::Duration;
+
+use super::raw::{RawHealthCheck, RawLimits, RawPassiveHealth, RawRetry, RawTimeouts};
+use super::values::{Problems, count, duration, positive_duration, size};
+use super::{HealthCheckConfig, Limits, PassiveHealthConfig, RetryConfig, Timeouts};
+
+pub(super) fn health_check(raw: RawHealthCheck, problems: &mut Problems) -> HealthCheckConfig {
+    let d = HealthCheckConfig::default();
+    let path = raw.path.unwrap_or(d.path.clone());
+    if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
+        problems.add(
+            "health_check.path",
+            format!("{path:?} must be an absolute path such as \"/health\""),
+        );
+    }
+    HealthCheckConfig {
+        path,
+        interval: positive_duration("health_check.interval", raw.interval, d.interval, problems),
+        timeout: positive_duration("health_check.timeout", raw.timeout, d.timeout, problems),
+        rise: count("health_check.rise", raw.rise, d.rise, 1, 1000, problems),
+        fall: count("health_check.fall", raw.fall, d.fall, 1, 1000, problems),
+        slow_start: duration(
+            "health_check.slow_start",
+            raw.slow_start,
+            d.slow_start,
+            problems,
+        ),
+    }
+}
+
+pub(super) fn timeouts(raw: RawTimeouts, problems: &mut Problems) -> Timeouts {
+    let d = Timeouts::default();
+    let mut positive = |key: &str, value, default| {
+        positive_duration(&format!("timeouts.{key}"), value, default, problems)
+    };
+    let connect = positive("connect", raw.connect, d.connect);
+    let response = positive("response", raw.response, d.response);
+    let upstream_idle = positive("upstream_idle", raw.upstream_idle, d.upstream_idle);
+    let client_header = positive("client_header", raw.client_header, d.client_header);
+    let client_body_idle = positive("client_body_idle", raw.client_body_idle, d.client_body_idle);
+    let keepalive_idle = positive("keepalive_idle", raw.keepalive_idle, d.keepalive_idle);
+    let request = raw
+        .request
+        .map(|text| positive_duration("timeouts.request", Some(text), Duration::MAX, problems));
+    Timeouts {
+        connect,
+        response,
+        upstream_idle,
+        client_header,
+        client_body_idle,
+        keepalive_idle,
+        request,
+        drain: duration("timeouts.drain", raw.drain, d.drain, problems),
+    }
+}
+
+pub(super) fn retry(raw: RawRetry, problems: &mut Problems) -> RetryConfig {
+    let d = RetryConfig::default();
+    let on_status = raw
+        .on_status
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|code| match code {
+            500..=599 => Some(code as u16),
+            _ => {
+                problems.add(
+                    "retry.on_status",
+                    format!("{code} is not a 5xx status; only 5xx answers can be retried"),
+                );
+                None
+            }
+        })
+        .collect();
+    RetryConfig {
+        attempts: count("retry.attempts", raw.attempts, d.attempts, 1, 10, problems),
+        budget_percent: count(
+            "retry.budget_percent",
+            raw.budget_percent,
+            d.budget_percent,
+            0,
+            100,
+            problems,
+        ),
+        budget_min_per_second: count(
+            "retry.budget_min_per_second",
+            raw.budget_min_per_second,
+            d.budget_min_per_second,
+            0,
+            1_000_000,
+            problems,
+        ),
+        on_status,
+        on_timeout: raw.on_timeout.unwrap_or(d.on_timeout),
+        max_body_buffer: size(
+            "retry.max_body_buffer",
+            raw.max_body_buffer,
+            d.max_body_buffer,
+            problems,
+        ),
+    }
+}
+
+pub(super) fn passive_health(
+    raw: RawPassiveHealth,
+    problems: &mut Problems,
+) -> PassiveHealthConfig {
+    let d = PassiveHealthConfig::default();
+    let key = |k: &str| format!("passive_health.{k}");
+    let ejection_time = positive_duration(
+        &key("ejection_time"),
+        raw.ejection_time,
+        d.ejection_time,
+        problems,
+    );
+    let max_ejection_time = positive_duration(
+        &key("max_ejection_time"),
+        raw.max_ejection_time,
+        d.max_ejection_time,
+        problems,
+    );
+    if max_ejection_time < ejection_time {
+        problems.add(
+            key("max_ejection_time"),
+            format!("must not be shorter than ejection_time ({ejection_time:?})"),
+        );
+    }
+    PassiveHealthConfig {
+        enabled: raw.enabled.unwrap_or(d.enabled),
+        consecutive_failures: count(
+            &key("consecutive_failures"),
+            raw.consecutive_failures,
+            d.consecutive_failures,
+            1,
+            1000,
+            problems,
+        ),
+        count_5xx: raw.count_5xx.unwrap_or(d.count_5xx),
+        ejection_time,
+        max_ejection_time,
+        max_ejected_percent: count(
+            &key("max_ejected_percent"),
+            raw.max_ejected_percent,
+            d.max_ejected_percent,
+            0,
+            100,
+            problems,
+        ),
+    }
+}
+
+/// The limits, and the default `max_connections` of every backend.
+pub(super) fn limits(raw: RawLimits, problems: &mut Problems) -> (Limits, Option<u32>) {
+    let d = Limits::default();
+    let key = |k: &str| format!("limits.{k}");
+    let max_header_bytes = size(
+        &key("max_header_bytes"),
+        raw.max_header_bytes,
+        d.max_header_bytes as u64,
+        problems,
+    );
+    if max_header_bytes < 1024 {
+        problems.add(key("max_header_bytes"), "must be at least 1024 bytes");
+    }
+    let max_uri_bytes = size(
+        &key("max_uri_bytes"),
+        raw.max_uri_bytes,
+        d.max_uri_bytes as u64,
+        problems,
+    );
+    if max_uri_bytes < 16 {
+        problems.add(key("max_uri_bytes"), "must be at least 16 bytes");
+    }
+    let max_body_bytes = raw
+        .max_body_bytes
+        .map(|v| size(&key("max_body_bytes"), Some(v), u64::MAX, problems));
+    let max_client_connections = count(
+        &key("max_client_connections"),
+        raw.max_client_connections,
+        d.max_client_connections as u32,
+        1,
+        10_000_000,
+        problems,
+    ) as usize;
+    let backend_max = raw.backend_max_connections.map(|n| {
+        count(
+            &key("backend_max_connections"),
+            Some(n),
+            1,
+            1,
+            1_000_000,
+            problems,
+        )
+    });
+    let limits = Limits {
+        max_header_bytes: max_header_bytes.min(u32::MAX as u64) as usize,
+        max_uri_bytes: max_uri_bytes.min(u32::MAX as u64) as usize,
+        max_body_bytes,
+        max_client_connections,
+        backend_queue: count(
+            &key("backend_queue"),
+            raw.backend_queue,
+            d.backend_queue as u32,
+            0,
+            1_000_000,
+            problems,
+        ) as usize,
+        backend_queue_timeout: positive_duration(
+            &key("backend_queue_timeout"),
+            raw.backend_queue_timeout,
+            d.backend_queue_timeout,
+            problems,
+        ),
+    };
+    (limits, backend_max)
+}

@@ -1,0 +1,182 @@
+//! The client socket as hyper sees it, with the two timeouts that hyper cannot tell apart: the
+//! time a client may take to send a request head once it started one (slowloris guard: answered
+//! with 408 and closed), and the time an idle keep-alive connection is kept open (closed quietly).
+//!
+//! The phase of the connection is learnt from the socket and from [`Activity`]: the service counts
+//! requests started and responses finished. No timer runs while a request is being served, since
+//! the request has timeouts of its own.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+const REQUEST_TIMEOUT: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+
+/// Requests started and finished on one connection.
+#[derive(Debug, Default)]
+pub struct Activity {
+    started: AtomicU32,
+    finished: AtomicU32,
+}
+
+impl Activity {
+    /// Marks a request as started; the returned guard marks it finished when dropped (with the
+    /// response body, once it has been written out).
+    pub fn start(self: &Arc<Self>) -> ActivityGuard {
+        // Relaxed: both counters are only compared with each other by the same connection's task.
+        self.started.fetch_add(1, Ordering::Relaxed);
+        ActivityGuard(self.clone())
+    }
+
+    fn busy(&self) -> bool {
+        self.started.load(Ordering::Relaxed) != self.finished.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug)]
+pub struct ActivityGuard(Arc<Activity>);
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        self.0.finished.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for (the rest of) a request head.
+    Head,
+    /// A request is being served.
+    Busy,
+    /// Between requests on a keep-alive connection.
+    Idle,
+}
+
+#[derive(Debug)]
+pub struct ClientIo {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+    phase: Phase,
+    timer: Pin<Box<Sleep>>,
+    header_timeout: Duration,
+    keepalive_timeout: Duration,
+}
+
+impl ClientIo {
+    /// A new connection starts waiting for its first head: a client that connects and sends
+    /// nothing is cut after `header_timeout`.
+    pub fn new(
+        stream: TcpStream,
+        activity: Arc<Activity>,
+        header_timeout: Duration,
+        keepalive_timeout: Duration,
+    ) -> ClientIo {
+        ClientIo {
+            stream,
+            activity,
+            phase: Phase::Head,
+            timer: Box::pin(tokio::time::sleep(header_timeout)),
+            header_timeout,
+            keepalive_timeout,
+        }
+    }
+
+    fn enter(&mut self, phase: Phase) {
+        let limit = match phase {
+            Phase::Head => self.header_timeout,
+            Phase::Idle => self.keepalive_timeout,
+            Phase::Busy => {
+                self.phase = phase;
+                return;
+            }
+        };
+        self.phase = phase;
+        self.timer.as_mut().reset(Instant::now() + limit);
+    }
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let busy = this.activity.busy();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let got_bytes = buf.filled().len() > before;
+                if busy {
+                    this.phase = Phase::Busy;
+                } else if got_bytes && this.phase != Phase::Head {
+                    this.enter(Phase::Head);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if busy {
+                    this.phase = Phase::Busy;
+                    return Poll::Pending;
+                }
+                if this.phase == Phase::Busy {
+                    this.enter(Phase::Idle);
+                }
+                if this.timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                match this.phase {
+                    Phase::Idle => Poll::Ready(Ok(())), // end of stream: hyper closes quietly
+                    _ => {
+                        tracing::info!(timeout = ?this.header_timeout, "client too slow to send a request head: 408");
+                        // Best effort: the socket buffer takes these few bytes at once or not at all.
+                        let _ = this.stream.try_write(REQUEST_TIMEOUT);
+                        Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "request head timeout",
+                        )))
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
