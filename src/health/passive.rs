@@ -6,6 +6,7 @@
 //! every backend (or alb's own network) cannot empty the pool.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::PassiveHealthConfig;
 use crate::upstream::Backend;
@@ -14,6 +15,7 @@ use crate::upstream::Backend;
 pub struct OutlierDetector {
     config: PassiveHealthConfig,
     pool: Vec<Arc<Backend>>,
+    ejections: AtomicU64,
 }
 
 impl OutlierDetector {
@@ -21,7 +23,13 @@ impl OutlierDetector {
         OutlierDetector {
             config: config.clone(),
             pool: pool.to_vec(),
+            ejections: AtomicU64::new(0),
         }
+    }
+
+    /// Ejections since start.
+    pub fn ejections(&self) -> u64 {
+        self.ejections.load(Ordering::Relaxed)
     }
 
     pub fn counts_5xx(&self) -> bool {
@@ -55,6 +63,7 @@ impl OutlierDetector {
         if let Some(duration) =
             backend.eject(self.config.ejection_time, self.config.max_ejection_time)
         {
+            self.ejections.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 backend = backend.url(),
                 failures = run,

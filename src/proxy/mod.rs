@@ -12,6 +12,7 @@ mod retry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -63,6 +64,7 @@ pub struct Proxy {
     slow_start: Duration,
     access_log: bool,
     retry_after: HeaderValue,
+    retries: AtomicU64,
 }
 
 /// A failed attempt, with the request when it provably was not sent.
@@ -96,11 +98,21 @@ impl Proxy {
             slow_start: config.health_check.slow_start,
             access_log: config.access_log,
             retry_after: HeaderValue::from(retry_after),
+            retries: AtomicU64::new(0),
         }
     }
 
     pub fn backends(&self) -> &[Arc<Backend>] {
         &self.backends
+    }
+
+    pub fn outliers(&self) -> &Arc<OutlierDetector> {
+        &self.outliers
+    }
+
+    /// Attempts sent again to another backend since start.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
     }
 
     /// Proxies one request. Never fails: every error becomes a response.
@@ -196,6 +208,7 @@ impl Proxy {
                                 status,
                                 "retrying a {status} answer on another backend"
                             );
+                            self.retries.fetch_add(1, Ordering::Relaxed);
                             request = replay.rebuild();
                             last = Some(Rejection {
                                 error: ProxyError::UpstreamStatus(status),
@@ -232,6 +245,7 @@ impl Proxy {
             match again {
                 Some(next) if more && self.retry.allow_retry() => {
                     tracing::info!(backend = backend.url(), attempt, error = %rejection.error, "retrying on another backend");
+                    self.retries.fetch_add(1, Ordering::Relaxed);
                     request = next;
                     last = Some(rejection);
                 }

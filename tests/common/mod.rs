@@ -40,6 +40,8 @@ pub enum Mode {
     HangTraffic = 3,
     /// Answer health checks, close the connection on proxied requests without answering.
     DropTraffic = 4,
+    /// Answer health checks, answer proxied requests with 500.
+    FailTraffic = 5,
 }
 
 /// What a backend saw of the last request it received.
@@ -221,7 +223,28 @@ async fn answer(
         3 if !health_check => std::future::pending::<()>().await,
         // hyper closes the connection without a response when the service fails.
         4 if !health_check => return Err("dropping the connection on purpose".into()),
+        5 if !health_check => {
+            return Ok(text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "failing traffic on purpose",
+                &state.name,
+            ));
+        }
         _ => {}
+    }
+    if req.uri().path() == "/stall" {
+        // One chunk, then silence: a backend that hangs mid-body.
+        let (mut tx, body) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(1);
+        tokio::spawn(async move {
+            let _ = tx.send_data(Bytes::from_static(b"first chunk")).await;
+            std::future::pending::<()>().await;
+            drop(tx);
+        });
+        let mut response = Response::new(body.boxed());
+        response
+            .headers_mut()
+            .insert("x-backend", state.name.parse().unwrap());
+        return Ok(response);
     }
     if req.uri().path() == "/count" {
         // Reads the whole body before answering, as most application servers do.
