@@ -31,6 +31,10 @@ pub enum ProxyError {
     Body(#[from] BodyError),
     #[error("request target longer than {0} bytes")]
     UriTooLong(usize),
+    #[error("backend response framing: {0}")]
+    UpstreamFraming(&'static str),
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
     #[error("{0}")]
     BadRequest(&'static str),
     #[error("method not allowed: {0}")]
@@ -41,9 +45,11 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoHealthyBackend | ProxyError::Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::UpstreamStatus(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::Connect(_)
+            | ProxyError::Upstream(_)
+            | ProxyError::UpstreamStatus(_)
+            | ProxyError::UpstreamFraming(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::ResponseTimeout(_) | ProxyError::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Body(BodyError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Body(BodyError::Idle(_)) => StatusCode::REQUEST_TIMEOUT,
@@ -86,7 +92,10 @@ impl ProxyError {
             ProxyError::Body(BodyError::Idle(_)) => "the request body stalled",
             ProxyError::Body(BodyError::Client(_)) => "the request body broke off",
             ProxyError::UriTooLong(_) => "the request target is too long",
-            ProxyError::BadRequest(m) | ProxyError::MethodNotAllowed(m) => m,
+            ProxyError::UpstreamFraming(_) => "the backend sent a response alb cannot forward",
+            ProxyError::BadRequest(m)
+            | ProxyError::MethodNotAllowed(m)
+            | ProxyError::NotImplemented(m) => m,
         }
     }
 
@@ -112,7 +121,7 @@ impl ProxyError {
         }
         // After a client error the rest of the connection cannot be trusted (an unread body, a
         // stalled upload): answer and close.
-        if status.is_client_error() {
+        if status.is_client_error() || status == StatusCode::NOT_IMPLEMENTED {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let ProxyError::MethodNotAllowed(_) = self {

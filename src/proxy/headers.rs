@@ -50,6 +50,21 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether a Transfer-Encoding field names a coding besides `chunked`. hyper decodes only chunked;
+/// dropping the field (it is hop-by-hop) would silently strip the other codings from the body.
+pub fn has_foreign_transfer_coding(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .any(|value| {
+            value.to_str().map_or(true, |codings| {
+                codings
+                    .split(',')
+                    .any(|c| !c.trim().eq_ignore_ascii_case("chunked"))
+            })
+        })
+}
+
 /// Appends this hop to X-Forwarded-For, -Proto and -Host. `client_ip` is computed once per client
 /// connection by the caller.
 pub fn append_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue) {

@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 
 pub use access_log::{AccessRecord, Outcome};
 pub use error::ProxyError;
-pub use headers::{append_forwarded, remove_hop_by_hop};
+pub use headers::{append_forwarded, has_foreign_transfer_coding, remove_hop_by_hop};
 pub use request_body::{BodyError, BodyLimits, RequestBody};
 pub use response_body::{ResponseBody, ResponseBodyError, UpstreamBody, UpstreamParts};
 pub use retry::{RetryBudget, RetryPolicy, is_idempotent};
@@ -188,6 +188,14 @@ impl Proxy {
                 Ok(()) => self.forward(backend, request).await,
             };
             let more = attempt < self.retry.attempts;
+            let sent = sent.and_then(|(response, sender)| match framing_problem(&response) {
+                None => Ok((response, sender)),
+                // Not retried: the backend did process the request.
+                Some(problem) => Err(Failure {
+                    error: ProxyError::UpstreamFraming(problem),
+                    request: None,
+                }),
+            });
             let failure = match sent {
                 Ok((response, sender)) => {
                     let status = response.status().as_u16();
@@ -355,6 +363,15 @@ impl Proxy {
         log: Option<Box<AccessRecord>>,
     ) -> Response<ResponseBody> {
         let (mut parts, body) = response.into_parts();
+        // RFC 9112 §6.3: with Transfer-Encoding, a Content-Length is wrong and must not be
+        // passed on (hyper decoded the chunked body; the length may not match it). Both at once
+        // hint at response splitting: that connection is not trusted with another request.
+        let mut reusable = true;
+        if parts.headers.contains_key(header::TRANSFER_ENCODING)
+            && parts.headers.remove(header::CONTENT_LENGTH).is_some()
+        {
+            reusable = false;
+        }
         remove_hop_by_hop(&mut parts.headers);
         let upstream = UpstreamParts {
             sender,
@@ -362,6 +379,7 @@ impl Proxy {
             log,
             outliers: self.outliers.clone(),
             idle_limit: self.timeouts.upstream_idle,
+            reusable,
         };
         let body = UpstreamBody::new(body, parts.status.as_u16(), upstream);
         Response::from_parts(parts, ResponseBody::Upstream(body))
@@ -413,6 +431,12 @@ impl Proxy {
                 "CONNECT is not supported by this proxy",
             ));
         }
+        if has_foreign_transfer_coding(&parts.headers) {
+            // RFC 9112 §6.1: a transfer coding the server does not understand gets 501.
+            return Err(ProxyError::NotImplemented(
+                "transfer codings other than chunked",
+            ));
+        }
         if let Some(authority) = parts.uri.authority() {
             // Absolute-form target: its authority replaces any Host field (RFC 9112 §3.2.2).
             let host = HeaderValue::from_str(authority.as_str())
@@ -457,6 +481,12 @@ impl Proxy {
             Err(_) => Err(BodyError::Idle(limit).into()),
         }
     }
+}
+
+/// What makes a backend's response impossible to forward faithfully.
+fn framing_problem(response: &Response<Incoming>) -> Option<&'static str> {
+    has_foreign_transfer_coding(response.headers())
+        .then_some("a transfer coding other than chunked")
 }
 
 /// The client's own body failing (too large, stalled, cut) shows up as hyper's send error; it is

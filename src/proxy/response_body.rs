@@ -84,13 +84,15 @@ pub struct UpstreamParts {
     pub log: Option<Box<AccessRecord>>,
     pub outliers: std::sync::Arc<OutlierDetector>,
     pub idle_limit: Duration,
+    /// Whether the connection may carry another request after this response.
+    pub reusable: bool,
 }
 
 impl UpstreamBody {
     pub fn new(inner: Incoming, status: u16, parts: UpstreamParts) -> UpstreamBody {
         UpstreamBody {
             inner,
-            sender: Some(parts.sender),
+            sender: parts.reusable.then_some(parts.sender),
             guard: Some(parts.guard),
             log: parts.log,
             outliers: Some(parts.outliers),

@@ -25,6 +25,9 @@ const REQUEST_TIMEOUT: &[u8] =
 pub struct Activity {
     started: AtomicU32,
     finished: AtomicU32,
+    /// The connection's task, woken when a request finishes so that its idle timer starts even
+    /// if nothing else would poll the socket.
+    waker: atomic_waker::AtomicWaker,
 }
 
 impl Activity {
@@ -36,8 +39,10 @@ impl Activity {
         ActivityGuard(self.clone())
     }
 
-    fn busy(&self) -> bool {
-        self.started.load(Ordering::Relaxed) != self.finished.load(Ordering::Relaxed)
+    /// Responses finished so far, and whether a request is being served now.
+    fn state(&self) -> (u32, bool) {
+        let finished = self.finished.load(Ordering::Relaxed);
+        (finished, self.started.load(Ordering::Relaxed) != finished)
     }
 }
 
@@ -47,6 +52,7 @@ pub struct ActivityGuard(Arc<Activity>);
 impl Drop for ActivityGuard {
     fn drop(&mut self) {
         self.0.finished.fetch_add(1, Ordering::Relaxed);
+        self.0.waker.wake();
     }
 }
 
@@ -65,6 +71,8 @@ pub struct ClientIo {
     stream: TcpStream,
     activity: Arc<Activity>,
     phase: Phase,
+    /// Responses finished when last looked: a change means a request ended and idleness began.
+    finished: u32,
     timer: Pin<Box<Sleep>>,
     header_timeout: Duration,
     keepalive_timeout: Duration,
@@ -83,6 +91,7 @@ impl ClientIo {
             stream,
             activity,
             phase: Phase::Head,
+            finished: 0,
             timer: Box::pin(tokio::time::sleep(header_timeout)),
             header_timeout,
             keepalive_timeout,
@@ -110,25 +119,31 @@ impl AsyncRead for ClientIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let busy = this.activity.busy();
+        let (finished, busy) = this.activity.state();
+        if busy {
+            this.phase = Phase::Busy;
+        } else if finished != this.finished {
+            this.finished = finished;
+            this.enter(Phase::Idle);
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                let got_bytes = buf.filled().len() > before;
-                if busy {
-                    this.phase = Phase::Busy;
-                } else if got_bytes && this.phase != Phase::Head {
+                if this.phase == Phase::Idle && buf.filled().len() > before {
                     this.enter(Phase::Head);
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                if busy {
-                    this.phase = Phase::Busy;
-                    return Poll::Pending;
-                }
                 if this.phase == Phase::Busy {
+                    // Register first, then look again: a request finishing in between wakes us.
+                    this.activity.waker.register(cx.waker());
+                    let (finished, busy) = this.activity.state();
+                    if busy {
+                        return Poll::Pending;
+                    }
+                    this.finished = finished;
                     this.enter(Phase::Idle);
                 }
                 if this.timer.as_mut().poll(cx).is_pending() {

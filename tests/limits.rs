@@ -1,0 +1,252 @@
+//! Timeouts and limits: each one firing gives the right status or closes the connection.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn one(extra: &str) -> (TestBackend, TestBalancer) {
+    let b = TestBackend::start("b").await;
+    let lb = TestBalancer::start(&format!("{}{extra}\n", backends_line(&[&b]))).await;
+    (b, lb)
+}
+
+/// Reads until the peer closes or `within` passes; returns what came and whether it closed.
+async fn read_until_close(stream: &mut TcpStream, within: Duration) -> (String, bool) {
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(within, stream.read_to_end(&mut out))
+        .await
+        .is_ok();
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+#[tokio::test]
+async fn a_client_slow_to_send_its_head_gets_408_and_is_closed() {
+    let (b, lb) = one("[timeouts]\nclient_header = \"300ms\"").await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = Instant::now();
+    let (answer, closed) = read_until_close(&mut s, Duration::from_secs(3)).await;
+    assert!(closed, "connection closed");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "cut after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(b.hits(), 0);
+    lb.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_quietly() {
+    let (b, lb) = one("[timeouts]\nkeepalive_idle = \"300ms\"\nclient_header = \"10s\"").await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, closed) = read_until_close(&mut s, Duration::from_secs(3)).await;
+    assert!(closed, "idle connection closed after keepalive_idle");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(
+        !answer.contains("408"),
+        "no 408 for an idle connection: {answer:?}"
+    );
+    lb.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_gets_408() {
+    let (b, lb) = one("[timeouts]\nclient_body_idle = \"300ms\"").await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"POST /count HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let (answer, closed) = read_until_close(&mut s, Duration::from_secs(3)).await;
+    assert!(closed);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    lb.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_backend_silent_mid_body_has_its_response_cut() {
+    let (b, lb) = one("[timeouts]\nupstream_idle = \"300ms\"").await;
+    let response = client()
+        .request(
+            Request::get(lb.url("/stall"))
+                .body(full(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let started = Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(3), response.into_body().collect()).await;
+    let body = result.expect("cut well before the test's own limit");
+    assert!(
+        body.is_err(),
+        "the client sees a broken body, not a clean end"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(lb.proxy.backends()[0].in_flight(), 0);
+    lb.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn the_overall_request_deadline_gives_504() {
+    let (b, lb) = one("[timeouts]\nrequest = \"300ms\"\nresponse = \"10s\"").await;
+    b.set_delay(Duration::from_secs(2));
+    let started = Instant::now();
+    let (status, _, _) = get(&client(), &lb.url("/")).await;
+    assert_eq!(status, 504);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    lb.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_head_gets_431_and_a_long_uri_414() {
+    let (b, lb) = one("[limits]\nmax_header_bytes = \"4KiB\"\nmax_uri_bytes = 1000").await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    let big = "a".repeat(6000);
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (answer, closed) = read_until_close(&mut s, Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    assert!(closed);
+
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    let long = "x".repeat(2000);
+    s.write_all(format!("GET /{long} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (answer, closed) = read_until_close(&mut s, Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 414"), "{answer:?}");
+    assert!(closed);
+    assert_eq!(b.hits(), 0);
+    lb.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_body_gets_413_declared_or_streamed() {
+    let (b, lb) = one("[limits]\nmax_body_bytes = 1000").await;
+    let c = client();
+    let post = Request::post(lb.url("/count"))
+        .body(full(vec![0u8; 2000]))
+        .unwrap();
+    assert_eq!(send(&c, post).await.0, 413);
+    assert_eq!(
+        b.hits(),
+        0,
+        "a declared length over the limit never reaches the backend"
+    );
+    // Chunked, no length: cut as it streams past the limit.
+    let post = Request::post(lb.url("/count"))
+        .body(pattern_body(50_000))
+        .unwrap();
+    assert_eq!(send(&c, post).await.0, 413);
+    let ok = Request::post(lb.url("/count"))
+        .body(full(vec![0u8; 1000]))
+        .unwrap();
+    assert_eq!(send(&c, ok).await.2, Bytes::from("1000"));
+    lb.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn at_max_client_connections_alb_stops_accepting_until_one_closes() {
+    let (b, lb) = one("[limits]\nmax_client_connections = 2").await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(lb.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(s);
+    }
+    // The third connection sits in the kernel's backlog: no answer while the two are open.
+    let mut third = TcpStream::connect(lb.addr).await.unwrap();
+    third
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let early = tokio::time::timeout(Duration::from_millis(300), third.read(&mut buf)).await;
+    assert!(early.is_err(), "served while at the limit");
+    drop(held.pop());
+    let (answer, _) = read_until_close(&mut third, Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    lb.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_at_max_connections_queues_then_refuses() {
+    let b = TestBackend::start("b").await;
+    b.set_delay(Duration::from_millis(500));
+    let config = format!(
+        "{}[limits]\nbackend_max_connections = 1\nbackend_queue = 1\nbackend_queue_timeout = \"5s\"\n",
+        backends_line(&[&b])
+    );
+    let lb = TestBalancer::start(&config).await;
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let (c, url) = (client(), lb.url("/"));
+        tasks.push(tokio::spawn(async move { get(&c, &url).await.0.as_u16() }));
+        // Let each request reach its place (in flight, queued) before the next.
+        wait_until(Duration::from_secs(2), || true).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [200, 200, 503],
+        "one in flight, one queued, one refused"
+    );
+    lb.stop().await;
+
+    // A queue timeout gives 503 too.
+    let config = format!(
+        "{}[limits]\nbackend_max_connections = 1\nbackend_queue_timeout = \"200ms\"\n",
+        backends_line(&[&b])
+    );
+    let lb = TestBalancer::start(&config).await;
+    let first = {
+        let (c, url) = (client(), lb.url("/"));
+        tokio::spawn(async move { get(&c, &url).await.0.as_u16() })
+    };
+    wait_until(Duration::from_secs(2), || {
+        lb.proxy.backends()[0].in_flight() == 1
+    })
+    .await
+    .unwrap();
+    let started = Instant::now();
+    assert_eq!(get(&client(), &lb.url("/")).await.0, 503);
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    assert_eq!(first.await.unwrap(), 200);
+    lb.stop().await;
+    b.stop().await;
+}
