@@ -188,14 +188,6 @@ impl Proxy {
                 Ok(()) => self.forward(backend, request).await,
             };
             let more = attempt < self.retry.attempts;
-            let sent = sent.and_then(|(response, sender)| match framing_problem(&response) {
-                None => Ok((response, sender)),
-                // Not retried: the backend did process the request.
-                Some(problem) => Err(Failure {
-                    error: ProxyError::UpstreamFraming(problem),
-                    request: None,
-                }),
-            });
             let failure = match sent {
                 Ok((response, sender)) => {
                     let status = response.status().as_u16();
@@ -330,7 +322,16 @@ impl Proxy {
             )
             .await;
             match sent {
-                Ok(Ok(response)) => return Ok((response, sender)),
+                Ok(Ok(response)) => {
+                    return match framing_problem(&response) {
+                        None => Ok((response, sender)),
+                        // Not retried: the backend did process the request.
+                        Some(problem) => Err(Failure {
+                            error: ProxyError::UpstreamFraming(problem),
+                            request: None,
+                        }),
+                    };
+                }
                 Err(_elapsed) => {
                     return Err(Failure {
                         error: ProxyError::ResponseTimeout(self.timeouts.response),
