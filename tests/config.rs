@@ -659,3 +659,68 @@ fn two_spellings_of_one_ipv6_address_are_duplicates() {
         "backends[1]",
     );
 }
+
+#[test]
+fn durations_longer_than_a_week_are_rejected() {
+    reject_one(
+        "backends = [\"http://127.0.0.1:8081\"]\n[health_check]\ninterval = \"8days\"\n",
+        "health_check.interval",
+    );
+}
+
+#[test]
+fn the_resilience_sections_parse_with_their_defaults_and_values() {
+    let config = alb::Config::from_toml(
+        "backends = [\"http://127.0.0.1:8081\"]\n\
+         [retry]\nattempts = 3\nbudget_percent = 10\non_status = [502, 503]\nmax_body_buffer = \"1MiB\"\n\
+         [passive_health]\nconsecutive_failures = 7\ncount_5xx = true\n\
+         [limits]\nmax_body_bytes = \"10MB\"\nbackend_max_connections = 50\n\
+         [timeouts]\nrequest = \"1m\"\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(config.retry.attempts, 3);
+    assert_eq!(config.retry.budget_percent, 10);
+    assert_eq!(config.retry.budget_min_per_second, 10);
+    assert_eq!(config.retry.on_status, [502, 503]);
+    assert_eq!(config.retry.max_body_buffer, 1 << 20);
+    assert_eq!(config.passive_health.consecutive_failures, 7);
+    assert!(config.passive_health.count_5xx);
+    assert_eq!(
+        config.passive_health.ejection_time,
+        std::time::Duration::from_secs(10)
+    );
+    assert_eq!(config.limits.max_body_bytes, Some(10_000_000));
+    assert_eq!(config.backends[0].max_connections, Some(50));
+    assert_eq!(
+        config.timeouts.request,
+        Some(std::time::Duration::from_secs(60))
+    );
+    assert_eq!(
+        config.timeouts.client_header,
+        std::time::Duration::from_secs(10)
+    );
+}
+
+#[test]
+fn bad_resilience_values_name_their_keys() {
+    let error = alb::Config::from_toml(
+        "backends = [\"http://127.0.0.1:8081\"]\n\
+         [retry]\non_status = [404]\nmax_body_buffer = \"12 parsecs\"\n\
+         [passive_health]\nmax_ejected_percent = 150\nejection_time = \"1m\"\nmax_ejection_time = \"10s\"\n\
+         [limits]\nmax_header_bytes = 10\n",
+        "t.toml",
+    )
+    .unwrap_err();
+    let keys: Vec<String> = error.problems().into_iter().map(|p| p.key).collect();
+    assert_eq!(
+        keys,
+        [
+            "limits.max_header_bytes",
+            "retry.on_status",
+            "retry.max_body_buffer",
+            "passive_health.max_ejection_time",
+            "passive_health.max_ejected_percent",
+        ]
+    );
+}

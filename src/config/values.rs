@@ -6,6 +6,10 @@ use std::time::Duration;
 use super::Problem;
 use super::raw::RawSize;
 
+/// Longest duration any setting takes: far beyond any sensible timeout or interval, and far from
+/// the arithmetic limits of `Duration` (jitter multiplies intervals).
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 #[derive(Default)]
 pub(super) struct Problems(Vec<Problem>);
 
@@ -54,13 +58,23 @@ pub(super) fn duration(
     let Some(text) = value else {
         return default;
     };
-    humantime::parse_duration(text.trim()).unwrap_or_else(|e| {
-        problems.add(
-            key,
-            format!("{text:?} is not a duration ({e}); write it like \"5s\" or \"500ms\""),
-        );
-        default
-    })
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if d <= MAX_DURATION => d,
+        Ok(_) => {
+            problems.add(
+                key,
+                format!("{text:?} is longer than the maximum of 7 days"),
+            );
+            default
+        }
+        Err(e) => {
+            problems.add(
+                key,
+                format!("{text:?} is not a duration ({e}); write it like \"5s\" or \"500ms\""),
+            );
+            default
+        }
+    }
 }
 
 pub(super) fn positive_duration(

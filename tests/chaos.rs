@@ -1,0 +1,201 @@
+//! Chaos under load: backends die, hang and come back while clients keep sending GETs, and none of
+//! those GETs may fail. Plus slowloris: connections that trickle their heads are cut while normal
+//! clients are served promptly. Both are bounded in requests and time.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const WORKERS: usize = 16;
+/// Per worker: bounds the load whatever happens.
+const MAX_PER_WORKER: u64 = 2_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_losing_and_regaining_backends_under_load_fails_no_get() {
+    let a = TestBackend::start("a").await;
+    let b = TestBackend::start("b").await;
+    let c = TestBackend::start("c").await;
+    let config = format!(
+        "{}[health_check]\ninterval = \"200ms\"\ntimeout = \"300ms\"\n\
+         [timeouts]\nresponse = \"500ms\"\nconnect = \"500ms\"\n[retry]\nattempts = 3\n\
+         [passive_health]\nconsecutive_failures = 3\nejection_time = \"1s\"\n",
+        backends_line(&[&a, &b, &c])
+    );
+    let lb = TestBalancer::start(&config).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..WORKERS {
+        let (stop, sent, failed, url) = (stop.clone(), sent.clone(), failed.clone(), lb.url("/"));
+        workers.push(tokio::spawn(async move {
+            let client = client();
+            for _ in 0..MAX_PER_WORKER {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let request = http::Request::get(&url).body(full(Bytes::new())).unwrap();
+                let ok = matches!(client.request(request).await, Ok(r) if r.status() == 200);
+                sent.fetch_add(1, Ordering::SeqCst);
+                if !ok {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    let progress = |n: u64| {
+        let sent = sent.clone();
+        async move {
+            let target = sent.load(Ordering::SeqCst) + n;
+            wait_until(Duration::from_secs(20), || {
+                sent.load(Ordering::SeqCst) >= target
+            })
+            .await
+            .expect("load keeps flowing");
+        }
+    };
+    let backend = |i: usize| lb.proxy.backends()[i].clone();
+
+    progress(500).await;
+    let a_addr = a.stop().await;
+    wait_until(Duration::from_secs(5), || !backend(0).is_available())
+        .await
+        .expect("a taken out");
+
+    progress(300).await;
+    b.set_mode(Mode::Hang);
+    wait_until(Duration::from_secs(5), || !backend(1).is_available())
+        .await
+        .expect("b taken out");
+    // Requests already sent to b time out and are retried; after that b must get nothing new.
+    wait_until(Duration::from_secs(5), || backend(1).in_flight() == 0)
+        .await
+        .expect("b drained");
+    let b_hits_when_out = b.hits();
+
+    progress(300).await;
+    let a = TestBackend::start_on(a_addr, "a").await;
+    wait_until(Duration::from_secs(10), || a.hits() >= 50)
+        .await
+        .expect("the revived backend serves again");
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.await.unwrap();
+    }
+
+    let (sent, failed) = (sent.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    println!(
+        "chaos: {sent} GETs sent, {failed} failed, {} retried, {} ejections; hung backend: {} hits when taken out, {} at the end; revived backend: {} hits",
+        lb.proxy.retries(),
+        lb.proxy.outliers().ejections(),
+        b_hits_when_out,
+        b.hits(),
+        a.hits()
+    );
+    assert_eq!(failed, 0, "failed GETs out of {sent}");
+    assert_eq!(
+        b.hits(),
+        b_hits_when_out,
+        "the hung backend got requests after it was taken out"
+    );
+    assert!(
+        lb.proxy.retries() > 0,
+        "the failures were absorbed by retries"
+    );
+    lb.stop().await;
+    for backend in [a, b, c] {
+        backend.stop().await;
+    }
+}
+
+const TRICKLERS: usize = 200;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_connections_are_cut_while_others_are_served() {
+    let backend = TestBackend::start("b").await;
+    let lb = TestBalancer::start(&format!(
+        "{}[timeouts]\nclient_header = \"1s\"\n",
+        backends_line(&[&backend])
+    ))
+    .await;
+    let mut tricklers = Vec::new();
+    for _ in 0..TRICKLERS {
+        let addr = lb.addr;
+        tricklers.push(tokio::spawn(async move { trickle(addr).await }));
+    }
+    // Normal clients meanwhile, each on a fresh connection.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let started = Instant::now();
+        let (status, _, _) = get(&client(), &lb.url("/")).await;
+        assert_eq!(status, 200);
+        slowest = slowest.max(started.elapsed());
+    }
+    let mut held = Vec::new();
+    for t in tricklers {
+        let (duration, answer) = t.await.unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 408"),
+            "a trickler got {answer:?} after {duration:?}"
+        );
+        held.push(duration);
+    }
+    held.sort();
+    let (shortest, longest) = (held[0], held[held.len() - 1]);
+    println!(
+        "slowloris: {TRICKLERS} connections cut after {shortest:?} to {longest:?}; slowest normal request {slowest:?}"
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "normal requests took up to {slowest:?}"
+    );
+    assert!(
+        shortest >= Duration::from_millis(900),
+        "cut too early: {shortest:?}"
+    );
+    assert!(
+        longest < Duration::from_secs(3),
+        "held too long: {longest:?}"
+    );
+    assert_eq!(
+        backend.hits(),
+        20,
+        "no trickled request reached the backend"
+    );
+    lb.stop().await;
+    backend.stop().await;
+}
+
+/// Sends a request head one byte every 100 ms (for at most 5 s); returns how long the connection
+/// was held from its first byte and what the balancer answered before closing it.
+async fn trickle(addr: std::net::SocketAddr) -> (Duration, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 512];
+    for _ in 0..50 {
+        tokio::select! {
+            read = stream.read(&mut buf) => {
+                let n = read.unwrap_or(0);
+                return (started.elapsed(), String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+            () = tokio::time::sleep(Duration::from_millis(100)) => {
+                if stream.write_all(b"a").await.is_err() {
+                    return (started.elapsed(), String::new());
+                }
+            }
+        }
+    }
+    (started.elapsed(), "still open after 5 s".into())
+}
