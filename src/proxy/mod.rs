@@ -5,24 +5,25 @@
 
 mod access_log;
 mod error;
+mod forward;
 mod headers;
+mod prepare;
 mod request_body;
 mod response_body;
 mod retry;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
-use http_body_util::BodyExt;
+use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 
 pub use access_log::{AccessRecord, Outcome};
 pub use error::ProxyError;
 pub use headers::{append_forwarded, has_foreign_transfer_coding, remove_hop_by_hop};
+pub use prepare::ClientInfo;
+use prepare::{Outbound, Replay};
 pub use request_body::{BodyError, BodyLimits, RequestBody};
 pub use response_body::{ResponseBody, ResponseBodyError, UpstreamBody, UpstreamParts};
 pub use retry::{RetryBudget, RetryPolicy, is_idempotent};
@@ -30,27 +31,7 @@ pub use retry::{RetryBudget, RetryPolicy, is_idempotent};
 use crate::balance::{Exclude, Selector, selector_for};
 use crate::config::{Config, Limits, Timeouts};
 use crate::health::OutlierDetector;
-use crate::upstream::{Backend, InFlightGuard, UpstreamSender, connect};
-
-/// Pooled connections tried per attempt before opening a new one: each may have been closed by the
-/// backend while idle, which hyper reports by handing the unsent request back.
-const STALE_CONNECTION_TRIES: usize = 3;
-
-/// The client connection a request arrived on, computed once per connection.
-#[derive(Debug, Clone)]
-pub struct ClientInfo {
-    pub addr: SocketAddr,
-    /// The client's IP as an X-Forwarded-For element.
-    pub ip_header: HeaderValue,
-}
-
-impl ClientInfo {
-    pub fn new(addr: SocketAddr) -> ClientInfo {
-        let ip_header = HeaderValue::from_str(&addr.ip().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        ClientInfo { addr, ip_header }
-    }
-}
+use crate::upstream::{Backend, InFlightGuard, UpstreamSender};
 
 /// The request-path state shared by every connection.
 #[derive(Debug)]
@@ -287,73 +268,6 @@ impl Proxy {
             .any(|(i, b)| b.is_available() && !exclude.contains(i))
     }
 
-    /// Sends `request` to `backend` and waits for the response head within `timeouts.response`.
-    async fn forward(
-        &self,
-        backend: &Backend,
-        mut request: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, UpstreamSender), Failure> {
-        let mut stale_tries = 0;
-        loop {
-            let pooled = if stale_tries < STALE_CONNECTION_TRIES {
-                backend.pool().checkout()
-            } else {
-                None
-            };
-            let reused = pooled.is_some();
-            let mut sender = match pooled {
-                Some(sender) => sender,
-                None => match connect(backend.addr(), self.timeouts.connect).await {
-                    Ok(sender) => sender,
-                    Err(e) => {
-                        backend.request_recheck();
-                        return Err(Failure {
-                            error: e.into(),
-                            request: Some(request),
-                        });
-                    }
-                },
-            };
-            let uploaded = request.body_mut().watch_sent();
-            let sent = within_response_timeout(
-                sender.try_send_request(request),
-                uploaded,
-                self.timeouts.response,
-            )
-            .await;
-            match sent {
-                Ok(Ok(response)) => {
-                    return match framing_problem(&response) {
-                        None => Ok((response, sender)),
-                        // Not retried: the backend did process the request.
-                        Some(problem) => Err(Failure {
-                            error: ProxyError::UpstreamFraming(problem),
-                            request: None,
-                        }),
-                    };
-                }
-                Err(_elapsed) => {
-                    return Err(Failure {
-                        error: ProxyError::ResponseTimeout(self.timeouts.response),
-                        request: None,
-                    });
-                }
-                Ok(Err(mut e)) => match e.take_message() {
-                    Some(unsent) if reused => {
-                        stale_tries += 1;
-                        request = unsent;
-                    }
-                    unsent => {
-                        return Err(Failure {
-                            error: classify(e.into_error()),
-                            request: unsent,
-                        });
-                    }
-                },
-            }
-        }
-    }
-
     /// Wraps the backend's response for the client: hop-by-hop fields removed, body streamed
     /// through a wrapper that holds the in-flight guard and the connection until the body ends.
     fn respond(
@@ -405,162 +319,5 @@ impl Proxy {
             );
         }
         response
-    }
-
-    /// Rewrites the client's request for the upstream hop: origin-form target, HTTP/1.1,
-    /// hop-by-hop fields removed, X-Forwarded-* appended, limits checked, and a small body of an
-    /// idempotent request read whole so that it can be replayed. Host is kept as the client sent it.
-    async fn prepare(
-        &self,
-        req: Request<Incoming>,
-        client: &ClientInfo,
-    ) -> Result<Outbound, ProxyError> {
-        let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
-            + req.uri().authority().map_or(0, |a| a.as_str().len());
-        if target_len > self.limits.max_uri_bytes {
-            return Err(ProxyError::UriTooLong(self.limits.max_uri_bytes));
-        }
-        let (mut parts, body) = req.into_parts();
-        let length = http_body::Body::size_hint(&body).exact();
-        if let (Some(max), Some(length)) = (self.limits.max_body_bytes, length)
-            && length > max
-        {
-            return Err(BodyError::TooLarge(max).into());
-        }
-        if parts.method == Method::CONNECT {
-            return Err(ProxyError::MethodNotAllowed(
-                "CONNECT is not supported by this proxy",
-            ));
-        }
-        if has_foreign_transfer_coding(&parts.headers) {
-            // RFC 9112 §6.1: a transfer coding the server does not understand gets 501.
-            return Err(ProxyError::NotImplemented(
-                "transfer codings other than chunked",
-            ));
-        }
-        if let Some(authority) = parts.uri.authority() {
-            // Absolute-form target: its authority replaces any Host field (RFC 9112 §3.2.2).
-            let host = HeaderValue::from_str(authority.as_str())
-                .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
-            parts.headers.insert(header::HOST, host);
-            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            parts.uri = path
-                .parse::<Uri>()
-                .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
-        }
-        remove_hop_by_hop(&mut parts.headers);
-        append_forwarded(&mut parts.headers, &client.ip_header);
-        parts.version = Version::HTTP_11;
-        let host_missing = !parts.headers.contains_key(header::HOST);
-        let keep = self.retry.enabled()
-            && is_idempotent(&parts.method)
-            && length.is_some_and(|n| n <= self.retry.max_body_buffer);
-        let body = if http_body::Body::is_end_stream(&body) {
-            RequestBody::Empty
-        } else if keep {
-            RequestBody::Buffered(Some(self.read_whole(body).await?))
-        } else {
-            let limits = BodyLimits {
-                max_bytes: self.limits.max_body_bytes,
-                idle: self.timeouts.client_body_idle,
-            };
-            RequestBody::client(body, limits)
-        };
-        Ok(Outbound {
-            request: Request::from_parts(parts, body),
-            host_missing,
-        })
-    }
-
-    /// Reads a small body (its length is known and under the replay cap) within the body idle
-    /// timeout.
-    async fn read_whole(&self, body: Incoming) -> Result<Bytes, ProxyError> {
-        let limit = self.timeouts.client_body_idle;
-        match tokio::time::timeout(limit, body.collect()).await {
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(_)) => Err(ProxyError::BadRequest("the request body broke off")),
-            Err(_) => Err(BodyError::Idle(limit).into()),
-        }
-    }
-}
-
-/// What makes a backend's response impossible to forward faithfully.
-fn framing_problem(response: &Response<Incoming>) -> Option<&'static str> {
-    has_foreign_transfer_coding(response.headers())
-        .then_some("a transfer coding other than chunked")
-}
-
-/// The client's own body failing (too large, stalled, cut) shows up as hyper's send error; it is
-/// the client's doing, not the backend's, and is answered as such.
-fn classify(error: hyper::Error) -> ProxyError {
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        if let Some(body) = cause.downcast_ref::<BodyError>() {
-            return match body {
-                BodyError::TooLarge(max) => BodyError::TooLarge(*max).into(),
-                BodyError::Idle(limit) => BodyError::Idle(*limit).into(),
-                BodyError::Client(_) => ProxyError::BadRequest("the request body broke off"),
-            };
-        }
-        source = cause.source();
-    }
-    ProxyError::Upstream(error)
-}
-
-/// Awaits the response head, allowing `limit` once the request body has been sent: the clock of
-/// `timeouts.response` measures the backend's thinking time, not the client's upload speed. An
-/// early answer (before the upload ends) is taken as it comes.
-async fn within_response_timeout<T>(
-    response: impl Future<Output = T>,
-    uploaded: Option<tokio::sync::oneshot::Receiver<()>>,
-    limit: Duration,
-) -> Result<T, tokio::time::error::Elapsed> {
-    let mut response = std::pin::pin!(response);
-    if let Some(uploaded) = uploaded {
-        tokio::select! {
-            answer = &mut response => return Ok(answer),
-            _ = uploaded => {}
-        }
-    }
-    tokio::time::timeout(limit, response).await
-}
-
-/// A request ready to forward, and whether it came without a Host (HTTP/1.0), in which case each
-/// attempt names its backend.
-struct Outbound {
-    request: Request<RequestBody>,
-    host_missing: bool,
-}
-
-/// What is needed to send an idempotent request again after it was sent once: its head and its
-/// body, when that was empty or kept whole.
-struct Replay {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Option<Bytes>,
-}
-
-impl Replay {
-    fn of(request: &Request<RequestBody>) -> Option<Replay> {
-        let body = request.body().replay_bytes()?;
-        Some(Replay {
-            method: request.method().clone(),
-            uri: request.uri().clone(),
-            headers: request.headers().clone(),
-            body,
-        })
-    }
-
-    fn rebuild(&self) -> Request<RequestBody> {
-        let body = match &self.body {
-            Some(bytes) => RequestBody::Buffered(Some(bytes.clone())),
-            None => RequestBody::Empty,
-        };
-        let mut request = Request::new(body);
-        *request.method_mut() = self.method.clone();
-        *request.uri_mut() = self.uri.clone();
-        *request.headers_mut() = self.headers.clone();
-        request
     }
 }

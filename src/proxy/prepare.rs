@@ -1,0 +1,149 @@
+//! Turning the client's request into the one sent upstream: limits checked, target and headers
+//! rewritten for the next hop, and a small body of an idempotent request kept whole so that it can
+//! be replayed on another backend.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::headers::{append_forwarded, has_foreign_transfer_coding, remove_hop_by_hop};
+use super::request_body::{BodyError, BodyLimits, RequestBody};
+use super::retry::is_idempotent;
+use super::{Proxy, ProxyError};
+
+/// The client connection a request arrived on, computed once per connection.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub addr: SocketAddr,
+    /// The client's IP as an X-Forwarded-For element.
+    pub ip_header: HeaderValue,
+}
+
+impl ClientInfo {
+    pub fn new(addr: SocketAddr) -> ClientInfo {
+        let ip_header = HeaderValue::from_str(&addr.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ClientInfo { addr, ip_header }
+    }
+}
+
+impl Proxy {
+    /// Rewrites the client's request for the upstream hop: origin-form target, HTTP/1.1,
+    /// hop-by-hop fields removed, X-Forwarded-* appended, limits checked, and a small body of an
+    /// idempotent request read whole so that it can be replayed. Host is kept as the client sent it.
+    pub(super) async fn prepare(
+        &self,
+        req: Request<Incoming>,
+        client: &ClientInfo,
+    ) -> Result<Outbound, ProxyError> {
+        let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
+            + req.uri().authority().map_or(0, |a| a.as_str().len());
+        if target_len > self.limits.max_uri_bytes {
+            return Err(ProxyError::UriTooLong(self.limits.max_uri_bytes));
+        }
+        let (mut parts, body) = req.into_parts();
+        let length = http_body::Body::size_hint(&body).exact();
+        if let (Some(max), Some(length)) = (self.limits.max_body_bytes, length)
+            && length > max
+        {
+            return Err(BodyError::TooLarge(max).into());
+        }
+        if parts.method == Method::CONNECT {
+            return Err(ProxyError::MethodNotAllowed(
+                "CONNECT is not supported by this proxy",
+            ));
+        }
+        if has_foreign_transfer_coding(&parts.headers) {
+            // RFC 9112 §6.1: a transfer coding the server does not understand gets 501.
+            return Err(ProxyError::NotImplemented(
+                "transfer codings other than chunked",
+            ));
+        }
+        if let Some(authority) = parts.uri.authority() {
+            // Absolute-form target: its authority replaces any Host field (RFC 9112 §3.2.2).
+            let host = HeaderValue::from_str(authority.as_str())
+                .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+            parts.headers.insert(header::HOST, host);
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            parts.uri = path
+                .parse::<Uri>()
+                .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+        }
+        remove_hop_by_hop(&mut parts.headers);
+        append_forwarded(&mut parts.headers, &client.ip_header);
+        parts.version = Version::HTTP_11;
+        let host_missing = !parts.headers.contains_key(header::HOST);
+        let keep = self.retry.enabled()
+            && is_idempotent(&parts.method)
+            && length.is_some_and(|n| n <= self.retry.max_body_buffer);
+        let body = if http_body::Body::is_end_stream(&body) {
+            RequestBody::Empty
+        } else if keep {
+            RequestBody::Buffered(Some(self.read_whole(body).await?))
+        } else {
+            let limits = BodyLimits {
+                max_bytes: self.limits.max_body_bytes,
+                idle: self.timeouts.client_body_idle,
+            };
+            RequestBody::client(body, limits)
+        };
+        Ok(Outbound {
+            request: Request::from_parts(parts, body),
+            host_missing,
+        })
+    }
+
+    /// Reads a small body (its length is known and under the replay cap) within the body idle
+    /// timeout.
+    async fn read_whole(&self, body: Incoming) -> Result<Bytes, ProxyError> {
+        let limit = self.timeouts.client_body_idle;
+        match tokio::time::timeout(limit, body.collect()).await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(_)) => Err(ProxyError::BadRequest("the request body broke off")),
+            Err(_) => Err(BodyError::Idle(limit).into()),
+        }
+    }
+}
+
+/// A request ready to forward, and whether it came without a Host (HTTP/1.0), in which case each
+/// attempt names its backend.
+pub(super) struct Outbound {
+    pub(super) request: Request<RequestBody>,
+    pub(super) host_missing: bool,
+}
+
+/// What is needed to send an idempotent request again after it was sent once: its head and its
+/// body, when that was empty or kept whole.
+pub(super) struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Option<Bytes>,
+}
+
+impl Replay {
+    pub(super) fn of(request: &Request<RequestBody>) -> Option<Replay> {
+        let body = request.body().replay_bytes()?;
+        Some(Replay {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            headers: request.headers().clone(),
+            body,
+        })
+    }
+
+    pub(super) fn rebuild(&self) -> Request<RequestBody> {
+        let body = match &self.body {
+            Some(bytes) => RequestBody::Buffered(Some(bytes.clone())),
+            None => RequestBody::Empty,
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
