@@ -6,6 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,35 +20,68 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 /// What a demo backend answers with.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct DemoBackend {
     pub name: String,
     pub delay: Duration,
+    /// Answer every request with this many bytes instead of the greeting (for benchmarks).
+    pub body_bytes: Option<usize>,
 }
 
-impl DemoBackend {
+/// Path that answers with the number of other requests served so far.
+pub const REQUESTS_PATH: &str = "/__requests";
+
+/// A demo backend while it serves.
+#[derive(Debug)]
+struct Serving {
+    name: HeaderValue,
+    greeting: String,
+    fixed: Option<Bytes>,
+    requests: AtomicU64,
+}
+
+impl Serving {
+    fn new(backend: &DemoBackend) -> Serving {
+        Serving {
+            name: HeaderValue::from_str(&backend.name)
+                .unwrap_or_else(|_| HeaderValue::from_static("demo")),
+            greeting: format!("Hello from {}", backend.name),
+            fixed: backend.body_bytes.map(|n| Bytes::from(vec![b'x'; n])),
+            requests: AtomicU64::new(0),
+        }
+    }
+
     fn answer(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-        let text = format!(
-            "Hello from {}: {} {}\n",
-            self.name,
-            req.method(),
-            req.uri().path()
-        );
-        let mut response = Response::new(Full::new(Bytes::from(text)));
+        let body = if req.uri().path() == REQUESTS_PATH {
+            Bytes::from(format!("{}\n", self.requests.load(Ordering::Relaxed)))
+        } else {
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            match &self.fixed {
+                Some(fixed) => fixed.clone(),
+                None => Bytes::from(format!(
+                    "{}: {} {}\n",
+                    self.greeting,
+                    req.method(),
+                    req.uri().path()
+                )),
+            }
+        };
+        let mut response = Response::new(Full::new(body));
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        if let Ok(name) = HeaderValue::from_str(&self.name) {
-            headers.insert("x-backend", name);
-        }
+        headers.insert("x-backend", self.name.clone());
         response
     }
+}
 
+impl DemoBackend {
     /// Serves every path on `listener` until `shutdown` completes, then closes its connections.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        let backend = Arc::new(self);
+        let delay = self.delay;
+        let backend = Arc::new(Serving::new(&self));
         let graceful = GracefulShutdown::new();
         let mut shutdown = pin!(shutdown);
         loop {
@@ -59,8 +93,8 @@ impl DemoBackend {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let backend = backend.clone();
                         async move {
-                            if !backend.delay.is_zero() {
-                                tokio::time::sleep(backend.delay).await;
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
                             }
                             Ok::<_, Infallible>(backend.answer(&req))
                         }

@@ -54,6 +54,9 @@ enum Command {
         /// Wait this long before answering each request.
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
+        /// Answer with this many bytes instead of the greeting (for benchmarks).
+        #[arg(long)]
+        body_bytes: Option<usize>,
         /// Address to bind (0.0.0.0 inside a container).
         #[arg(long, default_value = "127.0.0.1")]
         host: IpAddr,
@@ -122,6 +125,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             port,
             name,
             delay_ms,
+            body_bytes,
             host,
         } => {
             let addr = SocketAddr::new(host, port);
@@ -133,7 +137,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 listener.local_addr()?
             );
             let delay = Duration::from_millis(delay_ms);
-            DemoBackend { name, delay }.serve(listener, shutdown).await;
+            DemoBackend {
+                name,
+                delay,
+                body_bytes,
+            }
+            .serve(listener, shutdown)
+            .await;
         }
         Command::Check { .. } => unreachable!("handled before the runtime starts"),
     }
@@ -151,7 +161,7 @@ async fn demo(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> anyhow:
         let url = format!("http://{}", listener.local_addr()?);
         let backend = DemoBackend {
             name: format!("demo-{}", i + 1),
-            delay: Duration::ZERO,
+            ..DemoBackend::default()
         };
         println!("  backend {} at {url}", backend.name);
         urls.push(url);
