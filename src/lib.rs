@@ -8,7 +8,7 @@
 //! - [`upstream`]: backends, their live counters and health flag, pooled connections.
 //! - [`health`]: active health checks with rise/fall.
 //! - [`demo`]: the built-in demo backend.
-//! - [`telemetry`]: log output set-up.
+//! - [`telemetry`]: log output set-up; [`runtime`]: the tokio runtime sized to the cores.
 
 #![forbid(unsafe_code)]
 
@@ -17,6 +17,7 @@ pub mod config;
 pub mod demo;
 pub mod health;
 pub mod proxy;
+pub mod runtime;
 pub mod server;
 pub mod telemetry;
 pub mod upstream;

@@ -69,17 +69,32 @@ fn main() -> ExitCode {
         return check(config);
     }
     telemetry::init(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `run` reads its config first: it sizes the runtime, and a bad file must not start anything.
+    let (command, workers) = match cli.command {
+        Command::Run {
+            config,
+            no_access_log,
+        } => match Config::load(&config) {
+            Ok(mut config) => {
+                config.access_log &= !no_access_log;
+                let workers = config.workers;
+                (Launch::Balancer(Box::new(config)), workers)
+            }
+            Err(e) => {
+                tracing::error!("{e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        other => (Launch::Other(other), 0),
+    };
+    let runtime = match alb::runtime::build(workers) {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("alb: cannot start the async runtime: {e}");
+            tracing::error!("cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -107,19 +122,25 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+/// What `main` starts once the runtime is up.
+enum Launch {
+    Balancer(Box<Config>),
+    Other(Command),
+}
+
+async fn run(launch: Launch) -> anyhow::Result<()> {
     // Registered before anything listens: a supervisor may send SIGTERM as soon as it sees the
     // listening line, and that must drain, not kill.
     let shutdown = shutdown_signal()?;
-    match command {
-        Command::Run {
-            config,
-            no_access_log,
-        } => {
-            let mut config = Config::load(&config)?;
-            config.access_log &= !no_access_log;
-            Server::bind(config).await?.run(shutdown).await?;
+    let command = match launch {
+        Launch::Balancer(config) => {
+            Server::bind(*config).await?.run(shutdown).await?;
+            return Ok(());
         }
+        Launch::Other(command) => command,
+    };
+    match command {
+        Command::Run { .. } => unreachable!("launched as Launch::Balancer"),
         Command::Demo { listen } => demo(listen, shutdown).await?,
         Command::Backend {
             port,

@@ -27,6 +27,8 @@ pub struct Config {
     pub limits: Limits,
     /// One log line per request (target `alb::access`).
     pub access_log: bool,
+    /// Runtime threads; 0 = one per CPU the process may use.
+    pub workers: usize,
 }
 
 /// How the next backend is chosen; see `balance` for each algorithm's contract.

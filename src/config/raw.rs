@@ -17,6 +17,7 @@ pub struct RawConfig {
     pub passive_health: Option<RawPassiveHealth>,
     pub limits: Option<RawLimits>,
     pub access_log: Option<bool>,
+    pub workers: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -23,6 +23,7 @@ pub(super) fn validate(mut raw: RawConfig) -> Result<Config, Vec<Problem>> {
     let retry = sections::retry(raw.retry.unwrap_or_default(), &mut problems);
     let passive_health =
         sections::passive_health(raw.passive_health.unwrap_or_default(), &mut problems);
+    let workers = count("workers", raw.workers, 0, 0, 1024, &mut problems) as usize;
     problems.into_result()?;
     Ok(Config {
         listen,
@@ -34,6 +35,7 @@ pub(super) fn validate(mut raw: RawConfig) -> Result<Config, Vec<Problem>> {
         passive_health,
         limits,
         access_log: raw.access_log.unwrap_or(true),
+        workers,
     })
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use super::headers::has_foreign_transfer_coding;
+use super::headers::{has_foreign_transfer_coding, hop_scan};
 use super::request_body::{BodyError, RequestBody};
 use super::{Failure, Proxy, ProxyError};
 use crate::upstream::{Backend, UpstreamSender, connect};
@@ -86,7 +86,8 @@ impl Proxy {
 
 /// What makes a backend's response impossible to forward faithfully.
 fn framing_problem(response: &Response<Incoming>) -> Option<&'static str> {
-    has_foreign_transfer_coding(response.headers())
+    let headers = response.headers();
+    (hop_scan(headers).transfer_encoding && has_foreign_transfer_coding(headers))
         .then_some("a transfer coding other than chunked")
 }
 

@@ -25,11 +25,36 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name.as_str() == "proxy-connection"
 }
 
+/// What one pass over the field names found.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HopScan {
+    /// Any hop-by-hop field at all.
+    pub any: bool,
+    pub transfer_encoding: bool,
+}
+
+/// Looks at every name once, touching no value: most messages have no hop-by-hop field and need
+/// nothing more.
+pub fn hop_scan(headers: &HeaderMap) -> HopScan {
+    let mut scan = HopScan::default();
+    for name in headers.keys() {
+        if is_hop_by_hop(name) {
+            scan.any = true;
+            scan.transfer_encoding |= name == header::TRANSFER_ENCODING;
+        }
+    }
+    scan
+}
+
 /// Removes every hop-by-hop field, including the ones the Connection field names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
+    if hop_scan(headers).any {
+        strip_hop_by_hop(headers);
     }
+}
+
+/// [`remove_hop_by_hop`] for a map already known (by [`hop_scan`]) to hold some.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Split the raw bytes: a value with obs-text (bytes 0x80-0xFF) is not a `str`, but the names
     // it lists must go all the same.
     let listed: Vec<HeaderName> = headers
@@ -69,6 +94,8 @@ pub fn has_foreign_transfer_coding(headers: &HeaderMap) -> bool {
 /// Appends this hop to X-Forwarded-For, -Proto and -Host. `client_ip` is computed once per client
 /// connection by the caller.
 pub fn append_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue) {
+    // Room for the three fields at once: one growth of the map instead of one per insert.
+    headers.reserve(3);
     append_to_list(headers, &X_FORWARDED_FOR, client_ip.clone());
     append_to_list(
         headers,

@@ -21,7 +21,10 @@ use hyper::body::Incoming;
 
 pub use access_log::{AccessRecord, Outcome};
 pub use error::ProxyError;
-pub use headers::{append_forwarded, has_foreign_transfer_coding, remove_hop_by_hop};
+pub use headers::{
+    HopScan, append_forwarded, has_foreign_transfer_coding, hop_scan, remove_hop_by_hop,
+    strip_hop_by_hop,
+};
 pub use prepare::ClientInfo;
 use prepare::{Outbound, Replay};
 pub use request_body::{BodyError, BodyLimits, RequestBody};
@@ -281,13 +284,14 @@ impl Proxy {
         // RFC 9112 §6.3: with Transfer-Encoding, a Content-Length is wrong and must not be
         // passed on (hyper decoded the chunked body; the length may not match it). Both at once
         // hint at response splitting: that connection is not trusted with another request.
+        let hop = hop_scan(&parts.headers);
         let mut reusable = true;
-        if parts.headers.contains_key(header::TRANSFER_ENCODING)
-            && parts.headers.remove(header::CONTENT_LENGTH).is_some()
-        {
+        if hop.transfer_encoding && parts.headers.remove(header::CONTENT_LENGTH).is_some() {
             reusable = false;
         }
-        remove_hop_by_hop(&mut parts.headers);
+        if hop.any {
+            strip_hop_by_hop(&mut parts.headers);
+        }
         let upstream = UpstreamParts {
             sender,
             guard,

@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::headers::{append_forwarded, has_foreign_transfer_coding, remove_hop_by_hop};
+use super::headers::{append_forwarded, has_foreign_transfer_coding, hop_scan, strip_hop_by_hop};
 use super::request_body::{BodyError, BodyLimits, RequestBody};
 use super::retry::is_idempotent;
 use super::{Proxy, ProxyError};
@@ -56,7 +56,8 @@ impl Proxy {
                 "CONNECT is not supported by this proxy",
             ));
         }
-        if has_foreign_transfer_coding(&parts.headers) {
+        let hop = hop_scan(&parts.headers);
+        if hop.transfer_encoding && has_foreign_transfer_coding(&parts.headers) {
             // RFC 9112 §6.1: a transfer coding the server does not understand gets 501.
             return Err(ProxyError::NotImplemented(
                 "transfer codings other than chunked",
@@ -72,7 +73,9 @@ impl Proxy {
                 .parse::<Uri>()
                 .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
         }
-        remove_hop_by_hop(&mut parts.headers);
+        if hop.any {
+            strip_hop_by_hop(&mut parts.headers);
+        }
         append_forwarded(&mut parts.headers, &client.ip_header);
         parts.version = Version::HTTP_11;
         let host_missing = !parts.headers.contains_key(header::HOST);
