@@ -29,7 +29,35 @@ pub struct Config {
     pub access_log: bool,
     /// Runtime threads; 0 = one per CPU the process may use.
     pub workers: usize,
+    /// Adds `x-alb-backend` and `x-alb-reason` to every response: where it went and why.
+    pub explain: bool,
+    pub admin: AdminConfig,
 }
+
+/// The admin listener (metrics, API, dashboard).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// None: no admin listener.
+    pub listen: Option<SocketAddr>,
+    /// Whether `listen` was written in the file: a default address that is taken only earns a
+    /// warning, an explicit one that cannot be bound stops alb.
+    pub explicit: bool,
+    /// Bearer token for write calls, from the file or `ALB_ADMIN_TOKEN`; none: writes are off.
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            explicit: false,
+            token: None,
+        }
+    }
+}
+
+/// Environment variable holding the admin token when the file has none.
+pub const ADMIN_TOKEN_ENV: &str = "ALB_ADMIN_TOKEN";
 
 /// How the next backend is chosen; see `balance` for each algorithm's contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -18,6 +18,15 @@ pub struct RawConfig {
     pub limits: Option<RawLimits>,
     pub access_log: Option<bool>,
     pub workers: Option<i64>,
+    pub explain: Option<bool>,
+    pub admin: Option<RawAdmin>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

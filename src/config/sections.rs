@@ -2,9 +2,42 @@
 
 use std::time::Duration;
 
-use super::raw::{RawHealthCheck, RawLimits, RawPassiveHealth, RawRetry, RawTimeouts};
+use super::raw::{RawAdmin, RawHealthCheck, RawLimits, RawPassiveHealth, RawRetry, RawTimeouts};
 use super::values::{Problems, count, duration, positive_duration, size};
-use super::{HealthCheckConfig, Limits, PassiveHealthConfig, RetryConfig, Timeouts};
+use super::{
+    ADMIN_TOKEN_ENV, AdminConfig, HealthCheckConfig, Limits, PassiveHealthConfig, RetryConfig,
+    Timeouts,
+};
+
+pub(super) fn admin(raw: RawAdmin, problems: &mut Problems) -> AdminConfig {
+    let d = AdminConfig::default();
+    let listen = match raw.listen.as_deref() {
+        None => d.listen,
+        Some("off") => None,
+        Some(text) => match text.parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                problems.add(
+                    "admin.listen",
+                    format!("{text:?} is not an IP address with a port (or \"off\")"),
+                );
+                None
+            }
+        },
+    };
+    let token = raw
+        .token
+        .or_else(|| std::env::var(ADMIN_TOKEN_ENV).ok())
+        .filter(|t| !t.is_empty());
+    if token.as_ref().is_some_and(|t| t.len() < 16) {
+        problems.add("admin.token", "must be at least 16 characters");
+    }
+    AdminConfig {
+        listen,
+        explicit: raw.listen.is_some(),
+        token,
+    }
+}
 
 pub(super) fn health_check(raw: RawHealthCheck, problems: &mut Problems) -> HealthCheckConfig {
     let d = HealthCheckConfig::default();

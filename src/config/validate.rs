@@ -24,6 +24,7 @@ pub(super) fn validate(mut raw: RawConfig) -> Result<Config, Vec<Problem>> {
     let passive_health =
         sections::passive_health(raw.passive_health.unwrap_or_default(), &mut problems);
     let workers = count("workers", raw.workers, 0, 0, 1024, &mut problems) as usize;
+    let admin = sections::admin(raw.admin.take().unwrap_or_default(), &mut problems);
     problems.into_result()?;
     Ok(Config {
         listen,
@@ -36,6 +37,8 @@ pub(super) fn validate(mut raw: RawConfig) -> Result<Config, Vec<Problem>> {
         limits,
         access_log: raw.access_log.unwrap_or(true),
         workers,
+        explain: raw.explain.unwrap_or(false),
+        admin,
     })
 }
 

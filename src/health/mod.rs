@@ -119,6 +119,11 @@ async fn check_loop(backend: Arc<Backend>, config: HealthCheckConfig, forgive_af
     loop {
         let result = probe(&backend, &config).await;
         let passed = result.is_ok();
+        let detail = match &result {
+            Ok(()) => "passed".to_string(),
+            Err(e) => e.to_string(),
+        };
+        backend.record_probe(passed, detail);
         match state.record(passed, backend.is_healthy()) {
             Some(Transition::Down) => {
                 backend.set_healthy(false);

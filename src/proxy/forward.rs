@@ -8,14 +8,14 @@ use hyper::body::Incoming;
 
 use super::headers::{has_foreign_transfer_coding, hop_scan};
 use super::request_body::{BodyError, RequestBody};
-use super::{Failure, Proxy, ProxyError};
+use super::{Failure, ProxyError, Routing};
 use crate::upstream::{Backend, UpstreamSender, connect};
 
 /// Pooled connections tried per attempt before opening a new one: each may have been closed by the
 /// backend while idle, which hyper reports by handing the unsent request back.
 const STALE_CONNECTION_TRIES: usize = 3;
 
-impl Proxy {
+impl Routing {
     /// Sends `request` to `backend` and waits for the response head within `timeouts.response`.
     pub(super) async fn forward(
         &self,

@@ -7,16 +7,18 @@ mod access_log;
 mod error;
 mod forward;
 mod headers;
+mod live;
 mod prepare;
 mod request_body;
 mod response_body;
 mod retry;
+mod stats;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Request, Response, header};
+use http::{HeaderName, HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 
 pub use access_log::{AccessRecord, Outcome};
@@ -25,20 +27,24 @@ pub use headers::{
     HopScan, append_forwarded, has_foreign_transfer_coding, hop_scan, remove_hop_by_hop,
     strip_hop_by_hop,
 };
+pub use live::{ChangeError, ChangeReport, Proxy};
 pub use prepare::ClientInfo;
 use prepare::{Outbound, Replay};
 pub use request_body::{BodyError, BodyLimits, RequestBody};
 pub use response_body::{ResponseBody, ResponseBodyError, UpstreamBody, UpstreamParts};
 pub use retry::{RetryBudget, RetryPolicy, is_idempotent};
+pub use stats::ProxyStats;
 
 use crate::balance::{Exclude, Selector, selector_for};
 use crate::config::{Config, Limits, Timeouts};
 use crate::health::OutlierDetector;
-use crate::upstream::{Backend, InFlightGuard, UpstreamSender};
+use crate::upstream::{Backend, InFlightGuard, UpstreamSender, method_class};
 
-/// The request-path state shared by every connection.
+/// Everything a request is routed by, built from one config and swapped whole on reload:
+/// requests that started on the old one finish on it.
 #[derive(Debug)]
-pub struct Proxy {
+pub struct Routing {
+    config: Config,
     backends: Vec<Arc<Backend>>,
     selector: Box<dyn Selector>,
     timeouts: Timeouts,
@@ -48,7 +54,27 @@ pub struct Proxy {
     slow_start: Duration,
     access_log: bool,
     retry_after: HeaderValue,
-    retries: AtomicU64,
+    explain: bool,
+    stats: Arc<ProxyStats>,
+}
+
+/// What the dispatch needs to know of the request beyond the request itself.
+#[derive(Debug, Clone, Copy)]
+struct Exchange {
+    started: Instant,
+    method: usize,
+}
+
+static X_ALB_BACKEND: HeaderName = HeaderName::from_static("x-alb-backend");
+static X_ALB_REASON: HeaderName = HeaderName::from_static("x-alb-reason");
+
+fn explain_headers(headers: &mut http::HeaderMap, backend: &str, reason: &str) {
+    if let Ok(v) = HeaderValue::from_str(backend) {
+        headers.insert(&X_ALB_BACKEND, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(reason) {
+        headers.insert(&X_ALB_REASON, v);
+    }
 }
 
 /// A failed attempt, with the request when it provably was not sent.
@@ -63,27 +89,48 @@ struct Rejection {
     backend: Option<Arc<Backend>>,
 }
 
-impl Proxy {
-    pub fn new(config: &Config) -> Proxy {
+impl Routing {
+    /// Builds the routing for `config`. Backends of `previous` that are unchanged (same URL,
+    /// weight and connection limit) are kept as they are, with their health, counters and pooled
+    /// connections.
+    pub fn new(config: &Config, stats: Arc<ProxyStats>, previous: &[Arc<Backend>]) -> Routing {
         let backends: Vec<Arc<Backend>> = config
             .backends
             .iter()
-            .map(|spec| Arc::new(Backend::with_queue(spec, config.limits.backend_queue)))
+            .map(|spec| {
+                previous
+                    .iter()
+                    .find(|b| {
+                        b.url() == spec.url
+                            && b.weight() == spec.weight
+                            && b.max_connections() == spec.max_connections
+                    })
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        Arc::new(Backend::with_queue(spec, config.limits.backend_queue))
+                    })
+            })
             .collect();
         let selector = selector_for(config.algorithm, &backends);
         let retry_after = config.health_check.interval.as_secs_f64().ceil().max(1.0) as u64;
-        Proxy {
+        Routing {
+            config: config.clone(),
             outliers: Arc::new(OutlierDetector::new(&config.passive_health, &backends)),
             backends,
             selector,
             timeouts: config.timeouts.clone(),
             limits: config.limits.clone(),
-            retry: RetryPolicy::new(&config.retry),
+            retry: RetryPolicy::new(&config.retry, stats.clone()),
             slow_start: config.health_check.slow_start,
             access_log: config.access_log,
             retry_after: HeaderValue::from(retry_after),
-            retries: AtomicU64::new(0),
+            explain: config.explain,
+            stats,
         }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     pub fn backends(&self) -> &[Arc<Backend>] {
@@ -94,31 +141,29 @@ impl Proxy {
         &self.outliers
     }
 
-    /// Attempts sent again to another backend since start.
-    pub fn retries(&self) -> u64 {
-        self.retries.load(Ordering::Relaxed)
-    }
-
     /// Proxies one request. Never fails: every error becomes a response.
     pub async fn handle(
         &self,
         req: Request<Incoming>,
         client: &ClientInfo,
     ) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let method = method_class(req.method());
         let mut log = self.access_log.then(|| {
             Box::new(AccessRecord::new(
                 req.method(),
                 req.uri().path(),
                 client.addr,
-                Instant::now(),
+                started,
             ))
         });
         let outbound = match self.prepare(req, client).await {
             Ok(outbound) => outbound,
-            Err(error) => return self.local_response(&error, None, log),
+            Err(error) => return self.local_response(&error, None, log, method),
         };
+        let exchange = Exchange { started, method };
         let result = match self.timeouts.request {
-            Some(limit) => tokio::time::timeout(limit, self.dispatch(outbound, &mut log))
+            Some(limit) => tokio::time::timeout(limit, self.dispatch(outbound, &mut log, exchange))
                 .await
                 .unwrap_or_else(|_| {
                     Err(Rejection {
@@ -126,13 +171,16 @@ impl Proxy {
                         backend: None,
                     })
                 }),
-            None => self.dispatch(outbound, &mut log).await,
+            None => self.dispatch(outbound, &mut log, exchange).await,
         };
         match result {
             Ok(response) => response,
-            Err(rejection) => {
-                self.local_response(&rejection.error, rejection.backend.as_deref(), log.take())
-            }
+            Err(rejection) => self.local_response(
+                &rejection.error,
+                rejection.backend.as_deref(),
+                log.take(),
+                method,
+            ),
         }
     }
 
@@ -141,6 +189,7 @@ impl Proxy {
         &self,
         outbound: Outbound,
         log: &mut Option<Box<AccessRecord>>,
+        exchange: Exchange,
     ) -> Result<Response<ResponseBody>, Rejection> {
         let Outbound {
             mut request,
@@ -163,7 +212,9 @@ impl Proxy {
                     .headers_mut()
                     .insert(header::HOST, backend.host_header().clone());
             }
+            let reason = self.explain.then(|| self.explain_pick(index, attempt));
             let mut guard = InFlightGuard::new(backend.clone());
+            let sent_at = Instant::now();
             let sent = match guard.acquire_slot(self.limits.backend_queue_timeout).await {
                 Err(e) => Err(Failure {
                     error: e.into(),
@@ -175,6 +226,9 @@ impl Proxy {
             let failure = match sent {
                 Ok((response, sender)) => {
                     let status = response.status().as_u16();
+                    backend
+                        .stats()
+                        .record_response(exchange.method, status, sent_at.elapsed());
                     if status >= 500 && self.outliers.counts_5xx() {
                         self.outliers.record_failure(backend, "5xx answer");
                     } else {
@@ -192,7 +246,9 @@ impl Proxy {
                                 status,
                                 "retrying a {status} answer on another backend"
                             );
-                            self.retries.fetch_add(1, Ordering::Relaxed);
+                            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                            backend.stats().retries.fetch_add(1, Ordering::Relaxed);
+                            backend.stats().retries.fetch_add(1, Ordering::Relaxed);
                             request = replay.rebuild();
                             last = Some(Rejection {
                                 error: ProxyError::UpstreamStatus(status),
@@ -205,7 +261,11 @@ impl Proxy {
                     if let Some(log) = log.as_mut() {
                         log.set_attempts(attempt);
                     }
-                    return Ok(self.respond(response, sender, guard, log.take()));
+                    let mut response = self.respond(response, sender, guard, log.take(), exchange);
+                    if let Some(reason) = reason {
+                        explain_headers(response.headers_mut(), backend.url(), &reason);
+                    }
+                    return Ok(response);
                 }
                 Err(failure) => failure,
             };
@@ -229,7 +289,8 @@ impl Proxy {
             match again {
                 Some(next) if more && self.retry.allow_retry() => {
                     tracing::info!(backend = backend.url(), attempt, error = %rejection.error, "retrying on another backend");
-                    self.retries.fetch_add(1, Ordering::Relaxed);
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    backend.stats().retries.fetch_add(1, Ordering::Relaxed);
                     request = next;
                     last = Some(rejection);
                 }
@@ -263,6 +324,27 @@ impl Proxy {
             .or(Some(index))
     }
 
+    /// Why `index` was picked, in a line: the algorithm and the load it saw (for `explain`).
+    fn explain_pick(&self, index: usize, attempt: u32) -> String {
+        use std::fmt::Write;
+        let mut reason = format!(
+            "{} attempt={attempt} candidates:",
+            self.config.algorithm.name()
+        );
+        for (i, b) in self.backends.iter().enumerate().take(16) {
+            let mark = if i == index { "*" } else { "" };
+            let state = if b.is_available() { "up" } else { "out" };
+            let _ = write!(
+                reason,
+                " {mark}{} in_flight={} weight={} {state};",
+                b.url(),
+                b.in_flight(),
+                b.weight()
+            );
+        }
+        reason
+    }
+
     /// Whether any backend besides the excluded ones could take a retry.
     fn has_other(&self, exclude: &Exclude) -> bool {
         self.backends
@@ -279,6 +361,7 @@ impl Proxy {
         sender: UpstreamSender,
         guard: InFlightGuard,
         log: Option<Box<AccessRecord>>,
+        exchange: Exchange,
     ) -> Response<ResponseBody> {
         let (mut parts, body) = response.into_parts();
         // RFC 9112 §6.3: with Transfer-Encoding, a Content-Length is wrong and must not be
@@ -299,6 +382,8 @@ impl Proxy {
             outliers: self.outliers.clone(),
             idle_limit: self.timeouts.upstream_idle,
             reusable,
+            started: exchange.started,
+            stats: self.stats.clone(),
         };
         let body = UpstreamBody::new(body, parts.status.as_u16(), upstream);
         Response::from_parts(parts, ResponseBody::Upstream(body))
@@ -309,8 +394,18 @@ impl Proxy {
         error: &ProxyError,
         backend: Option<&Backend>,
         log: Option<Box<AccessRecord>>,
+        method: usize,
     ) -> Response<ResponseBody> {
-        let response = error.to_response(&self.retry_after);
+        let mut response = error.to_response(&self.retry_after);
+        self.stats.record_local(method, response.status().as_u16());
+        if self.explain {
+            let url = backend.map_or("-", Backend::url);
+            explain_headers(
+                response.headers_mut(),
+                url,
+                &format!("alb answered: {error}"),
+            );
+        }
         if let Some(log) = log {
             let bytes = http_body::Body::size_hint(response.body())
                 .exact()

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use super::headers::{append_forwarded, has_foreign_transfer_coding, hop_scan, strip_hop_by_hop};
 use super::request_body::{BodyError, BodyLimits, RequestBody};
 use super::retry::is_idempotent;
-use super::{Proxy, ProxyError};
+use super::{ProxyError, Routing};
 
 /// The client connection a request arrived on, computed once per connection.
 #[derive(Debug, Clone)]
@@ -30,7 +30,7 @@ impl ClientInfo {
     }
 }
 
-impl Proxy {
+impl Routing {
     /// Rewrites the client's request for the upstream hop: origin-form target, HTTP/1.1,
     /// hop-by-hop fields removed, X-Forwarded-* appended, limits checked, and a small body of an
     /// idempotent request read whole so that it can be replayed. Host is kept as the client sent it.

@@ -2,6 +2,7 @@
 //! answer alb makes itself.
 
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -74,6 +75,8 @@ pub struct UpstreamBody {
     bytes: u64,
     idle_limit: Duration,
     idle: Option<Pin<Box<Sleep>>>,
+    started: std::time::Instant,
+    stats: std::sync::Arc<super::ProxyStats>,
 }
 
 /// What an [`UpstreamBody`] needs besides the body itself.
@@ -86,6 +89,9 @@ pub struct UpstreamParts {
     pub idle_limit: Duration,
     /// Whether the connection may carry another request after this response.
     pub reusable: bool,
+    /// When the request arrived.
+    pub started: std::time::Instant,
+    pub stats: std::sync::Arc<super::ProxyStats>,
 }
 
 impl UpstreamBody {
@@ -100,6 +106,8 @@ impl UpstreamBody {
             bytes: 0,
             idle_limit: parts.idle_limit,
             idle: None,
+            started: parts.started,
+            stats: parts.stats,
         }
     }
 
@@ -161,6 +169,14 @@ impl UpstreamBody {
         };
         let sender = self.sender.take();
         let backend = guard.backend();
+        self.stats.request_duration.observe(self.started.elapsed());
+        self.stats
+            .bytes_to_clients
+            .fetch_add(self.bytes, Ordering::Relaxed);
+        backend
+            .stats()
+            .bytes_sent
+            .fetch_add(self.bytes, Ordering::Relaxed);
         match (outcome, sender) {
             (Outcome::Complete, Some(sender)) => backend.pool().checkin(sender),
             (Outcome::UpstreamBroken | Outcome::UpstreamIdle, _) => {

@@ -29,16 +29,18 @@ pub struct RetryPolicy {
     pub on_timeout: bool,
     pub max_body_buffer: u64,
     budget: RetryBudget,
+    stats: std::sync::Arc<super::ProxyStats>,
 }
 
 impl RetryPolicy {
-    pub fn new(config: &RetryConfig) -> RetryPolicy {
+    pub fn new(config: &RetryConfig, stats: std::sync::Arc<super::ProxyStats>) -> RetryPolicy {
         RetryPolicy {
             attempts: config.attempts.max(1),
             on_status: config.on_status.clone(),
             on_timeout: config.on_timeout,
             max_body_buffer: config.max_body_buffer,
             budget: RetryBudget::new(config.budget_percent, config.budget_min_per_second),
+            stats,
         }
     }
 
@@ -57,6 +59,7 @@ impl RetryPolicy {
     pub fn allow_retry(&self) -> bool {
         let allowed = self.budget.withdraw();
         if !allowed {
+            self.stats.budget_exhausted.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("retry budget exhausted: failing the request instead of retrying");
         }
         allowed

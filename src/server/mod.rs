@@ -9,6 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,7 +26,6 @@ use tokio::task::JoinSet;
 pub use client_io::{Activity, ActivityGuard, ClientIo};
 
 use crate::config::{Config, Timeouts};
-use crate::health::HealthChecker;
 use crate::proxy::{ClientInfo, Proxy, ResponseBody, ResponseBodyError};
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
@@ -68,9 +68,15 @@ impl Server {
         Ok(Server {
             listener,
             local_addr,
-            proxy: Arc::new(Proxy::new(&config)),
+            proxy: Arc::new(Proxy::with_source(&config, None)),
             config,
         })
+    }
+
+    /// Remembers the file the config came from, so that a reload (SIGHUP, admin API) re-reads it.
+    pub fn with_source(mut self, path: std::path::PathBuf) -> Server {
+        self.proxy = Arc::new(Proxy::with_source(&self.config, Some(path)));
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -84,11 +90,7 @@ impl Server {
     /// Serves until `shutdown` completes, then drains: no new connections, idle keep-alive
     /// connections closed, in-flight requests given `timeouts.drain` to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let health = HealthChecker::start(
-            self.proxy.backends(),
-            &self.config.health_check,
-            &self.config.passive_health,
-        );
+        self.proxy.start_health();
         let mut http = http1::Builder::new();
         // Head and keep-alive timeouts are ClientIo's: hyper's own covers both at once.
         http.timer(TokioTimer::new())
@@ -120,10 +122,15 @@ impl Server {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         while connections.try_join_next().is_some() {}
-                        let connection = serve(&http, stream, peer, self.proxy.clone(), &self.config.timeouts);
+                        // Timeouts as configured now: a reload applies to new connections.
+                        let timeouts = self.proxy.routing().config().timeouts.clone();
+                        let connection = serve(&http, stream, peer, self.proxy.clone(), &timeouts);
                         let connection = graceful.watch(connection);
+                        let stats = self.proxy.stats().clone();
+                        stats.client_connections.fetch_add(1, Ordering::Relaxed);
                         connections.spawn(async move {
                             let result = connection.await;
+                            stats.client_connections.fetch_sub(1, Ordering::Relaxed);
                             drop(slot);
                             result
                         });
@@ -136,7 +143,7 @@ impl Server {
             }
         }
         drop(self.listener);
-        let drain = self.config.timeouts.drain;
+        let drain = self.proxy.routing().config().timeouts.drain;
         tracing::info!(
             "shutting down: no new connections, draining in-flight requests for up to {drain:?}"
         );
@@ -152,7 +159,7 @@ impl Server {
             );
         }
         connections.shutdown().await;
-        health.stop().await;
+        self.proxy.stop_health().await;
         Ok(())
     }
 }

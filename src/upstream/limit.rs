@@ -17,6 +17,7 @@ pub enum QueueError {
 
 #[derive(Debug)]
 pub struct ConnectionLimit {
+    max: u32,
     slots: Arc<Semaphore>,
     queue: usize,
     waiting: AtomicUsize,
@@ -25,6 +26,7 @@ pub struct ConnectionLimit {
 impl ConnectionLimit {
     pub fn new(max: u32, queue: usize) -> ConnectionLimit {
         ConnectionLimit {
+            max,
             slots: Arc::new(Semaphore::new(max as usize)),
             queue,
             waiting: AtomicUsize::new(0),
@@ -49,6 +51,10 @@ impl ConnectionLimit {
             // The semaphore is never closed; treat it like a timeout all the same.
             Ok(Err(_)) | Err(_) => Err(QueueError::Timeout(wait)),
         }
+    }
+
+    pub fn max(&self) -> u32 {
+        self.max
     }
 
     pub fn waiting(&self) -> usize {

@@ -8,8 +8,9 @@
 mod connect;
 mod limit;
 mod pool;
+mod stats;
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,31 @@ use crate::config::{BackendAddr, BackendSpec};
 pub use connect::{ConnectError, connect};
 pub use limit::{ConnectionLimit, QueueError};
 pub use pool::{ConnectionPool, UpstreamSender};
+pub use stats::{
+    BackendStats, Histogram, LATENCY_BUCKETS, METHOD_CLASSES, STATUS_CLASSES, method_class,
+};
+
+/// What an operator asked of a backend through the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AdminState {
+    /// In rotation (if healthy).
+    Enabled = 0,
+    /// No new requests; in-flight ones finish; health checks go on.
+    Draining = 1,
+    /// No new requests, idle connections closed.
+    Disabled = 2,
+}
+
+impl AdminState {
+    pub fn name(self) -> &'static str {
+        match self {
+            AdminState::Enabled => "enabled",
+            AdminState::Draining => "draining",
+            AdminState::Disabled => "disabled",
+        }
+    }
+}
 
 /// Milliseconds since the first call: a clock that fits in an atomic.
 pub fn now_ms() -> u64 {
@@ -37,6 +63,11 @@ pub struct Backend {
     weight: u32,
     /// Verdict of the active health checks.
     healthy: AtomicBool,
+    /// [`AdminState`] as its discriminant.
+    admin: AtomicU8,
+    /// Last probe: passed, and why not.
+    last_probe: std::sync::Mutex<Option<(bool, String)>>,
+    stats: BackendStats,
     /// Taken out by passive health (failures on live traffic) until the checker lets it back.
     ejected: AtomicBool,
     ejected_until_ms: AtomicU64,
@@ -70,6 +101,9 @@ impl Backend {
                 .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
             weight: spec.weight.max(1),
             healthy: AtomicBool::new(true),
+            admin: AtomicU8::new(AdminState::Enabled as u8),
+            last_probe: std::sync::Mutex::new(None),
+            stats: BackendStats::default(),
             ejected: AtomicBool::new(false),
             ejected_until_ms: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
@@ -102,6 +136,11 @@ impl Backend {
         self.weight
     }
 
+    /// The configured `max_connections`, if any.
+    pub fn max_connections(&self) -> Option<u32> {
+        self.limit.as_ref().map(ConnectionLimit::max)
+    }
+
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
@@ -115,10 +154,44 @@ impl Backend {
         was
     }
 
-    /// Whether new requests may go here: healthy by the active checks and not ejected.
+    /// Whether new requests may go here: healthy by the active checks, not ejected, and not
+    /// drained or disabled by an operator.
     #[inline]
     pub fn is_available(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed) && !self.ejected.load(Ordering::Relaxed)
+        self.healthy.load(Ordering::Relaxed)
+            && !self.ejected.load(Ordering::Relaxed)
+            && self.admin.load(Ordering::Relaxed) == AdminState::Enabled as u8
+    }
+
+    pub fn admin_state(&self) -> AdminState {
+        match self.admin.load(Ordering::Relaxed) {
+            1 => AdminState::Draining,
+            2 => AdminState::Disabled,
+            _ => AdminState::Enabled,
+        }
+    }
+
+    pub fn set_admin_state(&self, state: AdminState) {
+        self.admin.store(state as u8, Ordering::Relaxed);
+        if state == AdminState::Disabled {
+            self.pool.clear();
+        }
+    }
+
+    pub fn stats(&self) -> &BackendStats {
+        &self.stats
+    }
+
+    pub fn record_probe(&self, passed: bool, detail: String) {
+        *self.last_probe.lock().unwrap_or_else(|p| p.into_inner()) = Some((passed, detail));
+    }
+
+    /// The last probe's verdict and detail, if any probe ran yet.
+    pub fn last_probe(&self) -> Option<(bool, String)> {
+        self.last_probe
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn is_ejected(&self) -> bool {
@@ -134,6 +207,7 @@ impl Backend {
             .ejections
             .fetch_add(1, Ordering::Relaxed)
             .saturating_add(1);
+        self.stats.ejections.fetch_add(1, Ordering::Relaxed);
         let duration = base.saturating_mul(n).min(max);
         self.ejected_until_ms
             .store(now_ms() + duration.as_millis() as u64, Ordering::Relaxed);

@@ -56,6 +56,11 @@ impl ConnectionPool {
         }
     }
 
+    /// Closes every idle connection.
+    pub fn clear(&self) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     pub fn idle_count(&self) -> usize {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
