@@ -1,0 +1,65 @@
+//! S6 of the benchmark suite (bench/README.md): the cost of picking one backend among 10, 1,000
+//! and 10,000, for every algorithm. Run with `cargo bench --bench select`; `bench/run.sh` reads the
+//! means from `target/criterion/select_<algorithm>/<backends>/new/estimates.json`.
+//!
+//! Criterion's times are kept short (1 s per case) so that the whole bench takes well under a
+//! minute; pass `-- --measurement-time 5` for steadier figures.
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alb::balance::{Exclude, selector_for};
+use alb::config::Algorithm;
+use alb::upstream::Backend;
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+
+const SIZES: [usize; 3] = [10, 1_000, 10_000];
+
+const ALGORITHMS: [(&str, Algorithm); 4] = [
+    ("least_conn", Algorithm::LeastConn),
+    ("round_robin", Algorithm::RoundRobin),
+    ("random", Algorithm::Random),
+    ("p2c", Algorithm::P2c),
+];
+
+/// `n` healthy backends on distinct loopback ports, built the way alb builds them from its config.
+fn backends(n: usize) -> Vec<Arc<Backend>> {
+    let urls: Vec<String> = (0..n)
+        .map(|i| format!("http://127.0.0.1:{}", 20_000 + i))
+        .collect();
+    let listen = SocketAddr::from(([127, 0, 0, 1], 18_080));
+    let config = alb::Config::with_backends(listen, &urls).expect("a valid config");
+    config
+        .backends
+        .iter()
+        .map(|spec| Arc::new(Backend::new(spec)))
+        .collect()
+}
+
+fn select(c: &mut Criterion) {
+    for (name, algorithm) in ALGORITHMS {
+        let mut group = c.benchmark_group(format!("select_{name}"));
+        for n in SIZES {
+            let pool = backends(n);
+            let selector = selector_for(algorithm, &pool);
+            let exclude = Exclude::default();
+            group.bench_with_input(BenchmarkId::from_parameter(n), &pool, |b, pool| {
+                b.iter(|| selector.select(black_box(pool), black_box(&exclude)))
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    // Short by default; command-line options (`-- --measurement-time 5`) override these.
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .sample_size(20);
+    targets = select
+}
+criterion_main!(benches);
