@@ -7,11 +7,13 @@
 //! - [`balance`]: the [`balance::Selector`] trait and one file per algorithm.
 //! - [`upstream`]: backends, their live counters and health flag, pooled connections.
 //! - [`health`]: active health checks with rise/fall.
+//! - [`admin`]: metrics, JSON API and live dashboard on their own listener.
 //! - [`demo`]: the built-in demo backend.
 //! - [`telemetry`]: log output set-up; [`runtime`]: the tokio runtime sized to the cores.
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod demo;

@@ -74,11 +74,11 @@ fn main() -> ExitCode {
         Command::Run {
             config,
             no_access_log,
-        } => match Config::load(&config) {
-            Ok(mut config) => {
+        } => match Config::load(&config).map(|c| (c, config)) {
+            Ok((mut config, path)) => {
                 config.access_log &= !no_access_log;
                 let workers = config.workers;
-                (Launch::Balancer(Box::new(config)), workers)
+                (Launch::Balancer(Box::new(config), path), workers)
             }
             Err(e) => {
                 tracing::error!("{e:#}");
@@ -124,7 +124,7 @@ fn check(path: &std::path::Path) -> ExitCode {
 
 /// What `main` starts once the runtime is up.
 enum Launch {
-    Balancer(Box<Config>),
+    Balancer(Box<Config>, PathBuf),
     Other(Command),
 }
 
@@ -133,8 +133,19 @@ async fn run(launch: Launch) -> anyhow::Result<()> {
     // listening line, and that must drain, not kill.
     let shutdown = shutdown_signal()?;
     let command = match launch {
-        Launch::Balancer(config) => {
-            Server::bind(*config).await?.run(shutdown).await?;
+        Launch::Balancer(config, path) => {
+            let server = Server::bind(*config).await?.with_source(path);
+            let proxy = server.proxy().clone();
+            let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("cannot watch SIGHUP")?;
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    tracing::info!("received SIGHUP: reloading the configuration");
+                    // A refused reload is logged by `reload` itself; the old config keeps serving.
+                    let _ = proxy.reload();
+                }
+            });
+            server.run(shutdown).await?;
             return Ok(());
         }
         Launch::Other(command) => command,

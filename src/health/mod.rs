@@ -29,9 +29,9 @@ pub use probe::{ProbeError, probe};
 
 /// Shortest gap between two probes of one backend, however often traffic asks for a recheck.
 const MIN_GAP: Duration = Duration::from_millis(100);
-/// Longest gap between probes while a backend's state is changing (some, but not yet `rise` or
-/// `fall`, results against it), so that a change is confirmed in about a second rather than in
-/// `fall` full intervals (HAProxy's `fastinter`).
+/// Longest gap between probes while a backend is DOWN or its state is changing (some, but not yet
+/// `fall`, failures), so that a change is confirmed in about a second rather than in `fall` or
+/// `rise` full intervals (HAProxy's `fastinter` and `downinter`).
 const CONFIRM_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs the health checks of a set of backends until dropped or shut down.
@@ -155,7 +155,9 @@ async fn check_loop(backend: Arc<Backend>, config: HealthCheckConfig, forgive_af
             backend.forgive_ejections();
             readmitted_at = None;
         }
-        let mut interval = if state.is_changing(backend.is_healthy()) {
+        // A DOWN backend, or one whose state is changing, is probed at least every second, so that
+        // one starting after alb (compose) or recovering is back in a second or two.
+        let mut interval = if !backend.is_healthy() || state.is_changing(true) {
             config.interval.min(CONFIRM_INTERVAL)
         } else {
             config.interval

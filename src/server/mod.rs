@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 
 pub use client_io::{Activity, ActivityGuard, ClientIo};
 
+use crate::admin::AdminServer;
 use crate::config::{Config, Timeouts};
 use crate::proxy::{ClientInfo, Proxy, ResponseBody, ResponseBodyError};
 
@@ -50,6 +51,7 @@ pub struct Server {
     local_addr: SocketAddr,
     proxy: Arc<Proxy>,
     config: Config,
+    admin_addr: Arc<std::sync::OnceLock<SocketAddr>>,
 }
 
 impl Server {
@@ -70,6 +72,7 @@ impl Server {
             local_addr,
             proxy: Arc::new(Proxy::with_source(&config, None)),
             config,
+            admin_addr: Arc::default(),
         })
     }
 
@@ -77,6 +80,34 @@ impl Server {
     pub fn with_source(mut self, path: std::path::PathBuf) -> Server {
         self.proxy = Arc::new(Proxy::with_source(&self.config, Some(path)));
         self
+    }
+
+    /// Starts the admin listener. A default address that is taken only costs a warning (another
+    /// alb on this machine may hold it); an address written in the config must be bound.
+    async fn start_admin(&self) -> Result<Option<AdminServer>, ServerError> {
+        let admin = &self.config.admin;
+        let Some(listen) = admin.listen else {
+            return Ok(None);
+        };
+        match AdminServer::start(listen, admin.token.clone(), self.proxy.clone()).await {
+            Ok(server) => {
+                let _ = self.admin_addr.set(server.addr());
+                Ok(Some(server))
+            }
+            Err(source) if admin.explicit => Err(ServerError::Bind {
+                addr: listen,
+                source,
+            }),
+            Err(e) => {
+                tracing::warn!("admin listener not started: cannot listen on {listen}: {e}");
+                Ok(None)
+            }
+        }
+    }
+
+    /// The admin listener's address once `run` has bound it.
+    pub fn admin_addr(&self) -> Arc<std::sync::OnceLock<SocketAddr>> {
+        self.admin_addr.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -91,6 +122,7 @@ impl Server {
     /// connections closed, in-flight requests given `timeouts.drain` to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         self.proxy.start_health();
+        let admin = self.start_admin().await?;
         let mut http = http1::Builder::new();
         // Head and keep-alive timeouts are ClientIo's: hyper's own covers both at once.
         http.timer(TokioTimer::new())
@@ -160,6 +192,9 @@ impl Server {
         }
         connections.shutdown().await;
         self.proxy.stop_health().await;
+        if let Some(admin) = admin {
+            admin.stop().await;
+        }
         Ok(())
     }
 }

@@ -363,6 +363,7 @@ pub async fn read_pattern(mut body: Incoming) -> u64 {
 pub struct TestBalancer {
     pub addr: SocketAddr,
     pub proxy: Arc<alb::proxy::Proxy>,
+    admin: Arc<std::sync::OnceLock<SocketAddr>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -370,11 +371,15 @@ pub struct TestBalancer {
 impl TestBalancer {
     /// Starts a balancer from config text; `listen` is set to port 0 unless given.
     pub async fn start(toml: &str) -> TestBalancer {
-        let toml = if toml.contains("listen") {
+        let mut toml = if toml.starts_with("listen") {
             toml.to_string()
         } else {
             format!("listen = \"127.0.0.1:0\"\n{toml}")
         };
+        if !toml.contains("[admin]") {
+            // Tests run side by side: no shared default admin port.
+            toml.push_str("\n[admin]\nlisten = \"off\"\n");
+        }
         let config = Config::from_toml(&toml, "test.toml").expect("valid test config");
         TestBalancer::start_config(config).await
     }
@@ -386,6 +391,7 @@ impl TestBalancer {
         let server = Server::from_listener(listener, config).expect("server");
         let addr = server.local_addr();
         let proxy = server.proxy().clone();
+        let admin = server.admin_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server
@@ -398,6 +404,7 @@ impl TestBalancer {
         TestBalancer {
             addr,
             proxy,
+            admin,
             stop: Some(stop),
             task: Some(task),
         }
@@ -405,6 +412,14 @@ impl TestBalancer {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// The admin listener's URL for `path`, once it is listening (config `[admin] listen`).
+    pub async fn admin_url(&self, path: &str) -> String {
+        wait_until(Duration::from_secs(5), || self.admin.get().is_some())
+            .await
+            .expect("admin listener started");
+        format!("http://{}{}", self.admin.get().unwrap(), path)
     }
 
     /// Graceful stop; waits until the server has drained and returned.

@@ -1,0 +1,164 @@
+//! The JSON admin API: backends with their live state, and the operator's levers (drain, disable,
+//! enable, add, remove, reload). Writes need the bearer token; without one configured they are off.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use crate::proxy::{ChangeError, Proxy};
+use crate::upstream::{AdminState, Backend};
+
+#[derive(Debug, Serialize)]
+pub struct BackendView {
+    pub url: String,
+    /// `up`, `down` (active checks), `ejected` (passive health), `draining` or `disabled`.
+    pub state: &'static str,
+    pub healthy: bool,
+    pub ejected: bool,
+    pub admin: &'static str,
+    pub weight: u32,
+    pub in_flight: u64,
+    pub requests: u64,
+    pub recent_latency_ms: f64,
+    pub last_check: Option<CheckView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CheckView {
+    pub passed: bool,
+    pub detail: String,
+}
+
+pub fn view(b: &Backend) -> BackendView {
+    let admin = b.admin_state();
+    let state = match admin {
+        AdminState::Draining => "draining",
+        AdminState::Disabled => "disabled",
+        AdminState::Enabled if !b.is_healthy() => "down",
+        AdminState::Enabled if b.is_ejected() => "ejected",
+        AdminState::Enabled => "up",
+    };
+    BackendView {
+        url: b.url().to_string(),
+        state,
+        healthy: b.is_healthy(),
+        ejected: b.is_ejected(),
+        admin: admin.name(),
+        weight: b.weight(),
+        in_flight: b.in_flight(),
+        requests: b.stats().total_responses(),
+        recent_latency_ms: b.stats().recent_latency().as_secs_f64() * 1000.0,
+        last_check: b
+            .last_probe()
+            .map(|(passed, detail)| CheckView { passed, detail }),
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Snapshot {
+    pub backends: Vec<BackendView>,
+    pub client_connections: i64,
+    pub retries: u64,
+}
+
+pub fn snapshot(proxy: &Proxy) -> Snapshot {
+    Snapshot {
+        backends: proxy.backends().iter().map(|b| view(b)).collect(),
+        client_connections: proxy
+            .stats()
+            .client_connections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        retries: proxy.retries(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct NewBackend {
+    url: String,
+    weight: Option<u32>,
+}
+
+/// An API answer: status and JSON body.
+pub type Answer = (StatusCode, String);
+
+fn json(status: StatusCode, value: &impl Serialize) -> Answer {
+    (
+        status,
+        serde_json::to_string_pretty(value).unwrap_or_default(),
+    )
+}
+
+fn error(status: StatusCode, message: &str) -> Answer {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+fn change_error(e: &ChangeError) -> Answer {
+    let status = match e {
+        ChangeError::UnknownBackend(_) => StatusCode::NOT_FOUND,
+        ChangeError::Duplicate(_) | ChangeError::LastBackend => StatusCode::CONFLICT,
+        ChangeError::NoSource => StatusCode::CONFLICT,
+        ChangeError::Config(_) => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    error(status, &e.to_string())
+}
+
+/// Handles `/api/...` once authorisation is settled. `path` is without the `/api` prefix.
+pub fn handle(proxy: &Arc<Proxy>, method: &Method, path: &str, body: &Bytes) -> Answer {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method, parts.as_slice()) {
+        (&Method::GET, ["backends"]) => json(StatusCode::OK, &snapshot(proxy)),
+        (&Method::GET, ["backends", id]) => match proxy.backend(&format!("http://{id}")) {
+            Some(b) => json(StatusCode::OK, &view(&b)),
+            None => error(StatusCode::NOT_FOUND, "no such backend"),
+        },
+        (&Method::POST, ["backends"]) => match serde_json::from_slice::<NewBackend>(body) {
+            Ok(new) => match proxy.add_backend(&new.url, new.weight) {
+                Ok(report) => json(StatusCode::CREATED, &report),
+                Err(e) => change_error(&e),
+            },
+            Err(e) => error(
+                StatusCode::BAD_REQUEST,
+                &format!("expected {{\"url\": ..., \"weight\": ...}}: {e}"),
+            ),
+        },
+        (&Method::DELETE, ["backends", id]) => {
+            match proxy.remove_backend(&format!("http://{id}")) {
+                Ok(report) => json(StatusCode::OK, &report),
+                Err(e) => change_error(&e),
+            }
+        }
+        (&Method::POST, ["backends", id, action]) => {
+            let state = match *action {
+                "drain" => AdminState::Draining,
+                "disable" => AdminState::Disabled,
+                "enable" => AdminState::Enabled,
+                _ => {
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        "actions are drain, disable and enable",
+                    );
+                }
+            };
+            let url = format!("http://{id}");
+            match proxy.set_admin_state(&url, state) {
+                Ok(()) => match proxy.backend(&url) {
+                    Some(b) => json(StatusCode::OK, &view(&b)),
+                    None => error(StatusCode::NOT_FOUND, "no such backend"),
+                },
+                Err(e) => change_error(&e),
+            }
+        }
+        (&Method::POST, ["reload"]) => match proxy.reload() {
+            Ok(report) => json(StatusCode::OK, &report),
+            Err(e) => change_error(&e),
+        },
+        _ => error(StatusCode::NOT_FOUND, "no such API call"),
+    }
+}
+
+/// Whether a call changes anything (and so needs the token).
+pub fn is_write(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD)
+}

@@ -1,0 +1,219 @@
+//! Prometheus metrics, rendered at scrape time from the atomics the request path already keeps:
+//! counting a request never touches a metrics registry or a lock.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::proxy::Proxy;
+use crate::upstream::{Histogram, METHOD_CLASSES, STATUS_CLASSES};
+
+/// Renders every metric in the Prometheus text format.
+pub fn render(proxy: &Arc<Proxy>) -> String {
+    let mut registry = Registry::with_prefix("alb");
+    registry.register_collector(Box::new(ProxyCollector(proxy.clone())));
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}
+
+#[derive(Debug)]
+struct ProxyCollector(Arc<Proxy>);
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(Vec<(&str, String)>, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in series {
+        ConstCounter::new(*value).encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(Vec<(&str, String)>, i64)],
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in series {
+        ConstGauge::new(*value).encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn histogram(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(Vec<(&str, String)>, &Histogram)],
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, h) in series {
+        let (sum, count, buckets) = h.snapshot();
+        metric
+            .encode_family(labels)?
+            .encode_histogram::<Vec<(&str, String)>>(sum, count, &buckets, None)?;
+    }
+    Ok(())
+}
+
+impl Collector for ProxyCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let proxy = &self.0;
+        let backends = proxy.backends();
+        let stats = proxy.stats();
+        let by = |url: &str| vec![("backend", url.to_string())];
+
+        let mut requests = Vec::new();
+        for b in &backends {
+            for (m, method) in METHOD_CLASSES.iter().enumerate() {
+                for (c, class) in STATUS_CLASSES.iter().enumerate() {
+                    let n = b.stats().responses(m, c);
+                    if n > 0 {
+                        let labels = vec![
+                            ("backend", b.url().to_string()),
+                            ("method", method.to_string()),
+                            ("status", class.to_string()),
+                        ];
+                        requests.push((labels, n));
+                    }
+                }
+            }
+        }
+        for (m, method) in METHOD_CLASSES.iter().enumerate() {
+            for (c, class) in STATUS_CLASSES.iter().enumerate() {
+                let n = stats.local(m, c);
+                if n > 0 {
+                    let labels = vec![
+                        ("backend", "none".to_string()),
+                        ("method", method.to_string()),
+                        ("status", class.to_string()),
+                    ];
+                    requests.push((labels, n));
+                }
+            }
+        }
+        counter(
+            &mut encoder,
+            "requests",
+            "Responses by backend (none: answered by alb itself), method and status class",
+            &requests,
+        )?;
+
+        let upstream: Vec<_> = backends
+            .iter()
+            .map(|b| (by(b.url()), &b.stats().upstream_latency))
+            .collect();
+        histogram(
+            &mut encoder,
+            "upstream_latency_seconds",
+            "Time from sending a request to a backend to its response headers",
+            &upstream,
+        )?;
+        histogram(
+            &mut encoder,
+            "request_duration_seconds",
+            "Time from a request's arrival to the end of its response",
+            &[(vec![], &stats.request_duration)],
+        )?;
+
+        let per = |f: &dyn Fn(&crate::upstream::Backend) -> i64| -> Vec<_> {
+            backends.iter().map(|b| (by(b.url()), f(b))).collect()
+        };
+        gauge(
+            &mut encoder,
+            "backend_in_flight",
+            "Requests in flight to a backend",
+            &per(&|b| b.in_flight() as i64),
+        )?;
+        gauge(
+            &mut encoder,
+            "backend_up",
+            "1 when a backend takes new requests (healthy, not ejected, enabled)",
+            &per(&|b| i64::from(b.is_available())),
+        )?;
+        gauge(
+            &mut encoder,
+            "backend_healthy",
+            "Verdict of the active health checks",
+            &per(&|b| i64::from(b.is_healthy())),
+        )?;
+        gauge(
+            &mut encoder,
+            "backend_ejected",
+            "1 while passive health keeps a backend out",
+            &per(&|b| i64::from(b.is_ejected())),
+        )?;
+        let load = |f: &dyn Fn(&crate::upstream::Backend) -> u64| -> Vec<_> {
+            backends.iter().map(|b| (by(b.url()), f(b))).collect()
+        };
+        counter(
+            &mut encoder,
+            "backend_ejections",
+            "Ejections by passive health",
+            &load(&|b| b.stats().ejections.load(Ordering::Relaxed)),
+        )?;
+        counter(
+            &mut encoder,
+            "backend_retries",
+            "Attempts that failed on a backend and were sent to another",
+            &load(&|b| b.stats().retries.load(Ordering::Relaxed)),
+        )?;
+        counter(
+            &mut encoder,
+            "backend_bytes_sent",
+            "Response body bytes streamed from a backend to clients",
+            &load(&|b| b.stats().bytes_sent.load(Ordering::Relaxed)),
+        )?;
+
+        counter(
+            &mut encoder,
+            "retries",
+            "Attempts sent again to another backend",
+            &[(vec![], stats.retries())],
+        )?;
+        counter(
+            &mut encoder,
+            "retry_budget_exhausted",
+            "Retries refused because the retry budget was spent",
+            &[(vec![], stats.budget_exhausted.load(Ordering::Relaxed))],
+        )?;
+        gauge(
+            &mut encoder,
+            "client_connections",
+            "Open client connections",
+            &[(vec![], stats.client_connections.load(Ordering::Relaxed))],
+        )?;
+        counter(
+            &mut encoder,
+            "bytes_to_clients",
+            "Response body bytes sent to clients",
+            &[(vec![], stats.bytes_to_clients.load(Ordering::Relaxed))],
+        )?;
+        counter(
+            &mut encoder,
+            "reloads",
+            "Configuration reloads applied",
+            &[(vec![], stats.reloads.load(Ordering::Relaxed))],
+        )?;
+        counter(
+            &mut encoder,
+            "reload_failures",
+            "Configuration reloads refused",
+            &[(vec![], stats.reload_failures.load(Ordering::Relaxed))],
+        )?;
+        Ok(())
+    }
+}

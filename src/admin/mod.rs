@@ -1,0 +1,211 @@
+//! The admin listener, off the data path: Prometheus `/metrics`, the JSON API under `/api`, and a
+//! live dashboard at `/` fed by server-sent events (`/api/events`).
+//!
+//! Reads are open to loopback clients; from elsewhere they need the token like writes do. Writes
+//! need `Authorization: Bearer <token>` (`admin.token` or `ALB_ADMIN_TOKEN`); with no token
+//! configured they are refused.
+
+mod api;
+mod events;
+mod metrics;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use api::{BackendView, Snapshot, snapshot};
+pub use events::EventsBody;
+
+use crate::proxy::Proxy;
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+/// Largest API request body read.
+const MAX_BODY: usize = 64 * 1024;
+
+/// A running admin listener.
+#[derive(Debug)]
+pub struct AdminServer {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AdminServer {
+    pub async fn start(
+        listen: SocketAddr,
+        token: Option<String>,
+        proxy: Arc<Proxy>,
+    ) -> std::io::Result<AdminServer> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = watch::channel(false);
+        let admin = Arc::new(Admin {
+            proxy,
+            token,
+            stopped: stopped.clone(),
+        });
+        let task = tokio::spawn(serve(listener, admin, stopped));
+        tracing::info!(
+            "admin listening on http://{addr} (dashboard /, metrics /metrics, API /api)"
+        );
+        Ok(AdminServer { addr, stop, task })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+#[derive(Debug)]
+struct Admin {
+    proxy: Arc<Proxy>,
+    token: Option<String>,
+    stopped: watch::Receiver<bool>,
+}
+
+async fn serve(listener: TcpListener, admin: Arc<Admin>, mut stopped: watch::Receiver<bool>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stopped.wait_for(|s| *s) => break,
+            accepted = listener.accept() => {
+                let Ok((stream, peer)) = accepted else { continue };
+                while connections.try_join_next().is_some() {}
+                let admin = admin.clone();
+                let service = service_fn(move |req| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.route(req, peer).await) }
+                });
+                connections.spawn(async move {
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+        }
+    }
+    // Event streams end on `stopped`; give connections a moment to finish, then cut them.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    connections.shutdown().await;
+}
+
+type AdminBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<AdminBody> {
+    let mut response = Response::new(Full::new(body.into()).boxed());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Compares in time independent of where the strings differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Admin {
+    /// The refusal for a request without the right token, if it has not.
+    fn denial(&self, req: &Request<Incoming>) -> Option<Response<AdminBody>> {
+        let Some(token) = &self.token else {
+            return Some(respond(
+                StatusCode::FORBIDDEN,
+                "application/json",
+                "{\"error\": \"writes are off: set admin.token or ALB_ADMIN_TOKEN\"}",
+            ));
+        };
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        match presented {
+            Some(given) if same_secret(given, token.as_bytes()) => None,
+            _ => {
+                let mut response = respond(
+                    StatusCode::UNAUTHORIZED,
+                    "application/json",
+                    "{\"error\": \"missing or wrong bearer token\"}",
+                );
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                Some(response)
+            }
+        }
+    }
+
+    async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<AdminBody> {
+        let write = api::is_write(req.method());
+        if write || !peer.ip().is_loopback() {
+            if let Some(denied) = self.denial(&req) {
+                return denied;
+            }
+        }
+        let path = req.uri().path().to_string();
+        match path.as_str() {
+            "/" | "/dashboard" => respond(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD),
+            "/metrics" => respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics::render(&self.proxy),
+            ),
+            "/api/events" => {
+                let body = EventsBody::new(self.proxy.clone(), self.stopped.clone());
+                let mut response = Response::new(body.boxed());
+                let h = response.headers_mut();
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/event-stream"),
+                );
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                response
+            }
+            p if p.starts_with("/api/") => {
+                let method = req.method().clone();
+                let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                    Ok(collected) => collected.to_bytes(),
+                    Err(_) => {
+                        return respond(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "application/json",
+                            "{\"error\": \"body too large\"}",
+                        );
+                    }
+                };
+                let (status, json) = api::handle(&self.proxy, &method, &p["/api".len()..], &body);
+                respond(status, "application/json", json)
+            }
+            _ => respond(
+                StatusCode::NOT_FOUND,
+                "text/plain; charset=utf-8",
+                "not found\n",
+            ),
+        }
+    }
+}
