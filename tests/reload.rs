@@ -1,0 +1,233 @@
+//! Hot reload of the real binary under steady load: SIGHUP and the admin API re-read the config;
+//! backends come and go, weights and the algorithm change, an invalid file is refused, and no
+//! request fails.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const TOKEN: &str = "reload-token-0123456789";
+
+/// The binary, its stderr lines as they come, and a kill on drop.
+struct Alb {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Alb {
+    fn start(config: &PathBuf) -> Alb {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_alb"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info,alb::access=off")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start alb");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let mut reader = BufReader::new(child.stderr.take().unwrap()).lines();
+        let sink = lines.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = reader.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Alb { child, lines }
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits for the n-th line containing `needle`; returns that line.
+    async fn wait_line(&self, needle: &str, n: usize) -> String {
+        wait_until(Duration::from_secs(10), || self.count(needle) >= n)
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no {n}th line with {needle:?}:\n{}",
+                    self.lines.lock().unwrap().join("\n")
+                )
+            });
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .nth(n - 1)
+            .cloned()
+            .unwrap()
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+fn address_after(line: &str, marker: &str) -> String {
+    let rest = &line[line.find(marker).unwrap() + marker.len()..];
+    rest.split_whitespace()
+        .next()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string()
+}
+
+fn config(backends: &[(&TestBackend, u32)], algorithm: &str) -> String {
+    let mut text = format!(
+        "listen = \"127.0.0.1:0\"\nalgorithm = \"{algorithm}\"\naccess_log = false\n\
+         [health_check]\ninterval = \"200ms\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"
+    );
+    for (b, weight) in backends {
+        text.push_str(&format!(
+            "[[backend]]\nurl = \"{}\"\nweight = {weight}\n",
+            b.url()
+        ));
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_load_drop_no_request() {
+    let (a, b, c) = (
+        TestBackend::start("a").await,
+        TestBackend::start("b").await,
+        TestBackend::start("c").await,
+    );
+    let dir = std::env::temp_dir().join(format!("alb-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("alb.toml");
+    std::fs::write(&path, config(&[(&a, 1), (&b, 1)], "least_conn")).unwrap();
+    let alb = Alb::start(&path);
+    let addr = address_after(
+        &alb.wait_line("alb listening on", 1).await,
+        "alb listening on ",
+    );
+    let admin = address_after(
+        &alb.wait_line("admin listening on", 1).await,
+        "admin listening on ",
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (stop, sent, failed, url) = (
+            stop.clone(),
+            sent.clone(),
+            failed.clone(),
+            format!("http://{addr}/"),
+        );
+        workers.push(tokio::spawn(async move {
+            let c = client();
+            for _ in 0..20_000 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let ok = matches!(
+                    c.request(http::Request::get(&url).body(full(Bytes::new())).unwrap()).await,
+                    Ok(r) if r.status() == 200
+                );
+                sent.fetch_add(1, Ordering::SeqCst);
+                if !ok {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    let progress = |n: u64| {
+        let sent = sent.clone();
+        async move {
+            let target = sent.load(Ordering::SeqCst) + n;
+            wait_until(Duration::from_secs(20), || {
+                sent.load(Ordering::SeqCst) >= target
+            })
+            .await
+            .expect("load flows");
+        }
+    };
+
+    progress(1000).await;
+    // 1. SIGHUP: add c.
+    std::fs::write(&path, config(&[(&a, 1), (&b, 1), (&c, 1)], "least_conn")).unwrap();
+    alb.signal("-HUP");
+    alb.wait_line("configuration applied", 1).await;
+    progress(1000).await;
+    assert!(c.hits() > 0, "the added backend serves");
+
+    // 2. Admin API: weights and algorithm change.
+    std::fs::write(&path, config(&[(&a, 1), (&b, 3), (&c, 1)], "round_robin")).unwrap();
+    let request = http::Request::post(format!("http://{admin}/api/reload"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(full(Bytes::new()))
+        .unwrap();
+    let (status, _, body) = send(&client(), request).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    alb.wait_line("configuration applied", 2).await;
+    progress(1000).await;
+
+    // 3. An invalid file is refused and the running configuration keeps serving.
+    std::fs::write(&path, "backends = []\nalgorithm = \"fastest\"\n").unwrap();
+    alb.signal("-HUP");
+    alb.wait_line("reload refused", 1).await;
+    // The problems follow on their own lines, each naming its key.
+    alb.wait_line("algorithm: unknown algorithm", 1).await;
+    alb.wait_line("backends: no backends", 1).await;
+    progress(1000).await;
+
+    // 4. SIGHUP: remove a.
+    std::fs::write(&path, config(&[(&b, 1), (&c, 1)], "round_robin")).unwrap();
+    alb.signal("-HUP");
+    alb.wait_line("configuration applied", 3).await;
+    progress(100).await;
+    let a_hits = a.hits();
+    progress(500).await;
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let (sent, failed) = (sent.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    println!(
+        "reload: {sent} requests during 4 reloads (1 refused), {failed} failed; a={} b={} c={}",
+        a.hits(),
+        b.hits(),
+        c.hits()
+    );
+    assert_eq!(failed, 0, "failed requests out of {sent}");
+    assert_eq!(
+        a.hits(),
+        a_hits,
+        "the removed backend got traffic after its removal"
+    );
+    alb.signal("-TERM");
+    let mut alb = alb;
+    let status = tokio::time::timeout(Duration::from_secs(10), alb.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    std::fs::remove_dir_all(&dir).unwrap();
+    for backend in [a, b, c] {
+        backend.stop().await;
+    }
+}
