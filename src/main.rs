@@ -206,6 +206,7 @@ async fn demo(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> anyhow:
     let addr = server.local_addr();
     println!("alb demo: balancer on http://{addr} (least_conn over the backends above)");
     println!("try: curl -i http://{addr}/");
+    println!("dashboard: http://127.0.0.1:9090/ (metrics at /metrics, API at /api/backends)");
     println!("stop with Ctrl-C");
     server.run(shutdown).await?;
     let _ = stop_backends.send(true);
