@@ -175,3 +175,34 @@ async fn p2c_prefers_the_fast_backend() {
     fast.stop().await;
     slow.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_time_favours_the_faster_backend_more_than_least_conn() {
+    let fast = TestBackend::start("fast").await;
+    let slow = TestBackend::start("slow").await;
+    fast.set_delay(Duration::from_millis(1));
+    slow.set_delay(Duration::from_millis(20));
+    let mut shares = Vec::new();
+    for algorithm in ["least_conn", "least_time"] {
+        let lb = TestBalancer::start(&format!(
+            "algorithm = \"{algorithm}\"\n{}{QUIET_HEALTH}",
+            backends_line(&[&fast, &slow])
+        ))
+        .await;
+        let counts = spread(&lb, 32, 1600).await;
+        shares.push(share(&counts, "fast"));
+        lb.stop().await;
+    }
+    println!(
+        "fast backend's share: least_conn {:.3}, least_time {:.3}",
+        shares[0], shares[1]
+    );
+    assert!(
+        shares[1] > shares[0],
+        "least_time {:.3} against least_conn {:.3}",
+        shares[1],
+        shares[0]
+    );
+    fast.stop().await;
+    slow.stop().await;
+}

@@ -4,6 +4,7 @@
 //! Shared state is limited to per-backend atomics and, for round robin, one counter.
 
 mod least_conn;
+mod least_time;
 mod p2c;
 mod random;
 mod round_robin;
@@ -12,6 +13,7 @@ mod weights;
 use std::sync::Arc;
 
 pub use least_conn::LeastConn;
+pub use least_time::LeastTime;
 pub use p2c::PowerOfTwoChoices;
 pub use random::WeightedRandom;
 pub use round_robin::RoundRobin;
@@ -71,6 +73,7 @@ pub fn selector_for(algorithm: Algorithm, backends: &[Arc<Backend>]) -> Box<dyn 
         Algorithm::RoundRobin => Box::new(RoundRobin::new(backends)),
         Algorithm::Random => Box::new(WeightedRandom::new(backends)),
         Algorithm::P2c => Box::new(PowerOfTwoChoices::new(backends)),
+        Algorithm::LeastTime => Box::new(LeastTime),
     }
 }
 
@@ -100,11 +103,12 @@ mod tests {
             .collect()
     }
 
-    const ALL: [Algorithm; 4] = [
+    const ALL: [Algorithm; 5] = [
         Algorithm::LeastConn,
         Algorithm::RoundRobin,
         Algorithm::Random,
         Algorithm::P2c,
+        Algorithm::LeastTime,
     ];
 
     fn counts(

@@ -67,10 +67,11 @@ pub enum Algorithm {
     RoundRobin,
     Random,
     P2c,
+    LeastTime,
 }
 
 impl Algorithm {
-    pub const NAMES: &'static str = "least_conn, round_robin, random, p2c";
+    pub const NAMES: &'static str = "least_conn, round_robin, random, p2c, least_time";
 
     pub fn name(self) -> &'static str {
         match self {
@@ -78,6 +79,7 @@ impl Algorithm {
             Algorithm::RoundRobin => "round_robin",
             Algorithm::Random => "random",
             Algorithm::P2c => "p2c",
+            Algorithm::LeastTime => "least_time",
         }
     }
 }
@@ -91,6 +93,7 @@ impl FromStr for Algorithm {
             "round_robin" => Ok(Algorithm::RoundRobin),
             "random" => Ok(Algorithm::Random),
             "p2c" => Ok(Algorithm::P2c),
+            "least_time" => Ok(Algorithm::LeastTime),
             _ => Err(()),
         }
     }
