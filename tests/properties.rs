@@ -901,11 +901,12 @@ proptest! {
 // 3. Balancers
 // ---------------------------------------------------------------------------------------------
 
-const ALGORITHMS: [Algorithm; 4] = [
+const ALGORITHMS: [Algorithm; 5] = [
     Algorithm::LeastConn,
     Algorithm::RoundRobin,
     Algorithm::Random,
     Algorithm::P2c,
+    Algorithm::LeastTime,
 ];
 
 /// Pools up to this size are scanned exactly by least_conn.
@@ -1049,7 +1050,8 @@ proptest! {
                 *counts.entry(i.unwrap()).or_default() += 1;
             }
             let tolerance = match algorithm {
-                Algorithm::RoundRobin | Algorithm::LeastConn => 0.01,
+                // Without latency samples least_time ties everywhere and rotates by weight.
+                Algorithm::RoundRobin | Algorithm::LeastConn | Algorithm::LeastTime => 0.01,
                 Algorithm::Random | Algorithm::P2c => 0.05,
             };
             for (i, &w) in weights.iter().enumerate() {
