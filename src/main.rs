@@ -78,7 +78,7 @@ fn main() -> ExitCode {
             Ok((mut config, path)) => {
                 config.access_log &= !no_access_log;
                 let workers = config.workers;
-                (Launch::Balancer(Box::new(config), path), workers)
+                (Launch::Balancer(Box::new(config), path, no_access_log), workers)
             }
             Err(e) => {
                 tracing::error!("{e:#}");
@@ -124,7 +124,8 @@ fn check(path: &std::path::Path) -> ExitCode {
 
 /// What `main` starts once the runtime is up.
 enum Launch {
-    Balancer(Box<Config>, PathBuf),
+    /// The config, its file (re-read on reload), and whether `--no-access-log` was given.
+    Balancer(Box<Config>, PathBuf, bool),
     Other(Command),
 }
 
@@ -133,9 +134,12 @@ async fn run(launch: Launch) -> anyhow::Result<()> {
     // listening line, and that must drain, not kill.
     let shutdown = shutdown_signal()?;
     let command = match launch {
-        Launch::Balancer(config, path) => {
+        Launch::Balancer(config, path, no_access_log) => {
             let server = Server::bind(*config).await?.with_source(path);
             let proxy = server.proxy().clone();
+            if no_access_log {
+                proxy.force_access_log_off();
+            }
             let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
                 .context("cannot watch SIGHUP")?;
             tokio::spawn(async move {

@@ -49,6 +49,8 @@ pub struct Proxy {
     health: Mutex<Option<HealthChecker>>,
     /// Serialises changes: each one builds on the routing it replaces.
     changes: Mutex<()>,
+    /// `--no-access-log` given on the command line: wins over every config reloaded later.
+    access_log_off: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -69,7 +71,13 @@ impl Proxy {
             source,
             health: Mutex::new(None),
             changes: Mutex::new(()),
+            access_log_off: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Keeps the access log off whatever reloaded configs say (`--no-access-log`).
+    pub fn force_access_log_off(&self) {
+        self.access_log_off.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn routing(&self) -> Arc<Routing> {
@@ -163,7 +171,10 @@ impl Proxy {
             return Err(ChangeError::NoSource);
         };
         match Config::load(path) {
-            Ok(config) => {
+            Ok(mut config) => {
+                if self.access_log_off.load(std::sync::atomic::Ordering::Relaxed) {
+                    config.access_log = false;
+                }
                 self.stats
                     .reloads
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
