@@ -78,7 +78,10 @@ fn main() -> ExitCode {
             Ok((mut config, path)) => {
                 config.access_log &= !no_access_log;
                 let workers = config.workers;
-                (Launch::Balancer(Box::new(config), path, no_access_log), workers)
+                (
+                    Launch::Balancer(Box::new(config), path, no_access_log),
+                    workers,
+                )
             }
             Err(e) => {
                 tracing::error!("{e:#}");

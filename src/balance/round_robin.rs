@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::weights::WeightTable;
+use super::weights::{WeightTable, gcd};
 use super::{Exclude, Selector, eligible, scan_from_random};
 use crate::upstream::Backend;
 
@@ -46,13 +46,6 @@ fn golden_stride(total: u64) -> u64 {
         .flat_map(|d| [target.saturating_sub(d), target + d])
         .find(|&s| s > 0 && s < total && gcd(s, total) == 1)
         .unwrap_or(1)
-}
-
-fn gcd(mut a: u64, mut b: u64) -> u64 {
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    a
 }
 
 impl Selector for RoundRobin {

@@ -1,27 +1,56 @@
-//! Cumulative weights, so that a position in `0..total` maps to a backend in O(log n) whatever the
-//! number of backends.
+//! Cumulative weights, so that a position in `0..total` maps to a backend whatever the number of
+//! backends: through a direct table (one array read) when the weights, divided by their common
+//! divisor, add up to at most [`DIRECT_LIMIT`], by binary search over the cumulative sums otherwise.
 
 use std::sync::Arc;
 
 use crate::upstream::Backend;
 
+/// Largest (reduced) total weight served by a direct table: 4 MiB of `u32` at most.
+const DIRECT_LIMIT: u64 = 1 << 20;
+
 #[derive(Debug, Clone)]
 pub struct WeightTable {
-    /// `ends[i]` is the sum of the weights of backends `0..=i`.
+    /// `ends[i]` is the sum of the (reduced) weights of backends `0..=i`.
     ends: Vec<u64>,
+    /// `direct[p]` is the backend owning position `p`, when the total is small enough.
+    direct: Vec<u32>,
+}
+
+pub(super) fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 impl WeightTable {
     pub fn new(backends: &[Arc<Backend>]) -> WeightTable {
+        let divisor = backends
+            .iter()
+            .map(|b| u64::from(b.weight()))
+            .fold(0, gcd)
+            .max(1);
         let mut sum = 0u64;
-        let ends = backends
+        let ends: Vec<u64> = backends
             .iter()
             .map(|b| {
-                sum += u64::from(b.weight());
+                sum += u64::from(b.weight()) / divisor;
                 sum
             })
             .collect();
-        WeightTable { ends }
+        let direct = if sum <= DIRECT_LIMIT {
+            let mut direct = Vec::with_capacity(sum as usize);
+            let mut start = 0;
+            for (i, &end) in ends.iter().enumerate() {
+                direct.extend(std::iter::repeat_n(i as u32, (end - start) as usize));
+                start = end;
+            }
+            direct
+        } else {
+            Vec::new()
+        };
+        WeightTable { ends, direct }
     }
 
     pub fn total(&self) -> u64 {
@@ -35,6 +64,9 @@ impl WeightTable {
             return None;
         }
         let p = position % total;
+        if let Some(&i) = self.direct.get(p as usize) {
+            return Some(i as usize);
+        }
         Some(self.ends.partition_point(|&end| end <= p))
     }
 

@@ -77,7 +77,8 @@ impl Proxy {
 
     /// Keeps the access log off whatever reloaded configs say (`--no-access-log`).
     pub fn force_access_log_off(&self) {
-        self.access_log_off.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.access_log_off
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn routing(&self) -> Arc<Routing> {
@@ -172,7 +173,10 @@ impl Proxy {
         };
         match Config::load(path) {
             Ok(mut config) => {
-                if self.access_log_off.load(std::sync::atomic::Ordering::Relaxed) {
+                if self
+                    .access_log_off
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                {
                     config.access_log = false;
                 }
                 self.stats

@@ -67,7 +67,9 @@ pub struct Backend {
     admin: AtomicU8,
     /// Last probe: passed, and why not.
     last_probe: std::sync::Mutex<Option<(bool, String)>>,
-    stats: BackendStats,
+    /// Boxed: the statistics are large and only written per response, while selection scans the
+    /// small fields above across many backends.
+    stats: Box<BackendStats>,
     /// Taken out by passive health (failures on live traffic) until the checker lets it back.
     ejected: AtomicBool,
     ejected_until_ms: AtomicU64,
@@ -103,7 +105,7 @@ impl Backend {
             healthy: AtomicBool::new(true),
             admin: AtomicU8::new(AdminState::Enabled as u8),
             last_probe: std::sync::Mutex::new(None),
-            stats: BackendStats::default(),
+            stats: Box::default(),
             ejected: AtomicBool::new(false),
             ejected_until_ms: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
