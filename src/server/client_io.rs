@@ -74,6 +74,8 @@ pub struct ClientIo {
     /// Responses finished when last looked: a change means a request ended and idleness began.
     finished: u32,
     timer: Pin<Box<Sleep>>,
+    /// When the current phase's timeout runs out; the timer may be armed earlier than this.
+    deadline: Instant,
     header_timeout: Duration,
     keepalive_timeout: Duration,
 }
@@ -93,6 +95,7 @@ impl ClientIo {
             phase: Phase::Head,
             finished: 0,
             timer: Box::pin(tokio::time::sleep(header_timeout)),
+            deadline: Instant::now() + header_timeout,
             header_timeout,
             keepalive_timeout,
         }
@@ -108,7 +111,13 @@ impl ClientIo {
             }
         };
         self.phase = phase;
-        self.timer.as_mut().reset(Instant::now() + limit);
+        // The timer is moved only when the new deadline is earlier than the armed one; a later
+        // deadline is checked when the timer fires (see `poll_read`). On a busy keep-alive
+        // connection that spares two timer-wheel updates per request.
+        self.deadline = Instant::now() + limit;
+        if self.deadline < self.timer.deadline() {
+            self.timer.as_mut().reset(self.deadline);
+        }
     }
 }
 
@@ -146,8 +155,15 @@ impl AsyncRead for ClientIo {
                     this.finished = finished;
                     this.enter(Phase::Idle);
                 }
-                if this.timer.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
+                loop {
+                    if this.timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    if Instant::now() >= this.deadline {
+                        break;
+                    }
+                    let deadline = this.deadline;
+                    this.timer.as_mut().reset(deadline);
                 }
                 match this.phase {
                     Phase::Idle => Poll::Ready(Ok(())), // end of stream: hyper closes quietly
