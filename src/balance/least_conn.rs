@@ -36,28 +36,36 @@ fn compare(a: &Backend, b: &Backend) -> Ordering {
 
 impl Selector for LeastConn {
     fn select(&self, backends: &[Arc<Backend>], exclude: &Exclude) -> Option<usize> {
-        let chosen = if backends.len() <= EXACT_LIMIT {
-            best_of(backends, exclude, 0..backends.len())
-        } else {
-            let n = backends.len();
-            best_of(
-                backends,
-                exclude,
-                (0..SAMPLES).map(|_| fastrand::usize(..n)),
-            )
-            .or_else(|| scan_from_random(backends, exclude))
-        };
-        if let Some(i) = chosen {
-            backends[i].note_pick();
-        }
-        chosen
+        pick_least(backends, exclude, compare)
     }
+}
+
+/// The eligible backend that `compare` orders first: over all of them in a pool of up to
+/// [`EXACT_LIMIT`], over [`SAMPLES`] random ones in a larger pool (a scan if none of those is
+/// eligible). Counts the pick, which later ties are broken by.
+pub(super) fn pick_least(
+    backends: &[Arc<Backend>],
+    exclude: &Exclude,
+    compare: fn(&Backend, &Backend) -> Ordering,
+) -> Option<usize> {
+    let n = backends.len();
+    let chosen = if n <= EXACT_LIMIT {
+        best_of(backends, exclude, 0..n, compare)
+    } else {
+        let samples = (0..SAMPLES).map(|_| fastrand::usize(..n));
+        best_of(backends, exclude, samples, compare).or_else(|| scan_from_random(backends, exclude))
+    };
+    if let Some(i) = chosen {
+        backends[i].note_pick();
+    }
+    chosen
 }
 
 fn best_of(
     backends: &[Arc<Backend>],
     exclude: &Exclude,
     candidates: impl Iterator<Item = usize>,
+    compare: fn(&Backend, &Backend) -> Ordering,
 ) -> Option<usize> {
     let mut best: Option<usize> = None;
     for i in candidates {

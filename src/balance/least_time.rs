@@ -11,8 +11,8 @@
 use std::cmp::Ordering;
 use std::sync::Arc;
 
-use super::least_conn::{EXACT_LIMIT, SAMPLES};
-use super::{Exclude, Selector, eligible, scan_from_random};
+use super::least_conn::pick_least;
+use super::{Exclude, Selector};
 use crate::upstream::Backend;
 
 #[derive(Debug, Default)]
@@ -32,26 +32,6 @@ fn compare(a: &Backend, b: &Backend) -> Ordering {
 
 impl Selector for LeastTime {
     fn select(&self, backends: &[Arc<Backend>], exclude: &Exclude) -> Option<usize> {
-        let n = backends.len();
-        let candidates: Box<dyn Iterator<Item = usize>> = if n <= EXACT_LIMIT {
-            Box::new(0..n)
-        } else {
-            Box::new((0..SAMPLES).map(move |_| fastrand::usize(..n)))
-        };
-        let mut best: Option<usize> = None;
-        for i in candidates {
-            if !eligible(&backends[i], i, exclude) {
-                continue;
-            }
-            best = match best {
-                Some(b) if compare(&backends[b], &backends[i]) != Ordering::Greater => Some(b),
-                _ => Some(i),
-            };
-        }
-        let chosen = best.or_else(|| scan_from_random(backends, exclude));
-        if let Some(i) = chosen {
-            backends[i].note_pick();
-        }
-        chosen
+        pick_least(backends, exclude, compare)
     }
 }
