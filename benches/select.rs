@@ -17,11 +17,12 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 const SIZES: [usize; 3] = [10, 1_000, 10_000];
 
-const ALGORITHMS: [(&str, Algorithm); 4] = [
+const ALGORITHMS: [(&str, Algorithm); 5] = [
     ("least_conn", Algorithm::LeastConn),
     ("round_robin", Algorithm::RoundRobin),
     ("random", Algorithm::Random),
     ("p2c", Algorithm::P2c),
+    ("least_time", Algorithm::LeastTime),
 ];
 
 /// `n` healthy backends on distinct loopback ports, built the way alb builds them from its config.

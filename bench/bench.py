@@ -1,0 +1,973 @@
+#!/usr/bin/env python3
+"""The driver behind bench/run.sh: runs scenarios S1-S6 against direct, alb, nginx and HAProxy and
+writes a markdown table (bench/README.md explains every figure).
+
+run.sh installs the tools and builds alb first; this script only runs things. It starts every
+process in its own process group, records it, and stops them all on exit, on an error and on
+Ctrl-C. All traffic goes to 127.0.0.1; every load run is bounded in time and count.
+
+Environment (all optional):
+  BENCH_QUICK=1          2 s per scenario, small S2 counts, 2,000 idle connections: tests the script
+  BENCH_ONLY=S1,S3       run only these scenarios
+  BENCH_CONTENDERS=alb,nginx   only these contenders (direct is always cheap and kept if listed)
+  BENCH_DURATION=10      seconds of load per scenario and contender (S1, S3, S4)
+  BENCH_PORT=18080       balancer port; the backends take the next two
+  BENCH_LB_CPU=0 BENCH_LOAD_CPU=1   cores for the balancer, and for the backends and load tools
+  ALB_BIN=target/release/alb
+"""
+
+import datetime
+import http.client
+import json
+import os
+import re
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+RESULTS = BENCH / "results"
+
+QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0") or "--quick" in sys.argv[1:]
+DURATION = int(os.environ.get("BENCH_DURATION", "2" if QUICK else "10"))
+WARMUP = 1  # seconds (wrk takes whole seconds)
+S2_COUNTS = (400, 2_000) if QUICK else (5_000, 25_000)  # multiples of S2_CONCURRENCY (hey)
+S2_CONCURRENCY = 8
+ALB_BIN = Path(os.environ.get("ALB_BIN", ROOT / "target" / "release" / "alb"))
+LB_PORT = int(os.environ.get("BENCH_PORT", "18080"))
+B1_PORT, B2_PORT = LB_PORT + 1, LB_PORT + 2
+LB_CPU = os.environ.get("BENCH_LB_CPU", "0")
+LOAD_CPU = os.environ.get("BENCH_LOAD_CPU", "1")
+ALL_SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6"]
+ONLY = [s.strip().upper() for s in os.environ.get("BENCH_ONLY", "").split(",") if s.strip()]
+SCENARIOS = [s for s in ALL_SCENARIOS if not ONLY or s in ONLY]
+ALL_CONTENDERS = ["direct", "alb", "nginx", "haproxy"]
+PICKED = [c.strip() for c in os.environ.get("BENCH_CONTENDERS", "").split(",") if c.strip()]
+CONTENDERS = [c for c in ALL_CONTENDERS if not PICKED or c in PICKED]
+LBS = [c for c in CONTENDERS if c != "direct"]
+SMALL_BODY = 100
+LARGE_BODY = 1 << 20
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+# File descriptors: the hard limit cannot be raised without CAP_SYS_RESOURCE.
+FD_HARD = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+FD_LIMIT = min(FD_HARD if FD_HARD != resource.RLIM_INFINITY else 65_536, 65_536)
+# HAProxy reserves two fds per connection (client and server side) and refuses to start otherwise.
+HAPROXY_MAXCONN = min(20_000, (FD_LIMIT - 100) // 2)
+S5_CONNECTIONS = 2_000 if QUICK else (10_000 if HAPROXY_MAXCONN >= 10_100 else
+                                      max(1_000, (HAPROXY_MAXCONN - 100) // 1_000 * 1_000))
+
+
+class BenchError(Exception):
+    pass
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+
+class Processes:
+    """Every long-running process this run started, each in its own process group."""
+
+    def __init__(self, work):
+        self.work = work
+        self.procs = []
+        self.pidfile = work / "pids"
+
+    def spawn(self, name, cmd, cpu, env=None, stdin=None, stdout=None):
+        full = (["taskset", "-c", cpu] if cpu is not None else []) + [str(c) for c in cmd]
+        logf = open(self.work / f"{name}.log", "ab")
+        logf.write(f"$ {' '.join(full)}\n".encode())
+        logf.flush()
+        proc = subprocess.Popen(
+            full,
+            stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            stdout=stdout if stdout is not None else logf,
+            stderr=logf,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+        proc.bench_name = name
+        proc.bench_log = self.work / f"{name}.log"
+        self.procs.append(proc)
+        self._write_pids()
+        return proc
+
+    def _write_pids(self):
+        """Keeps `pids` listing the live process groups, for run.sh's safety net."""
+        tmp = self.pidfile.with_suffix(".tmp")
+        tmp.write_text("".join(f"{p.pid}\n" for p in self.procs))
+        tmp.replace(self.pidfile)
+
+    def stop(self, proc, sig=signal.SIGTERM, timeout=10.0):
+        """Signals the process group and waits; SIGKILL after `timeout`. Returns the exit code."""
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log(f"{proc.bench_name} did not stop in {timeout:.0f} s: SIGKILL")
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(5)
+        # The group may still hold children (nginx workers) after the leader went.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if proc in self.procs:
+            self.procs.remove(proc)
+            self._write_pids()
+        return proc.returncode
+
+    def stop_all(self):
+        for proc in reversed(list(self.procs)):
+            self.stop(proc, timeout=5.0)
+
+
+def run_tool(cmd, timeout, cpu=LOAD_CPU):
+    """Runs a load tool to completion on the load core; returns its stdout (stderr appended)."""
+    full = ["taskset", "-c", cpu] + [str(c) for c in cmd]
+    try:
+        out = subprocess.run(full, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        raise BenchError(f"{cmd[0]} ran past its {timeout:.0f} s timeout") from e
+    if out.returncode != 0:
+        raise BenchError(f"{' '.join(full)} exited {out.returncode}: {out.stderr.strip()[-500:]}")
+    return out.stdout + out.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Readiness and /proc
+
+
+def port_open(port):
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def http_get(port, path="/", timeout=2.0):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def wait_http(port, path, proc, timeout):
+    """Polls until GET `path` answers 200, at most `timeout` seconds; fails if `proc` exits."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(f"{proc.bench_name} exited with {proc.returncode} while starting; "
+                             f"see {proc.bench_log}")
+        try:
+            status, _ = http_get(port, path, timeout=min(5.0, timeout))
+            if status == 200:
+                return
+            last = f"status {status}"
+        except OSError as e:
+            last = str(e)
+        time.sleep(0.1)
+    raise BenchError(f"port {port} not answering 200 on {path} after {timeout:.0f} s ({last})")
+
+
+def ensure_free(*ports):
+    for port in ports:
+        if port_open(port):
+            raise BenchError(f"127.0.0.1:{port} is already in use (another benchmark running? "
+                             f"set BENCH_PORT)")
+
+
+def wait_free(port, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while port_open(port):
+        if time.monotonic() > deadline:
+            raise BenchError(f"127.0.0.1:{port} still listening {timeout:.0f} s after its stop")
+        time.sleep(0.1)
+
+
+def cpu_ticks(pids):
+    """utime + stime (fields 14 and 15 of /proc/PID/stat, all threads) summed over `pids`."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # fields[0] is field 3 (state)
+    return total
+
+
+def core_times(cpu):
+    """(busy, total) jiffies of one core from /proc/stat; busy counts softirq (the loopback
+    network stack runs there, charged to no process) and everything else that ran on it."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                v = [int(x) for x in line.split()[1:]]
+                idle = v[3] + v[4]  # idle + iowait
+                total = sum(v[:8])  # guest time is already inside user
+                return total - idle, total
+    raise BenchError(f"no cpu{cpu} in /proc/stat")
+
+
+def busy_percent(before, after):
+    busy, total = after[0] - before[0], after[1] - before[1]
+    return 100.0 * busy / total if total else 0.0
+
+
+def status_kib(pid, key):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise BenchError(f"no {key} in /proc/{pid}/status")
+
+
+def children(pid):
+    kids = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            kids += [int(k) for k in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return kids
+
+
+def requests_served(port):
+    status, body = http_get(port, "/__requests")
+    if status != 200:
+        raise BenchError(f"backend {port}: /__requests answered {status}")
+    return int(body.decode().strip())
+
+
+# ---------------------------------------------------------------------------------------------
+# Contenders
+
+
+def fill(template, out, **values):
+    text = (BENCH / template).read_text()
+    for key, value in values.items():
+        text = text.replace(f"@{key}@", str(value))
+    leftover = re.findall(r"@[A-Z_]+@", text)
+    if leftover:
+        raise BenchError(f"{template}: unfilled {sorted(set(leftover))}")
+    out.write_text(text)
+    return out
+
+
+class Balancer:
+    def __init__(self, name, proc, cpu_pids, rss_pid):
+        self.name = name
+        self.proc = proc
+        self.cpu_pids = cpu_pids  # whose CPU time counts
+        self.rss_pid = rss_pid  # whose memory counts (nginx: the worker)
+
+
+class Bench:
+    def __init__(self, work):
+        self.work = work
+        self.procs = Processes(work)
+        self.backends = []
+        self.results = {}  # (scenario, metric, contender) -> number
+        self.notes = []  # free-text remarks gathered on the way
+        self.raw = {}  # scenario -> contender -> raw dict, for the JSON next to the table
+
+    def note(self, text):
+        log("NOTE: " + text)
+        self.notes.append(text)
+
+    def put(self, scenario, metric, contender, value):
+        self.results[(scenario, metric, contender)] = value
+
+    # -- backends ----------------------------------------------------------------------------
+
+    def start_backends(self, delays=(0, 0), body=SMALL_BODY, names=("b1", "b2")):
+        self.stop_backends()
+        ensure_free(B1_PORT, B2_PORT)
+        for port, delay, name in zip((B1_PORT, B2_PORT), delays, names):
+            cmd = [ALB_BIN, "backend", "--port", port, "--name", name, "--body-bytes", body]
+            if delay:
+                cmd += ["--delay-ms", delay]
+            proc = self.procs.spawn(f"backend-{name}", cmd, LOAD_CPU, env={"RUST_LOG": "warn"})
+            self.backends.append(proc)
+        for port, proc in zip((B1_PORT, B2_PORT), self.backends):
+            wait_http(port, "/__requests", proc, 10)
+
+    def stop_backends(self):
+        for proc in self.backends:
+            self.procs.stop(proc)
+        self.backends = []
+
+    def counters(self):
+        return [requests_served(B1_PORT), requests_served(B2_PORT)]
+
+    # -- balancers ---------------------------------------------------------------------------
+
+    def start_lb(self, name, callgrind_out=None, connections=1_024):
+        """Starts a balancer sized for `connections` client connections (nginx and HAProxy
+        preallocate per-connection structures for their limit, so it is not set sky-high)."""
+        ensure_free(LB_PORT)
+        check_inter = "1h" if callgrind_out else "5s"
+        env = {}
+        if name == "alb":
+            cfg = fill("alb.toml", self.work / "alb.toml", LB_PORT=LB_PORT, B1=B1_PORT,
+                       B2=B2_PORT, CHECK_INTER=check_inter)
+            cmd = [ALB_BIN, "run", "--config", cfg]
+            env["RUST_LOG"] = "warn"
+        elif name == "nginx":
+            cfg = fill("nginx.conf", self.work / "nginx.conf", LB_PORT=LB_PORT, B1=B1_PORT,
+                       B2=B2_PORT, DIR=self.work, NOFILE=FD_LIMIT,
+                       WORKER_CONNECTIONS=min(FD_LIMIT - 100, connections + 1_000))
+            master = "off" if callgrind_out else "on"
+            cmd = ["nginx", "-p", self.work, "-c", cfg, "-g",
+                   f"daemon off; master_process {master};"]
+        elif name == "haproxy":
+            cfg = fill("haproxy.cfg", self.work / "haproxy.cfg", LB_PORT=LB_PORT, B1=B1_PORT,
+                       B2=B2_PORT, MAXCONN=min(HAPROXY_MAXCONN, connections),
+                       CHECK_INTER=check_inter)
+            cmd = ["haproxy", "-f", cfg, "-db"]
+        else:
+            raise ValueError(name)
+        if callgrind_out:
+            cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={callgrind_out}"] + cmd
+        proc = self.procs.spawn(name + ("-callgrind" if callgrind_out else ""), cmd, LB_CPU,
+                                env=env)
+        wait_http(LB_PORT, "/", proc, 120 if callgrind_out else 15)
+        pids = [proc.pid]
+        rss_pid = proc.pid
+        if name == "nginx" and not callgrind_out:
+            deadline = time.monotonic() + 5
+            while not children(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            workers = children(proc.pid)
+            if len(workers) != 1:
+                raise BenchError(f"nginx: expected one worker, found {workers}")
+            pids += workers
+            rss_pid = workers[0]
+        return Balancer(name, proc, pids, rss_pid)
+
+    def stop_lb(self, lb, timeout=10.0):
+        code = self.procs.stop(lb.proc, timeout=timeout)
+        wait_free(LB_PORT)
+        return code
+
+    # -- load --------------------------------------------------------------------------------
+
+    def wrk(self, port, connections, duration, latency=True):
+        cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s"]
+        if latency:
+            cmd.append("--latency")
+        cmd.append(f"http://127.0.0.1:{port}/")
+        out = run_tool(cmd, timeout=duration + 30)
+        return parse_wrk(out)
+
+    def load_run(self, scenario, contender, connections, lb=None):
+        """Warm-up, then a timed wrk run with CPU, memory and backend counters read around it."""
+        port = B1_PORT if contender == "direct" else LB_PORT
+        self.wrk(port, connections, WARMUP, latency=False)
+        before = self.counters()
+        cpu0 = cpu_ticks(lb.cpu_pids) if lb else None
+        cores0 = core_times(LB_CPU), core_times(LOAD_CPU)
+        res = self.wrk(port, connections, DURATION)
+        cores1 = core_times(LB_CPU), core_times(LOAD_CPU)
+        cpu1 = cpu_ticks(lb.cpu_pids) if lb else None
+        res["lb_core_busy"] = busy_percent(cores0[0], cores1[0])
+        res["load_core_busy"] = busy_percent(cores0[1], cores1[1])
+        after = self.counters()
+        res["served"] = [a - b for a, b in zip(after, before)]
+        if lb:
+            if lb.proc.poll() is not None:
+                raise BenchError(f"{contender} died during {scenario}")
+            res["cpu_s"] = (cpu1 - cpu0) / CLK_TCK
+            res["cpu_us_per_req"] = (cpu1 - cpu0) / CLK_TCK * 1e6 / max(1, res["requests"])
+            res["cpu_share"] = (cpu1 - cpu0) / CLK_TCK / res["seconds"]
+            res["hwm_kib"] = status_kib(lb.rss_pid, "VmHWM")
+            res["rss_kib"] = status_kib(lb.rss_pid, "VmRSS")
+            if contender == "nginx":
+                res["master_hwm_kib"] = status_kib(lb.proc.pid, "VmHWM")
+        bad = res["non2xx"] + sum(res["socket_errors"].values())
+        if bad:
+            self.note(f"{scenario} {contender}: {res['non2xx']} non-2xx answers, socket errors "
+                      f"{res['socket_errors']} out of {res['requests']} requests")
+        if res["requests"] == 0:
+            raise BenchError(f"{scenario} {contender}: wrk completed no request")
+        served = sum(res["served"])
+        if abs(served - res["requests"]) > max(0.02 * res["requests"], 2 * connections + 10):
+            self.note(f"{scenario} {contender}: wrk counted {res['requests']} answers, the "
+                      f"backends {served} requests")
+        self.raw.setdefault(scenario, {})[contender] = res
+        log(f"{scenario} {contender}: {res['rps']:,.0f} req/s, p99 {res['p99_ms']:.2f} ms"
+            + (f", {res['cpu_us_per_req']:.1f} CPU us/req ({res['cpu_share']:.0%} of a core), "
+               f"HWM {res['hwm_kib'] / 1024:.1f} MiB" if lb else "")
+            + f", cores busy {res['lb_core_busy']:.0f}% / {res['load_core_busy']:.0f}%"
+            + f", backends {res['served']}")
+        return res
+
+    def each_contender(self, scenario, contenders, fn, connections=1_024):
+        for contender in contenders:
+            lb = None
+            try:
+                if contender != "direct":
+                    lb = self.start_lb(contender, connections=connections)
+                fn(contender, lb)
+            except BenchError as e:
+                self.note(f"{scenario} {contender} FAILED: {e}")
+            finally:
+                if lb:
+                    self.stop_lb(lb)
+
+    # -- scenarios ---------------------------------------------------------------------------
+
+    def s1(self):
+        log(f"S1: {SMALL_BODY} B GETs, 64 connections, {DURATION} s each")
+        self.start_backends(body=SMALL_BODY)
+
+        def one(contender, lb):
+            res = self.load_run("S1", contender, 64, lb)
+            self.put("S1", "rps", contender, res["rps"])
+            self.put("S1", "p50", contender, res["p50_ms"])
+            self.put("S1", "lbcore", contender, res["lb_core_busy"])
+            self.put("S1", "loadcore", contender, res["load_core_busy"])
+            self.put("S1", "p99", contender, res["p99_ms"])
+            if lb:
+                self.put("S1", "cpu", contender, res["cpu_us_per_req"])
+                self.put("S1", "rss", contender, res["hwm_kib"] / 1024)
+
+        self.each_contender("S1", CONTENDERS, one)
+        self.stop_backends()
+
+    def s3(self):
+        log(f"S3: uneven backends (1 ms and 20 ms), 64 connections, {DURATION} s each")
+        self.start_backends(delays=(1, 20), body=SMALL_BODY, names=("fast", "slow"))
+
+        def one(contender, lb):
+            res = self.load_run("S3", contender, 64, lb)
+            fast, slow = res["served"]
+            self.put("S3", "rps", contender, res["rps"])
+            self.put("S3", "p99", contender, res["p99_ms"])
+            if fast + slow:
+                self.put("S3", "fast", contender, 100.0 * fast / (fast + slow))
+                self.put("S3", "slow", contender, 100.0 * slow / (fast + slow))
+
+        self.each_contender("S3", LBS, one)
+        self.stop_backends()
+
+    def s4(self):
+        log(f"S4: 1 MiB answers, 16 connections, {DURATION} s each")
+        self.start_backends(body=LARGE_BODY)
+
+        def one(contender, lb):
+            res = self.load_run("S4", contender, 16, lb)
+            self.put("S4", "mibs", contender, res["read_bytes"] / res["seconds"] / (1 << 20))
+            self.put("S4", "lbcore", contender, res["lb_core_busy"])
+            self.put("S4", "loadcore", contender, res["load_core_busy"])
+            if lb:
+                self.put("S4", "cpu", contender, res["cpu_us_per_req"])
+                self.put("S4", "rss", contender, res["hwm_kib"] / 1024)
+
+        self.each_contender("S4", CONTENDERS, one)
+        self.stop_backends()
+
+    def s5(self):
+        n = S5_CONNECTIONS
+        log(f"S5: {n:,} idle keep-alive client connections")
+        if n != 10_000 and not QUICK:
+            self.note(f"S5 used {n:,} connections, not 10,000: the fd hard limit here is "
+                      f"{FD_HARD}, and HAProxy needs two fds per connection (maxconn "
+                      f"{HAPROXY_MAXCONN})")
+        self.start_backends(body=SMALL_BODY)
+
+        def one(contender, lb):
+            # Warm the balancer as S1 does, so that the baseline holds its steady-state buffers.
+            self.wrk(LB_PORT, 64, WARMUP, latency=False)
+            time.sleep(0.3)
+            before = status_kib(lb.rss_pid, "VmRSS")
+            client = self.procs.spawn(
+                f"s5-client-{contender}",
+                [sys.executable, BENCH / "idle_clients.py", "--port", LB_PORT, "--count", n,
+                 "--deadline", 90, "--hold", 60],
+                LOAD_CPU, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            try:
+                line = read_line(client, timeout=100)
+                if not line.startswith("READY"):
+                    raise BenchError(f"idle client: {line!r}; see {client.bench_log}")
+                _, opened, failed, took = line.split()
+                opened, failed = int(opened), int(failed)
+                time.sleep(1.0)  # let the balancer settle (lazy frees, timers)
+                with_open = status_kib(lb.rss_pid, "VmRSS")
+                hwm = status_kib(lb.rss_pid, "VmHWM")
+                client.stdin.write(b"close\n")
+                client.stdin.flush()
+                still = read_line(client, timeout=30)
+                still_open = int(still.split()[1]) if still.startswith("STILL_OPEN") else -1
+                read_line(client, timeout=30)
+            finally:
+                self.procs.stop(client)
+            if failed:
+                self.note(f"S5 {contender}: {failed} of {n} connections failed to open or answer "
+                          f"(see {client.bench_log})")
+            if still_open != opened:
+                self.note(f"S5 {contender}: only {still_open} of {opened} connections were still "
+                          f"open when measured")
+            if opened == 0:
+                raise BenchError("no connection opened")
+            per = (with_open - before) / opened
+            self.raw.setdefault("S5", {})[contender] = {
+                "connections": opened, "failed": failed, "open_took": took,
+                "rss_before_kib": before, "rss_open_kib": with_open, "hwm_kib": hwm,
+                "still_open": still_open, "kib_per_connection": per}
+            log(f"S5 {contender}: RSS {before / 1024:.1f} -> {with_open / 1024:.1f} MiB with "
+                f"{opened:,} open ({took}): {per:.2f} KiB each")
+            self.put("S5", "per_conn", contender, per)
+            self.put("S5", "rss_open", contender, with_open / 1024)
+
+        self.each_contender("S5", LBS, one, connections=n + 100)
+        self.stop_backends()
+
+    def s2(self):
+        n1, n2 = S2_COUNTS
+        log(f"S2: instructions per request under callgrind, {n1:,} and {n2:,} requests "
+            f"({S2_CONCURRENCY} connections)")
+        self.start_backends(body=SMALL_BODY)
+        for contender in LBS:
+            try:
+                irs = []
+                for n in (n1, n2):
+                    irs.append(self.callgrind_run(contender, n))
+                per = (irs[1] - irs[0]) / (n2 - n1)
+                self.raw.setdefault("S2", {})[contender] = {
+                    "counts": [n1, n2], "ir": irs, "ir_per_request": per}
+                log(f"S2 {contender}: Ir {irs[0]:,} / {irs[1]:,} -> {per:,.0f} per request")
+                self.put("S2", "ir", contender, per)
+            except BenchError as e:
+                self.note(f"S2 {contender} FAILED: {e}")
+        self.stop_backends()
+
+    def callgrind_run(self, contender, n):
+        out = self.work / f"callgrind.{contender}.{n}.out"
+        if out.exists():
+            out.unlink()
+        started = time.monotonic()
+        lb = self.start_lb(contender, callgrind_out=out)
+        t_up = time.monotonic()
+        try:
+            text = run_tool(["hey", "-n", n, "-c", S2_CONCURRENCY, "-t", 60,
+                             f"http://127.0.0.1:{LB_PORT}/"], timeout=300)
+        except BenchError:
+            self.stop_lb(lb, timeout=60)
+            raise
+        ok = sum(int(m) for m in re.findall(r"\[200\]\s+(\d+) responses", text))
+        if ok != n // S2_CONCURRENCY * S2_CONCURRENCY:  # hey sends n / c per connection
+            (self.work / f"hey.{contender}.{n}.txt").write_text(text)
+            self.stop_lb(lb, timeout=60)
+            raise BenchError(f"hey: {ok} of {n} requests answered 200 (see work dir)")
+        t_load = time.monotonic()
+        # Under valgrind a signal can sit pending while the process sleeps in epoll_wait (seen with
+        # nginx: a 60 s wait, until its next timer). Repeat it and poke the port to wake it up;
+        # SIGKILL would lose the callgrind file.
+        deadline = time.monotonic() + 120
+        while lb.proc.poll() is None and time.monotonic() < deadline:
+            try:
+                os.killpg(lb.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                break
+            try:
+                lb.proc.wait(2)
+            except subprocess.TimeoutExpired:
+                port_open(LB_PORT)
+        code = self.stop_lb(lb, timeout=10)
+        t_down = time.monotonic()
+        if not out.exists():
+            raise BenchError(f"callgrind wrote no {out.name} (exit {code})")
+        ir = callgrind_total(out)
+        log(f"S2 {contender} n={n:,}: Ir {ir:,} (start {t_up - started:.0f} s, load "
+            f"{t_load - t_up:.0f} s, stop {t_down - t_load:.0f} s)")
+        return ir
+
+    def s6(self):
+        log("S6: criterion, picking a backend among 10, 1,000 and 10,000")
+        exe = os.environ.get("BENCH_SELECT_EXE", "")
+        if exe and not os.path.isabs(exe):
+            exe = str(ROOT / exe)
+        if exe and os.path.exists(exe):
+            cmd = ["taskset", "-c", LB_CPU, exe, "--bench"]
+        else:
+            cmd = ["taskset", "-c", LB_CPU, "cargo", "bench", "--quiet", "--bench", "select", "--"]
+        if QUICK:
+            cmd += ["--warm-up-time", "0.1", "--measurement-time", "0.3"]
+        started = time.time()
+        base = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "criterion"
+        with open(self.work / "criterion.log", "w") as f:
+            f.write(f"$ {' '.join(cmd)}\n")
+            f.flush()
+            try:
+                code = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                      env={**os.environ, "CRITERION_HOME": str(base)},
+                                      timeout=300).returncode
+            except subprocess.TimeoutExpired:
+                self.note("S6 FAILED: cargo bench ran past 300 s")
+                return
+        if code != 0:
+            self.note(f"S6 FAILED: cargo bench exited {code}; see {self.work / 'criterion.log'}")
+            return
+        for algo in S6_ALGORITHMS:
+            for size in S6_SIZES:
+                est = base / f"select_{algo}" / str(size) / "new" / "estimates.json"
+                if not est.exists() or est.stat().st_mtime < started - 1:
+                    self.note(f"S6: no fresh {est}")
+                    continue
+                ns = json.loads(est.read_text())["mean"]["point_estimate"]
+                self.put("S6", f"{algo}/{size}", "alb", ns)
+                self.raw.setdefault("S6", {})[f"{algo}/{size}"] = ns
+
+
+S6_ALGORITHMS = ["least_conn", "round_robin", "random", "p2c", "least_time"]
+S6_SIZES = [10, 1_000, 10_000]
+
+
+def read_line(proc, timeout):
+    """One line of a child's stdout, waiting at most `timeout` seconds."""
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    try:
+        if not sel.select(timeout):
+            raise BenchError(f"{proc.bench_name}: no output in {timeout:.0f} s")
+    finally:
+        sel.close()
+    line = proc.stdout.readline().decode().strip()
+    if not line and proc.poll() is not None:
+        raise BenchError(f"{proc.bench_name} exited {proc.returncode}; see {proc.bench_log}")
+    return line
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing
+
+
+def to_ms(text):
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
+    if not m:
+        raise BenchError(f"wrk: cannot read the latency {text!r}")
+    value, unit = float(m.group(1)), m.group(2)
+    return value * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4, "h": 3.6e6}[unit]
+
+
+def to_bytes(text):
+    m = re.fullmatch(r"([\d.]+)([KMGT]?B)", text)
+    if not m:
+        raise BenchError(f"wrk: cannot read the size {text!r}")
+    power = {"B": 0, "KB": 1, "MB": 2, "GB": 3, "TB": 4}[m.group(2)]
+    return float(m.group(1)) * 1024 ** power  # wrk's units are binary
+
+
+def parse_wrk(out):
+    res = {"raw": out}
+    m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m), ([\d.]+[KMGT]?B) read", out)
+    if not m:
+        raise BenchError(f"wrk: unexpected output:\n{out}")
+    res["requests"] = int(m.group(1))
+    res["seconds"] = to_ms(m.group(2) + m.group(3)) / 1e3
+    res["read_bytes"] = to_bytes(m.group(4))
+    res["rps"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    for pct in ("50", "75", "90", "99"):
+        m = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
+        if m:
+            res[f"p{pct}_ms"] = to_ms(m.group(1))
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    res["non2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    res["socket_errors"] = dict(zip(("connect", "read", "write", "timeout"),
+                                    map(int, m.groups()))) if m else {}
+    return res
+
+
+def callgrind_total(path):
+    total = None
+    with open(path, errors="replace") as f:
+        for line in f:
+            if line.startswith("totals:") or line.startswith("summary:"):
+                total = int(line.split()[1])
+    if total is None:
+        raise BenchError(f"{path}: no totals line")
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# The table
+
+# (scenario, metric, label, better: "hi", "lo" or "" (context only, no ratios), decimals)
+ROWS = [
+    ("S1", "rps", "S1 small GETs: req/s ↑", "hi", 0),
+    ("S1", "p50", "S1 small GETs: p50 ms ↓", "lo", 2),
+    ("S1", "p99", "S1 small GETs: p99 ms ↓", "lo", 2),
+    ("S1", "cpu", "S1 small GETs: LB CPU µs/request ↓", "lo", 1),
+    ("S1", "lbcore", f"S1 small GETs: core {LB_CPU} (LB) busy %", "", 0),
+    ("S1", "loadcore", f"S1 small GETs: core {LOAD_CPU} (wrk, backends) busy %", "", 0),
+    ("S1", "rss", "S1 small GETs: LB peak RSS MiB ↓", "lo", 1),
+    ("S2", "ir", "S2 callgrind: instructions/request ↓", "lo", 0),
+    ("S3", "rps", "S3 uneven backends: req/s ↑", "hi", 0),
+    ("S3", "p99", "S3 uneven backends: p99 ms ↓", "lo", 2),
+    ("S3", "fast", "S3 uneven backends: % to the 1 ms backend ↑", "hi", 1),
+    ("S3", "slow", "S3 uneven backends: % to the 20 ms backend ↓", "lo", 1),
+    ("S4", "mibs", "S4 1 MiB answers: MiB/s ↑", "hi", 0),
+    ("S4", "cpu", "S4 1 MiB answers: LB CPU µs/request ↓", "lo", 0),
+    ("S4", "lbcore", f"S4 1 MiB answers: core {LB_CPU} (LB) busy %", "", 0),
+    ("S4", "loadcore", f"S4 1 MiB answers: core {LOAD_CPU} (wrk, backends) busy %", "", 0),
+    ("S4", "rss", "S4 1 MiB answers: LB peak RSS MiB ↓", "lo", 1),
+    ("S5", "per_conn", "S5 idle connections: LB KiB per connection ↓", "lo", 2),
+    ("S5", "rss_open", "S5 idle connections: LB RSS MiB with all open ↓", "lo", 1),
+] + [
+    ("S6", f"{a}/{n}", f"S6 select {a}, {n:,} backends: ns ↓", "lo", 1)
+    for a in S6_ALGORITHMS for n in S6_SIZES
+]
+
+
+def target_for(scenario, metric, get):
+    """(text, met: True/False/None) for a row; `get(contender)` reads this row's figure."""
+    alb = get("alb")
+    nginx, haproxy = get("nginx"), get("haproxy")
+
+    key = (scenario, metric)
+    if key == ("S1", "rps"):
+        peers = [v for v in (nginx, haproxy) if v is not None]
+        best = max(peers) if peers else None
+        text = "≥ 1.2 × best of nginx, HAProxy"
+        return text, None if alb is None or best is None else alb >= 1.2 * best
+    if key == ("S1", "p99"):
+        return "≤ nginx", None if alb is None or nginx is None else alb <= nginx
+    if key == ("S1", "cpu"):
+        return "≤ 0.8 × nginx", None if alb is None or nginx is None else alb <= 0.8 * nginx
+    if key == ("S1", "rss"):
+        return "≤ 8 MiB", None if alb is None else alb <= 8
+    if key == ("S2", "ir"):
+        return "≤ 12,000", None if alb is None else alb <= 12_000
+    if key == ("S3", "fast"):
+        return "≥ 90 %", None if alb is None else alb >= 90
+    if key == ("S3", "p99"):
+        return "≤ HAProxy", None if alb is None or haproxy is None else alb <= haproxy
+    if key == ("S4", "cpu"):
+        return "≤ 0.5 × nginx", None if alb is None or nginx is None else alb <= 0.5 * nginx
+    if key == ("S4", "rss"):
+        return "≤ 16 MiB", None if alb is None else alb <= 16
+    if key == ("S4", "mibs"):
+        return "≥ nginx", None if alb is None or nginx is None else alb >= nginx
+    if key == ("S5", "per_conn"):
+        return "< 8 KiB", None if alb is None else alb < 8
+    if scenario == "S6" and metric.endswith(f"/{S6_SIZES[-1]}"):
+        return "flat: ≤ 2 × the 10-backend figure", None
+    return "", None
+
+
+def fmt(value, decimals):
+    if value is None:
+        return "—"
+    return f"{value:,.{decimals}f}"
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return "—"
+    return f"{a / b:.2f}×"
+
+
+def build_table(results):
+    lines = [
+        "| scenario and figure | direct | alb | nginx | haproxy | alb/nginx | alb/haproxy "
+        "| target | met? |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | :---: |",
+    ]
+    for scenario, metric, label, better, decimals in ROWS:
+        if scenario not in SCENARIOS:
+            continue
+
+        def get(contender, scenario=scenario, metric=metric):
+            return results.get((scenario, metric, contender))
+
+        if all(get(c) is None for c in ALL_CONTENDERS):
+            continue
+        text, met = target_for(scenario, metric, get)
+        if scenario == "S6" and metric.endswith(f"/{S6_SIZES[-1]}"):
+            algo = metric.split("/")[0]
+            small = results.get(("S6", f"{algo}/{S6_SIZES[0]}", "alb"))
+            met = None if small is None or get("alb") is None else get("alb") <= 2 * small
+        mark = "" if met is None else ("yes" if met else "**no**")
+        cells = [fmt(get(c), decimals) for c in ALL_CONTENDERS]
+        ratios = [ratio(get("alb"), get(peer)) if better else "" for peer in ("nginx", "haproxy")]
+        lines.append(f"| {label} | " + " | ".join(cells + ratios) + f" | {text} | {mark} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine and versions
+
+
+def sh(cmd):
+    try:
+        out = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=20)
+        return (out.stdout + out.stderr).strip()
+    except subprocess.TimeoutExpired:
+        return "?"
+
+
+def machine():
+    model = sh("lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1")
+    mem = sh("awk '/MemTotal/ {printf \"%.0f GiB\", $2/1048576}' /proc/meminfo")
+    return f"{model}, {sh('nproc')} CPUs, {mem}, Linux {sh('uname -r')}"
+
+
+def versions():
+    commit = sh(f"git -C {ROOT} rev-parse --short HEAD")
+    dirty = sh(f"git -C {ROOT} status --porcelain -- src Cargo.toml Cargo.lock")
+    lock = (ROOT / "Cargo.lock").read_text()
+    m = re.search(r'name = "criterion"\nversion = "([^"]+)"', lock)
+    haproxy = re.search(r"version (\S+)", sh("haproxy -v | head -1"))
+    wrk = re.search(r"wrk (\S+)", sh("wrk -v 2>&1 | head -1"))
+    return {
+        "alb": commit + (" + uncommitted changes in src/" if dirty else ""),
+        "rustc": sh("rustc -V").removeprefix("rustc "),
+        "nginx": sh("nginx -v").replace("nginx version: nginx/", ""),
+        "HAProxy": haproxy.group(1) if haproxy else "?",
+        "wrk": wrk.group(1) if wrk else "?",
+        "hey": sh("dpkg-query -W -f '${Version}' hey"),
+        "valgrind": sh("valgrind --version").removeprefix("valgrind-"),
+        "criterion": m.group(1) if m else "?",
+        "Python": sh(f"{sys.executable} --version").removeprefix("Python "),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main():
+    started = time.monotonic()
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H%M")
+    if os.environ.get("BENCH_WORK"):
+        work = Path(os.environ["BENCH_WORK"])
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        work = Path(tempfile.mkdtemp(prefix="alb-bench."))
+    log(f"work dir (logs, configs, callgrind files): {work}")
+    if not ALB_BIN.exists():
+        raise SystemExit(f"{ALB_BIN} missing: run bench/run.sh (it builds alb first)")
+    bench = Bench(work)
+    vers = versions()  # now: the tree may change while the scenarios run
+    if "ALB_BIN" in os.environ:
+        vers["alb"] = f"{ALB_BIN} (ALB_BIN; the tree is at {vers['alb']})"
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    try:
+        ensure_free(LB_PORT, B1_PORT, B2_PORT)
+        for scenario in SCENARIOS:
+            t0 = time.monotonic()
+            try:
+                getattr(bench, scenario.lower())()
+            except BenchError as e:
+                bench.note(f"{scenario} FAILED: {e}")
+                bench.stop_backends()
+            log(f"{scenario} took {time.monotonic() - t0:.0f} s")
+    finally:
+        bench.procs.stop_all()
+    elapsed = time.monotonic() - started
+
+    for scenario in ("S1", "S4"):
+        direct = bench.raw.get(scenario, {}).get("direct")
+        if direct and direct["lb_core_busy"] > 10:
+            bench.note(f"{scenario}: core {LB_CPU} was {direct['lb_core_busy']:.0f} % busy during "
+                       f"the direct run, with no balancer on it: something else was using the "
+                       f"machine, so this run's timings are noisy")
+    table = build_table(bench.results)
+    mode = "quick (BENCH_QUICK=1: 2 s per run, small counts; not representative)" if QUICK else \
+        f"full ({DURATION} s per run)"
+    subset = ""
+    if ONLY or PICKED:
+        subset = f" — subset: scenarios {','.join(SCENARIOS)}, contenders {','.join(CONTENDERS)}"
+    header = [
+        f"Run {stamp}, {mode}{subset}; the scenarios took {elapsed / 60:.1f} min.",
+        "",
+        f"- Machine: {machine()}. Balancer pinned to core {LB_CPU}; backends and load tools on "
+        f"core {LOAD_CPU}.",
+        "- Versions: " + "; ".join(f"{k} {v}" for k, v in vers.items()) + ".",
+        f"- Settings: S1/S3 64 connections, S4 16; S2 {S2_COUNTS[0]:,} and {S2_COUNTS[1]:,} "
+        f"requests over {S2_CONCURRENCY} connections with hey; S5 {S5_CONNECTIONS:,} "
+        f"connections; nginx RSS is its worker's (the master adds "
+        f"{master_hwm(bench)}).",
+    ]
+    notes = ["", "Notes from this run:", ""] + [f"- {n}" for n in bench.notes] if bench.notes \
+        else ["", "Notes from this run: none (no errors, no failed contender)."]
+    doc = "\n".join(header + ["", table] + notes) + "\n"
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    suffix = "-quick" if QUICK else ""
+    out = RESULTS / f"{stamp}{suffix}.md"
+    out.write_text(doc)
+    raw = {k: {c: {kk: vv for kk, vv in v.items() if kk != "raw"} if isinstance(v, dict) else v
+               for c, v in d.items()} for k, d in bench.raw.items()}
+    (work / "results.json").write_text(json.dumps(raw, indent=1))
+    print()
+    print(doc)
+    log(f"written to {out.relative_to(ROOT)}; raw figures and logs in {work}")
+    full = not QUICK and not ONLY and not PICKED
+    if full:
+        write_benchmarks_md(doc, out)
+        log("BENCHMARKS.md updated")
+    return 0
+
+
+def master_hwm(bench):
+    for scenario in ("S1", "S4"):
+        r = bench.raw.get(scenario, {}).get("nginx", {})
+        if "master_hwm_kib" in r:
+            return f"{r['master_hwm_kib'] / 1024:.1f} MiB peak"
+    return "its own RSS, not counted"
+
+
+def write_benchmarks_md(doc, out):
+    text = f"""# Benchmarks
+
+alb against nginx and HAProxy on one machine, from `bench/run.sh` (how it works, how the peers are
+configured and how to read each figure: [bench/README.md](bench/README.md)). This page holds the
+latest full run; every run is kept in `bench/results/` ({out.name} for this one).
+
+Ratios are alb's figure divided by the peer's from the same run: above 1 is better for figures
+marked ↑, below 1 for those marked ↓. The figures are absolute for this machine only; the ratios
+and S2's instruction counts travel better.
+
+Re-run: `bench/run.sh` (about 4 minutes of scenarios, plus 2 to 3 minutes of build when the source
+changed; `bench/run.sh --quick` checks the script in about 2).
+
+{doc}"""
+    (ROOT / "BENCHMARKS.md").write_text(text)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as e:
+        log(f"interrupted ({e}); every process started was stopped")
+        sys.exit(130)
