@@ -4,6 +4,7 @@ FROM rust:1-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY benches ./benches
 RUN cargo build --release --locked && strip target/release/alb
 
 # Final stage: the binary and the C runtime it links against, nothing else; runs as a non-root user.
