@@ -4,11 +4,8 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -30,47 +27,16 @@ async fn a_pool_losing_and_regaining_backends_under_load_fails_no_get() {
     );
     let lb = TestBalancer::start(&config).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let mut workers = Vec::new();
-    for _ in 0..WORKERS {
-        let (stop, sent, failed, url) = (stop.clone(), sent.clone(), failed.clone(), lb.url("/"));
-        workers.push(tokio::spawn(async move {
-            let client = client();
-            for _ in 0..MAX_PER_WORKER {
-                if stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let request = http::Request::get(&url).body(full(Bytes::new())).unwrap();
-                let ok = matches!(client.request(request).await, Ok(r) if r.status() == 200);
-                sent.fetch_add(1, Ordering::SeqCst);
-                if !ok {
-                    failed.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        }));
-    }
-    let progress = |n: u64| {
-        let sent = sent.clone();
-        async move {
-            let target = sent.load(Ordering::SeqCst) + n;
-            wait_until(Duration::from_secs(20), || {
-                sent.load(Ordering::SeqCst) >= target
-            })
-            .await
-            .expect("load keeps flowing");
-        }
-    };
+    let load = SteadyLoad::start(&lb.url("/"), WORKERS, MAX_PER_WORKER);
     let backend = |i: usize| lb.proxy.backends()[i].clone();
 
-    progress(500).await;
+    load.progress(500).await;
     let a_addr = a.stop().await;
     wait_until(Duration::from_secs(5), || !backend(0).is_available())
         .await
         .expect("a taken out");
 
-    progress(300).await;
+    load.progress(300).await;
     b.set_mode(Mode::Hang);
     wait_until(Duration::from_secs(5), || !backend(1).is_available())
         .await
@@ -81,17 +47,12 @@ async fn a_pool_losing_and_regaining_backends_under_load_fails_no_get() {
         .expect("b drained");
     let b_hits_when_out = b.hits();
 
-    progress(300).await;
+    load.progress(300).await;
     let a = TestBackend::start_on(a_addr, "a").await;
     wait_until(Duration::from_secs(10), || a.hits() >= 50)
         .await
         .expect("the revived backend serves again");
-    stop.store(true, Ordering::SeqCst);
-    for w in workers {
-        w.await.unwrap();
-    }
-
-    let (sent, failed) = (sent.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    let (sent, failed) = load.finish().await;
     println!(
         "chaos: {sent} GETs sent, {failed} failed, {} retried, {} ejections; hung backend: {} hits when taken out, {} at the end; revived backend: {} hits",
         lb.proxy.retries(),

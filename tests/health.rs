@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -44,31 +42,7 @@ async fn a_backend_stopped_midway_costs_nothing_and_comes_back() {
     let lb = TestBalancer::start(&format!("{}{FAST_HEALTH}", backends_line(&[&a, &b]))).await;
 
     // Steady traffic from 8 workers while `a` is killed.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let mut workers = Vec::new();
-    for _ in 0..8 {
-        let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), lb.url("/"));
-        workers.push(tokio::spawn(async move {
-            let c = client();
-            for _ in 0..5000 {
-                if stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let response = c
-                    .request(
-                        http::Request::get(&url)
-                            .body(full(bytes::Bytes::new()))
-                            .unwrap(),
-                    )
-                    .await;
-                match response {
-                    Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::SeqCst),
-                    _ => failed.fetch_add(1, Ordering::SeqCst),
-                };
-            }
-        }));
-    }
+    let load = SteadyLoad::start(&lb.url("/"), 8, 5000);
     wait_until(Duration::from_secs(10), || a.hits() >= 100)
         .await
         .expect("traffic reaches a");
@@ -85,17 +59,8 @@ async fn a_backend_stopped_midway_costs_nothing_and_comes_back() {
     wait_until(Duration::from_secs(10), || a.hits() >= 50)
         .await
         .expect("the revived backend serves again");
-    stop.store(true, Ordering::SeqCst);
-    for w in workers {
-        w.await.unwrap();
-    }
-    assert_eq!(
-        failed.load(Ordering::SeqCst),
-        0,
-        "{} requests failed, {} succeeded",
-        failed.load(Ordering::SeqCst),
-        ok.load(Ordering::SeqCst)
-    );
+    let (sent, failed) = load.finish().await;
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed");
     lb.stop().await;
     a.stop().await;
     b.stop().await;

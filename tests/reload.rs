@@ -6,7 +6,6 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -128,51 +127,14 @@ async fn reloads_under_load_drop_no_request() {
         "admin listening on ",
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut workers = Vec::new();
-    for _ in 0..8 {
-        let (stop, sent, failed, url) = (
-            stop.clone(),
-            sent.clone(),
-            failed.clone(),
-            format!("http://{addr}/"),
-        );
-        workers.push(tokio::spawn(async move {
-            let c = client();
-            for _ in 0..20_000 {
-                if stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                let ok = matches!(
-                    c.request(http::Request::get(&url).body(full(Bytes::new())).unwrap()).await,
-                    Ok(r) if r.status() == 200
-                );
-                sent.fetch_add(1, Ordering::SeqCst);
-                if !ok {
-                    failed.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        }));
-    }
-    let progress = |n: u64| {
-        let sent = sent.clone();
-        async move {
-            let target = sent.load(Ordering::SeqCst) + n;
-            wait_until(Duration::from_secs(20), || {
-                sent.load(Ordering::SeqCst) >= target
-            })
-            .await
-            .expect("load flows");
-        }
-    };
+    let load = SteadyLoad::start(&format!("http://{addr}/"), 8, 20_000);
 
-    progress(1000).await;
+    load.progress(1000).await;
     // 1. SIGHUP: add c.
     std::fs::write(&path, config(&[(&a, 1), (&b, 1), (&c, 1)], "least_conn")).unwrap();
     alb.signal("-HUP");
     alb.wait_line("configuration applied", 1).await;
-    progress(1000).await;
+    load.progress(1000).await;
     assert!(c.hits() > 0, "the added backend serves");
 
     // 2. Admin API: weights and algorithm change.
@@ -184,7 +146,7 @@ async fn reloads_under_load_drop_no_request() {
     let (status, _, body) = send(&client(), request).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     alb.wait_line("configuration applied", 2).await;
-    progress(1000).await;
+    load.progress(1000).await;
 
     // 3. An invalid file is refused and the running configuration keeps serving.
     std::fs::write(&path, "backends = []\nalgorithm = \"fastest\"\n").unwrap();
@@ -193,20 +155,16 @@ async fn reloads_under_load_drop_no_request() {
     // The problems follow on their own lines, each naming its key.
     alb.wait_line("algorithm: unknown algorithm", 1).await;
     alb.wait_line("backends: no backends", 1).await;
-    progress(1000).await;
+    load.progress(1000).await;
 
     // 4. SIGHUP: remove a.
     std::fs::write(&path, config(&[(&b, 1), (&c, 1)], "round_robin")).unwrap();
     alb.signal("-HUP");
     alb.wait_line("configuration applied", 3).await;
-    progress(100).await;
+    load.progress(100).await;
     let a_hits = a.hits();
-    progress(500).await;
-    stop.store(true, Ordering::SeqCst);
-    for w in workers {
-        w.await.unwrap();
-    }
-    let (sent, failed) = (sent.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    load.progress(500).await;
+    let (sent, failed) = load.finish().await;
     println!(
         "reload: {sent} requests during 4 reloads (1 refused), {failed} failed; a={} b={} c={}",
         a.hits(),

@@ -4,6 +4,10 @@
 
 #![allow(dead_code)]
 
+mod load;
+#[allow(unused_imports)]
+pub use load::SteadyLoad;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
