@@ -162,10 +162,10 @@ impl Admin {
 
     async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<AdminBody> {
         let write = api::is_write(req.method());
-        if write || !peer.ip().is_loopback() {
-            if let Some(denied) = self.denial(&req) {
-                return denied;
-            }
+        if (write || !peer.ip().is_loopback())
+            && let Some(denied) = self.denial(&req)
+        {
+            return denied;
         }
         let path = req.uri().path().to_string();
         match path.as_str() {
