@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use super::headers::{has_foreign_transfer_coding, hop_scan};
+use super::headers::{HopScan, has_foreign_transfer_coding, hop_scan};
 use super::request_body::{BodyError, RequestBody};
 use super::{Failure, ProxyError, Routing};
 use crate::upstream::{Backend, UpstreamSender, connect};
@@ -21,7 +21,7 @@ impl Routing {
         &self,
         backend: &Backend,
         mut request: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, UpstreamSender), Failure> {
+    ) -> Result<Answer, Failure> {
         let mut stale_tries = 0;
         loop {
             let pooled = if stale_tries < STALE_CONNECTION_TRIES {
@@ -52,8 +52,13 @@ impl Routing {
             .await;
             match sent {
                 Ok(Ok(response)) => {
-                    return match framing_problem(&response) {
-                        None => Ok((response, sender)),
+                    let hop = hop_scan(response.headers());
+                    return match framing_problem(&response, hop) {
+                        None => Ok(Answer {
+                            response,
+                            sender,
+                            hop,
+                        }),
                         // Not retried: the backend did process the request.
                         Some(problem) => Err(Failure {
                             error: ProxyError::UpstreamFraming(problem),
@@ -84,10 +89,17 @@ impl Routing {
     }
 }
 
+/// A backend's response head, the connection it came on, and what one scan of its field names
+/// found (used again when the response is passed on).
+pub(super) struct Answer {
+    pub(super) response: Response<Incoming>,
+    pub(super) sender: UpstreamSender,
+    pub(super) hop: HopScan,
+}
+
 /// What makes a backend's response impossible to forward faithfully.
-fn framing_problem(response: &Response<Incoming>) -> Option<&'static str> {
-    let headers = response.headers();
-    (hop_scan(headers).transfer_encoding && has_foreign_transfer_coding(headers))
+fn framing_problem(response: &Response<Incoming>, hop: HopScan) -> Option<&'static str> {
+    (hop.transfer_encoding && has_foreign_transfer_coding(response.headers()))
         .then_some("a transfer coding other than chunked")
 }
 

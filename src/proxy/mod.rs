@@ -23,6 +23,7 @@ use hyper::body::Incoming;
 
 pub use access_log::{AccessRecord, Outcome};
 pub use error::ProxyError;
+use forward::Answer;
 pub use headers::{
     HopScan, append_forwarded, has_foreign_transfer_coding, hop_scan, remove_hop_by_hop,
     strip_hop_by_hop,
@@ -38,7 +39,7 @@ pub use stats::ProxyStats;
 use crate::balance::{Exclude, Selector, selector_for};
 use crate::config::{Config, Limits, Timeouts};
 use crate::health::OutlierDetector;
-use crate::upstream::{Backend, InFlightGuard, UpstreamSender, method_class};
+use crate::upstream::{Backend, InFlightGuard, method_class};
 
 /// Everything a request is routed by, built from one config and swapped whole on reload:
 /// requests that started on the old one finish on it.
@@ -224,8 +225,8 @@ impl Routing {
             };
             let more = attempt < self.retry.attempts;
             let failure = match sent {
-                Ok((response, sender)) => {
-                    let status = response.status().as_u16();
+                Ok(answer) => {
+                    let status = answer.response.status().as_u16();
                     backend
                         .stats()
                         .record_response(exchange.method, status, sent_at.elapsed());
@@ -261,7 +262,7 @@ impl Routing {
                     if let Some(log) = log.as_mut() {
                         log.set_attempts(attempt);
                     }
-                    let mut response = self.respond(response, sender, guard, log.take(), exchange);
+                    let mut response = self.respond(answer, guard, log.take(), exchange);
                     if let Some(reason) = reason {
                         explain_headers(response.headers_mut(), backend.url(), &reason);
                     }
@@ -357,17 +358,20 @@ impl Routing {
     /// through a wrapper that holds the in-flight guard and the connection until the body ends.
     fn respond(
         &self,
-        response: Response<Incoming>,
-        sender: UpstreamSender,
+        answer: Answer,
         guard: InFlightGuard,
         log: Option<Box<AccessRecord>>,
         exchange: Exchange,
     ) -> Response<ResponseBody> {
+        let Answer {
+            response,
+            sender,
+            hop,
+        } = answer;
         let (mut parts, body) = response.into_parts();
         // RFC 9112 §6.3: with Transfer-Encoding, a Content-Length is wrong and must not be
         // passed on (hyper decoded the chunked body; the length may not match it). Both at once
         // hint at response splitting: that connection is not trusted with another request.
-        let hop = hop_scan(&parts.headers);
         let mut reusable = true;
         if hop.transfer_encoding && parts.headers.remove(header::CONTENT_LENGTH).is_some() {
             reusable = false;
