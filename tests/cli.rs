@@ -9,7 +9,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -33,32 +33,8 @@ const ALB: &str = env!("CARGO_BIN_EXE_alb");
 const PATIENCE: Duration = Duration::from_secs(8);
 
 // ---------------------------------------------------------------------------------------------
-// Harness: temp dirs, the child process guard, a tiny JSON checker
+// Harness: the child process guard, a tiny JSON checker (temp dirs are in tests/common)
 // ---------------------------------------------------------------------------------------------
-
-/// A directory under the system temp dir, unique to this process and test, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(test: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!("alb-cli-test-{}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
-    }
-
-    fn write(&self, file: &str, text: &str) -> PathBuf {
-        let path = self.0.join(file);
-        std::fs::write(&path, text).expect("write config file");
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A running `alb` child. Its stderr is read line by line by a task into a channel; every line
 /// read so far is kept in `log` (and printed if the test fails). Dropping the guard SIGKILLs the

@@ -3,12 +3,14 @@
 //! Every accepted form is checked value by value; every rejection is checked to name the key it is
 //! about, both in `ConfigError::problems()` and in the Display text an operator reads.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use alb::Config;
 use alb::config::{Algorithm, BackendAddr, ConfigError, Problem};
+use common::TempDir;
 
 const ONE_BACKEND: &str = "backends = [\"http://127.0.0.1:8081\"]\n";
 
@@ -570,31 +572,6 @@ attempts = 0
 // ---------------------------------------------------------------------------------------------
 // Config::load
 // ---------------------------------------------------------------------------------------------
-
-/// A directory under the system temp dir, unique to this test, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let path =
-            std::env::temp_dir().join(format!("alb-config-test-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
-    }
-
-    fn write(&self, file: &str, text: &str) -> PathBuf {
-        let path = self.0.join(file);
-        std::fs::write(&path, text).expect("write config file");
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 #[test]
 fn load_reads_a_file_and_names_it_in_errors() {

@@ -113,9 +113,8 @@ async fn reloads_under_load_drop_no_request() {
         TestBackend::start("b").await,
         TestBackend::start("c").await,
     );
-    let dir = std::env::temp_dir().join(format!("alb-reload-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("alb.toml");
+    let dir = TempDir::new("reload");
+    let path = dir.0.join("alb.toml");
     std::fs::write(&path, config(&[(&a, 1), (&b, 1)], "least_conn")).unwrap();
     let alb = Alb::start(&path);
     let addr = address_after(
@@ -184,7 +183,6 @@ async fn reloads_under_load_drop_no_request() {
         .unwrap()
         .unwrap();
     assert!(status.success());
-    std::fs::remove_dir_all(&dir).unwrap();
     for backend in [a, b, c] {
         backend.stop().await;
     }
