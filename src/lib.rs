@@ -18,6 +18,7 @@ pub mod balance;
 pub mod config;
 pub mod demo;
 pub mod health;
+pub mod http1;
 pub mod proxy;
 pub mod runtime;
 pub mod server;

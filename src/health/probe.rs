@@ -2,25 +2,22 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderValue, Method, Request, header};
-use http_body_util::Empty;
+use bytes::{BufMut, BytesMut};
 
 use crate::config::HealthCheckConfig;
-use crate::upstream::{Backend, ConnectError, connect};
+use crate::http1::{UpstreamError, parse_response_head};
+use crate::upstream::{Backend, ConnectError, UpstreamConn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error("{0}")]
     Connect(#[from] ConnectError),
     #[error("request failed: {0}")]
-    Request(#[source] hyper::Error),
+    Request(#[from] UpstreamError),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("answered with status {0}")]
     Status(u16),
-    #[error("bad health check request: {0}")]
-    Build(#[from] http::Error),
 }
 
 /// Probes `backend` once within `config.timeout` (connection set-up included).
@@ -32,22 +29,27 @@ pub async fn probe(backend: &Backend, config: &HealthCheckConfig) -> Result<(), 
 }
 
 async fn probe_once(backend: &Backend, config: &HealthCheckConfig) -> Result<(), ProbeError> {
-    let mut sender = connect::<Empty<Bytes>>(backend.addr(), config.timeout).await?;
-    let request = Request::builder()
-        .method(Method::GET)
-        .uri(config.path.as_str())
-        .header(header::HOST, backend.host_header())
-        .header(
-            header::USER_AGENT,
-            HeaderValue::from_static("alb-health-check"),
-        )
-        .header(header::CONNECTION, HeaderValue::from_static("close"))
-        .body(Empty::new())?;
-    let response = sender
-        .send_request(request)
+    let mut conn = UpstreamConn::open(backend.addr(), config.timeout).await?;
+    let mut request = BytesMut::with_capacity(128 + config.path.len());
+    request.put_slice(b"GET ");
+    request.put_slice(config.path.as_bytes());
+    request.put_slice(b" HTTP/1.1\r\nhost: ");
+    request.put_slice(backend.host_header().as_bytes());
+    request.put_slice(b"\r\nuser-agent: alb-health-check\r\nconnection: close\r\n\r\n");
+    conn.write_all(&request)
         .await
-        .map_err(ProbeError::Request)?;
-    let status = response.status();
+        .map_err(UpstreamError::from)?;
+    let head = loop {
+        if let Some(head) =
+            parse_response_head(&mut conn.buf, false).map_err(UpstreamError::from)?
+        {
+            break head;
+        }
+        if conn.fill().await.map_err(UpstreamError::from)? == 0 {
+            return Err(UpstreamError::Closed.into());
+        }
+    };
+    let status = head.parts.status;
     if status.is_success() || status.is_redirection() {
         Ok(())
     } else {

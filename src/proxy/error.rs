@@ -9,6 +9,7 @@ use http_body_util::Full;
 
 use super::request_body::BodyError;
 use super::response_body::ResponseBody;
+use crate::http1::UpstreamError;
 use crate::upstream::{ConnectError, QueueError};
 
 #[derive(Debug, thiserror::Error)]
@@ -20,7 +21,7 @@ pub enum ProxyError {
     #[error("backend sent no response headers within {0:?}")]
     ResponseTimeout(Duration),
     #[error("backend failed before its response headers: {0}")]
-    Upstream(#[source] hyper::Error),
+    Upstream(#[source] UpstreamError),
     #[error("backend answered {0}")]
     UpstreamStatus(u16),
     #[error("{0}")]

@@ -1,26 +1,41 @@
-//! Sending one attempt to one backend: a pooled connection (or a new one), the request, and the
-//! wait for the response head under `timeouts.response`.
+//! Sending one attempt to one backend: a pooled connection (or a new one), the request head and
+//! body, and the wait for the response head under `timeouts.response`. The exchange runs in the
+//! request's own task: the head is one write, the answer is read where it lands.
 
+use std::future::poll_fn;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
+use bytes::Bytes;
+use tokio::time::Sleep;
 
-use super::headers::{HopScan, has_foreign_transfer_coding, hop_scan};
+use super::headers::{HopScan, hop_scan};
 use super::request_body::{BodyError, RequestBody};
+use super::upload::{Upload, UploadError};
 use super::{Failure, ProxyError, Routing};
-use crate::upstream::{Backend, UpstreamSender, connect};
+use crate::http1::{ResponseHead, UpstreamError, WireError, parse_response_head};
+use crate::upstream::{Backend, UpstreamConn};
 
 /// Pooled connections tried per attempt before opening a new one: each may have been closed by the
-/// backend while idle, which hyper reports by handing the unsent request back.
+/// backend just as it was picked.
 const STALE_CONNECTION_TRIES: usize = 3;
 
+/// The request as every attempt sends it.
+pub(super) struct Attempt {
+    pub(super) head: Bytes,
+    pub(super) head_request: bool,
+    pub(super) idempotent: bool,
+}
+
 impl Routing {
-    /// Sends `request` to `backend` and waits for the response head within `timeouts.response`.
+    /// Sends the request to `backend` and waits for the response head within `timeouts.response`.
     pub(super) async fn forward(
         &self,
         backend: &Backend,
-        mut request: Request<RequestBody>,
+        attempt: &Attempt,
+        mut body: RequestBody,
     ) -> Result<Answer, Failure> {
         let mut stale_tries = 0;
         loop {
@@ -29,111 +44,232 @@ impl Routing {
             } else {
                 None
             };
-            let reused = pooled.is_some();
-            let mut sender = match pooled {
-                Some(sender) => sender,
-                None => match connect(backend.addr(), self.timeouts.connect).await {
-                    Ok(sender) => sender,
+            let mut conn = match pooled {
+                Some(conn) => conn,
+                None => match UpstreamConn::open(backend.addr(), self.timeouts.connect).await {
+                    Ok(conn) => conn,
                     Err(e) => {
                         backend.request_recheck();
                         return Err(Failure {
                             error: e.into(),
-                            request: Some(request),
+                            body: Some(body),
                         });
                     }
                 },
             };
-            let uploaded = request.body_mut().watch_sent();
-            let sent = within_response_timeout(
-                sender.try_send_request(request),
-                uploaded,
-                self.timeouts.response,
-            )
-            .await;
-            match sent {
-                Ok(Ok(response)) => {
-                    let hop = hop_scan(response.headers());
-                    return match framing_problem(&response, hop) {
-                        None => Ok(Answer {
-                            response,
-                            sender,
-                            hop,
-                        }),
-                        // Not retried: the backend did process the request.
-                        Some(problem) => Err(Failure {
-                            error: ProxyError::UpstreamFraming(problem),
-                            request: None,
-                        }),
-                    };
-                }
-                Err(_elapsed) => {
-                    return Err(Failure {
-                        error: ProxyError::ResponseTimeout(self.timeouts.response),
-                        request: None,
+            let reused = conn.is_reused();
+            let replayable = !matches!(body, RequestBody::Client(_));
+            conn.note_request();
+            let exchanged = self
+                .exchange(&mut conn, &attempt.head, &mut body, attempt.head_request)
+                .await;
+            let broken = match exchanged {
+                Ok((response, upload)) => {
+                    let hop = hop_scan(&response.parts.headers);
+                    return Ok(Answer {
+                        response,
+                        conn,
+                        hop,
+                        upload,
                     });
                 }
-                Ok(Err(mut e)) => match e.take_message() {
-                    Some(unsent) if reused => {
-                        stale_tries += 1;
-                        request = unsent;
-                    }
-                    unsent => {
-                        return Err(Failure {
-                            error: classify(e.into_error()),
-                            request: unsent,
-                        });
-                    }
-                },
+                Err(broken) => broken,
+            };
+            // A reused connection the backend closed as it was picked: the request never reached
+            // it (the head could not be written) or, for an idempotent one, may be sent again.
+            if reused && replayable && (broken.unsent || (broken.no_answer && attempt.idempotent)) {
+                stale_tries += 1;
+                continue;
             }
+            return Err(Failure {
+                error: broken.error,
+                body: broken.unsent.then_some(body),
+            });
         }
     }
+
+    /// One request and its response head on `conn`, with the rest of the upload when the backend
+    /// answered before the body was all sent.
+    async fn exchange(
+        &self,
+        conn: &mut UpstreamConn,
+        head: &Bytes,
+        body: &mut RequestBody,
+        head_request: bool,
+    ) -> Result<(ResponseHead, Option<Upload>), Broken> {
+        let limit = self.timeouts.response;
+        match body {
+            RequestBody::Empty => write_all(conn, &mut [IoSlice::new(head)])
+                .await
+                .map_err(Broken::unsent)?,
+            RequestBody::Buffered(bytes) => {
+                write_all(conn, &mut [IoSlice::new(head), IoSlice::new(bytes)])
+                    .await
+                    .map_err(Broken::unsent)?;
+            }
+            RequestBody::Client(_) => {
+                let RequestBody::Client(streamed) = std::mem::replace(body, RequestBody::Empty)
+                else {
+                    unreachable!("matched above");
+                };
+                let upload = Upload::new(head.clone(), streamed);
+                return upload_and_await(conn, upload, head_request, limit).await;
+            }
+        }
+        let mut received = false;
+        let answer = poll_fn(|cx| poll_head(conn, head_request, &mut received, cx));
+        match tokio::time::timeout(limit, answer).await {
+            Ok(answer) => Ok((answer?, None)),
+            Err(_) => Err(Broken::timeout(limit)),
+        }
+    }
+}
+
+/// Streams the body while watching for the answer. The response timeout starts when the upload
+/// ends: the clock measures the backend's thinking time, not the client's upload speed. An early
+/// answer is taken as it comes, the upload going on beside the response body.
+async fn upload_and_await(
+    conn: &mut UpstreamConn,
+    upload: Upload,
+    head_request: bool,
+    limit: Duration,
+) -> Result<(ResponseHead, Option<Upload>), Broken> {
+    let mut upload = Some(upload);
+    let mut write_failed = None;
+    let mut deadline: Option<Pin<Box<Sleep>>> = None;
+    let mut received = false;
+    poll_fn(|cx| {
+        if let Some(sending) = upload.as_mut() {
+            match sending.poll_send(conn, cx) {
+                Poll::Pending => {}
+                Poll::Ready(Ok(())) => upload = None,
+                Poll::Ready(Err(UploadError::Client(e))) => {
+                    return Poll::Ready(Err(Broken::client(e)));
+                }
+                // The backend may have stopped reading because it answered: wait for its answer.
+                Poll::Ready(Err(UploadError::Upstream(e))) => {
+                    upload = None;
+                    write_failed = Some(e);
+                }
+            }
+        }
+        if let Poll::Ready(answer) = poll_head(conn, head_request, &mut received, cx) {
+            let unfinished = upload.take();
+            return Poll::Ready(answer.map(|head| match (&unfinished, &write_failed) {
+                (None, None) => (head, None),
+                _ => (head.last_on_connection(), unfinished),
+            }));
+        }
+        if upload.is_none() {
+            let timer = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(match write_failed.take() {
+                    Some(e) => Broken::upstream(e.into(), !received),
+                    None => Broken::timeout(limit),
+                }));
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// A backend's response head, the connection it came on, and what one scan of its field names
 /// found (used again when the response is passed on).
 pub(super) struct Answer {
-    pub(super) response: Response<Incoming>,
-    pub(super) sender: UpstreamSender,
+    pub(super) response: ResponseHead,
+    pub(super) conn: UpstreamConn,
     pub(super) hop: HopScan,
+    /// The rest of the request body, when the backend answered before it was all sent.
+    pub(super) upload: Option<Upload>,
 }
 
-/// What makes a backend's response impossible to forward faithfully.
-fn framing_problem(response: &Response<Incoming>, hop: HopScan) -> Option<&'static str> {
-    (hop.transfer_encoding && has_foreign_transfer_coding(response.headers()))
-        .then_some("a transfer coding other than chunked")
+/// A failed exchange and what is known of how far the request got.
+struct Broken {
+    error: ProxyError,
+    /// The head could not be written: the backend cannot have acted on the request.
+    unsent: bool,
+    /// The connection ended before any byte of an answer.
+    no_answer: bool,
 }
 
-/// The client's own body failing (too large, stalled, cut) shows up as hyper's send error; it is
-/// the client's doing, not the backend's, and is answered as such.
-fn classify(error: hyper::Error) -> ProxyError {
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        if let Some(body) = cause.downcast_ref::<BodyError>() {
-            return match body {
-                BodyError::TooLarge(max) => BodyError::TooLarge(*max).into(),
-                BodyError::Idle(limit) => BodyError::Idle(*limit).into(),
-                BodyError::Client(_) => ProxyError::BadRequest("the request body broke off"),
-            };
-        }
-        source = cause.source();
-    }
-    ProxyError::Upstream(error)
-}
-
-/// Awaits the response head, allowing `limit` once the request body has been sent: the clock of
-/// `timeouts.response` measures the backend's thinking time, not the client's upload speed. An
-/// early answer (before the upload ends) is taken as it comes.
-async fn within_response_timeout<T>(
-    response: impl Future<Output = T>,
-    uploaded: Option<tokio::sync::oneshot::Receiver<()>>,
-    limit: Duration,
-) -> Result<T, tokio::time::error::Elapsed> {
-    let mut response = std::pin::pin!(response);
-    if let Some(uploaded) = uploaded {
-        tokio::select! {
-            answer = &mut response => return Ok(answer),
-            _ = uploaded => {}
+impl Broken {
+    fn unsent(error: std::io::Error) -> Broken {
+        Broken {
+            error: ProxyError::Upstream(error.into()),
+            unsent: true,
+            no_answer: true,
         }
     }
-    tokio::time::timeout(limit, response).await
+
+    fn timeout(limit: Duration) -> Broken {
+        Broken {
+            error: ProxyError::ResponseTimeout(limit),
+            unsent: false,
+            no_answer: false,
+        }
+    }
+
+    fn upstream(error: UpstreamError, no_answer: bool) -> Broken {
+        let error = match error {
+            // Not retried: the backend did process the request.
+            UpstreamError::Wire(WireError::Framing(problem)) => {
+                ProxyError::UpstreamFraming(problem)
+            }
+            error => ProxyError::Upstream(error),
+        };
+        Broken {
+            error,
+            unsent: false,
+            no_answer,
+        }
+    }
+
+    fn client(error: BodyError) -> Broken {
+        let error = match error {
+            BodyError::Client(_) => ProxyError::BadRequest("the request body broke off"),
+            error => error.into(),
+        };
+        Broken {
+            error,
+            unsent: false,
+            no_answer: false,
+        }
+    }
+}
+
+/// Reads until a complete final response head is in the buffer, interim (1xx) ones skipped.
+fn poll_head(
+    conn: &mut UpstreamConn,
+    head_request: bool,
+    received: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Result<ResponseHead, Broken>> {
+    loop {
+        if !conn.buf.is_empty() {
+            *received = true;
+            match parse_response_head(&mut conn.buf, head_request) {
+                Ok(Some(head)) => return Poll::Ready(Ok(head)),
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Err(Broken::upstream(e.into(), false))),
+            }
+        }
+        match ready!(conn.poll_fill(cx, 0)) {
+            Ok(0) => return Poll::Ready(Err(Broken::upstream(UpstreamError::Closed, !*received))),
+            Ok(_) => {}
+            Err(e) => return Poll::Ready(Err(Broken::upstream(e.into(), !*received))),
+        }
+    }
+}
+
+/// Writes several slices with as few system calls as the kernel allows.
+async fn write_all(conn: &mut UpstreamConn, mut parts: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    while !parts.is_empty() {
+        let n = poll_fn(|cx| conn.poll_write_vectored(cx, parts)).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut parts, n);
+    }
+    Ok(())
 }

@@ -1,15 +1,11 @@
-//! Header hygiene for one hop: hop-by-hop fields are removed in both directions (RFC 9110 §7.6.1),
-//! and the client's address, scheme and host are appended to the X-Forwarded-* lists.
+//! Header hygiene for one hop: hop-by-hop fields are removed in both directions (RFC 9110 §7.6.1).
+//! (The X-Forwarded-* lists are extended as the request head is encoded, in [`crate::http1`].)
 //!
 //! Most requests carry none of the hop-by-hop fields, so the removal first scans the names once and
 //! only touches the map when it found something; a `remove` per listed name on every request costs
 //! a hash and a probe each.
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+use http::header::{self, HeaderMap, HeaderName};
 
 /// Fields that only concern one connection. `Proxy-Authenticate`/`Proxy-Authorization` are
 /// credentials for this hop (a backend must not see a client's proxy password), `Proxy-Connection`
@@ -91,46 +87,10 @@ pub fn has_foreign_transfer_coding(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Appends this hop to X-Forwarded-For, -Proto and -Host. `client_ip` is computed once per client
-/// connection by the caller.
-pub fn append_forwarded(headers: &mut HeaderMap, client_ip: &HeaderValue) {
-    // Room for the three fields at once: one growth of the map instead of one per insert.
-    headers.reserve(3);
-    append_to_list(headers, &X_FORWARDED_FOR, client_ip.clone());
-    append_to_list(
-        headers,
-        &X_FORWARDED_PROTO,
-        HeaderValue::from_static("http"),
-    );
-    if let Some(host) = headers.get(header::HOST).cloned() {
-        append_to_list(headers, &X_FORWARDED_HOST, host);
-    }
-}
-
-/// Adds `value` as the last element of a comma-separated list field, folding repeated field lines
-/// into one so the order of hops is unambiguous.
-fn append_to_list(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
-    match headers.entry(name) {
-        header::Entry::Vacant(entry) => {
-            entry.insert(value);
-        }
-        header::Entry::Occupied(mut entry) => {
-            let mut joined = Vec::new();
-            for existing in entry.iter() {
-                joined.extend_from_slice(existing.as_bytes());
-                joined.extend_from_slice(b", ");
-            }
-            joined.extend_from_slice(value.as_bytes());
-            if let Ok(v) = HeaderValue::from_bytes(&joined) {
-                entry.insert(v);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HeaderValue;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -169,19 +129,5 @@ mod tests {
         let mut h = map(&[("host", "a"), ("accept", "*/*")]);
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 2);
-    }
-
-    #[test]
-    fn appends_to_existing_forwarded_lists() {
-        let mut h = map(&[
-            ("host", "shop.test"),
-            ("x-forwarded-for", "203.0.113.7"),
-            ("x-forwarded-for", "198.51.100.2"),
-        ]);
-        append_forwarded(&mut h, &HeaderValue::from_static("127.0.0.1"));
-        assert_eq!(h["x-forwarded-for"], "203.0.113.7, 198.51.100.2, 127.0.0.1");
-        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "shop.test");
     }
 }

@@ -13,6 +13,7 @@ mod request_body;
 mod response_body;
 mod retry;
 mod stats;
+mod upload;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -23,10 +24,9 @@ use hyper::body::Incoming;
 
 pub use access_log::{AccessRecord, Outcome};
 pub use error::ProxyError;
-use forward::Answer;
+use forward::{Answer, Attempt};
 pub use headers::{
-    HopScan, append_forwarded, has_foreign_transfer_coding, hop_scan, remove_hop_by_hop,
-    strip_hop_by_hop,
+    HopScan, has_foreign_transfer_coding, hop_scan, remove_hop_by_hop, strip_hop_by_hop,
 };
 pub use live::{ChangeError, ChangeReport, Proxy};
 pub use prepare::ClientInfo;
@@ -39,6 +39,7 @@ pub use stats::ProxyStats;
 use crate::balance::{Exclude, Selector, selector_for};
 use crate::config::{Config, Limits, Timeouts};
 use crate::health::OutlierDetector;
+use crate::http1::{BodyDecoder, ResponseHead};
 use crate::upstream::{Backend, InFlightGuard, method_class};
 
 /// Everything a request is routed by, built from one config and swapped whole on reload:
@@ -78,10 +79,10 @@ fn explain_headers(headers: &mut http::HeaderMap, backend: &str, reason: &str) {
     }
 }
 
-/// A failed attempt, with the request when it provably was not sent.
+/// A failed attempt, with the request body when the request provably was not sent.
 struct Failure {
     error: ProxyError,
-    request: Option<Request<RequestBody>>,
+    body: Option<RequestBody>,
 }
 
 /// Why a request got no backend answer, and from which backend (for the access log).
@@ -193,12 +194,14 @@ impl Routing {
         exchange: Exchange,
     ) -> Result<Response<ResponseBody>, Rejection> {
         let Outbound {
-            mut request,
-            host_missing,
+            head,
+            head_request,
+            idempotent,
+            mut body,
         } = outbound;
         self.retry.note_request();
-        let replay = (self.retry.enabled() && is_idempotent(request.method()))
-            .then(|| Replay::of(&request))
+        let replay = (self.retry.enabled() && idempotent)
+            .then(|| Replay::of(&body))
             .flatten();
         let mut exclude = Exclude::default();
         let mut last = None;
@@ -208,25 +211,25 @@ impl Routing {
             };
             exclude.add(index);
             let backend = &self.backends[index];
-            if host_missing {
-                request
-                    .headers_mut()
-                    .insert(header::HOST, backend.host_header().clone());
-            }
+            let sending = Attempt {
+                head: head.for_backend(backend.host_header()),
+                head_request,
+                idempotent,
+            };
             let reason = self.explain.then(|| self.explain_pick(index, attempt));
             let mut guard = InFlightGuard::new(backend.clone());
             let sent_at = Instant::now();
             let sent = match guard.acquire_slot(self.limits.backend_queue_timeout).await {
                 Err(e) => Err(Failure {
                     error: e.into(),
-                    request: Some(request),
+                    body: Some(body),
                 }),
-                Ok(()) => self.forward(backend, request).await,
+                Ok(()) => self.forward(backend, &sending, body).await,
             };
             let more = attempt < self.retry.attempts;
             let failure = match sent {
                 Ok(answer) => {
-                    let status = answer.response.status().as_u16();
+                    let status = answer.response.parts.status.as_u16();
                     backend
                         .stats()
                         .record_response(exchange.method, status, sent_at.elapsed());
@@ -249,8 +252,7 @@ impl Routing {
                             );
                             self.stats.retries.fetch_add(1, Ordering::Relaxed);
                             backend.stats().retries.fetch_add(1, Ordering::Relaxed);
-                            backend.stats().retries.fetch_add(1, Ordering::Relaxed);
-                            request = replay.rebuild();
+                            body = replay.rebuild();
                             last = Some(Rejection {
                                 error: ProxyError::UpstreamStatus(status),
                                 backend: Some(backend.clone()),
@@ -274,9 +276,9 @@ impl Routing {
                 self.outliers.record_failure(backend, what);
             }
             let again = match failure.error {
-                ProxyError::Connect(_) | ProxyError::Queue(_) => failure.request,
+                ProxyError::Connect(_) | ProxyError::Queue(_) => failure.body,
                 ProxyError::Upstream(_) => failure
-                    .request
+                    .body
                     .or_else(|| replay.as_ref().map(Replay::rebuild)),
                 ProxyError::ResponseTimeout(_) if self.retry.on_timeout => {
                     replay.as_ref().map(Replay::rebuild)
@@ -292,7 +294,7 @@ impl Routing {
                     tracing::info!(backend = backend.url(), attempt, error = %rejection.error, "retrying on another backend");
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     backend.stats().retries.fetch_add(1, Ordering::Relaxed);
-                    request = next;
+                    body = next;
                     last = Some(rejection);
                 }
                 _ => {
@@ -365,22 +367,28 @@ impl Routing {
     ) -> Response<ResponseBody> {
         let Answer {
             response,
-            sender,
+            conn,
             hop,
+            upload,
         } = answer;
-        let (mut parts, body) = response.into_parts();
+        let ResponseHead {
+            mut parts,
+            framing,
+            reusable,
+        } = response;
         // RFC 9112 §6.3: with Transfer-Encoding, a Content-Length is wrong and must not be
-        // passed on (hyper decoded the chunked body; the length may not match it). Both at once
-        // hint at response splitting: that connection is not trusted with another request.
-        let mut reusable = true;
-        if hop.transfer_encoding && parts.headers.remove(header::CONTENT_LENGTH).is_some() {
-            reusable = false;
+        // passed on (the body is decoded from its chunks; the length may not match it). Both at
+        // once hint at response splitting: the parser already ruled that connection out for
+        // another request.
+        if hop.transfer_encoding {
+            parts.headers.remove(header::CONTENT_LENGTH);
         }
         if hop.any {
             strip_hop_by_hop(&mut parts.headers);
         }
         let upstream = UpstreamParts {
-            sender,
+            conn,
+            upload,
             guard,
             log,
             outliers: self.outliers.clone(),
@@ -389,7 +397,7 @@ impl Routing {
             started: exchange.started,
             stats: self.stats.clone(),
         };
-        let body = UpstreamBody::new(body, parts.status.as_u16(), upstream);
+        let body = UpstreamBody::new(BodyDecoder::new(framing), parts.status.as_u16(), upstream);
         Response::from_parts(parts, ResponseBody::Upstream(body))
     }
 

@@ -5,14 +5,15 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version, header};
+use http::{HeaderValue, Method, Request, Uri, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::headers::{append_forwarded, has_foreign_transfer_coding, hop_scan, strip_hop_by_hop};
+use super::headers::{has_foreign_transfer_coding, hop_scan, strip_hop_by_hop};
 use super::request_body::{BodyError, BodyLimits, RequestBody};
 use super::retry::is_idempotent;
 use super::{ProxyError, Routing};
+use crate::http1::{BodyFraming, RequestHead, encode_request_head};
 
 /// The client connection a request arrived on, computed once per connection.
 #[derive(Debug, Clone)]
@@ -34,6 +35,7 @@ impl Routing {
     /// Rewrites the client's request for the upstream hop: origin-form target, HTTP/1.1,
     /// hop-by-hop fields removed, X-Forwarded-* appended, limits checked, and a small body of an
     /// idempotent request read whole so that it can be replayed. Host is kept as the client sent it.
+    /// The head is encoded here, once, whatever the number of attempts.
     pub(super) async fn prepare(
         &self,
         req: Request<Incoming>,
@@ -76,26 +78,31 @@ impl Routing {
         if hop.any {
             strip_hop_by_hop(&mut parts.headers);
         }
-        append_forwarded(&mut parts.headers, &client.ip_header);
-        parts.version = Version::HTTP_11;
-        let host_missing = !parts.headers.contains_key(header::HOST);
         let keep = self.retry.enabled()
             && is_idempotent(&parts.method)
             && length.is_some_and(|n| n <= self.retry.max_body_buffer);
-        let body = if http_body::Body::is_end_stream(&body) {
-            RequestBody::Empty
+        let (body, framing) = if http_body::Body::is_end_stream(&body) {
+            (RequestBody::Empty, BodyFraming::None)
         } else if keep {
-            RequestBody::Buffered(Some(self.read_whole(body).await?))
+            let bytes = self.read_whole(body).await?;
+            (RequestBody::Buffered(bytes), BodyFraming::Length)
         } else {
             let limits = BodyLimits {
                 max_bytes: self.limits.max_body_bytes,
                 idle: self.timeouts.client_body_idle,
             };
-            RequestBody::client(body, limits)
+            let framing = if length.is_some() {
+                BodyFraming::Length
+            } else {
+                BodyFraming::Chunked
+            };
+            (RequestBody::client(body, limits), framing)
         };
         Ok(Outbound {
-            request: Request::from_parts(parts, body),
-            host_missing,
+            head: encode_request_head(&parts, &client.ip_header, framing),
+            head_request: parts.method == Method::HEAD,
+            idempotent: is_idempotent(&parts.method),
+            body,
         })
     }
 
@@ -111,42 +118,35 @@ impl Routing {
     }
 }
 
-/// A request ready to forward, and whether it came without a Host (HTTP/1.0), in which case each
-/// attempt names its backend.
+/// A request ready to forward: its head encoded once for every attempt, and its body.
 pub(super) struct Outbound {
-    pub(super) request: Request<RequestBody>,
-    pub(super) host_missing: bool,
+    pub(super) head: RequestHead,
+    pub(super) head_request: bool,
+    pub(super) idempotent: bool,
+    pub(super) body: RequestBody,
 }
 
-/// What is needed to send an idempotent request again after it was sent once: its head and its
-/// body, when that was empty or kept whole.
+/// What is needed to send an idempotent request again after it was sent once: its body, when
+/// that was empty or kept whole (the head is kept encoded by the caller).
 pub(super) struct Replay {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
     body: Option<Bytes>,
 }
 
 impl Replay {
-    pub(super) fn of(request: &Request<RequestBody>) -> Option<Replay> {
-        let body = request.body().replay_bytes()?;
-        Some(Replay {
-            method: request.method().clone(),
-            uri: request.uri().clone(),
-            headers: request.headers().clone(),
-            body,
-        })
+    pub(super) fn of(body: &RequestBody) -> Option<Replay> {
+        match body {
+            RequestBody::Empty => Some(Replay { body: None }),
+            RequestBody::Buffered(bytes) => Some(Replay {
+                body: Some(bytes.clone()),
+            }),
+            RequestBody::Client(_) => None,
+        }
     }
 
-    pub(super) fn rebuild(&self) -> Request<RequestBody> {
-        let body = match &self.body {
-            Some(bytes) => RequestBody::Buffered(Some(bytes.clone())),
+    pub(super) fn rebuild(&self) -> RequestBody {
+        match &self.body {
+            Some(bytes) => RequestBody::Buffered(bytes.clone()),
             None => RequestBody::Empty,
-        };
-        let mut request = Request::new(body);
-        *request.method_mut() = self.method.clone();
-        *request.uri_mut() = self.uri.clone();
-        *request.headers_mut() = self.headers.clone();
-        request
+        }
     }
 }

@@ -9,21 +9,25 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use super::access_log::{AccessRecord, Outcome};
+use super::upload::Upload;
 use crate::health::OutlierDetector;
-use crate::upstream::{InFlightGuard, UpstreamSender};
+use crate::http1::{BodyDecoder, Decoded, UpstreamError};
+use crate::upstream::{InFlightGuard, UpstreamConn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResponseBodyError {
     #[error("backend broke off its response body: {0}")]
-    Upstream(#[source] hyper::Error),
+    Upstream(#[source] UpstreamError),
     #[error("backend sent no body data for {0:?}")]
     Idle(Duration),
 }
 
+/// Not boxed: nearly every response is an upstream one, and the body lives inside hyper's
+/// connection future either way; a box would be one more allocation per request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum ResponseBody {
     Upstream(UpstreamBody),
@@ -47,27 +51,34 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ResponseBody::Upstream(body) => body.inner.is_end_stream(),
+            ResponseBody::Upstream(body) => body.is_end_stream(),
             ResponseBody::Local(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::Upstream(body) => body.inner.size_hint(),
+            ResponseBody::Upstream(body) => body.size_hint(),
             ResponseBody::Local(body) => body.size_hint(),
         }
     }
 }
 
-/// A backend's response body, carrying what must outlive the response head: the in-flight guard
-/// (so least-connections counts the request until its last byte), the connection (handed back to
-/// the pool only after a clean end, since a half-read HTTP/1.1 connection cannot carry another
-/// request) and the access-log record.
+/// A backend's response body, decoded from the connection by its framing and carrying what must
+/// outlive the response head: the in-flight guard (so least-connections counts the request until
+/// its last byte), the connection (handed back to the pool only after a clean end, since a
+/// half-read HTTP/1.1 connection cannot carry another request) and the access-log record.
 #[derive(Debug)]
 pub struct UpstreamBody {
-    inner: Incoming,
-    sender: Option<UpstreamSender>,
+    decoder: BodyDecoder,
+    /// `None` once the body has ended (the connection is back in the pool or closed).
+    conn: Option<UpstreamConn>,
+    /// The rest of the request body, sent while the response streams back.
+    upload: Option<Upload>,
+    reusable: bool,
+    /// A break found while data was still to be passed on: reported on the next poll.
+    deferred: Option<UpstreamError>,
+    break_deferred: bool,
     guard: Option<InFlightGuard>,
     log: Option<Box<AccessRecord>>,
     outliers: Option<std::sync::Arc<OutlierDetector>>,
@@ -82,7 +93,8 @@ pub struct UpstreamBody {
 /// What an [`UpstreamBody`] needs besides the body itself.
 #[derive(Debug)]
 pub struct UpstreamParts {
-    pub sender: UpstreamSender,
+    pub conn: UpstreamConn,
+    pub upload: Option<Upload>,
     pub guard: InFlightGuard,
     pub log: Option<Box<AccessRecord>>,
     pub outliers: std::sync::Arc<OutlierDetector>,
@@ -94,11 +106,23 @@ pub struct UpstreamParts {
     pub stats: std::sync::Arc<super::ProxyStats>,
 }
 
+/// What one look at the connection gave.
+enum Next {
+    Frame(Bytes),
+    End,
+    Broken(UpstreamError),
+    Pending,
+}
+
 impl UpstreamBody {
-    pub fn new(inner: Incoming, status: u16, parts: UpstreamParts) -> UpstreamBody {
-        UpstreamBody {
-            inner,
-            sender: parts.reusable.then_some(parts.sender),
+    pub fn new(decoder: BodyDecoder, status: u16, parts: UpstreamParts) -> UpstreamBody {
+        let mut body = UpstreamBody {
+            decoder,
+            conn: Some(parts.conn),
+            upload: parts.upload,
+            reusable: parts.reusable,
+            deferred: None,
+            break_deferred: false,
             guard: Some(parts.guard),
             log: parts.log,
             outliers: Some(parts.outliers),
@@ -108,37 +132,98 @@ impl UpstreamBody {
             idle: None,
             started: parts.started,
             stats: parts.stats,
+        };
+        if body.decoder.is_done() {
+            // No body at all (HEAD, 204, 304, a zero length): the connection is free already.
+            body.finish(Outcome::Complete);
         }
+        body
+    }
+
+    pub fn is_end_stream(&self) -> bool {
+        self.decoder.is_done()
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        self.decoder.size_hint()
     }
 
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
-        let polled = match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Pending => return self.poll_idle(cx),
-            Poll::Ready(p) => p,
-        };
-        if let Some(idle) = self.idle.as_mut() {
-            idle.as_mut()
-                .reset(tokio::time::Instant::now() + self.idle_limit);
-        }
-        match polled {
-            Some(Ok(frame)) => {
-                self.bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
-                if self.inner.is_end_stream() {
+        match self.next(cx) {
+            Next::Pending => self.poll_idle(cx),
+            Next::Frame(data) => {
+                if let Some(idle) = self.idle.as_mut() {
+                    idle.as_mut()
+                        .reset(tokio::time::Instant::now() + self.idle_limit);
+                }
+                self.bytes += data.len() as u64;
+                if self.decoder.is_done() {
                     self.finish(Outcome::Complete);
                 }
-                Poll::Ready(Some(Ok(frame)))
+                Poll::Ready(Some(Ok(Frame::data(data))))
             }
-            None => {
+            Next::End => {
                 self.finish(Outcome::Complete);
                 Poll::Ready(None)
             }
-            Some(Err(e)) => {
+            Next::Broken(e) if self.bytes > 0 && !self.break_deferred => {
+                // hyper drops what it has not yet written when a body fails: let it write out
+                // the part that did arrive, then report the break.
+                self.deferred = Some(e);
+                self.break_deferred = true;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Next::Broken(e) => {
                 tracing::warn!(error = %e, "backend broke off a response body");
                 self.finish(Outcome::UpstreamBroken);
                 Poll::Ready(Some(Err(ResponseBodyError::Upstream(e))))
+            }
+        }
+    }
+
+    /// Decodes what was read, reading more when that is not enough.
+    fn next(&mut self, cx: &mut Context<'_>) -> Next {
+        if let Some(e) = self.deferred.take() {
+            return Next::Broken(e);
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Next::End;
+        };
+        if let Some(upload) = self.upload.as_mut() {
+            match upload.poll_send(conn, cx) {
+                Poll::Pending => {}
+                Poll::Ready(Ok(())) => self.upload = None,
+                Poll::Ready(Err(e)) => {
+                    // The answer goes on; the connection, with a request half sent, ends with it.
+                    tracing::debug!(error = ?e, "upload stopped while the response streamed");
+                    self.upload = None;
+                    self.reusable = false;
+                }
+            }
+        }
+        loop {
+            match self.decoder.decode(&mut conn.buf) {
+                Ok(Decoded::Data(data)) => return Next::Frame(data),
+                Ok(Decoded::Done) => return Next::End,
+                Err(e) => return Next::Broken(e.into()),
+                Ok(Decoded::NeedMore) => {}
+            }
+            match conn.poll_fill(cx, self.decoder.want()) {
+                Poll::Pending => return Next::Pending,
+                Poll::Ready(Ok(0)) => {
+                    // The end of the connection ends a close-delimited body, and the connection.
+                    self.reusable = false;
+                    return match self.decoder.end_of_stream() {
+                        Ok(()) => Next::End,
+                        Err(e) => Next::Broken(e.into()),
+                    };
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Next::Broken(e.into()),
             }
         }
     }
@@ -167,7 +252,10 @@ impl UpstreamBody {
         let Some(guard) = self.guard.take() else {
             return;
         };
-        let sender = self.sender.take();
+        let conn = self
+            .conn
+            .take()
+            .filter(|c| self.reusable && self.upload.is_none() && c.buf.is_empty());
         let backend = guard.backend();
         self.stats.request_duration.observe(self.started.elapsed());
         self.stats
@@ -177,8 +265,10 @@ impl UpstreamBody {
             .stats()
             .bytes_sent
             .fetch_add(self.bytes, Ordering::Relaxed);
-        match (outcome, sender) {
-            (Outcome::Complete, Some(sender)) => backend.pool().checkin(sender),
+        match (outcome, conn) {
+            (Outcome::Complete, Some(conn)) if self.decoder.is_done() => {
+                backend.pool().checkin(conn);
+            }
             (Outcome::UpstreamBroken | Outcome::UpstreamIdle, _) => {
                 if let Some(outliers) = self.outliers.take() {
                     outliers.record_failure(backend, outcome.as_str());
@@ -194,9 +284,7 @@ impl UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        // hyper drops a body it knows to be empty (HEAD, 204, 304, Content-Length: 0) without
-        // polling it: that is a clean end, not an abort.
-        if self.inner.is_end_stream() {
+        if self.decoder.is_done() {
             self.finish(Outcome::Complete);
         } else {
             self.finish(Outcome::ClientAborted);

@@ -5,7 +5,7 @@
 //! lock. `Relaxed` ordering is enough everywhere here: each counter is an independent statistic read
 //! for balancing decisions, and no other memory is published through it.
 
-mod connect;
+mod conn;
 mod limit;
 mod pool;
 mod stats;
@@ -19,9 +19,9 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use crate::config::{BackendAddr, BackendSpec};
 
-pub use connect::{ConnectError, connect};
+pub use conn::{ConnectError, UpstreamConn, poll_fill};
 pub use limit::{ConnectionLimit, QueueError};
-pub use pool::{ConnectionPool, UpstreamSender};
+pub use pool::ConnectionPool;
 pub use stats::{
     BackendStats, Histogram, LATENCY_BUCKETS, METHOD_CLASSES, STATUS_CLASSES, method_class,
 };

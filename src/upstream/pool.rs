@@ -2,17 +2,12 @@
 //!
 //! A connection is checked out for exactly one request and checked back in when that request's
 //! response body has been read to its end, which is when HTTP/1.1 lets the connection carry the next
-//! request. This is cheaper than a generic client pool: no pool key to hash, no task spawned per
-//! request to wait for readiness, and the lock is per backend and held for a push or a pop only.
+//! request. This is cheaper than a generic client pool: no pool key to hash, no task per
+//! connection, and the lock is per backend and held for a push or a pop only.
 
 use std::sync::Mutex;
 
-use hyper::client::conn::http1::SendRequest;
-
-use crate::proxy::RequestBody;
-
-/// The sending half of one upstream connection.
-pub type UpstreamSender = SendRequest<RequestBody>;
+use super::UpstreamConn;
 
 /// Most idle connections kept per backend; more are closed when they come back.
 const MAX_IDLE: usize = 256;
@@ -21,38 +16,28 @@ const MAX_SCAN: usize = 8;
 
 #[derive(Debug, Default)]
 pub struct ConnectionPool {
-    idle: Mutex<Vec<UpstreamSender>>,
+    idle: Mutex<Vec<UpstreamConn>>,
 }
 
 impl ConnectionPool {
-    /// Takes the most recently used idle connection that can send a request now. LIFO keeps a few
+    /// Takes the most recently used idle connection that is still open. LIFO keeps a few
     /// connections hot and lets the rest age out on the backend's side.
-    pub fn checkout(&self) -> Option<UpstreamSender> {
+    pub fn checkout(&self) -> Option<UpstreamConn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let mut i = idle.len();
-        let stop = i.saturating_sub(MAX_SCAN);
-        while i > stop {
-            i -= 1;
-            if idle[i].is_ready() {
-                return Some(idle.swap_remove(i));
+        for _ in 0..MAX_SCAN {
+            let conn = idle.pop()?;
+            if !conn.is_stale() {
+                return Some(conn);
             }
-            if idle[i].is_closed() {
-                // The backend closed it while idle.
-                drop(idle.swap_remove(i));
-            }
-            // Otherwise its connection task has not yet noticed the previous exchange ended: it
-            // stays for the next checkout.
+            // The backend closed it while idle: dropped here.
         }
         None
     }
 
-    pub fn checkin(&self, sender: UpstreamSender) {
-        if sender.is_closed() {
-            return;
-        }
+    pub fn checkin(&self, conn: UpstreamConn) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
-            idle.push(sender);
+            idle.push(conn);
         }
     }
 

@@ -1,0 +1,206 @@
+//! Writing the request head sent to a backend: the client's request line and fields as hyper
+//! parsed them (hop-by-hop fields already removed), with this hop appended to X-Forwarded-For,
+//! -Proto and -Host, encoded once per request and sent as is on every attempt.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, request};
+
+/// How the request body travels upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    None,
+    /// As many bytes as the client's Content-Length says (the field is passed on).
+    Length,
+    /// Length unknown in advance: chunked (any Content-Length the client sent is dropped).
+    Chunked,
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// An encoded request head.
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    /// Complete with its final blank line, or (when Host is missing) without it.
+    bytes: Bytes,
+    host_missing: bool,
+}
+
+impl RequestHead {
+    /// The head as sent to a backend whose authority is `host`: a request without Host (HTTP/1.0)
+    /// names the backend.
+    pub fn for_backend(&self, host: &HeaderValue) -> Bytes {
+        if !self.host_missing {
+            return self.bytes.clone();
+        }
+        let mut out = BytesMut::with_capacity(self.bytes.len() + host.len() + 12);
+        out.put_slice(&self.bytes);
+        put_field(&mut out, header::HOST.as_str(), host.as_bytes());
+        out.put_slice(b"\r\n");
+        out.freeze()
+    }
+}
+
+/// Encodes the head of `parts` for the upstream hop. `client_ip` joins X-Forwarded-For.
+pub fn encode_request_head(
+    parts: &request::Parts,
+    client_ip: &HeaderValue,
+    framing: BodyFraming,
+) -> RequestHead {
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut out = BytesMut::with_capacity(512);
+    out.put_slice(parts.method.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(if target.is_empty() { "/" } else { target }.as_bytes());
+    out.put_slice(b" HTTP/1.1\r\n");
+    let mut forwarded = false;
+    let mut has_length = false;
+    for (name, value) in &parts.headers {
+        if is_forwarded_field(name) {
+            forwarded = true;
+            continue;
+        }
+        if name == header::CONTENT_LENGTH {
+            if framing == BodyFraming::Chunked {
+                continue;
+            }
+            has_length = true;
+        }
+        put_field(&mut out, name.as_str(), value.as_bytes());
+    }
+    match framing {
+        BodyFraming::Chunked => put_field(&mut out, "transfer-encoding", b"chunked"),
+        BodyFraming::None if !has_length && expects_body(&parts.method) => {
+            put_field(&mut out, "content-length", b"0");
+        }
+        _ => {}
+    }
+    let headers = &parts.headers;
+    put_list(
+        &mut out,
+        headers,
+        &X_FORWARDED_FOR,
+        forwarded,
+        client_ip.as_bytes(),
+    );
+    put_list(&mut out, headers, &X_FORWARDED_PROTO, forwarded, b"http");
+    match headers.get(header::HOST) {
+        Some(host) => put_list(
+            &mut out,
+            headers,
+            &X_FORWARDED_HOST,
+            forwarded,
+            host.as_bytes(),
+        ),
+        // No host to add: the client's lines pass as they came.
+        None if forwarded => {
+            for value in headers.get_all(&X_FORWARDED_HOST) {
+                put_field(&mut out, X_FORWARDED_HOST.as_str(), value.as_bytes());
+            }
+        }
+        None => {}
+    }
+    let host_missing = !headers.contains_key(header::HOST);
+    if !host_missing {
+        out.put_slice(b"\r\n");
+    }
+    RequestHead {
+        bytes: out.freeze(),
+        host_missing,
+    }
+}
+
+fn is_forwarded_field(name: &HeaderName) -> bool {
+    name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO || name == X_FORWARDED_HOST
+}
+
+/// Methods whose requests normally have a body: without one, they say so with a zero length.
+fn expects_body(method: &Method) -> bool {
+    matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+}
+
+fn put_field(out: &mut BytesMut, name: &str, value: &[u8]) {
+    out.put_slice(name.as_bytes());
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
+}
+
+/// Writes `name` as one line: the client's elements (its repeated lines folded, in order), then
+/// `last`. `any_forwarded` says whether the client sent any X-Forwarded-* field at all.
+fn put_list(
+    out: &mut BytesMut,
+    headers: &HeaderMap,
+    name: &HeaderName,
+    any_forwarded: bool,
+    last: &[u8],
+) {
+    out.put_slice(name.as_str().as_bytes());
+    out.put_slice(b": ");
+    if any_forwarded {
+        for value in headers.get_all(name) {
+            out.put_slice(value.as_bytes());
+            out.put_slice(b", ");
+        }
+    }
+    out.put_slice(last);
+    out.put_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(request: http::Request<()>, framing: BodyFraming) -> String {
+        let (parts, ()) = request.into_parts();
+        let head = encode_request_head(&parts, &HeaderValue::from_static("10.0.0.1"), framing);
+        let bytes = head.for_backend(&HeaderValue::from_static("backend:81"));
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn appends_this_hop_to_the_forwarded_lists() {
+        let request = http::Request::post("/up?x=1")
+            .header("host", "example.com")
+            .header("x-forwarded-for", "1.1.1.1")
+            .header("x-forwarded-for", "2.2.2.2")
+            .header("content-length", "3")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            encode(request, BodyFraming::Length),
+            "POST /up?x=1 HTTP/1.1\r\nhost: example.com\r\ncontent-length: 3\r\n\
+             x-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.1\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: example.com\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn frames_the_body_it_will_send() {
+        let chunked = http::Request::put("/")
+            .header("host", "h")
+            .header("content-length", "3")
+            .body(())
+            .unwrap();
+        let text = encode(chunked, BodyFraming::Chunked);
+        assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+        assert!(!text.contains("content-length"), "{text}");
+        let empty_post = http::Request::post("/")
+            .header("host", "h")
+            .body(())
+            .unwrap();
+        assert!(encode(empty_post, BodyFraming::None).contains("content-length: 0\r\n"));
+    }
+
+    #[test]
+    fn a_request_without_host_names_the_backend() {
+        let mut request = http::Request::get("/").body(()).unwrap();
+        *request.version_mut() = http::Version::HTTP_10;
+        let text = encode(request, BodyFraming::None);
+        assert!(text.starts_with("GET / HTTP/1.1\r\n"), "{text}");
+        assert!(text.ends_with("host: backend:81\r\n\r\n"), "{text}");
+        assert!(!text.contains("x-forwarded-host"), "{text}");
+    }
+}

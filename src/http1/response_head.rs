@@ -1,0 +1,292 @@
+//! Parsing a backend's response head, and deciding from it how the body is framed and whether the
+//! connection can carry another request.
+
+use bytes::BytesMut;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode, Version, response};
+
+use super::WireError;
+
+/// Largest response head accepted (status line and fields). Heads are small; a backend that sends
+/// more is broken or hostile.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most fields in a response head.
+const MAX_FIELDS: usize = 128;
+
+/// How the body of a response is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body: a HEAD request, 204, 304.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Up to the end of the connection.
+    Close,
+}
+
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub parts: response::Parts,
+    pub framing: Framing,
+    /// Whether the connection may carry another request once this body has been read.
+    pub reusable: bool,
+}
+
+impl ResponseHead {
+    /// Marks the connection as done after this response (a request half sent, say).
+    pub fn last_on_connection(mut self) -> ResponseHead {
+        self.reusable = false;
+        self
+    }
+}
+
+/// What the fields that frame the message said.
+#[derive(Default)]
+struct FramingFields {
+    length: Option<u64>,
+    length_invalid: bool,
+    transfer_encoding: bool,
+    chunked_last: bool,
+    close: bool,
+    keep_alive: bool,
+}
+
+/// Parses the head at the front of `buf` and removes it. `Ok(None)`: the head is not complete yet.
+/// Interim (1xx) responses are skipped: the client gets the final one.
+pub fn parse_response_head(
+    buf: &mut BytesMut,
+    head_request: bool,
+) -> Result<Option<ResponseHead>, WireError> {
+    loop {
+        let Some(head) = parse_one(buf, head_request)? else {
+            return Ok(None);
+        };
+        if head.parts.status.is_informational() {
+            if head.parts.status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(WireError::Framing("a protocol switch alb did not ask for"));
+            }
+            continue;
+        }
+        return Ok(Some(head));
+    }
+}
+
+fn parse_one(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHead>, WireError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut parsed = httparse::Response::new(&mut fields);
+    let len = match parsed.parse(buf)? {
+        httparse::Status::Partial if buf.len() > MAX_HEAD_BYTES => {
+            return Err(WireError::HeadTooLarge(MAX_HEAD_BYTES));
+        }
+        httparse::Status::Partial => return Ok(None),
+        httparse::Status::Complete(len) => len,
+    };
+    let status = StatusCode::from_u16(parsed.code.unwrap_or(0)).map_err(|_| WireError::Field)?;
+    let version = if parsed.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Where each name and value sits in the head, so the values can share its bytes once frozen.
+    let base = buf.as_ptr() as usize;
+    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_FIELDS];
+    let count = parsed.headers.len();
+    for (span, field) in spans.iter_mut().zip(parsed.headers.iter()) {
+        let name = field.name.as_ptr() as usize - base;
+        let value = field.value.as_ptr() as usize - base;
+        *span = (
+            name,
+            name + field.name.len(),
+            value,
+            value + field.value.len(),
+        );
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    let mut framing = FramingFields::default();
+    for &(ns, ne, vs, ve) in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| WireError::Field)?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| WireError::Field)?;
+        framing.note(&name, &value);
+        headers.append(name, value);
+    }
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts.status = status;
+    parts.version = version;
+    parts.headers = headers;
+    let body = framing.body(status, head_request)?;
+    let reusable = body != Framing::Close
+        && !(framing.transfer_encoding && framing.length.is_some())
+        && if version == Version::HTTP_10 {
+            framing.keep_alive && !framing.close
+        } else {
+            !framing.close
+        };
+    Ok(Some(ResponseHead {
+        parts,
+        framing: body,
+        reusable,
+    }))
+}
+
+impl FramingFields {
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
+        if name == header::CONTENT_LENGTH {
+            // A list of equal values ("5, 5") is one length (RFC 9110 §8.6).
+            for item in value.as_bytes().split(|&b| b == b',') {
+                match parse_length(item) {
+                    Some(n) if self.length.is_none_or(|seen| seen == n) => self.length = Some(n),
+                    _ => self.length_invalid = true,
+                }
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+            // Every coding must be chunked (alb decodes nothing else) and chunked must come last.
+            self.chunked_last = value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+                .filter(|c| !c.is_empty())
+                .all(|c| c.eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONNECTION {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+    }
+
+    fn body(&self, status: StatusCode, head_request: bool) -> Result<Framing, WireError> {
+        if head_request
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+            || status.is_informational()
+        {
+            return Ok(Framing::Empty);
+        }
+        if self.transfer_encoding {
+            // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length.
+            return if self.chunked_last {
+                Ok(Framing::Chunked)
+            } else {
+                Err(WireError::Framing("a transfer coding other than chunked"))
+            };
+        }
+        if self.length_invalid {
+            return Err(WireError::Framing(
+                "an invalid or conflicting Content-Length",
+            ));
+        }
+        Ok(match self.length {
+            Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+            None => Framing::Close,
+        })
+    }
+}
+
+/// A Content-Length value: digits only (no sign, no spaces inside), at most 19 of them.
+fn parse_length(value: &[u8]) -> Option<u64> {
+    let value = value.trim_ascii();
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        value
+            .iter()
+            .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, head_request: bool) -> Result<Option<ResponseHead>, WireError> {
+        let mut buf = BytesMut::from(text);
+        parse_response_head(&mut buf, head_request)
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let cases = [
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+                Framing::Length(5),
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+                Framing::Chunked,
+                true,
+            ),
+            ("HTTP/1.1 200 OK\r\n\r\n", Framing::Close, false),
+            (
+                "HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n",
+                Framing::Empty,
+                true,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\ncontent-length: 5\r\n\r\n",
+                Framing::Length(5),
+                false,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\ncontent-length: 5\r\nconnection: keep-alive\r\n\r\n",
+                Framing::Length(5),
+                true,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\n",
+                Framing::Length(5),
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
+                Framing::Chunked,
+                false,
+            ),
+            (
+                "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n",
+                Framing::Length(2),
+                true,
+            ),
+        ];
+        for (text, framing, reusable) in cases {
+            let head = parse(text, false).unwrap().unwrap();
+            assert_eq!((head.framing, head.reusable), (framing, reusable), "{text}");
+        }
+        let head = parse("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true);
+        assert_eq!(head.unwrap().unwrap().framing, Framing::Empty);
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        for text in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nbad field: x\r\n\r\n",
+        ] {
+            assert!(parse(text, false).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn partial_heads_wait_and_values_share_the_buffer() {
+        assert!(
+            parse("HTTP/1.1 200 OK\r\ncontent-le", false)
+                .unwrap()
+                .is_none()
+        );
+        let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nx-a: 1\r\nx-a: 2\r\n\r\nbody");
+        let head = parse_response_head(&mut buf, false).unwrap().unwrap();
+        let values: Vec<_> = head.parts.headers.get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        assert_eq!(&buf[..], b"body");
+    }
+}

@@ -1,0 +1,131 @@
+//! One keep-alive TCP connection to a backend and the bytes read from it but not yet used.
+//!
+//! alb speaks HTTP/1.1 to its backends itself (see [`crate::http1`]) and drives the connection
+//! from the task of the request that holds it: no connection task, no channel between the request
+//! and its connection, no wake-up handed from one task to another. A request checks a connection
+//! out of its backend's pool, writes its head, reads the answer and gives the connection back when
+//! the response body has been read to its end.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::BackendAddr;
+
+/// Smallest free room in the read buffer before a read: enough for a typical response head.
+const READ_CHUNK: usize = 8 * 1024;
+/// Largest read for a body: big bodies move in large reads (fewer syscalls) without holding a
+/// large buffer per connection.
+const MAX_READ_CHUNK: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("connect timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+#[derive(Debug)]
+pub struct UpstreamConn {
+    stream: TcpStream,
+    /// Read from the backend, not yet consumed (a response head in progress, body bytes).
+    pub buf: BytesMut,
+    /// Requests sent on this connection so far.
+    requests: u32,
+}
+
+impl UpstreamConn {
+    /// Connects within `timeout`.
+    pub async fn open(addr: &BackendAddr, timeout: Duration) -> Result<UpstreamConn, ConnectError> {
+        let stream = tokio::time::timeout(timeout, tcp_connect(addr))
+            .await
+            .map_err(|_| ConnectError::Timeout(timeout))??;
+        // Heads and bodies are written whole; Nagle would only add latency.
+        stream.set_nodelay(true)?;
+        Ok(UpstreamConn {
+            stream,
+            buf: BytesMut::new(),
+            requests: 0,
+        })
+    }
+
+    /// Whether this connection has carried a request before (a reused connection may have been
+    /// closed by the backend just as it was picked).
+    pub fn is_reused(&self) -> bool {
+        self.requests > 0
+    }
+
+    /// Whether an idle connection can no longer carry a request: the backend closed it, or sent
+    /// bytes nobody asked for. Costs no system call unless the reactor saw the socket become
+    /// readable, which an idle healthy connection never does.
+    pub fn is_stale(&self) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => false,
+            Poll::Ready(Err(_)) => true,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                !matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Writes all of `bytes` (a request head, maybe with its body).
+    pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
+    /// Counts one more request sent on this connection.
+    pub fn note_request(&mut self) {
+        self.requests = self.requests.saturating_add(1);
+    }
+
+    /// Reads whatever the backend has sent next, at most about `want` bytes (0: a default), into
+    /// [`Self::buf`]. `Ok(0)` is the end of the stream.
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        poll_fill(Pin::new(&mut self.stream), &mut self.buf, cx, want)
+    }
+
+    pub fn poll_write_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        parts: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, parts)
+    }
+
+    /// [`Self::poll_fill`] as a future.
+    pub async fn fill(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx, 0)).await
+    }
+}
+
+/// Reads what `reader` has next into `buf`, about `want` bytes at most (0: a default).
+pub fn poll_fill<R: AsyncRead>(
+    reader: Pin<&mut R>,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+    want: usize,
+) -> Poll<io::Result<usize>> {
+    let room = want.clamp(READ_CHUNK, MAX_READ_CHUNK);
+    if buf.capacity() - buf.len() < READ_CHUNK.min(room) {
+        buf.reserve(room);
+    }
+    tokio_util::io::poll_read_buf(reader, cx, buf)
+}
+
+async fn tcp_connect(addr: &BackendAddr) -> io::Result<TcpStream> {
+    match addr {
+        BackendAddr::Ip(sa) => TcpStream::connect(sa).await,
+        BackendAddr::Name { host, port } => TcpStream::connect((host.as_str(), *port)).await,
+    }
+}
