@@ -2,20 +2,27 @@
 //! heads parsed in place (header values share the bytes they were read into), and response bodies
 //! decoded by their framing (RFC 9112 §6).
 //!
-//! Clients are served by hyper; the backend side is ours because a proxy's upstream hop is a
-//! narrow, trusted-but-checked dialect: one request at a time per connection, no upgrades, and the
-//! connection driven by the request that holds it. hyper's client adds a connection task and two
-//! channels per exchange, which was most of alb's cost per request.
+//! Both hops are ours: client requests are parsed here and their responses encoded here, backend
+//! requests encoded and responses parsed here. A proxy speaks a narrow dialect of HTTP/1.1 (one
+//! request at a time per upstream connection, no upgrades), and owning it lets one task drive a
+//! whole exchange: no connection tasks, no channels between them, buffers only while a request is
+//! in flight. hyper's client and server pair cost about twice as many instructions per request.
 //!
 //! Everything here is strict: a response that could be read two ways (conflicting lengths, a
 //! transfer coding other than chunked, bare LF in chunk framing) is an error, never a guess.
 
 mod body;
 mod chunked;
+mod client_body;
+mod client_request;
+mod client_response;
 mod request_head;
 mod response_head;
 
 pub use body::{BodyDecoder, Decoded};
+pub use client_body::{ClientBody, ClientBodyError, ReadSide, ReadSlot};
+pub use client_request::{ClientRequest, Rejected, parse_client_request};
+pub use client_response::{BodyWrite, ResponsePlan, encode_response_head};
 pub use request_head::{BodyFraming, RequestHead, encode_request_head};
 pub use response_head::{Framing, MAX_HEAD_BYTES, ResponseHead, parse_response_head};
 

@@ -7,9 +7,9 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::http1::ClientBody;
 use arc_swap::ArcSwap;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use serde::Serialize;
 
 use super::{ClientInfo, ProxyStats, ResponseBody, Routing};
@@ -114,7 +114,7 @@ impl Proxy {
     /// Proxies one request on the routing current when it arrived.
     pub async fn handle(
         &self,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         client: &ClientInfo,
     ) -> Response<ResponseBody> {
         let routing = self.routing.load_full();

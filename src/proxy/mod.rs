@@ -20,7 +20,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use http::{HeaderName, HeaderValue, Request, Response, header};
-use hyper::body::Incoming;
 
 pub use access_log::{AccessRecord, Outcome};
 pub use error::ProxyError;
@@ -146,7 +145,7 @@ impl Routing {
     /// Proxies one request. Never fails: every error becomes a response.
     pub async fn handle(
         &self,
-        req: Request<Incoming>,
+        req: Request<crate::http1::ClientBody>,
         client: &ClientInfo,
     ) -> Response<ResponseBody> {
         let started = Instant::now();

@@ -4,10 +4,10 @@
 
 use std::net::SocketAddr;
 
+use crate::http1::ClientBody;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Uri, header};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use super::headers::{has_foreign_transfer_coding, hop_scan, strip_hop_by_hop};
 use super::request_body::{BodyError, BodyLimits, RequestBody};
@@ -38,7 +38,7 @@ impl Routing {
     /// The head is encoded here, once, whatever the number of attempts.
     pub(super) async fn prepare(
         &self,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         client: &ClientInfo,
     ) -> Result<Outbound, ProxyError> {
         let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
@@ -108,7 +108,7 @@ impl Routing {
 
     /// Reads a small body (its length is known and under the replay cap) within the body idle
     /// timeout.
-    async fn read_whole(&self, body: Incoming) -> Result<Bytes, ProxyError> {
+    async fn read_whole(&self, body: ClientBody) -> Result<Bytes, ProxyError> {
         let limit = self.timeouts.client_body_idle;
         match tokio::time::timeout(limit, body.collect()).await {
             Ok(Ok(collected)) => Ok(collected.to_bytes()),

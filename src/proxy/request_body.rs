@@ -6,9 +6,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::http1::{ClientBody, ClientBodyError};
 use bytes::Bytes;
 use http_body::{Body, Frame};
-use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 /// Why a request body stopped short: the client's doing, answered as such (413, 408, 400) rather
@@ -20,7 +20,7 @@ pub enum BodyError {
     #[error("client sent no body data for {0:?}")]
     Idle(Duration),
     #[error("client body broke off: {0}")]
-    Client(#[source] hyper::Error),
+    Client(#[source] ClientBodyError),
 }
 
 /// Limits a streamed request body is held to.
@@ -42,7 +42,7 @@ pub enum RequestBody {
 
 #[derive(Debug)]
 pub struct Streamed {
-    body: Incoming,
+    body: ClientBody,
     limits: BodyLimits,
     received: u64,
     idle: Option<Pin<Box<Sleep>>>,
@@ -51,7 +51,7 @@ pub struct Streamed {
 }
 
 impl RequestBody {
-    pub fn client(body: Incoming, limits: BodyLimits) -> RequestBody {
+    pub fn client(body: ClientBody, limits: BodyLimits) -> RequestBody {
         let chunked = body.size_hint().exact().is_none();
         RequestBody::Client(Box::new(Streamed {
             body,

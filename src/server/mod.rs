@@ -2,32 +2,24 @@
 //! serving HTTP/1.1 on each, and shutting down gracefully (stop accepting, let in-flight requests
 //! finish within the drain timeout).
 
-mod client_io;
+mod conn;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-pub use client_io::{Activity, ActivityGuard, ClientIo};
+pub use conn::{ConnSettings, Shutdown, serve_connection};
 
 use crate::admin::AdminServer;
-use crate::config::{Config, Timeouts};
-use crate::proxy::{ClientInfo, Proxy, ResponseBody, ResponseBodyError};
+use crate::config::Config;
+use crate::proxy::{ClientInfo, Proxy};
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -123,14 +115,8 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         self.proxy.start_health();
         let admin = self.start_admin().await?;
-        let mut http = http1::Builder::new();
-        // Head and keep-alive timeouts are ClientIo's: hyper's own covers both at once.
-        http.timer(TokioTimer::new())
-            .header_read_timeout(None)
-            .max_header_size(self.config.limits.max_header_bytes)
-            .keep_alive(true);
         let slots = Arc::new(Semaphore::new(self.config.limits.max_client_connections));
-        let graceful = GracefulShutdown::new();
+        let stop = Arc::new(Shutdown::default());
         let mut connections = JoinSet::new();
         let mut shutdown = pin!(shutdown);
         tracing::info!(
@@ -155,16 +141,26 @@ impl Server {
                     Ok((stream, peer)) => {
                         while connections.try_join_next().is_some() {}
                         // Timeouts as configured now: a reload applies to new connections.
-                        let timeouts = self.proxy.routing().config().timeouts.clone();
-                        let connection = serve(&http, stream, peer, self.proxy.clone(), &timeouts);
-                        let connection = graceful.watch(connection);
+                        let routing = self.proxy.routing();
+                        let timeouts = &routing.config().timeouts;
+                        let settings = ConnSettings {
+                            header_timeout: timeouts.client_header,
+                            keepalive_timeout: timeouts.keepalive_idle,
+                            max_head: self.config.limits.max_header_bytes,
+                        };
+                        let connection = serve_connection(
+                            stream,
+                            self.proxy.clone(),
+                            ClientInfo::new(peer),
+                            settings,
+                            stop.clone(),
+                        );
                         let stats = self.proxy.stats().clone();
                         stats.client_connections.fetch_add(1, Ordering::Relaxed);
                         connections.spawn(async move {
-                            let result = connection.await;
+                            connection.await;
                             stats.client_connections.fetch_sub(1, Ordering::Relaxed);
                             drop(slot);
-                            result
                         });
                     }
                     Err(e) => {
@@ -179,10 +175,9 @@ impl Server {
         tracing::info!(
             "shutting down: no new connections, draining in-flight requests for up to {drain:?}"
         );
-        if tokio::time::timeout(drain, graceful.shutdown())
-            .await
-            .is_ok()
-        {
+        stop.start();
+        let drained = async { while connections.join_next().await.is_some() {} };
+        if tokio::time::timeout(drain, drained).await.is_ok() {
             tracing::info!("drained: all connections closed");
         } else {
             tracing::warn!(
@@ -196,67 +191,5 @@ impl Server {
             admin.stop().await;
         }
         Ok(())
-    }
-}
-
-/// One client connection, served until it closes.
-fn serve(
-    http: &http1::Builder,
-    stream: TcpStream,
-    peer: SocketAddr,
-    proxy: Arc<Proxy>,
-    timeouts: &Timeouts,
-) -> impl hyper_util::server::graceful::GracefulConnection<Output = Result<(), hyper::Error>> + use<>
-{
-    // Responses are written whole; Nagle would only delay the last segment.
-    let _ = stream.set_nodelay(true);
-    let activity = Arc::new(Activity::default());
-    let io = ClientIo::new(
-        stream,
-        activity.clone(),
-        timeouts.client_header,
-        timeouts.keepalive_idle,
-    );
-    let client = Arc::new(ClientInfo::new(peer));
-    let service = service_fn(move |req| {
-        let proxy = proxy.clone();
-        let client = client.clone();
-        let started = activity.start();
-        async move {
-            let response = proxy.handle(req, &client).await;
-            Ok::<_, Infallible>(response.map(|body| ServedBody {
-                body,
-                _started: started,
-            }))
-        }
-    });
-    http.serve_connection(TokioIo::new(io), service)
-}
-
-/// A response body that tells the connection when it has been written out (or dropped), so the
-/// connection knows it is idle again.
-#[derive(Debug)]
-pub struct ServedBody {
-    body: ResponseBody,
-    _started: ActivityGuard,
-}
-
-impl Body for ServedBody {
-    type Data = Bytes;
-    type Error = ResponseBodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }

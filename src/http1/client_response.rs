@@ -1,0 +1,195 @@
+//! Writing a response head for a client, and choosing how its body is framed.
+
+use std::cell::RefCell;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, BytesMut};
+use http::header::{self, HeaderMap};
+use http::{StatusCode, Version, response};
+use http_body::SizeHint;
+
+/// How a response body goes to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyWrite {
+    /// Nothing after the head (HEAD request, 1xx, 204, 304).
+    None,
+    Length(u64),
+    Chunked,
+    /// Up to the end of the connection (an HTTP/1.0 client and a length not known upfront).
+    Close,
+}
+
+/// What the head promised.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponsePlan {
+    pub body: BodyWrite,
+    pub keep_alive: bool,
+}
+
+/// Encodes `parts` into `out` for a client that spoke `version`. `keep_alive` is whether the
+/// connection may stay open as far as the request is concerned; the response may still close it.
+pub fn encode_response_head(
+    out: &mut BytesMut,
+    parts: &response::Parts,
+    size: SizeHint,
+    head_request: bool,
+    version: Version,
+    keep_alive: bool,
+) -> ResponsePlan {
+    let status = parts.status;
+    let headers = &parts.headers;
+    let mut keep_alive = keep_alive && !asks_to_close(headers);
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let no_body = head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let body = if no_body {
+        BodyWrite::None
+    } else if let Some(n) = declared.or(size.exact()) {
+        BodyWrite::Length(n)
+    } else if version == Version::HTTP_11 {
+        BodyWrite::Chunked
+    } else {
+        keep_alive = false;
+        BodyWrite::Close
+    };
+    out.put_slice(b"HTTP/1.1 ");
+    out.put_slice(status.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.put_slice(b"\r\n");
+    for (name, value) in headers {
+        if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        if name == header::CONTENT_LENGTH && declared.is_none() {
+            continue; // unreadable: replaced below by what is actually sent
+        }
+        put_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    match body {
+        BodyWrite::Length(n) if declared.is_none() => {
+            put_field(
+                out,
+                b"content-length",
+                itoa::Buffer::new().format(n).as_bytes(),
+            );
+        }
+        BodyWrite::Chunked => put_field(out, b"transfer-encoding", b"chunked"),
+        _ => {}
+    }
+    if !headers.contains_key(header::DATE) {
+        DATE.with_borrow_mut(|date| put_field(out, b"date", date.now()));
+    }
+    if !keep_alive {
+        put_field(out, b"connection", b"close");
+    } else if version == Version::HTTP_10 {
+        put_field(out, b"connection", b"keep-alive");
+    }
+    out.put_slice(b"\r\n");
+    ResponsePlan { body, keep_alive }
+}
+
+fn asks_to_close(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+    })
+}
+
+fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.put_slice(name);
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
+}
+
+/// The Date field, formatted once a second per thread.
+struct CachedDate {
+    second: u64,
+    text: String,
+}
+
+impl CachedDate {
+    fn now(&mut self) -> &[u8] {
+        let now = SystemTime::now();
+        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if second != self.second || self.text.is_empty() {
+            self.second = second;
+            self.text = httpdate::fmt_http_date(now);
+        }
+        self.text.as_bytes()
+    }
+}
+
+thread_local! {
+    static DATE: RefCell<CachedDate> = const {
+        RefCell::new(CachedDate { second: 0, text: String::new() })
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(
+        response: http::Response<()>,
+        size: SizeHint,
+        head: bool,
+        v: Version,
+    ) -> (String, ResponsePlan) {
+        let (parts, ()) = response.into_parts();
+        let mut out = BytesMut::new();
+        let plan = encode_response_head(&mut out, &parts, size, head, v, true);
+        (String::from_utf8(out.to_vec()).unwrap(), plan)
+    }
+
+    #[test]
+    fn frames_by_what_is_known() {
+        let r = http::Response::new(());
+        let (text, plan) = encode(r, SizeHint::with_exact(5), false, Version::HTTP_11);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(
+            text.contains("content-length: 5\r\n") && text.contains("date: "),
+            "{text}"
+        );
+        assert_eq!(plan.body, BodyWrite::Length(5));
+        let (text, plan) = encode(
+            http::Response::new(()),
+            SizeHint::new(),
+            false,
+            Version::HTTP_11,
+        );
+        assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+        assert!(plan.keep_alive);
+        let (text, plan) = encode(
+            http::Response::new(()),
+            SizeHint::new(),
+            false,
+            Version::HTTP_10,
+        );
+        assert!(text.contains("connection: close\r\n"), "{text}");
+        assert_eq!((plan.body, plan.keep_alive), (BodyWrite::Close, false));
+        let head = http::Response::builder()
+            .header("content-length", "7")
+            .body(())
+            .unwrap();
+        let (text, plan) = encode(head, SizeHint::with_exact(0), true, Version::HTTP_11);
+        assert!(text.contains("content-length: 7\r\n"), "{text}");
+        assert_eq!(plan.body, BodyWrite::None);
+        let closing = http::Response::builder()
+            .header("connection", "close")
+            .body(())
+            .unwrap();
+        let (text, plan) = encode(closing, SizeHint::with_exact(0), false, Version::HTTP_11);
+        assert!(
+            !plan.keep_alive && text.matches("connection").count() == 1,
+            "{text}"
+        );
+    }
+}

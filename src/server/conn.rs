@@ -1,0 +1,437 @@
+//! One client connection: read a request head, hand the request to the proxy, write the response,
+//! and again while the connection is kept alive. Everything happens in the connection's own task.
+//!
+//! Timeouts: a client gets `timeouts.client_header` to send a whole head once it started one, or
+//! from the moment it connected (slowloris guard: 408 and close), and `timeouts.keepalive_idle`
+//! between requests (closed quietly). No timer runs while a request is served: the request has
+//! timeouts of its own. An idle connection holds no buffers.
+
+use std::future::poll_fn;
+use std::io::IoSlice;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
+
+use crate::http1::{
+    BodyDecoder, BodyWrite, ClientBody, ClientRequest, Framing, ReadSide, ReadSlot, Rejected,
+    encode_response_head, parse_client_request,
+};
+use crate::proxy::{ClientInfo, Proxy, ResponseBody};
+
+/// Bodies up to this size are copied next to their head (one write); larger ones go as they are.
+const COALESCE_BYTES: usize = 16 * 1024;
+/// After answering with `connection: close`, how long unread client bytes are drained, so that
+/// closing does not reset the connection before the client has read the answer.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// Tells idle connections to close and busy ones to close after their current response.
+#[derive(Debug, Default)]
+pub struct Shutdown {
+    started: AtomicBool,
+    notify: Notify,
+}
+
+impl Shutdown {
+    pub fn start(&self) {
+        self.started.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    fn is_started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+}
+
+/// What a connection needs to know besides its socket.
+#[derive(Debug, Clone)]
+pub struct ConnSettings {
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_head: usize,
+}
+
+/// Why no request came.
+enum NoRequest {
+    /// The client closed, went idle too long, or alb is shutting down: close quietly.
+    Closed,
+    /// The head was too slow: 408.
+    TooSlow,
+    Rejected(Rejected),
+}
+
+/// Serves one client connection until it closes.
+pub async fn serve_connection(
+    stream: TcpStream,
+    proxy: Arc<Proxy>,
+    client: ClientInfo,
+    settings: ConnSettings,
+    shutdown: Arc<Shutdown>,
+) {
+    // Responses are written whole; Nagle would only delay the last segment.
+    let _ = stream.set_nodelay(true);
+    let (read, mut write) = stream.into_split();
+    let mut side = Some(ReadSide {
+        half: read,
+        buf: BytesMut::new(),
+    });
+    let slot = ReadSlot::default();
+    let mut out = BytesMut::new();
+    let mut timer = HeadTimer::new(settings.header_timeout);
+    let mut stopping = pin!(shutdown.notify.notified());
+    stopping.as_mut().enable();
+    let mut fresh = true;
+    loop {
+        let Some(reader) = side.as_mut() else {
+            return;
+        };
+        let wait = if fresh {
+            settings.header_timeout
+        } else {
+            settings.keepalive_timeout
+        };
+        let next = read_head(
+            reader,
+            &mut timer,
+            wait,
+            fresh,
+            &settings,
+            &shutdown,
+            stopping.as_mut(),
+        )
+        .await;
+        fresh = false;
+        let request = match next {
+            Ok(request) => request,
+            Err(NoRequest::Closed) => return,
+            Err(NoRequest::TooSlow) => {
+                tracing::info!(timeout = ?settings.header_timeout, "client too slow to send a request head: 408");
+                let _ = write.write_all(REQUEST_TIMEOUT).await;
+                return linger(write, side).await;
+            }
+            Err(NoRequest::Rejected(rejected)) => {
+                tracing::debug!(status = %rejected.status, reason = rejected.reason, "request refused");
+                proxy.stats().record_local(5, rejected.status.as_u16());
+                let _ = write.write_all(&refusal(rejected)).await;
+                return linger(write, side).await;
+            }
+        };
+        let ClientRequest {
+            parts,
+            framing,
+            close,
+            expects_continue,
+        } = request;
+        let head_request = parts.method == Method::HEAD;
+        let version = parts.version;
+        let wants_continue = expects_continue.then(|| Arc::new(AtomicBool::new(false)));
+        let body = match framing {
+            Framing::Empty | Framing::Length(0) => ClientBody::empty(),
+            _ => match side.take() {
+                Some(reader) => ClientBody::new(
+                    reader,
+                    BodyDecoder::new(framing),
+                    slot.clone(),
+                    wants_continue.clone(),
+                ),
+                None => return,
+            },
+        };
+        let request = Request::from_parts(parts, body);
+        let response = handle(&proxy, request, &client, &write, wants_continue.as_deref()).await;
+        let keep = !close && !shutdown.is_started();
+        let kept =
+            write_response(&mut write, &mut out, response, head_request, version, keep).await;
+        if side.is_none() {
+            // The body handed its reader back: usable only if the body was read to its end.
+            let back = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            side = back.and_then(|(reader, decoder)| decoder.is_done().then_some(reader));
+        }
+        if !kept || side.is_none() {
+            return linger(write, side).await;
+        }
+        // An idle connection keeps no write buffer.
+        if out.capacity() > COALESCE_BYTES * 2 {
+            out = BytesMut::new();
+        }
+    }
+}
+
+/// Runs the proxy on `request`, sending `100 Continue` as soon as the body is first asked for.
+async fn handle(
+    proxy: &Proxy,
+    request: Request<ClientBody>,
+    client: &ClientInfo,
+    write: &OwnedWriteHalf,
+    wants_continue: Option<&AtomicBool>,
+) -> Response<ResponseBody> {
+    let mut handling = pin!(proxy.handle(request, client));
+    let Some(flag) = wants_continue else {
+        return handling.await;
+    };
+    poll_fn(|cx| {
+        let polled = handling.as_mut().poll(cx);
+        if flag.swap(false, Ordering::AcqRel) {
+            // The socket is idle and empty at this point: a few bytes go at once.
+            let _ = write.try_write(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+        polled
+    })
+    .await
+}
+
+/// Waits for a complete request head. `wait` bounds the time until its first byte (a new
+/// connection's head timeout, or the keep-alive timeout), then `client_header` the whole head.
+/// A new connection is in its head from the start: silence there is too slow, not idle.
+async fn read_head(
+    reader: &mut ReadSide,
+    timer: &mut HeadTimer,
+    wait: Duration,
+    fresh: bool,
+    settings: &ConnSettings,
+    shutdown: &Shutdown,
+    mut stopping: Pin<&mut tokio::sync::futures::Notified<'_>>,
+) -> Result<ClientRequest, NoRequest> {
+    let mut started = !reader.buf.is_empty();
+    timer.set(if started {
+        settings.header_timeout
+    } else {
+        wait
+    });
+    poll_fn(|cx| {
+        loop {
+            if !reader.buf.is_empty() {
+                match parse_client_request(&mut reader.buf, settings.max_head) {
+                    Ok(Some(request)) => return Poll::Ready(Ok(request)),
+                    Ok(None) if !started => {
+                        started = true;
+                        timer.set(settings.header_timeout);
+                    }
+                    Ok(None) => {}
+                    Err(rejected) => return Poll::Ready(Err(NoRequest::Rejected(rejected))),
+                }
+            }
+            match reader.poll_fill(cx, 0) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    return Poll::Ready(Err(NoRequest::Closed));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => break,
+            }
+        }
+        if !started && (shutdown.is_started() || stopping.as_mut().poll(cx).is_ready()) {
+            return Poll::Ready(Err(NoRequest::Closed));
+        }
+        if timer.poll_expired(cx) {
+            return Poll::Ready(Err(if started || fresh {
+                NoRequest::TooSlow
+            } else {
+                NoRequest::Closed
+            }));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Writes the head and streams the body. Returns whether the connection can carry another
+/// request.
+async fn write_response(
+    write: &mut OwnedWriteHalf,
+    out: &mut BytesMut,
+    response: Response<ResponseBody>,
+    head_request: bool,
+    version: Version,
+    keep_alive: bool,
+) -> bool {
+    let (parts, body) = response.into_parts();
+    let plan = encode_response_head(
+        out,
+        &parts,
+        body.size_hint(),
+        head_request,
+        version,
+        keep_alive,
+    );
+    drop(parts);
+    if plan.body == BodyWrite::None {
+        drop(body);
+        return flush(write, out, None).await.is_ok() && plan.keep_alive;
+    }
+    let chunked = plan.body == BodyWrite::Chunked;
+    let mut body = pin!(body);
+    let mut sent: u64 = 0;
+    loop {
+        // Take what is ready now; write out what is buffered before waiting for more.
+        let ready = poll_fn(|cx| Poll::Ready(poll_now(body.as_mut(), cx))).await;
+        let frame = match ready {
+            Some(frame) => frame,
+            None => {
+                if flush(write, out, None).await.is_err() {
+                    return false;
+                }
+                poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+            }
+        };
+        let data = match frame {
+            None => break,
+            Some(Err(_)) => {
+                // The backend broke off: pass on what came, then cut the connection, so the
+                // client sees a truncated body and never a complete-looking one.
+                let _ = flush(write, out, None).await;
+                return false;
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => data,
+                _ => continue,
+            },
+        };
+        sent += data.len() as u64;
+        if chunked {
+            out.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        }
+        if data.len() <= COALESCE_BYTES {
+            out.put_slice(&data);
+            if chunked {
+                out.put_slice(b"\r\n");
+            }
+        } else {
+            if flush(write, out, Some(data)).await.is_err() {
+                return false;
+            }
+            if chunked {
+                out.put_slice(b"\r\n");
+            }
+        }
+    }
+    if chunked {
+        out.put_slice(b"0\r\n\r\n");
+    }
+    let complete = match plan.body {
+        BodyWrite::Length(n) => sent == n,
+        _ => true,
+    };
+    flush(write, out, None).await.is_ok() && complete && plan.keep_alive
+}
+
+/// The next frame if it is ready without waiting.
+fn poll_now(
+    body: Pin<&mut ResponseBody>,
+    cx: &mut Context<'_>,
+) -> Option<Option<Result<http_body::Frame<Bytes>, crate::proxy::ResponseBodyError>>> {
+    match body.poll_frame(cx) {
+        Poll::Ready(frame) => Some(frame),
+        Poll::Pending => None,
+    }
+}
+
+/// Writes `out` (then `data`) in as few system calls as the socket allows, and empties `out`.
+async fn flush(
+    write: &mut OwnedWriteHalf,
+    out: &mut BytesMut,
+    data: Option<Bytes>,
+) -> std::io::Result<()> {
+    let data = data.unwrap_or_default();
+    let mut parts = [IoSlice::new(out), IoSlice::new(&data)];
+    let mut parts = &mut parts[..];
+    while parts.iter().any(|p| !p.is_empty()) {
+        let n = write.write_vectored(parts).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut parts, n);
+    }
+    out.clear();
+    Ok(())
+}
+
+const REQUEST_TIMEOUT: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+
+/// The answer to a request head that was refused.
+fn refusal(rejected: Rejected) -> Vec<u8> {
+    let status: StatusCode = rejected.status;
+    let body = format!(
+        "{} {}: {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        rejected.reason
+    );
+    format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Closes after a last answer: the write side first, then what the client still sends is read
+/// and dropped for a moment, so the answer is not lost to a reset.
+async fn linger(mut write: OwnedWriteHalf, side: Option<ReadSide>) {
+    let _ = write.shutdown().await;
+    let Some(mut side) = side else {
+        return;
+    };
+    let drain = async {
+        let mut scratch = [0u8; 4096];
+        let mut drained = 0;
+        while drained < LINGER_BYTES {
+            match side.half.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// The head timer of a connection: one timer for its whole life, moved only when a deadline
+/// comes earlier than the armed one (a later deadline is checked when it fires), which spares
+/// timer-wheel updates on a busy keep-alive connection.
+struct HeadTimer {
+    sleep: Pin<Box<Sleep>>,
+    deadline: Instant,
+}
+
+impl HeadTimer {
+    fn new(limit: Duration) -> HeadTimer {
+        let deadline = Instant::now() + limit;
+        HeadTimer {
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            deadline,
+        }
+    }
+
+    fn set(&mut self, limit: Duration) {
+        self.deadline = Instant::now() + limit;
+        if self.deadline < self.sleep.deadline() {
+            self.sleep.as_mut().reset(self.deadline);
+        }
+    }
+
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if Instant::now() >= self.deadline {
+                return true;
+            }
+            let deadline = self.deadline;
+            self.sleep.as_mut().reset(deadline);
+        }
+    }
+}
