@@ -13,7 +13,11 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::net::tcp::OwnedReadHalf;
 
 use super::{BodyDecoder, Decoded, WireError};
-use crate::upstream::poll_fill;
+use crate::upstream::poll_fill_from;
+
+/// Smallest read from a client: a typical request head fits, and an idle keep-alive connection
+/// keeps this much.
+const CLIENT_READ: usize = 2 * 1024;
 
 /// The reading side of a client connection.
 #[derive(Debug)]
@@ -26,7 +30,17 @@ pub struct ReadSide {
 impl ReadSide {
     /// Reads what the client sent next, about `want` bytes at most (0: a default).
     pub fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<std::io::Result<usize>> {
-        poll_fill(Pin::new(&mut self.half), &mut self.buf, cx, want)
+        if self.buf.capacity() == 0 {
+            // No buffer until there is something to read into it.
+            ready!(self.half.as_ref().poll_read_ready(cx))?;
+        }
+        poll_fill_from(
+            Pin::new(&mut self.half),
+            &mut self.buf,
+            cx,
+            CLIENT_READ,
+            want,
+        )
     }
 }
 

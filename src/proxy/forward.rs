@@ -46,7 +46,11 @@ impl Routing {
             };
             let mut conn = match pooled {
                 Some(conn) => conn,
-                None => match UpstreamConn::open(backend.addr(), self.timeouts.connect).await {
+                // Boxed: opening a connection (a name lookup included) is a large future and a
+                // rare one; inline, it would enlarge every request's state.
+                None => match Box::pin(UpstreamConn::open(backend.addr(), self.timeouts.connect))
+                    .await
+                {
                     Ok(conn) => conn,
                     Err(e) => {
                         backend.request_recheck();
@@ -113,7 +117,7 @@ impl Routing {
                     unreachable!("matched above");
                 };
                 let upload = Upload::new(head.clone(), streamed);
-                return upload_and_await(conn, upload, head_request, limit).await;
+                return Box::pin(upload_and_await(conn, upload, head_request, limit)).await;
             }
         }
         let mut received = false;

@@ -20,17 +20,19 @@ use http_body::Body;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::{Instant, Sleep};
 
 use crate::http1::{
     BodyDecoder, BodyWrite, ClientBody, ClientRequest, Framing, ReadSide, ReadSlot, Rejected,
     encode_response_head, parse_client_request,
 };
-use crate::proxy::{ClientInfo, Proxy, ResponseBody};
+use crate::proxy::{ClientInfo, Proxy, ProxyStats, ResponseBody};
 
 /// Bodies up to this size are copied next to their head (one write); larger ones go as they are.
 const COALESCE_BYTES: usize = 16 * 1024;
+/// Buffer capacity a connection keeps between requests; more is released.
+const KEPT_BUFFER_BYTES: usize = 4 * 1024;
 /// After answering with `connection: close`, how long unread client bytes are drained, so that
 /// closing does not reset the connection before the client has read the answer.
 const LINGER: Duration = Duration::from_secs(1);
@@ -51,6 +53,32 @@ impl Shutdown {
 
     fn is_started(&self) -> bool {
         self.started.load(Ordering::Acquire)
+    }
+}
+
+/// A client connection's place under `limits.max_client_connections`, counted in the metrics
+/// for as long as the connection lives.
+#[derive(Debug)]
+pub struct Seat {
+    _permit: OwnedSemaphorePermit,
+    stats: Arc<ProxyStats>,
+}
+
+impl Seat {
+    pub fn new(permit: OwnedSemaphorePermit, stats: Arc<ProxyStats>) -> Seat {
+        stats.client_connections.fetch_add(1, Ordering::Relaxed);
+        Seat {
+            _permit: permit,
+            stats,
+        }
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.stats
+            .client_connections
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -78,6 +106,7 @@ pub async fn serve_connection(
     client: ClientInfo,
     settings: ConnSettings,
     shutdown: Arc<Shutdown>,
+    _seat: Seat,
 ) {
     // Responses are written whole; Nagle would only delay the last segment.
     let _ = stream.set_nodelay(true);
@@ -161,9 +190,15 @@ pub async fn serve_connection(
         if !kept || side.is_none() {
             return linger(write, side).await;
         }
-        // An idle connection keeps no write buffer.
-        if out.capacity() > COALESCE_BYTES * 2 {
+        // A large body grew the buffers: an idle connection keeps only small ones.
+        if out.capacity() > KEPT_BUFFER_BYTES {
             out = BytesMut::new();
+        }
+        if let Some(reader) = side.as_mut()
+            && reader.buf.is_empty()
+            && reader.buf.capacity() > KEPT_BUFFER_BYTES
+        {
+            reader.buf = BytesMut::new();
         }
     }
 }
@@ -386,7 +421,8 @@ async fn linger(mut write: OwnedWriteHalf, side: Option<ReadSide>) {
         return;
     };
     let drain = async {
-        let mut scratch = [0u8; 4096];
+        // On the heap: in the future's state it would weigh on every connection, idle or not.
+        let mut scratch = vec![0u8; 4096];
         let mut drained = 0;
         while drained < LINGER_BYTES {
             match side.half.read(&mut scratch).await {

@@ -8,14 +8,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-pub use conn::{ConnSettings, Shutdown, serve_connection};
+pub use conn::{ConnSettings, Seat, Shutdown, serve_connection};
 
 use crate::admin::AdminServer;
 use crate::config::Config;
@@ -148,20 +147,17 @@ impl Server {
                             keepalive_timeout: timeouts.keepalive_idle,
                             max_head: self.config.limits.max_header_bytes,
                         };
-                        let connection = serve_connection(
+                        let seat = Seat::new(slot, self.proxy.stats().clone());
+                        // Spawned as is: wrapped in another async block, the connection's state
+                        // would be stored twice in its task.
+                        connections.spawn(serve_connection(
                             stream,
                             self.proxy.clone(),
                             ClientInfo::new(peer),
                             settings,
                             stop.clone(),
-                        );
-                        let stats = self.proxy.stats().clone();
-                        stats.client_connections.fetch_add(1, Ordering::Relaxed);
-                        connections.spawn(async move {
-                            connection.await;
-                            stats.client_connections.fetch_sub(1, Ordering::Relaxed);
-                            drop(slot);
-                        });
+                            seat,
+                        ));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");

@@ -116,8 +116,20 @@ pub fn poll_fill<R: AsyncRead>(
     cx: &mut Context<'_>,
     want: usize,
 ) -> Poll<io::Result<usize>> {
-    let room = want.clamp(READ_CHUNK, MAX_READ_CHUNK);
-    if buf.capacity() - buf.len() < READ_CHUNK.min(room) {
+    poll_fill_from(reader, buf, cx, READ_CHUNK, want)
+}
+
+/// [`poll_fill`] with the smallest read chosen by the caller: a client connection reads heads
+/// into a small buffer, since it keeps that buffer while idle.
+pub fn poll_fill_from<R: AsyncRead>(
+    reader: Pin<&mut R>,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+    min: usize,
+    want: usize,
+) -> Poll<io::Result<usize>> {
+    let room = want.clamp(min, MAX_READ_CHUNK);
+    if buf.capacity() - buf.len() < min.min(room) {
         buf.reserve(room);
     }
     tokio_util::io::poll_read_buf(reader, cx, buf)
