@@ -7,6 +7,7 @@ use std::mem::MaybeUninit;
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version, request};
+use smallvec::SmallVec;
 
 use super::response_head::Framing;
 
@@ -68,7 +69,7 @@ pub fn parse_client_request(
     let target = parsed.path.unwrap_or("");
     let base = buf.as_ptr() as usize;
     let target_span = span(base, target.as_bytes());
-    let spans: Vec<((usize, usize), (usize, usize))> = parsed
+    let spans: FieldSpans = parsed
         .headers
         .iter()
         .map(|f| (span(base, f.name.as_bytes()), span(base, f.value)))
@@ -107,6 +108,9 @@ fn too_large() -> Rejected {
         reason: "request head too large",
     }
 }
+
+/// Where a field's name and value sit in the head: on the stack for up to 24 fields.
+type FieldSpans = SmallVec<[((usize, usize), (usize, usize)); 24]>;
 
 /// Where `part` sits in the buffer starting at `base`.
 fn span(base: usize, part: &[u8]) -> (usize, usize) {

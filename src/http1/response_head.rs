@@ -6,6 +6,7 @@ use std::mem::MaybeUninit;
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode, Version, response};
+use smallvec::SmallVec;
 
 use super::WireError;
 
@@ -96,7 +97,7 @@ fn parse_one(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHe
     };
     // Where each name and value sits in the head, so the values can share its bytes once frozen.
     let base = buf.as_ptr() as usize;
-    let spans: Vec<(usize, usize, usize, usize)> = parsed
+    let spans: SmallVec<[(usize, usize, usize, usize); 24]> = parsed
         .headers
         .iter()
         .map(|field| {

@@ -4,12 +4,10 @@
 
 use std::future::poll_fn;
 use std::io::IoSlice;
-use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::time::Sleep;
 
 use super::headers::{HopScan, hop_scan};
 use super::request_body::{BodyError, RequestBody};
@@ -121,11 +119,17 @@ impl Routing {
             }
         }
         let mut received = false;
-        let answer = poll_fn(|cx| poll_head(conn, head_request, &mut received, cx));
-        match tokio::time::timeout(limit, answer).await {
-            Ok(answer) => Ok((answer?, None)),
-            Err(_) => Err(Broken::timeout(limit)),
-        }
+        conn.deadline.set(limit);
+        poll_fn(
+            |cx| match poll_head(conn, head_request, &mut received, cx) {
+                Poll::Ready(answer) => Poll::Ready(answer.map(|head| (head, None))),
+                Poll::Pending if conn.deadline.poll_passed(cx) => {
+                    Poll::Ready(Err(Broken::timeout(limit)))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        )
+        .await
     }
 }
 
@@ -140,7 +144,7 @@ async fn upload_and_await(
 ) -> Result<(ResponseHead, Option<Upload>), Broken> {
     let mut upload = Some(upload);
     let mut write_failed = None;
-    let mut deadline: Option<Pin<Box<Sleep>>> = None;
+    let mut armed = false;
     let mut received = false;
     poll_fn(|cx| {
         if let Some(sending) = upload.as_mut() {
@@ -165,8 +169,11 @@ async fn upload_and_await(
             }));
         }
         if upload.is_none() {
-            let timer = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-            if timer.as_mut().poll(cx).is_ready() {
+            if !armed {
+                armed = true;
+                conn.deadline.set(limit);
+            }
+            if conn.deadline.poll_passed(cx) {
                 return Poll::Ready(Err(match write_failed.take() {
                     Some(e) => Broken::upstream(e.into(), !received),
                     None => Broken::timeout(limit),

@@ -21,8 +21,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
-use tokio::time::{Instant, Sleep};
 
+use crate::deadline::Deadline;
 use crate::http1::{
     BodyDecoder, BodyWrite, ClientBody, ClientRequest, Framing, ReadSide, ReadSlot, Rejected,
     encode_response_head, parse_client_request,
@@ -117,7 +117,7 @@ pub async fn serve_connection(
     });
     let slot = ReadSlot::default();
     let mut out = BytesMut::new();
-    let mut timer = HeadTimer::new(settings.header_timeout);
+    let mut timer = Deadline::default();
     let mut stopping = pin!(shutdown.notify.notified());
     stopping.as_mut().enable();
     let mut fresh = true;
@@ -231,7 +231,7 @@ async fn handle(
 /// A new connection is in its head from the start: silence there is too slow, not idle.
 async fn read_head(
     reader: &mut ReadSide,
-    timer: &mut HeadTimer,
+    timer: &mut Deadline,
     wait: Duration,
     fresh: bool,
     settings: &ConnSettings,
@@ -268,7 +268,7 @@ async fn read_head(
         if !started && (shutdown.is_started() || stopping.as_mut().poll(cx).is_ready()) {
             return Poll::Ready(Err(NoRequest::Closed));
         }
-        if timer.poll_expired(cx) {
+        if timer.poll_passed(cx) {
             return Poll::Ready(Err(if started || fresh {
                 NoRequest::TooSlow
             } else {
@@ -432,42 +432,4 @@ async fn linger(mut write: OwnedWriteHalf, side: Option<ReadSide>) {
         }
     };
     let _ = tokio::time::timeout(LINGER, drain).await;
-}
-
-/// The head timer of a connection: one timer for its whole life, moved only when a deadline
-/// comes earlier than the armed one (a later deadline is checked when it fires), which spares
-/// timer-wheel updates on a busy keep-alive connection.
-struct HeadTimer {
-    sleep: Pin<Box<Sleep>>,
-    deadline: Instant,
-}
-
-impl HeadTimer {
-    fn new(limit: Duration) -> HeadTimer {
-        let deadline = Instant::now() + limit;
-        HeadTimer {
-            sleep: Box::pin(tokio::time::sleep_until(deadline)),
-            deadline,
-        }
-    }
-
-    fn set(&mut self, limit: Duration) {
-        self.deadline = Instant::now() + limit;
-        if self.deadline < self.sleep.deadline() {
-            self.sleep.as_mut().reset(self.deadline);
-        }
-    }
-
-    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        loop {
-            if self.sleep.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-            if Instant::now() >= self.deadline {
-                return true;
-            }
-            let deadline = self.deadline;
-            self.sleep.as_mut().reset(deadline);
-        }
-    }
 }

@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::BackendAddr;
+use crate::deadline::Deadline;
 
 /// Smallest free room in the read buffer before a read: enough for a typical response head.
 const READ_CHUNK: usize = 8 * 1024;
@@ -38,6 +39,8 @@ pub struct UpstreamConn {
     pub buf: BytesMut,
     /// Requests sent on this connection so far.
     requests: u32,
+    /// When the answer now awaited is due (`timeouts.response`).
+    pub deadline: Deadline,
 }
 
 impl UpstreamConn {
@@ -52,6 +55,7 @@ impl UpstreamConn {
             stream,
             buf: BytesMut::new(),
             requests: 0,
+            deadline: Deadline::default(),
         })
     }
 

@@ -1,0 +1,54 @@
+//! A deadline that is cheap to move later: one timer for the life of a connection, re-armed only
+//! when it fires early. Setting a deadline costs a clock read, not a timer-wheel update, so a
+//! timeout per request on a busy keep-alive connection is nearly free (the wheel is touched about
+//! once per timeout period instead of twice per request).
+
+use std::pin::Pin;
+use std::task::Context;
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+#[derive(Debug)]
+pub struct Deadline {
+    sleep: Option<Pin<Box<Sleep>>>,
+    at: Instant,
+}
+
+impl Default for Deadline {
+    fn default() -> Self {
+        Deadline {
+            sleep: None,
+            at: Instant::now(),
+        }
+    }
+}
+
+impl Deadline {
+    /// Sets the deadline `limit` from now, replacing any earlier one.
+    pub fn set(&mut self, limit: Duration) {
+        self.at = Instant::now() + limit;
+        match self.sleep.as_mut() {
+            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(self.at))),
+            // Moved only when it must fire sooner; a later deadline is checked when it fires.
+            Some(sleep) if self.at < sleep.deadline() => sleep.as_mut().reset(self.at),
+            Some(_) => {}
+        }
+    }
+
+    /// Whether the deadline has passed; if not, the task is woken when it might have.
+    pub fn poll_passed(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(sleep) = self.sleep.as_mut() else {
+            return false;
+        };
+        loop {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if Instant::now() >= self.at {
+                return true;
+            }
+            sleep.as_mut().reset(self.at);
+        }
+    }
+}
