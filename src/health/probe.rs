@@ -49,7 +49,7 @@ async fn probe_once(backend: &Backend, config: &HealthCheckConfig) -> Result<(),
             return Err(UpstreamError::Closed.into());
         }
     };
-    let status = head.parts.status;
+    let status = head.status;
     if status.is_success() || status.is_redirection() {
         Ok(())
     } else {

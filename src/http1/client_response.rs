@@ -8,6 +8,8 @@ use http::header::{self, HeaderMap};
 use http::{StatusCode, Version, response};
 use http_body::SizeHint;
 
+use super::RawFields;
+
 /// How a response body goes to the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyWrite {
@@ -26,11 +28,13 @@ pub struct ResponsePlan {
     pub keep_alive: bool,
 }
 
-/// Encodes `parts` into `out` for a client that spoke `version`. `keep_alive` is whether the
+/// Encodes `parts` into `out` for a client that spoke `version`: the backend's `passed` fields
+/// first (when the response is a backend's), then those of `parts`. `keep_alive` is whether the
 /// connection may stay open as far as the request is concerned; the response may still close it.
 pub fn encode_response_head(
     out: &mut BytesMut,
     parts: &response::Parts,
+    passed: Option<&RawFields>,
     size: SizeHint,
     head_request: bool,
     version: Version,
@@ -39,10 +43,13 @@ pub fn encode_response_head(
     let status = parts.status;
     let headers = &parts.headers;
     let mut keep_alive = keep_alive && !asks_to_close(headers);
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = match passed {
+        Some(fields) => fields.content_length(),
+        None => headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok()),
+    };
     let no_body = head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -62,27 +69,39 @@ pub fn encode_response_head(
     out.put_u8(b' ');
     out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.put_slice(b"\r\n");
+    if let Some(fields) = passed {
+        for (name, value) in fields.iter() {
+            put_field(out, name, value);
+        }
+    }
     for (name, value) in headers {
         if name == header::CONNECTION || name == header::TRANSFER_ENCODING {
             continue;
         }
-        if name == header::CONTENT_LENGTH && declared.is_none() {
-            continue; // unreadable: replaced below by what is actually sent
+        if name == header::CONTENT_LENGTH {
+            continue; // written below from what is actually sent
         }
         put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    match body {
-        BodyWrite::Length(n) if declared.is_none() => {
-            put_field(
-                out,
-                b"content-length",
-                itoa::Buffer::new().format(n).as_bytes(),
-            );
+    // A HEAD or 304 answer keeps the length the body would have had; 204 and 1xx have none.
+    let length = match body {
+        BodyWrite::Length(n) => Some(n),
+        BodyWrite::None if status != StatusCode::NO_CONTENT && !status.is_informational() => {
+            declared
         }
-        BodyWrite::Chunked => put_field(out, b"transfer-encoding", b"chunked"),
-        _ => {}
+        _ => None,
+    };
+    if let Some(n) = length {
+        put_field(
+            out,
+            b"content-length",
+            itoa::Buffer::new().format(n).as_bytes(),
+        );
     }
-    if !headers.contains_key(header::DATE) {
+    if body == BodyWrite::Chunked {
+        put_field(out, b"transfer-encoding", b"chunked");
+    }
+    if !headers.contains_key(header::DATE) && !passed.is_some_and(RawFields::has_date) {
         DATE.with_borrow_mut(|date| put_field(out, b"date", date.now()));
     }
     if !keep_alive {
@@ -145,7 +164,7 @@ mod tests {
     ) -> (String, ResponsePlan) {
         let (parts, ()) = response.into_parts();
         let mut out = BytesMut::new();
-        let plan = encode_response_head(&mut out, &parts, size, head, v, true);
+        let plan = encode_response_head(&mut out, &parts, None, size, head, v, true);
         (String::from_utf8(out.to_vec()).unwrap(), plan)
     }
 

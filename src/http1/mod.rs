@@ -24,7 +24,7 @@ pub use client_body::{ClientBody, ClientBodyError, ReadSide, ReadSlot};
 pub use client_request::{ClientRequest, Rejected, parse_client_request};
 pub use client_response::{BodyWrite, ResponsePlan, encode_response_head};
 pub use request_head::{BodyFraming, RequestHead, encode_request_head};
-pub use response_head::{Framing, MAX_HEAD_BYTES, ResponseHead, parse_response_head};
+pub use response_head::{Framing, MAX_HEAD_BYTES, RawFields, ResponseHead, parse_response_head};
 
 /// What can be wrong with what a backend sent.
 #[derive(Debug, thiserror::Error)]

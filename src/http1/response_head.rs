@@ -3,9 +3,8 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::BytesMut;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Response, StatusCode, Version, response};
+use bytes::{Bytes, BytesMut};
+use http::{StatusCode, Version};
 use smallvec::SmallVec;
 
 use super::WireError;
@@ -29,10 +28,12 @@ pub enum Framing {
 
 #[derive(Debug)]
 pub struct ResponseHead {
-    pub parts: response::Parts,
+    pub status: StatusCode,
     pub framing: Framing,
     /// Whether the connection may carry another request once this body has been read.
     pub reusable: bool,
+    /// The fields to pass on to the client.
+    pub fields: RawFields,
 }
 
 impl ResponseHead {
@@ -41,6 +42,71 @@ impl ResponseHead {
         self.reusable = false;
         self
     }
+}
+
+/// A response's end-to-end fields as the backend sent them, kept as spans of its head: passing
+/// them on is a copy, with no header map built and dropped per response. Hop-by-hop fields (and
+/// those the Connection field names) are left out at parse time, and so is Content-Length, which
+/// the client side writes from [`RawFields::content_length`].
+#[derive(Debug, Clone)]
+pub struct RawFields {
+    head: Bytes,
+    spans: SmallVec<[FieldSpan; 16]>,
+    content_length: Option<u64>,
+    has_date: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FieldSpan {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+impl RawFields {
+    /// Every field passed on, in order, as (name, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.spans.iter().map(|f| {
+            (
+                &self.head[f.name.0 as usize..f.name.1 as usize],
+                &self.head[f.value.0 as usize..f.value.1 as usize],
+            )
+        })
+    }
+
+    /// The values of `name` (compared without regard to case).
+    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    /// The length the backend declared (valid and without Transfer-Encoding), for the client.
+    pub fn content_length(&self) -> Option<u64> {
+        self.content_length
+    }
+
+    pub fn has_date(&self) -> bool {
+        self.has_date
+    }
+}
+
+/// Fields that only concern one connection (RFC 9110 §7.6.1), and Content-Length (rewritten by
+/// the client side from the framing).
+fn held_back(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 9] = [
+        b"connection",
+        b"transfer-encoding",
+        b"content-length",
+        b"te",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"keep-alive",
+        b"proxy-connection",
+    ];
+    NAMES
+        .iter()
+        .any(|held| held.len() == name.len() && held.eq_ignore_ascii_case(name))
 }
 
 /// What the fields that frame the message said.
@@ -64,8 +130,8 @@ pub fn parse_response_head(
         let Some(head) = parse_one(buf, head_request)? else {
             return Ok(None);
         };
-        if head.parts.status.is_informational() {
-            if head.parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        if head.status.is_informational() {
+            if head.status == StatusCode::SWITCHING_PROTOCOLS {
                 return Err(WireError::Framing("a protocol switch alb did not ask for"));
             }
             continue;
@@ -95,36 +161,44 @@ fn parse_one(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHe
     } else {
         Version::HTTP_11
     };
-    // Where each name and value sits in the head, so the values can share its bytes once frozen.
     let base = buf.as_ptr() as usize;
-    let spans: SmallVec<[(usize, usize, usize, usize); 24]> = parsed
-        .headers
-        .iter()
-        .map(|field| {
-            let name = field.name.as_ptr() as usize - base;
-            let value = field.value.as_ptr() as usize - base;
-            (
-                name,
-                name + field.name.len(),
-                value,
-                value + field.value.len(),
-            )
-        })
-        .collect();
-    let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    let span = |part: &[u8]| {
+        let start = part.as_ptr() as usize - base;
+        (start as u32, (start + part.len()) as u32)
+    };
     let mut framing = FramingFields::default();
-    for &(ns, ne, vs, ve) in &spans {
-        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| WireError::Field)?;
-        let value =
-            HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| WireError::Field)?;
-        framing.note(&name, &value);
-        headers.append(name, value);
+    let mut spans: SmallVec<[FieldSpan; 16]> = SmallVec::new();
+    let mut listed: SmallVec<[&[u8]; 4]> = SmallVec::new();
+    let mut has_date = false;
+    for field in parsed.headers.iter() {
+        let name = field.name.as_bytes();
+        framing.note(name, field.value);
+        if name.eq_ignore_ascii_case(b"connection") {
+            listed.extend(
+                field
+                    .value
+                    .split(|&b| b == b',')
+                    .map(<[u8]>::trim_ascii)
+                    .filter(|t| !t.is_empty()),
+            );
+        }
+        if held_back(name) {
+            continue;
+        }
+        has_date |= name.eq_ignore_ascii_case(b"date");
+        spans.push(FieldSpan {
+            name: span(name),
+            value: span(field.value),
+        });
     }
-    let (mut parts, ()) = Response::new(()).into_parts();
-    parts.status = status;
-    parts.version = version;
-    parts.headers = headers;
+    if !listed.is_empty() {
+        // Fields the Connection field names are for this hop only, too.
+        spans.retain(|f| {
+            let name = &buf[f.name.0 as usize..f.name.1 as usize];
+            !listed.iter().any(|l| l.eq_ignore_ascii_case(name))
+        });
+    }
+    drop(listed);
     let body = framing.body(status, head_request)?;
     let reusable = body != Framing::Close
         && !(framing.transfer_encoding && framing.length.is_some())
@@ -133,34 +207,45 @@ fn parse_one(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHe
         } else {
             !framing.close
         };
+    let content_length = if framing.transfer_encoding {
+        None
+    } else {
+        framing.length
+    };
+    let head = buf.split_to(len).freeze();
     Ok(Some(ResponseHead {
-        parts,
+        status,
         framing: body,
         reusable,
+        fields: RawFields {
+            head,
+            spans,
+            content_length,
+            has_date,
+        },
     }))
 }
 
 impl FramingFields {
-    fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
-        if name == header::CONTENT_LENGTH {
+    fn note(&mut self, name: &[u8], value: &[u8]) {
+        if name.eq_ignore_ascii_case(b"content-length") {
             // A list of equal values ("5, 5") is one length (RFC 9110 §8.6).
-            for item in value.as_bytes().split(|&b| b == b',') {
+            for item in value.split(|&b| b == b',') {
                 match parse_length(item) {
                     Some(n) if self.length.is_none_or(|seen| seen == n) => self.length = Some(n),
                     _ => self.length_invalid = true,
                 }
             }
-        } else if name == header::TRANSFER_ENCODING {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             self.transfer_encoding = true;
             // Every coding must be chunked (alb decodes nothing else) and chunked must come last.
             self.chunked_last = value
-                .as_bytes()
                 .split(|&b| b == b',')
                 .map(<[u8]>::trim_ascii)
                 .filter(|c| !c.is_empty())
                 .all(|c| c.eq_ignore_ascii_case(b"chunked"));
-        } else if name == header::CONNECTION {
-            for token in value.as_bytes().split(|&b| b == b',') {
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
                 self.close |= token.eq_ignore_ascii_case(b"close");
                 self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
@@ -295,8 +380,8 @@ mod tests {
         );
         let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nx-a: 1\r\nx-a: 2\r\n\r\nbody");
         let head = parse_response_head(&mut buf, false).unwrap().unwrap();
-        let values: Vec<_> = head.parts.headers.get_all("x-a").iter().collect();
-        assert_eq!(values, ["1", "2"]);
+        let values: Vec<_> = head.fields.get_all("x-a").collect();
+        assert_eq!(values, [b"1", b"2"]);
         assert_eq!(&buf[..], b"body");
     }
 }

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::headers::{HopScan, hop_scan};
 use super::request_body::{BodyError, RequestBody};
 use super::upload::{Upload, UploadError};
 use super::{Failure, ProxyError, Routing};
@@ -67,11 +66,9 @@ impl Routing {
                 .await;
             let broken = match exchanged {
                 Ok((response, upload)) => {
-                    let hop = hop_scan(&response.parts.headers);
                     return Ok(Answer {
                         response,
                         conn,
-                        hop,
                         upload,
                     });
                 }
@@ -185,12 +182,10 @@ async fn upload_and_await(
     .await
 }
 
-/// A backend's response head, the connection it came on, and what one scan of its field names
-/// found (used again when the response is passed on).
+/// A backend's response head and the connection it came on.
 pub(super) struct Answer {
     pub(super) response: ResponseHead,
     pub(super) conn: UpstreamConn,
-    pub(super) hop: HopScan,
     /// The rest of the request body, when the backend answered before it was all sent.
     pub(super) upload: Option<Upload>,
 }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use http::{HeaderName, HeaderValue, Request, Response, header};
+use http::{HeaderName, HeaderValue, Request, Response};
 
 pub use access_log::{AccessRecord, Outcome};
 pub use error::ProxyError;
@@ -228,7 +228,7 @@ impl Routing {
             let more = attempt < self.retry.attempts;
             let failure = match sent {
                 Ok(answer) => {
-                    let status = answer.response.parts.status.as_u16();
+                    let status = answer.response.status.as_u16();
                     backend
                         .stats()
                         .record_response(exchange.method, status, sent_at.elapsed());
@@ -355,8 +355,9 @@ impl Routing {
             .any(|(i, b)| b.is_available() && !exclude.contains(i))
     }
 
-    /// Wraps the backend's response for the client: hop-by-hop fields removed, body streamed
-    /// through a wrapper that holds the in-flight guard and the connection until the body ends.
+    /// Wraps the backend's response for the client: its fields pass as parsed (hop-by-hop ones
+    /// already left out), the body streams through a wrapper that holds the in-flight guard and
+    /// the connection until it ends.
     fn respond(
         &self,
         answer: Answer,
@@ -367,27 +368,18 @@ impl Routing {
         let Answer {
             response,
             conn,
-            hop,
             upload,
         } = answer;
         let ResponseHead {
-            mut parts,
+            status,
             framing,
             reusable,
+            fields,
         } = response;
-        // RFC 9112 §6.3: with Transfer-Encoding, a Content-Length is wrong and must not be
-        // passed on (the body is decoded from its chunks; the length may not match it). Both at
-        // once hint at response splitting: the parser already ruled that connection out for
-        // another request.
-        if hop.transfer_encoding {
-            parts.headers.remove(header::CONTENT_LENGTH);
-        }
-        if hop.any {
-            strip_hop_by_hop(&mut parts.headers);
-        }
         let upstream = UpstreamParts {
             conn,
             upload,
+            fields: Some(fields),
             guard,
             log,
             outliers: self.outliers.clone(),
@@ -396,8 +388,10 @@ impl Routing {
             started: exchange.started,
             stats: self.stats.clone(),
         };
-        let body = UpstreamBody::new(BodyDecoder::new(framing), parts.status.as_u16(), upstream);
-        Response::from_parts(parts, ResponseBody::Upstream(body))
+        let body = UpstreamBody::new(BodyDecoder::new(framing), status.as_u16(), upstream);
+        let mut response = Response::new(ResponseBody::Upstream(body));
+        *response.status_mut() = status;
+        response
     }
 
     fn local_response(

@@ -14,7 +14,7 @@ use tokio::time::Sleep;
 use super::access_log::{AccessRecord, Outcome};
 use super::upload::Upload;
 use crate::health::OutlierDetector;
-use crate::http1::{BodyDecoder, Decoded, UpstreamError};
+use crate::http1::{BodyDecoder, Decoded, RawFields, UpstreamError};
 use crate::upstream::{InFlightGuard, UpstreamConn};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,16 @@ pub enum ResponseBody {
     Upstream(UpstreamBody),
     /// A short answer alb makes itself (errors).
     Local(Full<Bytes>),
+}
+
+impl ResponseBody {
+    /// The backend's fields to pass on with the head, for an upstream response.
+    pub fn upstream_fields(&self) -> Option<&RawFields> {
+        match self {
+            ResponseBody::Upstream(body) => body.fields(),
+            ResponseBody::Local(_) => None,
+        }
+    }
 }
 
 impl Body for ResponseBody {
@@ -75,6 +85,8 @@ pub struct UpstreamBody {
     conn: Option<UpstreamConn>,
     /// The rest of the request body, sent while the response streams back.
     upload: Option<Upload>,
+    /// The backend's end-to-end fields, passed to the client with the head.
+    fields: Option<RawFields>,
     reusable: bool,
     /// A break found while data was still to be passed on: reported on the next poll.
     deferred: Option<UpstreamError>,
@@ -95,6 +107,7 @@ pub struct UpstreamBody {
 pub struct UpstreamParts {
     pub conn: UpstreamConn,
     pub upload: Option<Upload>,
+    pub fields: Option<RawFields>,
     pub guard: InFlightGuard,
     pub log: Option<Box<AccessRecord>>,
     pub outliers: std::sync::Arc<OutlierDetector>,
@@ -120,6 +133,7 @@ impl UpstreamBody {
             decoder,
             conn: Some(parts.conn),
             upload: parts.upload,
+            fields: parts.fields,
             reusable: parts.reusable,
             deferred: None,
             break_deferred: false,
@@ -142,6 +156,10 @@ impl UpstreamBody {
 
     pub fn is_end_stream(&self) -> bool {
         self.decoder.is_done()
+    }
+
+    pub fn fields(&self) -> Option<&RawFields> {
+        self.fields.as_ref()
     }
 
     pub fn size_hint(&self) -> SizeHint {

@@ -294,6 +294,7 @@ async fn write_response(
     let plan = encode_response_head(
         out,
         &parts,
+        body.upstream_fields(),
         body.size_hint(),
         head_request,
         version,

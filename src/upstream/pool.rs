@@ -34,7 +34,8 @@ impl ConnectionPool {
         None
     }
 
-    pub fn checkin(&self, conn: UpstreamConn) {
+    pub fn checkin(&self, mut conn: UpstreamConn) {
+        conn.shed_buffer();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push(conn);
