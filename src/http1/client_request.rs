@@ -75,11 +75,12 @@ pub fn parse_client_request(
         .map(|f| (span(base, f.name.as_bytes()), span(base, f.value)))
         .collect();
     let head = buf.split_to(len).freeze();
-    let uri = Uri::from_maybe_shared(head.slice(target_span.0..target_span.1))
+    let uri = Uri::from_maybe_shared(head.slice(target_span.0 as usize..target_span.1 as usize))
         .map_err(|_| bad("invalid request target"))?;
     let mut headers = HeaderMap::with_capacity(spans.len());
     let mut fields = FramingFields::default();
-    for ((ns, ne), (vs, ve)) in spans {
+    for &((ns, ne), (vs, ve)) in &spans {
+        let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
         let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| bad("invalid field name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
             .map_err(|_| bad("invalid field value"))?;
@@ -109,13 +110,14 @@ fn too_large() -> Rejected {
     }
 }
 
-/// Where a field's name and value sit in the head: on the stack for up to 24 fields.
-type FieldSpans = SmallVec<[((usize, usize), (usize, usize)); 24]>;
+/// Where a field's name and value sit in the head (heads are far below 4 GiB): on the stack for
+/// up to 16 fields.
+type FieldSpans = SmallVec<[((u32, u32), (u32, u32)); 16]>;
 
 /// Where `part` sits in the buffer starting at `base`.
-fn span(base: usize, part: &[u8]) -> (usize, usize) {
+fn span(base: usize, part: &[u8]) -> (u32, u32) {
     let start = part.as_ptr() as usize - base;
-    (start, start + part.len())
+    (start as u32, (start + part.len()) as u32)
 }
 
 #[derive(Default)]

@@ -70,9 +70,7 @@ pub fn encode_response_head(
     out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.put_slice(b"\r\n");
     if let Some(fields) = passed {
-        for (name, value) in fields.iter() {
-            put_field(out, name, value);
-        }
+        fields.write_to(out);
     }
     for (name, value) in headers {
         if name == header::CONNECTION || name == header::TRANSFER_ENCODING {

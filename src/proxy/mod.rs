@@ -389,7 +389,7 @@ impl Routing {
             stats: self.stats.clone(),
         };
         let body = UpstreamBody::new(BodyDecoder::new(framing), status.as_u16(), upstream);
-        let mut response = Response::new(ResponseBody::Upstream(body));
+        let mut response = Response::new(ResponseBody::Upstream(Box::new(body)));
         *response.status_mut() = status;
         response
     }
