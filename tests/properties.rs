@@ -925,7 +925,8 @@ fn forwarded_upstream(headers: &HeaderMap, ip: &HeaderValue) -> HeaderMap {
     *request.headers_mut() = headers.clone();
     let (parts, ()) = request.into_parts();
     let backend = HeaderValue::from_static("backend.test:8080");
-    let bytes = encode_request_head(&parts, ip, BodyFraming::None).for_backend(&backend);
+    let head = encode_request_head(&parts, ip, BodyFraming::None);
+    let bytes = head.for_backend(&backend);
     let mut fields = [httparse::EMPTY_HEADER; 256];
     let mut parsed = httparse::Request::new(&mut fields);
     assert!(parsed.parse(&bytes).unwrap().is_complete());

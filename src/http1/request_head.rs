@@ -2,6 +2,8 @@
 //! parsed them (hop-by-hop fields already removed), with this hop appended to X-Forwarded-For,
 //! -Proto and -Host, encoded once per request and sent as is on every attempt.
 
+use std::borrow::Cow;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, request};
@@ -31,15 +33,15 @@ pub struct RequestHead {
 impl RequestHead {
     /// The head as sent to a backend whose authority is `host`: a request without Host (HTTP/1.0)
     /// names the backend.
-    pub fn for_backend(&self, host: &HeaderValue) -> Bytes {
+    pub fn for_backend(&self, host: &HeaderValue) -> Cow<'_, [u8]> {
         if !self.host_missing {
-            return self.bytes.clone();
+            return Cow::Borrowed(&self.bytes);
         }
         let mut out = BytesMut::with_capacity(self.bytes.len() + host.len() + 12);
         out.put_slice(&self.bytes);
         put_field(&mut out, header::HOST.as_str(), host.as_bytes());
         out.put_slice(b"\r\n");
-        out.freeze()
+        Cow::Owned(out.to_vec())
     }
 }
 

@@ -115,23 +115,34 @@ impl RawFields {
     }
 }
 
-/// Fields that only concern one connection (RFC 9110 §7.6.1), and Content-Length (rewritten by
-/// the client side from the framing).
-fn held_back(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 9] = [
-        b"connection",
-        b"transfer-encoding",
-        b"content-length",
-        b"te",
-        b"upgrade",
-        b"proxy-authorization",
-        b"proxy-authenticate",
-        b"keep-alive",
-        b"proxy-connection",
-    ];
-    NAMES
-        .iter()
-        .any(|held| held.len() == name.len() && held.eq_ignore_ascii_case(name))
+/// What a field name means to the hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FieldKind {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    /// Another field that only concerns one connection (RFC 9110 §7.6.1).
+    HopByHop,
+    Date,
+    Other,
+}
+
+/// Classifies `name`, looking at its length first: most names are compared with nothing.
+fn classify(name: &[u8]) -> FieldKind {
+    let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+    match name.len() {
+        14 if is(b"content-length") => FieldKind::ContentLength,
+        17 if is(b"transfer-encoding") => FieldKind::TransferEncoding,
+        10 if is(b"connection") => FieldKind::Connection,
+        4 if is(b"date") => FieldKind::Date,
+        2 if is(b"te") => FieldKind::HopByHop,
+        7 if is(b"upgrade") => FieldKind::HopByHop,
+        10 if is(b"keep-alive") => FieldKind::HopByHop,
+        16 if is(b"proxy-connection") => FieldKind::HopByHop,
+        18 if is(b"proxy-authenticate") => FieldKind::HopByHop,
+        19 if is(b"proxy-authorization") => FieldKind::HopByHop,
+        _ => FieldKind::Other,
+    }
 }
 
 /// What the fields that frame the message said.
@@ -201,24 +212,26 @@ fn parse_one(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHe
     let mut has_date = false;
     for field in parsed.headers.iter() {
         let name = field.name.as_bytes();
-        framing.note(name, field.value);
-        if name.eq_ignore_ascii_case(b"connection") {
-            listed.extend(
+        let kind = classify(name);
+        framing.note(kind, field.value);
+        match kind {
+            FieldKind::Connection => listed.extend(
                 field
                     .value
                     .split(|&b| b == b',')
                     .map(<[u8]>::trim_ascii)
                     .filter(|t| !t.is_empty()),
-            );
+            ),
+            FieldKind::Date => has_date = true,
+            _ => {}
         }
-        if held_back(name) {
-            continue;
+        // Content-Length is written by the client side from the framing.
+        if matches!(kind, FieldKind::Date | FieldKind::Other) {
+            spans.push(FieldSpan {
+                name: span(name),
+                value: span(field.value),
+            });
         }
-        has_date |= name.eq_ignore_ascii_case(b"date");
-        spans.push(FieldSpan {
-            name: span(name),
-            value: span(field.value),
-        });
     }
     if !listed.is_empty() {
         // Fields the Connection field names are for this hop only, too.
@@ -256,29 +269,36 @@ fn parse_one(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHe
 }
 
 impl FramingFields {
-    fn note(&mut self, name: &[u8], value: &[u8]) {
-        if name.eq_ignore_ascii_case(b"content-length") {
-            // A list of equal values ("5, 5") is one length (RFC 9110 §8.6).
-            for item in value.split(|&b| b == b',') {
-                match parse_length(item) {
-                    Some(n) if self.length.is_none_or(|seen| seen == n) => self.length = Some(n),
-                    _ => self.length_invalid = true,
+    fn note(&mut self, kind: FieldKind, value: &[u8]) {
+        match kind {
+            FieldKind::ContentLength => {
+                // A list of equal values ("5, 5") is one length (RFC 9110 §8.6).
+                for item in value.split(|&b| b == b',') {
+                    match parse_length(item) {
+                        Some(n) if self.length.is_none_or(|seen| seen == n) => {
+                            self.length = Some(n);
+                        }
+                        _ => self.length_invalid = true,
+                    }
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            self.transfer_encoding = true;
-            // Every coding must be chunked (alb decodes nothing else) and chunked must come last.
-            self.chunked_last = value
-                .split(|&b| b == b',')
-                .map(<[u8]>::trim_ascii)
-                .filter(|c| !c.is_empty())
-                .all(|c| c.eq_ignore_ascii_case(b"chunked"));
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            FieldKind::TransferEncoding => {
+                self.transfer_encoding = true;
+                // Every coding must be chunked (alb decodes nothing else), chunked coming last.
+                self.chunked_last = value
+                    .split(|&b| b == b',')
+                    .map(<[u8]>::trim_ascii)
+                    .filter(|c| !c.is_empty())
+                    .all(|c| c.eq_ignore_ascii_case(b"chunked"));
             }
+            FieldKind::Connection => {
+                for token in value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    self.close |= token.eq_ignore_ascii_case(b"close");
+                    self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                }
+            }
+            _ => {}
         }
     }
 

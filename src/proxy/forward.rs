@@ -2,6 +2,7 @@
 //! body, and the wait for the response head under `timeouts.response`. The exchange runs in the
 //! request's own task: the head is one write, the answer is read where it lands.
 
+use std::borrow::Cow;
 use std::future::poll_fn;
 use std::io::IoSlice;
 use std::task::{Context, Poll, ready};
@@ -20,8 +21,8 @@ use crate::upstream::{Backend, UpstreamConn};
 const STALE_CONNECTION_TRIES: usize = 3;
 
 /// The request as every attempt sends it.
-pub(super) struct Attempt {
-    pub(super) head: Bytes,
+pub(super) struct Attempt<'a> {
+    pub(super) head: Cow<'a, [u8]>,
     pub(super) head_request: bool,
     pub(super) idempotent: bool,
 }
@@ -31,7 +32,7 @@ impl Routing {
     pub(super) async fn forward(
         &self,
         backend: &Backend,
-        attempt: &Attempt,
+        attempt: &Attempt<'_>,
         mut body: RequestBody,
     ) -> Result<Answer, Failure> {
         let mut stale_tries = 0;
@@ -92,7 +93,7 @@ impl Routing {
     async fn exchange(
         &self,
         conn: &mut UpstreamConn,
-        head: &Bytes,
+        head: &[u8],
         body: &mut RequestBody,
         head_request: bool,
     ) -> Result<(ResponseHead, Option<Upload>), Broken> {
@@ -111,7 +112,7 @@ impl Routing {
                 else {
                     unreachable!("matched above");
                 };
-                let upload = Upload::new(head.clone(), streamed);
+                let upload = Upload::new(Bytes::copy_from_slice(head), streamed);
                 return Box::pin(upload_and_await(conn, upload, head_request, limit)).await;
             }
         }
