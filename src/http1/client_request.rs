@@ -131,6 +131,7 @@ struct FramingFields {
     close: bool,
     keep_alive: bool,
     expects_continue: bool,
+    host_seen: bool,
 }
 
 impl FramingFields {
@@ -165,6 +166,12 @@ impl FramingFields {
                 self.close |= token.eq_ignore_ascii_case(b"close");
                 self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
+        } else if name == header::HOST {
+            // Two Host fields: which one names the target depends on who reads them.
+            if self.host_seen {
+                return Err(bad("more than one Host field"));
+            }
+            self.host_seen = true;
         } else if name == header::EXPECT {
             self.expects_continue |= bytes.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }
@@ -265,6 +272,7 @@ mod tests {
             ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
             ("GET / HTTP/1.1\r\nX-A: a\r\n b\r\n\r\n", 400),
             ("GET / HTTP/2.0\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
         ] {
             assert_eq!(parse(text).unwrap_err().status.as_u16(), status, "{text}");
         }

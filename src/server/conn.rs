@@ -179,7 +179,15 @@ pub async fn serve_connection(
         };
         let request = Request::from_parts(parts, body);
         let response = handle(&proxy, request, &client, &write, wants_continue.as_deref()).await;
-        let keep = !close && !shutdown.is_started();
+        // A body nobody read (a local answer, say) leaves the connection unusable: say so in
+        // the head rather than close without warning.
+        let unread = side.is_none()
+            && slot
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .is_some_and(|(_, decoder)| !decoder.is_done());
+        let keep = !close && !unread && !shutdown.is_started();
         let kept =
             write_response(&mut write, &mut out, response, head_request, version, keep).await;
         if side.is_none() {
