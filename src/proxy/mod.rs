@@ -229,9 +229,7 @@ impl Routing {
             let failure = match sent {
                 Ok(answer) => {
                     let status = answer.response.parts.status.as_u16();
-                    backend
-                        .stats()
-                        .record_response(exchange.method, status, sent_at.elapsed());
+                    backend.record_response(exchange.method, status, sent_at.elapsed());
                     if status >= 500 && self.outliers.counts_5xx() {
                         self.outliers.record_failure(backend, "5xx answer");
                     } else {
