@@ -59,7 +59,9 @@ pub fn now_ms() -> u64 {
 /// Split in two by who reads what: the fields here are the ones every pick reads (availability,
 /// load, weight, recent latency), small enough to share one cache line, so that sampling among
 /// thousands of backends touches one line per backend looked at. Everything else lives behind
-/// `cold`, read per request or per probe only once this backend was chosen.
+/// `cold`, read per request or per probe only once this backend was chosen. Building a pool's
+/// backends before putting any of them into its `Arc` keeps those small blocks next to each other
+/// (see `Routing::new`).
 #[derive(Debug)]
 pub struct Backend {
     in_flight: AtomicU64,
