@@ -32,11 +32,9 @@ fn backends(n: usize) -> Vec<Arc<Backend>> {
         .collect();
     let listen = SocketAddr::from(([127, 0, 0, 1], 18_080));
     let config = alb::Config::with_backends(listen, &urls).expect("a valid config");
-    config
-        .backends
-        .iter()
-        .map(|spec| Arc::new(Backend::new(spec)))
-        .collect()
+    // Like `Routing::new`: all backends built first, then put into their `Arc`s one after another.
+    let built: Vec<Backend> = config.backends.iter().map(Backend::new).collect();
+    built.into_iter().map(Arc::new).collect()
 }
 
 fn select(c: &mut Criterion) {

@@ -49,7 +49,7 @@ pub fn view(b: &Backend) -> BackendView {
         weight: b.weight(),
         in_flight: b.in_flight(),
         requests: b.stats().total_responses(),
-        recent_latency_ms: b.stats().recent_latency().as_secs_f64() * 1000.0,
+        recent_latency_ms: b.recent_latency().as_secs_f64() * 1000.0,
         last_check: b
             .last_probe()
             .map(|(passed, detail)| CheckView { passed, detail }),

@@ -19,7 +19,7 @@ use crate::upstream::Backend;
 pub struct LeastTime;
 
 fn cost(b: &Backend) -> u128 {
-    (u128::from(b.in_flight()) + 1) * b.stats().recent_latency().as_micros()
+    (u128::from(b.in_flight()) + 1) * b.recent_latency().as_micros()
 }
 
 /// `a` before `b` when its expected wait per unit of weight is lower; ties by picks per weight.

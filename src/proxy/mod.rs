@@ -95,7 +95,7 @@ impl Routing {
     /// weight and connection limit) are kept as they are, with their health, counters and pooled
     /// connections.
     pub fn new(config: &Config, stats: Arc<ProxyStats>, previous: &[Arc<Backend>]) -> Routing {
-        let backends: Vec<Arc<Backend>> = config
+        let slots: Vec<Result<Arc<Backend>, Backend>> = config
             .backends
             .iter()
             .map(|spec| {
@@ -107,10 +107,16 @@ impl Routing {
                             && b.max_connections() == spec.max_connections
                     })
                     .cloned()
-                    .unwrap_or_else(|| {
-                        Arc::new(Backend::with_queue(spec, config.limits.backend_queue))
-                    })
+                    .ok_or_else(|| Backend::with_queue(spec, config.limits.backend_queue))
             })
+            .collect();
+        // The new backends go into their `Arc`s only now that all of them are built, so that the
+        // allocator lays these small blocks (what selection reads) side by side instead of
+        // between each backend's cold part: in a pool of thousands, picks then stay within
+        // fewer pages and cache lines.
+        let backends: Vec<Arc<Backend>> = slots
+            .into_iter()
+            .map(|slot| slot.unwrap_or_else(Arc::new))
             .collect();
         let selector = selector_for(config.algorithm, &backends);
         let retry_after = config.health_check.interval.as_secs_f64().ceil().max(1.0) as u64;
@@ -229,9 +235,7 @@ impl Routing {
             let failure = match sent {
                 Ok(answer) => {
                     let status = answer.response.status.as_u16();
-                    backend
-                        .stats()
-                        .record_response(exchange.method, status, sent_at.elapsed());
+                    backend.record_response(exchange.method, status, sent_at.elapsed());
                     if status >= 500 && self.outliers.counts_5xx() {
                         self.outliers.record_failure(backend, "5xx answer");
                     } else {

@@ -55,23 +55,40 @@ pub fn now_ms() -> u64 {
 }
 
 /// One backend server and everything alb knows about it right now.
+///
+/// Split in two by who reads what: the fields here are the ones every pick reads (availability,
+/// load, weight, recent latency), small enough to share one cache line, so that sampling among
+/// thousands of backends touches one line per backend looked at. Everything else lives behind
+/// `cold`, read per request or per probe only once this backend was chosen. Building a pool's
+/// backends before putting any of them into its `Arc` keeps those small blocks next to each other
+/// (see `Routing::new`).
 #[derive(Debug)]
 pub struct Backend {
-    url: String,
-    addr: BackendAddr,
-    host_header: HeaderValue,
+    in_flight: AtomicU64,
+    /// Requests ever picked for this backend: the tie-breaker of weighted least-connections.
+    picks: AtomicU64,
+    /// Exponentially weighted recent latency in microseconds (least time's cost, the dashboard and
+    /// the API); here rather than in [`BackendStats`] because least time reads it on every pick.
+    recent_latency_micros: AtomicU64,
     weight: u32,
     /// Verdict of the active health checks.
     healthy: AtomicBool,
-    /// [`AdminState`] as its discriminant.
-    admin: AtomicU8,
-    /// Last probe: passed, and why not.
-    last_probe: std::sync::Mutex<Option<(bool, String)>>,
-    /// Boxed: the statistics are large and only written per response, while selection scans the
-    /// small fields above across many backends.
-    stats: Box<BackendStats>,
     /// Taken out by passive health (failures on live traffic) until the checker lets it back.
     ejected: AtomicBool,
+    /// [`AdminState`] as its discriminant.
+    admin: AtomicU8,
+    cold: Box<Cold>,
+}
+
+/// The part of a [`Backend`] that selection never reads.
+#[derive(Debug)]
+struct Cold {
+    url: String,
+    addr: BackendAddr,
+    host_header: HeaderValue,
+    /// Last probe: passed, and why not.
+    last_probe: std::sync::Mutex<Option<(bool, String)>>,
+    stats: BackendStats,
     ejected_until_ms: AtomicU64,
     /// How many times in a row it was ejected: each ejection lasts one base time longer.
     ejections: AtomicU32,
@@ -79,9 +96,6 @@ pub struct Backend {
     failures: AtomicU32,
     /// When it last came back into rotation (for slow start); 0 = has been in from the start.
     back_since_ms: AtomicU64,
-    in_flight: AtomicU64,
-    /// Requests ever picked for this backend: the tie-breaker of weighted least-connections.
-    picks: AtomicU64,
     /// Woken by the proxy when real traffic failed to reach this backend, so that the health
     /// checker probes it now instead of at the next interval.
     recheck: Notify,
@@ -97,41 +111,44 @@ impl Backend {
     /// A backend whose `max_connections` (if any) lets up to `queue` requests wait.
     pub fn with_queue(spec: &BackendSpec, queue: usize) -> Backend {
         Backend {
-            url: spec.url.clone(),
-            addr: spec.addr.clone(),
-            host_header: HeaderValue::from_str(&spec.authority)
-                .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
-            weight: spec.weight.max(1),
-            healthy: AtomicBool::new(true),
-            admin: AtomicU8::new(AdminState::Enabled as u8),
-            last_probe: std::sync::Mutex::new(None),
-            stats: Box::default(),
-            ejected: AtomicBool::new(false),
-            ejected_until_ms: AtomicU64::new(0),
-            ejections: AtomicU32::new(0),
-            failures: AtomicU32::new(0),
-            back_since_ms: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             picks: AtomicU64::new(0),
-            recheck: Notify::new(),
-            pool: ConnectionPool::default(),
-            limit: spec
-                .max_connections
-                .map(|max| ConnectionLimit::new(max, queue)),
+            recent_latency_micros: AtomicU64::new(0),
+            weight: spec.weight.max(1),
+            healthy: AtomicBool::new(true),
+            ejected: AtomicBool::new(false),
+            admin: AtomicU8::new(AdminState::Enabled as u8),
+            cold: Box::new(Cold {
+                url: spec.url.clone(),
+                addr: spec.addr.clone(),
+                host_header: HeaderValue::from_str(&spec.authority)
+                    .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
+                last_probe: std::sync::Mutex::new(None),
+                stats: BackendStats::default(),
+                ejected_until_ms: AtomicU64::new(0),
+                ejections: AtomicU32::new(0),
+                failures: AtomicU32::new(0),
+                back_since_ms: AtomicU64::new(0),
+                recheck: Notify::new(),
+                pool: ConnectionPool::default(),
+                limit: spec
+                    .max_connections
+                    .map(|max| ConnectionLimit::new(max, queue)),
+            }),
         }
     }
 
     pub fn url(&self) -> &str {
-        &self.url
+        &self.cold.url
     }
 
     pub fn addr(&self) -> &BackendAddr {
-        &self.addr
+        &self.cold.addr
     }
 
     /// `host:port`, the Host header for requests that came without one and for health checks.
     pub fn host_header(&self) -> &HeaderValue {
-        &self.host_header
+        &self.cold.host_header
     }
 
     pub fn weight(&self) -> u32 {
@@ -140,7 +157,7 @@ impl Backend {
 
     /// The configured `max_connections`, if any.
     pub fn max_connections(&self) -> Option<u32> {
-        self.limit.as_ref().map(ConnectionLimit::max)
+        self.cold.limit.as_ref().map(ConnectionLimit::max)
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -151,7 +168,9 @@ impl Backend {
     pub fn set_healthy(&self, healthy: bool) -> bool {
         let was = self.healthy.swap(healthy, Ordering::Relaxed);
         if healthy && !was {
-            self.back_since_ms.store(now_ms().max(1), Ordering::Relaxed);
+            self.cold
+                .back_since_ms
+                .store(now_ms().max(1), Ordering::Relaxed);
         }
         was
     }
@@ -176,21 +195,46 @@ impl Backend {
     pub fn set_admin_state(&self, state: AdminState) {
         self.admin.store(state as u8, Ordering::Relaxed);
         if state == AdminState::Disabled {
-            self.pool.clear();
+            self.cold.pool.clear();
         }
     }
 
     pub fn stats(&self) -> &BackendStats {
-        &self.stats
+        &self.cold.stats
+    }
+
+    /// Counts an answered request in the statistics and folds its latency into the recent one.
+    pub fn record_response(&self, method: usize, status: u16, latency: Duration) {
+        self.cold.stats.record_response(method, status, latency);
+        // EWMA with weight 1/8, racy by design: a lost update only delays the average a little.
+        let sample = latency.as_micros() as u64;
+        let old = self.recent_latency_micros.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 8 + sample / 8
+        };
+        self.recent_latency_micros.store(new, Ordering::Relaxed);
+    }
+
+    /// Exponentially weighted recent time to response headers; zero before the first response.
+    #[inline]
+    pub fn recent_latency(&self) -> Duration {
+        Duration::from_micros(self.recent_latency_micros.load(Ordering::Relaxed))
     }
 
     pub fn record_probe(&self, passed: bool, detail: String) {
-        *self.last_probe.lock().unwrap_or_else(|p| p.into_inner()) = Some((passed, detail));
+        *self
+            .cold
+            .last_probe
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some((passed, detail));
     }
 
     /// The last probe's verdict and detail, if any probe ran yet.
     pub fn last_probe(&self) -> Option<(bool, String)> {
-        self.last_probe
+        self.cold
+            .last_probe
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -206,24 +250,26 @@ impl Backend {
             return None;
         }
         let n = self
+            .cold
             .ejections
             .fetch_add(1, Ordering::Relaxed)
             .saturating_add(1);
-        self.stats.ejections.fetch_add(1, Ordering::Relaxed);
+        self.cold.stats.ejections.fetch_add(1, Ordering::Relaxed);
         let duration = base.saturating_mul(n).min(max);
-        self.ejected_until_ms
+        self.cold
+            .ejected_until_ms
             .store(now_ms() + duration.as_millis() as u64, Ordering::Relaxed);
         Some(duration)
     }
 
     /// Whether an ejection is over by the clock (the checker still has to see a passing probe).
     pub(crate) fn ejection_elapsed(&self) -> bool {
-        now_ms() >= self.ejected_until_ms.load(Ordering::Relaxed)
+        now_ms() >= self.cold.ejected_until_ms.load(Ordering::Relaxed)
     }
 
     /// Time left in the current ejection.
     pub(crate) fn ejection_left(&self) -> Duration {
-        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        let until = self.cold.ejected_until_ms.load(Ordering::Relaxed);
         Duration::from_millis(until.saturating_sub(now_ms()))
     }
 
@@ -231,22 +277,25 @@ impl Backend {
     pub(crate) fn readmit(&self) -> bool {
         let was = self.ejected.swap(false, Ordering::Relaxed);
         if was {
-            self.failures.store(0, Ordering::Relaxed);
-            self.back_since_ms.store(now_ms().max(1), Ordering::Relaxed);
+            self.cold.failures.store(0, Ordering::Relaxed);
+            self.cold
+                .back_since_ms
+                .store(now_ms().max(1), Ordering::Relaxed);
         }
         was
     }
 
     /// Forgets past ejections once the backend has behaved for a while.
     pub(crate) fn forgive_ejections(&self) {
-        if self.ejections.load(Ordering::Relaxed) != 0 {
-            self.ejections.store(0, Ordering::Relaxed);
+        if self.cold.ejections.load(Ordering::Relaxed) != 0 {
+            self.cold.ejections.store(0, Ordering::Relaxed);
         }
     }
 
     /// Counts a failed request; returns the number of failures in a row.
     pub(crate) fn note_failure(&self) -> u32 {
-        self.failures
+        self.cold
+            .failures
             .fetch_add(1, Ordering::Relaxed)
             .saturating_add(1)
     }
@@ -255,14 +304,14 @@ impl Backend {
     /// keep the cache line shared on the hot path).
     #[inline]
     pub(crate) fn note_success(&self) {
-        if self.failures.load(Ordering::Relaxed) != 0 {
-            self.failures.store(0, Ordering::Relaxed);
+        if self.cold.failures.load(Ordering::Relaxed) != 0 {
+            self.cold.failures.store(0, Ordering::Relaxed);
         }
     }
 
     /// Share of full traffic during slow start: from 0 when it came back to 1 after `ramp`.
     pub fn warmth(&self, ramp: Duration) -> f64 {
-        let since = self.back_since_ms.load(Ordering::Relaxed);
+        let since = self.cold.back_since_ms.load(Ordering::Relaxed);
         if since == 0 || ramp.is_zero() {
             return 1.0;
         }
@@ -271,7 +320,7 @@ impl Backend {
     }
 
     pub fn limit(&self) -> Option<&ConnectionLimit> {
-        self.limit.as_ref()
+        self.cold.limit.as_ref()
     }
 
     pub fn in_flight(&self) -> u64 {
@@ -287,16 +336,16 @@ impl Backend {
     }
 
     pub fn pool(&self) -> &ConnectionPool {
-        &self.pool
+        &self.cold.pool
     }
 
     /// Asks the health checker to probe this backend now: traffic just failed to reach it.
     pub fn request_recheck(&self) {
-        self.recheck.notify_one();
+        self.cold.recheck.notify_one();
     }
 
     pub(crate) async fn recheck_requested(&self) {
-        self.recheck.notified().await;
+        self.cold.recheck.notified().await;
     }
 }
 

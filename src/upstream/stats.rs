@@ -63,8 +63,6 @@ pub struct BackendStats {
     responses: [[AtomicU64; STATUS_CLASSES.len()]; METHOD_CLASSES.len()],
     /// Time from sending the request to the response headers.
     pub upstream_latency: Histogram,
-    /// Exponentially weighted recent latency in microseconds (for the dashboard and API).
-    recent_latency_micros: AtomicU64,
     pub retries: AtomicU64,
     pub ejections: AtomicU64,
     pub bytes_sent: AtomicU64,
@@ -72,19 +70,12 @@ pub struct BackendStats {
 }
 
 impl BackendStats {
+    /// Counts one answer and its latency; [`Backend::record_response`](super::Backend::record_response)
+    /// also keeps the recent latency, which selection reads.
     pub fn record_response(&self, method: usize, status: u16, latency: Duration) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.responses[method.min(METHOD_CLASSES.len() - 1)][class].fetch_add(1, Ordering::Relaxed);
         self.upstream_latency.observe(latency);
-        // EWMA with weight 1/8, racy by design: a lost update only delays the average a little.
-        let sample = latency.as_micros() as u64;
-        let old = self.recent_latency_micros.load(Ordering::Relaxed);
-        let new = if old == 0 {
-            sample
-        } else {
-            old - old / 8 + sample / 8
-        };
-        self.recent_latency_micros.store(new, Ordering::Relaxed);
     }
 
     pub fn responses(&self, method: usize, class: usize) -> u64 {
@@ -97,9 +88,5 @@ impl BackendStats {
             .flatten()
             .map(|c| c.load(Ordering::Relaxed))
             .sum()
-    }
-
-    pub fn recent_latency(&self) -> Duration {
-        Duration::from_micros(self.recent_latency_micros.load(Ordering::Relaxed))
     }
 }
