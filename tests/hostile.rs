@@ -979,3 +979,47 @@ async fn backend_answer_with_a_transfer_coding_besides_chunked_keeps_it() {
     lb.stop().await;
     raw.stop().await;
 }
+
+/// A request body alb never reads (the answer is its own, here a 503) leaves the connection
+/// unusable: the answer says `connection: close` before the connection closes, so a client does
+/// not send its next request into a connection that is going away.
+#[tokio::test]
+async fn an_unread_request_body_is_announced_with_connection_close() {
+    let backend = TestBackend::start("a").await;
+    let lb = TestBalancer::start(&format!(
+        "{}[health_check]\ninterval = \"3s\"\n",
+        backends_line(&[&backend])
+    ))
+    .await;
+    let addr = backend.stop().await;
+    lb.wait_health(&addr, false, Duration::from_secs(2)).await;
+    let got = exchange(
+        lb.addr,
+        b"POST /count HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await;
+    assert_answered_and_closed("unread body", &got, 503);
+    let responses = got.responses();
+    assert_eq!(
+        responses[0].header("connection"),
+        Some("close"),
+        "{}",
+        got.text()
+    );
+    lb.stop().await;
+}
+
+/// Two Host fields name two targets, depending on which one a server reads: refused.
+#[tokio::test]
+async fn two_host_fields_get_400_and_close() {
+    let (backend, lb) = one_backend().await;
+    let got = exchange(
+        lb.addr,
+        b"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+    )
+    .await;
+    assert_answered_and_closed("two Host fields", &got, 400);
+    assert_eq!(backend.hits(), 0);
+    lb.stop().await;
+    backend.stop().await;
+}
