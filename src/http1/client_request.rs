@@ -9,6 +9,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version, request};
 use smallvec::SmallVec;
 
+use super::parse_length;
 use super::response_head::Framing;
 
 /// Most fields in a request head (as hyper and nginx: a client needing more is broken).
@@ -207,18 +208,6 @@ fn is_token(bytes: &[u8]) -> bool {
     bytes
         .iter()
         .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-/// A Content-Length value: digits only, at most 19 of them.
-fn parse_length(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(
-        value
-            .iter()
-            .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')),
-    )
 }
 
 #[cfg(test)]

@@ -26,6 +26,19 @@ pub use client_response::{BodyWrite, ResponsePlan, encode_response_head};
 pub use request_head::{BodyFraming, RequestHead, encode_request_head};
 pub use response_head::{Framing, MAX_HEAD_BYTES, RawFields, ResponseHead, parse_response_head};
 
+/// A Content-Length value: digits only (no sign, no spaces inside), at most 19 of them, so that
+/// it cannot overflow.
+fn parse_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        value
+            .iter()
+            .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')),
+    )
+}
+
 /// What can be wrong with what a backend sent.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {

@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 use http::{StatusCode, Version};
 use smallvec::SmallVec;
 
-use super::WireError;
+use super::{WireError, parse_length};
 
 /// Largest response head accepted (status line and fields). Heads are small; a backend that sends
 /// more is broken or hostile.
@@ -274,7 +274,7 @@ impl FramingFields {
             FieldKind::ContentLength => {
                 // A list of equal values ("5, 5") is one length (RFC 9110 §8.6).
                 for item in value.split(|&b| b == b',') {
-                    match parse_length(item) {
+                    match parse_length(item.trim_ascii()) {
                         Some(n) if self.length.is_none_or(|seen| seen == n) => {
                             self.length = Some(n);
                         }
@@ -329,19 +329,6 @@ impl FramingFields {
             None => Framing::Close,
         })
     }
-}
-
-/// A Content-Length value: digits only (no sign, no spaces inside), at most 19 of them.
-fn parse_length(value: &[u8]) -> Option<u64> {
-    let value = value.trim_ascii();
-    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(
-        value
-            .iter()
-            .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')),
-    )
 }
 
 #[cfg(test)]
