@@ -34,8 +34,6 @@ pub enum ProxyError {
     UriTooLong(usize),
     #[error("backend response framing: {0}")]
     UpstreamFraming(&'static str),
-    #[error("not implemented: {0}")]
-    NotImplemented(&'static str),
     #[error("{0}")]
     BadRequest(&'static str),
     #[error("method not allowed: {0}")]
@@ -50,7 +48,6 @@ impl ProxyError {
             | ProxyError::Upstream(_)
             | ProxyError::UpstreamStatus(_)
             | ProxyError::UpstreamFraming(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::ResponseTimeout(_) | ProxyError::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Body(BodyError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Body(BodyError::Idle(_)) => StatusCode::REQUEST_TIMEOUT,
@@ -94,9 +91,7 @@ impl ProxyError {
             ProxyError::Body(BodyError::Client(_)) => "the request body broke off",
             ProxyError::UriTooLong(_) => "the request target is too long",
             ProxyError::UpstreamFraming(_) => "the backend sent a response alb cannot forward",
-            ProxyError::BadRequest(m)
-            | ProxyError::MethodNotAllowed(m)
-            | ProxyError::NotImplemented(m) => m,
+            ProxyError::BadRequest(m) | ProxyError::MethodNotAllowed(m) => m,
         }
     }
 
@@ -122,7 +117,7 @@ impl ProxyError {
         }
         // After a client error the rest of the connection cannot be trusted (an unread body, a
         // stalled upload): answer and close.
-        if status.is_client_error() || status == StatusCode::NOT_IMPLEMENTED {
+        if status.is_client_error() {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let ProxyError::MethodNotAllowed(_) = self {

@@ -26,7 +26,6 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 pub struct HopScan {
     /// Any hop-by-hop field at all.
     pub any: bool,
-    pub transfer_encoding: bool,
 }
 
 /// Looks at every name once, touching no value: most messages have no hop-by-hop field and need
@@ -36,7 +35,6 @@ pub fn hop_scan(headers: &HeaderMap) -> HopScan {
     for name in headers.keys() {
         if is_hop_by_hop(name) {
             scan.any = true;
-            scan.transfer_encoding |= name == header::TRANSFER_ENCODING;
         }
     }
     scan
@@ -70,21 +68,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in found {
         headers.remove(name);
     }
-}
-
-/// Whether a Transfer-Encoding field names a coding besides `chunked`. hyper decodes only chunked;
-/// dropping the field (it is hop-by-hop) would silently strip the other codings from the body.
-pub fn has_foreign_transfer_coding(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .any(|value| {
-            value.to_str().map_or(true, |codings| {
-                codings
-                    .split(',')
-                    .any(|c| !c.trim().eq_ignore_ascii_case("chunked"))
-            })
-        })
 }
 
 #[cfg(test)]

@@ -24,9 +24,7 @@ use http::{HeaderName, HeaderValue, Request, Response};
 pub use access_log::{AccessRecord, Outcome};
 pub use error::ProxyError;
 use forward::{Answer, Attempt};
-pub use headers::{
-    HopScan, has_foreign_transfer_coding, hop_scan, remove_hop_by_hop, strip_hop_by_hop,
-};
+pub use headers::{HopScan, hop_scan, remove_hop_by_hop, strip_hop_by_hop};
 pub use live::{ChangeError, ChangeReport, Proxy};
 pub use prepare::ClientInfo;
 use prepare::{Outbound, Replay};
