@@ -81,9 +81,10 @@ impl Routing {
                 stale_tries += 1;
                 continue;
             }
+            // A streamed body has been taken by the exchange: it is never handed back.
             return Err(Failure {
                 error: broken.error,
-                body: broken.unsent.then_some(body),
+                body: (broken.unsent && replayable).then_some(body),
             });
         }
     }

@@ -28,6 +28,7 @@ use crate::http1::{
     encode_response_head, parse_client_request,
 };
 use crate::proxy::{ClientInfo, Proxy, ProxyStats, ResponseBody};
+use crate::upstream::METHOD_CLASSES;
 
 /// Bodies up to this size are copied next to their head (one write); larger ones go as they are.
 const COALESCE_BYTES: usize = 16 * 1024;
@@ -151,7 +152,9 @@ pub async fn serve_connection(
             }
             Err(NoRequest::Rejected(rejected)) => {
                 tracing::debug!(status = %rejected.status, reason = rejected.reason, "request refused");
-                proxy.stats().record_local(5, rejected.status.as_u16());
+                // Counted with the methods alb does not name: the head may not even have one.
+                let other = METHOD_CLASSES.len() - 1;
+                proxy.stats().record_local(other, rejected.status.as_u16());
                 let _ = write.write_all(&refusal(rejected)).await;
                 return linger(write, side).await;
             }
