@@ -10,7 +10,7 @@ use std::sync::Arc;
 use alb::Config;
 use alb::balance::{Exclude, selector_for};
 use alb::config::{Algorithm, BackendAddr, BackendSpec, MAX_WEIGHT};
-use alb::http1::{BodyFraming, encode_request_head};
+use alb::http1::{BodyFraming, encode_request_head, parse_response_head};
 use alb::proxy::remove_hop_by_hop;
 use alb::upstream::{Backend, InFlightGuard};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -777,6 +777,41 @@ fn folded(before: &[HeaderValue], last: &HeaderValue) -> Vec<u8> {
 
 proptest! {
     #![proptest_config(cases(256))]
+
+    /// A backend's fields reach the client as they came, minus exactly the hop-by-hop ones (and
+    /// Content-Length, which the client side writes from the framing), in their order.
+    #[test]
+    fn a_backend_response_passes_exactly_its_end_to_end_fields(lines in header_lines()) {
+        let lines: Vec<(String, String)> = lines
+            .into_iter()
+            .filter(|(n, _)| !n.eq_ignore_ascii_case("content-length") && !n.eq_ignore_ascii_case("transfer-encoding"))
+            .collect();
+        let mut head = String::from("HTTP/1.1 200 OK\r\n");
+        for (name, value) in &lines {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("content-length: 0\r\n\r\n");
+        let mut buf = bytes::BytesMut::from(head.as_str());
+        let parsed = parse_response_head(&mut buf, false).unwrap().unwrap();
+        let mut out = bytes::BytesMut::new();
+        parsed.fields.write_to(&mut out);
+        let passed: Vec<(String, String)> = String::from_utf8(out.to_vec())
+            .unwrap()
+            .split_terminator("\r\n")
+            .map(|line| {
+                let (name, value) = line.split_once(':').unwrap();
+                (name.to_ascii_lowercase(), value.trim().to_string())
+            })
+            .collect();
+        let removed = removed_names(&to_map(&lines));
+        let expected: Vec<(String, String)> = lines
+            .iter()
+            .filter(|(n, _)| !removed.contains(&HeaderName::from_bytes(n.as_bytes()).unwrap()))
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        prop_assert_eq!(passed, expected, "head {:?}", head);
+        prop_assert_eq!(parsed.fields.content_length(), Some(0));
+    }
 
     #[test]
     fn hop_by_hop_removal_removes_exactly_the_hop_fields(lines in header_lines()) {
