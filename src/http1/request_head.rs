@@ -59,7 +59,12 @@ pub fn encode_request_head(
     out.put_slice(b" HTTP/1.1\r\n");
     let mut forwarded = false;
     let mut has_length = false;
+    // Found on the way through the fields rather than looked up (a hash and a probe each).
+    let mut host = None;
     for (name, value) in &parts.headers {
+        if name == header::HOST && host.is_none() {
+            host = Some(value);
+        }
         if is_forwarded_field(name) {
             forwarded = true;
             continue;
@@ -88,7 +93,7 @@ pub fn encode_request_head(
         client_ip.as_bytes(),
     );
     put_list(&mut out, headers, &X_FORWARDED_PROTO, forwarded, b"http");
-    match headers.get(header::HOST) {
+    match host {
         Some(host) => put_list(
             &mut out,
             headers,
@@ -104,7 +109,7 @@ pub fn encode_request_head(
         }
         None => {}
     }
-    let host_missing = !headers.contains_key(header::HOST);
+    let host_missing = host.is_none();
     if !host_missing {
         out.put_slice(b"\r\n");
     }
