@@ -100,11 +100,12 @@ impl Routing {
     ) -> Result<(ResponseHead, Option<Upload>), Broken> {
         let limit = self.timeouts.response;
         match body {
-            RequestBody::Empty => write_all(conn, &mut [IoSlice::new(head)])
+            RequestBody::Empty => conn
+                .write_all_vectored(&mut [IoSlice::new(head)])
                 .await
                 .map_err(Broken::unsent)?,
             RequestBody::Buffered(bytes) => {
-                write_all(conn, &mut [IoSlice::new(head), IoSlice::new(bytes)])
+                conn.write_all_vectored(&mut [IoSlice::new(head), IoSlice::new(bytes)])
                     .await
                     .map_err(Broken::unsent)?;
             }
@@ -268,16 +269,4 @@ fn poll_head(
             Err(e) => return Poll::Ready(Err(Broken::upstream(e.into(), !*received))),
         }
     }
-}
-
-/// Writes several slices with as few system calls as the kernel allows.
-async fn write_all(conn: &mut UpstreamConn, mut parts: &mut [IoSlice<'_>]) -> std::io::Result<()> {
-    while !parts.is_empty() {
-        let n = poll_fn(|cx| conn.poll_write_vectored(cx, parts)).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut parts, n);
-    }
-    Ok(())
 }

@@ -48,11 +48,6 @@ impl Upload {
         }
     }
 
-    /// Whether anything has been written to the backend yet.
-    pub fn started(&self) -> bool {
-        !self.holding_head
-    }
-
     /// Moves the body from the client to `conn` until one side has to wait. Ready(Ok) once all
     /// of it has been written.
     pub fn poll_send(

@@ -28,7 +28,7 @@ use crate::http1::{
     encode_response_head, parse_client_request,
 };
 use crate::proxy::{ClientInfo, Proxy, ProxyStats, ResponseBody};
-use crate::upstream::METHOD_CLASSES;
+use crate::upstream::{METHOD_CLASSES, write_all_vectored};
 
 /// Bodies up to this size are copied next to their head (one write); larger ones go as they are.
 const COALESCE_BYTES: usize = 16 * 1024;
@@ -390,15 +390,7 @@ async fn flush(
     data: Option<Bytes>,
 ) -> std::io::Result<()> {
     let data = data.unwrap_or_default();
-    let mut parts = [IoSlice::new(out), IoSlice::new(&data)];
-    let mut parts = &mut parts[..];
-    while parts.iter().any(|p| !p.is_empty()) {
-        let n = write.write_vectored(parts).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut parts, n);
-    }
+    write_all_vectored(write, &mut [IoSlice::new(out), IoSlice::new(&data)]).await?;
     out.clear();
     Ok(())
 }

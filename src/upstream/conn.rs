@@ -91,6 +91,12 @@ impl UpstreamConn {
         self.stream.write_all(bytes).await
     }
 
+    /// Writes all of `parts` (a head and a kept body) with as few system calls as the kernel
+    /// allows.
+    pub async fn write_all_vectored(&mut self, parts: &mut [io::IoSlice<'_>]) -> io::Result<()> {
+        write_all_vectored(&mut self.stream, parts).await
+    }
+
     /// Lets go of a buffer that a large body grew, before the connection waits in the pool.
     pub fn shed_buffer(&mut self) {
         if self.buf.is_empty() && self.buf.capacity() > IDLE_BUFFER {
@@ -121,6 +127,21 @@ impl UpstreamConn {
     pub async fn fill(&mut self) -> io::Result<usize> {
         std::future::poll_fn(|cx| self.poll_fill(cx, 0)).await
     }
+}
+
+/// Writes all of `parts`, as many at once as the socket takes.
+pub async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    mut parts: &mut [io::IoSlice<'_>],
+) -> io::Result<()> {
+    while parts.iter().any(|p| !p.is_empty()) {
+        let n = writer.write_vectored(parts).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        io::IoSlice::advance_slices(&mut parts, n);
+    }
+    Ok(())
 }
 
 /// Reads what `reader` has next into `buf`, about `want` bytes at most (0: a default).
