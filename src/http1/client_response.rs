@@ -8,7 +8,7 @@ use http::header::{self, HeaderMap};
 use http::{StatusCode, Version, response};
 use http_body::SizeHint;
 
-use super::RawFields;
+use super::{RawFields, put_field};
 
 /// How a response body goes to the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,13 +117,6 @@ fn asks_to_close(headers: &HeaderMap) -> bool {
             .split(|&b| b == b',')
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
     })
-}
-
-fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
-    out.put_slice(name);
-    out.put_slice(b": ");
-    out.put_slice(value);
-    out.put_slice(b"\r\n");
 }
 
 /// The Date field, formatted once a second per thread.

@@ -26,6 +26,15 @@ pub use client_response::{BodyWrite, ResponsePlan, encode_response_head};
 pub use request_head::{BodyFraming, RequestHead, encode_request_head};
 pub use response_head::{Framing, MAX_HEAD_BYTES, RawFields, ResponseHead, parse_response_head};
 
+/// Writes one `name: value` field line.
+fn put_field(out: &mut bytes::BytesMut, name: &[u8], value: &[u8]) {
+    use bytes::BufMut;
+    out.put_slice(name);
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
+}
+
 /// A Content-Length value: digits only (no sign, no spaces inside), at most 19 of them, so that
 /// it cannot overflow.
 fn parse_length(value: &[u8]) -> Option<u64> {

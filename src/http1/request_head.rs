@@ -8,6 +8,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, request};
 
+use super::put_field;
+
 /// How the request body travels upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFraming {
@@ -39,7 +41,7 @@ impl RequestHead {
         }
         let mut out = BytesMut::with_capacity(self.bytes.len() + host.len() + 12);
         out.put_slice(&self.bytes);
-        put_field(&mut out, header::HOST.as_str(), host.as_bytes());
+        put_field(&mut out, header::HOST.as_str().as_bytes(), host.as_bytes());
         out.put_slice(b"\r\n");
         Cow::Owned(out.to_vec())
     }
@@ -75,12 +77,12 @@ pub fn encode_request_head(
             }
             has_length = true;
         }
-        put_field(&mut out, name.as_str(), value.as_bytes());
+        put_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
     match framing {
-        BodyFraming::Chunked => put_field(&mut out, "transfer-encoding", b"chunked"),
+        BodyFraming::Chunked => put_field(&mut out, b"transfer-encoding", b"chunked"),
         BodyFraming::None if !has_length && expects_body(&parts.method) => {
-            put_field(&mut out, "content-length", b"0");
+            put_field(&mut out, b"content-length", b"0");
         }
         _ => {}
     }
@@ -104,7 +106,11 @@ pub fn encode_request_head(
         // No host to add: the client's lines pass as they came.
         None if forwarded => {
             for value in headers.get_all(&X_FORWARDED_HOST) {
-                put_field(&mut out, X_FORWARDED_HOST.as_str(), value.as_bytes());
+                put_field(
+                    &mut out,
+                    X_FORWARDED_HOST.as_str().as_bytes(),
+                    value.as_bytes(),
+                );
             }
         }
         None => {}
@@ -126,13 +132,6 @@ fn is_forwarded_field(name: &HeaderName) -> bool {
 /// Methods whose requests normally have a body: without one, they say so with a zero length.
 fn expects_body(method: &Method) -> bool {
     matches!(*method, Method::POST | Method::PUT | Method::PATCH)
-}
-
-fn put_field(out: &mut BytesMut, name: &str, value: &[u8]) {
-    out.put_slice(name.as_bytes());
-    out.put_slice(b": ");
-    out.put_slice(value);
-    out.put_slice(b"\r\n");
 }
 
 /// Writes `name` as one line: the client's elements (its repeated lines folded, in order), then
