@@ -12,6 +12,8 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::http1::Underscores;
+
 pub use error::{ConfigError, Problem};
 
 /// A validated configuration. Build one with [`Config::load`] or [`Config::from_toml`].
@@ -31,6 +33,8 @@ pub struct Config {
     pub workers: usize,
     /// Adds `x-alb-backend` and `x-alb-reason` to every response: where it went and why.
     pub explain: bool,
+    /// Request fields whose names hold `_`: dropped (default), refused or passed on.
+    pub underscores_in_headers: Underscores,
     pub admin: AdminConfig,
 }
 

@@ -19,6 +19,7 @@ pub struct RawConfig {
     pub access_log: Option<bool>,
     pub workers: Option<i64>,
     pub explain: Option<bool>,
+    pub underscores_in_headers: Option<String>,
     pub admin: Option<RawAdmin>,
 }
 

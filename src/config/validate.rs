@@ -8,6 +8,7 @@ use super::raw::RawConfig;
 use super::sections;
 use super::values::{Problems, count};
 use super::{Algorithm, BackendAddr, BackendSpec, Config, MAX_WEIGHT, Problem};
+use crate::http1::Underscores;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
@@ -25,6 +26,7 @@ pub(super) fn validate(mut raw: RawConfig) -> Result<Config, Vec<Problem>> {
         sections::passive_health(raw.passive_health.unwrap_or_default(), &mut problems);
     let workers = count("workers", raw.workers, 0, 0, 1024, &mut problems) as usize;
     let admin = sections::admin(raw.admin.take().unwrap_or_default(), &mut problems);
+    let underscores_in_headers = underscores(raw.underscores_in_headers.as_deref(), &mut problems);
     problems.into_result()?;
     Ok(Config {
         listen,
@@ -38,6 +40,7 @@ pub(super) fn validate(mut raw: RawConfig) -> Result<Config, Vec<Problem>> {
         access_log: raw.access_log.unwrap_or(true),
         workers,
         explain: raw.explain.unwrap_or(false),
+        underscores_in_headers,
         admin,
     })
 }
@@ -51,6 +54,21 @@ fn listen(value: Option<&str>, problems: &mut Problems) -> SocketAddr {
         );
         SocketAddr::from(([127, 0, 0, 1], 8080))
     })
+}
+
+fn underscores(value: Option<&str>, problems: &mut Problems) -> Underscores {
+    match value {
+        None | Some("drop") => Underscores::Drop,
+        Some("refuse") => Underscores::Refuse,
+        Some("allow") => Underscores::Allow,
+        Some(other) => {
+            problems.add(
+                "underscores_in_headers",
+                format!("{other:?} is not one of \"drop\", \"refuse\", \"allow\""),
+            );
+            Underscores::Drop
+        }
+    }
 }
 
 fn algorithm(value: Option<&str>, problems: &mut Problems) -> Algorithm {

@@ -1,10 +1,20 @@
 //! Parsing a client's request head, strictly: anything two HTTP parsers could read differently
 //! (conflicting lengths, a transfer coding list that does not end in chunked, Transfer-Encoding in
 //! HTTP/1.0, obs-fold, stray whitespace) is refused, since request smuggling lives in those gaps.
+//!
+//! Two rules hold for every request this returns, and nothing downstream has to re-check them:
+//! - **Framing is not a field.** `Content-Length` and `Transfer-Encoding` are read into
+//!   [`ClientRequest::framing`] and left out of the header map, so no later step (a `Connection`
+//!   list, a copy loop) can forward, drop or duplicate them: the head encoder writes the framing
+//!   of the body it actually sends.
+//! - **Host is the client's Host.** The target is origin-form (or `*` for OPTIONS); an
+//!   absolute-form target's authority (never user info) becomes Host, as RFC 9112 §3.2.2 says; an
+//!   authority-form target on anything but CONNECT, an HTTP/1.1 request without Host, and a Host
+//!   that is not an authority are refused.
 
 use std::mem::MaybeUninit;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version, request};
 use smallvec::SmallVec;
@@ -15,9 +25,34 @@ use super::response_head::Framing;
 /// Most fields in a request head (as hyper and nginx: a client needing more is broken).
 const MAX_FIELDS: usize = 100;
 
+/// What to do with a field whose name holds an underscore. Some servers read `_` as `-`
+/// (`Transfer_Encoding` as `Transfer-Encoding`): such a name is a second, hidden framing field
+/// when alb and a backend disagree about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Underscores {
+    /// Leave the field out of what is forwarded (nginx's default).
+    #[default]
+    Drop,
+    /// Answer 400.
+    Refuse,
+    /// Forward it; a name that reads as a framing field once `_` is `-` also closes the upstream
+    /// connection after the exchange, so a lenient backend's different framing cannot reach
+    /// the next request.
+    Allow,
+}
+
+/// How client request heads are read.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestRules {
+    /// Request line and fields; 431 above.
+    pub max_head: usize,
+    pub underscores: Underscores,
+}
+
 /// A request head and what the connection must do with it.
 #[derive(Debug)]
 pub struct ClientRequest {
+    /// Origin-form (or `*`) target, Host as the client meant it, no framing field.
     pub parts: request::Parts,
     /// How the body is delimited: `Empty`, `Length` or `Chunked` (requests are never
     /// close-delimited).
@@ -28,6 +63,12 @@ pub struct ClientRequest {
     /// `Expect: 100-continue`: the client waits for an interim answer before sending the body.
     pub expects_continue: bool,
 }
+
+/// Marks (in the request's extensions) a request carrying a field passed on by
+/// [`Underscores::Allow`] that a lenient backend could read as framing: the upstream connection
+/// must not carry another request after it.
+#[derive(Debug, Clone, Copy)]
+pub struct FramingLookalike;
 
 /// Why a request head was refused, and the status that says so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,8 +88,9 @@ fn bad(reason: &'static str) -> Rejected {
 /// (and within `max_head` bytes so far).
 pub fn parse_client_request(
     buf: &mut BytesMut,
-    max_head: usize,
+    rules: &RequestRules,
 ) -> Result<Option<ClientRequest>, Rejected> {
+    let max_head = rules.max_head;
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
     let mut parsed = httparse::Request::new(&mut []);
     let status = parsed.parse_with_uninit_headers(buf, &mut fields);
@@ -76,24 +118,50 @@ pub fn parse_client_request(
         .map(|f| (span(base, f.name.as_bytes()), span(base, f.value)))
         .collect();
     let head = buf.split_to(len).freeze();
-    let uri = Uri::from_maybe_shared(head.slice(target_span.0 as usize..target_span.1 as usize))
-        .map_err(|_| bad("invalid request target"))?;
+    let target = Target::of(
+        &method,
+        head.slice(target_span.0 as usize..target_span.1 as usize),
+    )?;
     let mut headers = HeaderMap::with_capacity(spans.len());
     let mut fields = FramingFields::default();
     for &((ns, ne), (vs, ve)) in &spans {
         let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
-        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| bad("invalid field name"))?;
+        let raw_name = &head[ns..ne];
+        if raw_name.contains(&b'_') {
+            match rules.underscores {
+                Underscores::Drop => continue,
+                Underscores::Refuse => return Err(bad("underscore in a field name")),
+                Underscores::Allow => fields.framing_lookalike |= reads_as_framing(raw_name),
+            }
+        }
+        let name = HeaderName::from_bytes(raw_name).map_err(|_| bad("invalid field name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
             .map_err(|_| bad("invalid field value"))?;
-        fields.note(&name, &value)?;
+        if fields.note(&name, &value)? == Kept::Framing {
+            continue;
+        }
         headers.append(name, value);
     }
     let framing = fields.framing(version)?;
+    let uri = match target {
+        Target::Origin(uri) => uri,
+        Target::Absolute { authority, origin } => {
+            // RFC 9112 §3.2.2: the target's authority replaces any Host the client sent.
+            headers.insert(header::HOST, authority);
+            origin
+        }
+    };
+    if version == Version::HTTP_11 && !headers.contains_key(header::HOST) {
+        return Err(bad("HTTP/1.1 request without Host"));
+    }
     let (mut parts, ()) = Request::new(()).into_parts();
     parts.method = method;
     parts.uri = uri;
     parts.version = version;
     parts.headers = headers;
+    if fields.framing_lookalike {
+        parts.extensions.insert(FramingLookalike);
+    }
     Ok(Some(ClientRequest {
         close: fields.close
             || (version == Version::HTTP_10 && !fields.keep_alive)
@@ -102,6 +170,100 @@ pub fn parse_client_request(
         parts,
         framing,
     }))
+}
+
+/// The request target, in the two forms alb forwards.
+enum Target {
+    /// `/path?query`, or `*` (OPTIONS), or any authority-form target of CONNECT (which the
+    /// proxy refuses with 405).
+    Origin(Uri),
+    /// `http://authority/path`: forwarded as its origin form with the authority as Host.
+    Absolute { authority: HeaderValue, origin: Uri },
+}
+
+impl Target {
+    /// Reads `raw` by RFC 9112 §3.2: the form must fit the method.
+    fn of(method: &Method, raw: Bytes) -> Result<Target, Rejected> {
+        let invalid = || bad("invalid request target");
+        let uri = Uri::from_maybe_shared(raw.clone()).map_err(|_| invalid())?;
+        if method == Method::CONNECT {
+            return Ok(Target::Origin(uri));
+        }
+        match raw.first() {
+            Some(b'/') => return Ok(Target::Origin(uri)),
+            Some(b'*') if raw.len() == 1 && method == Method::OPTIONS => {
+                return Ok(Target::Origin(uri));
+            }
+            _ => {}
+        }
+        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+            // Authority-form (`evil.example:80`) is for CONNECT only (§3.2.3).
+            return Err(bad("the request target is not in origin or absolute form"));
+        };
+        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+            return Err(invalid());
+        }
+        // User info never names the host (RFC 9110 §4.2.4): `http://a@evil.example/` is refused
+        // rather than read one way here and another way behind.
+        if authority.as_str().contains('@') || !is_authority(authority.as_str().as_bytes()) {
+            return Err(bad("invalid authority in the request target"));
+        }
+        let authority = HeaderValue::from_str(authority.as_str()).map_err(|_| invalid())?;
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let origin = if path.is_empty() { "/" } else { path };
+        let origin = origin.parse::<Uri>().map_err(|_| invalid())?;
+        Ok(Target::Absolute { authority, origin })
+    }
+}
+
+/// `uri-host [ ":" port ]` (RFC 9110 §7.2, RFC 3986 §3.2.2): a reg-name, an IPv4 address or a
+/// bracketed IP literal, then digits. Empty is allowed (a Host for a target without authority).
+fn is_authority(value: &[u8]) -> bool {
+    let (host, port) = if let Some(rest) = value.strip_prefix(b"[") {
+        let Some(close) = rest.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &rest[..close];
+        if literal.is_empty()
+            || !literal
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b":.vV".contains(&b))
+        {
+            return false;
+        }
+        (&[][..], &rest[close + 1..])
+    } else {
+        match value.iter().position(|&b| b == b':') {
+            Some(colon) => (&value[..colon], &value[colon..]),
+            None => (value, &[][..]),
+        }
+    };
+    let reg_name = host
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    reg_name && port_ok
+}
+
+/// Whether `name`, read by a server that takes `_` for `-` and ignores repeats of either, is
+/// Content-Length or Transfer-Encoding.
+fn reads_as_framing(name: &[u8]) -> bool {
+    let mut folded: SmallVec<[u8; 24]> = SmallVec::new();
+    for &b in name {
+        let b = if b == b'_' {
+            b'-'
+        } else {
+            b.to_ascii_lowercase()
+        };
+        if !(b == b'-' && folded.last() == Some(&b'-')) {
+            folded.push(b);
+        }
+    }
+    folded.as_slice() == b"content-length" || folded.as_slice() == b"transfer-encoding"
 }
 
 fn too_large() -> Rejected {
@@ -133,10 +295,20 @@ struct FramingFields {
     keep_alive: bool,
     expects_continue: bool,
     host_seen: bool,
+    framing_lookalike: bool,
+}
+
+/// Whether a field goes into the header map or was taken as framing.
+#[derive(PartialEq, Eq)]
+enum Kept {
+    Field,
+    Framing,
 }
 
 impl FramingFields {
-    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), Rejected> {
+    /// Takes in one field. Repeated equal Content-Length lines are one length (RFC 9110 §8.6
+    /// lets a recipient merge them); either way the field itself is not kept.
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<Kept, Rejected> {
         let bytes = value.as_bytes();
         if name == header::CONTENT_LENGTH {
             // One value, digits only: a list, even of equal values, is refused.
@@ -145,6 +317,7 @@ impl FramingFields {
                 return Err(bad("conflicting Content-Length fields"));
             }
             self.length = Some(n);
+            return Ok(Kept::Framing);
         } else if name == header::TRANSFER_ENCODING {
             self.transfer_encoding = true;
             for coding in bytes.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
@@ -162,6 +335,7 @@ impl FramingFields {
                     return Err(bad("invalid transfer coding"));
                 }
             }
+            return Ok(Kept::Framing);
         } else if name == header::CONNECTION {
             for token in bytes.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 self.close |= token.eq_ignore_ascii_case(b"close");
@@ -172,11 +346,14 @@ impl FramingFields {
             if self.host_seen {
                 return Err(bad("more than one Host field"));
             }
+            if !is_authority(bytes) {
+                return Err(bad("invalid Host"));
+            }
             self.host_seen = true;
         } else if name == header::EXPECT {
             self.expects_continue |= bytes.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }
-        Ok(())
+        Ok(Kept::Field)
     }
 
     fn framing(&self, version: Version) -> Result<Framing, Rejected> {
@@ -215,7 +392,11 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Option<ClientRequest>, Rejected> {
-        parse_client_request(&mut BytesMut::from(text), 8192)
+        let rules = RequestRules {
+            max_head: 8192,
+            underscores: Underscores::Drop,
+        };
+        parse_client_request(&mut BytesMut::from(text), &rules)
     }
 
     #[test]
@@ -227,13 +408,16 @@ mod tests {
         assert_eq!(r.parts.uri, "/a?b");
         let r = parse("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert!(r.close);
-        let r = parse("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let r = parse(
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!((r.framing, r.close), (Framing::Chunked, true));
-        let r = parse("PUT / HTTP/1.1\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let r =
+            parse("PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n")
+                .unwrap()
+                .unwrap();
         assert!(r.expects_continue);
         assert!(parse("GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
     }
@@ -265,8 +449,106 @@ mod tests {
         ] {
             assert_eq!(parse(text).unwrap_err().status.as_u16(), status, "{text}");
         }
+        for (text, why) in [
+            (
+                "GET evil.example HTTP/1.1\r\nHost: good\r\n\r\n",
+                "authority-form",
+            ),
+            (
+                "GET evil.example:80 HTTP/1.1\r\nHost: good\r\n\r\n",
+                "authority-form",
+            ),
+            (
+                "GET a@evil.example HTTP/1.1\r\nHost: good\r\n\r\n",
+                "authority-form",
+            ),
+            (
+                "GET http://a@evil.example/ HTTP/1.1\r\nHost: good\r\n\r\n",
+                "user info",
+            ),
+            (
+                "GET ftp://evil.example/ HTTP/1.1\r\nHost: good\r\n\r\n",
+                "scheme",
+            ),
+            (
+                "GET * HTTP/1.1\r\nHost: good\r\n\r\n",
+                "asterisk without OPTIONS",
+            ),
+            ("GET / HTTP/1.1\r\n\r\n", "HTTP/1.1 without Host"),
+            ("GET / HTTP/1.1\r\nHost: a@b\r\n\r\n", "Host with user info"),
+            ("GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", "Host with a path"),
+            (
+                "GET / HTTP/1.1\r\nHost: a:8x\r\n\r\n",
+                "Host with a bad port",
+            ),
+        ] {
+            assert_eq!(parse(text).unwrap_err().status, 400, "{why}: {text}");
+        }
         let many: String = (0..101).map(|i| format!("X-{i}: a\r\n")).collect();
         let err = parse(&format!("GET / HTTP/1.1\r\n{many}\r\n")).unwrap_err();
         assert_eq!(err.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    }
+
+    #[test]
+    fn framing_fields_are_kept_out_of_the_map() {
+        let r =
+            parse("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n")
+                .unwrap()
+                .unwrap();
+        assert_eq!(r.framing, Framing::Length(3));
+        assert!(!r.parts.headers.contains_key(header::CONTENT_LENGTH));
+        let r = parse("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!r.parts.headers.contains_key(header::TRANSFER_ENCODING));
+    }
+
+    #[test]
+    fn targets_become_origin_form_with_the_right_host() {
+        let r = parse("GET http://Good.example:8080/p?q HTTP/1.1\r\nHost: other\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.parts.uri, "/p?q");
+        assert_eq!(r.parts.headers[header::HOST], "Good.example:8080");
+        let r = parse("GET http://good.example HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.parts.uri, "/");
+        let r = parse("OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.parts.uri, "*");
+        let r = parse("GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.parts.headers[header::HOST], "[::1]:80");
+        assert!(parse("GET / HTTP/1.0\r\n\r\n").unwrap().is_some());
+    }
+
+    #[test]
+    fn underscore_names_follow_the_rule() {
+        let text = "GET / HTTP/1.1\r\nHost: x\r\nTransfer_Encoding: chunked\r\nX_A: 1\r\n\r\n";
+        let with = |underscores| {
+            let rules = RequestRules {
+                max_head: 8192,
+                underscores,
+            };
+            parse_client_request(&mut BytesMut::from(text), &rules)
+        };
+        let dropped = with(Underscores::Drop).unwrap().unwrap();
+        assert_eq!(
+            dropped.parts.headers.len(),
+            1,
+            "{:?}",
+            dropped.parts.headers
+        );
+        assert!(dropped.parts.extensions.get::<FramingLookalike>().is_none());
+        assert_eq!(with(Underscores::Refuse).unwrap_err().status, 400);
+        let allowed = with(Underscores::Allow).unwrap().unwrap();
+        assert_eq!(allowed.parts.headers.len(), 3);
+        assert!(allowed.parts.extensions.get::<FramingLookalike>().is_some());
+        assert!(reads_as_framing(b"Transfer___Encoding"));
+        assert!(reads_as_framing(b"content_length"));
+        assert!(!reads_as_framing(b"x_content_length"));
     }
 }

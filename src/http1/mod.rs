@@ -21,7 +21,9 @@ mod response_head;
 
 pub use body::{BodyDecoder, Decoded};
 pub use client_body::{ClientBody, ClientBodyError, ReadSide, ReadSlot};
-pub use client_request::{ClientRequest, Rejected, parse_client_request};
+pub use client_request::{
+    ClientRequest, FramingLookalike, Rejected, RequestRules, Underscores, parse_client_request,
+};
 pub use client_response::{BodyWrite, ResponsePlan, encode_response_head};
 pub use request_head::{BodyFraming, RequestHead, encode_request_head};
 pub use response_head::{Framing, MAX_HEAD_BYTES, RawFields, ResponseHead, parse_response_head};

@@ -1,6 +1,13 @@
-//! Writing the request head sent to a backend: the client's request line and fields as hyper
-//! parsed them (hop-by-hop fields already removed), with this hop appended to X-Forwarded-For,
-//! -Proto and -Host, encoded once per request and sent as is on every attempt.
+//! Writing the request head sent to a backend: the client's request line and fields as parsed
+//! (hop-by-hop fields already removed), with this hop appended to X-Forwarded-For, -Proto and
+//! -Host, encoded once per request and sent as is on every attempt.
+//!
+//! **The framing alb forwards is the framing alb writes.** This encoder is the one place that
+//! frames a request for a backend: it writes exactly one `Content-Length` or
+//! `Transfer-Encoding: chunked`, from [`BodyFraming`], which describes the body alb is about to
+//! send (not what the client declared), and it never copies a framing field from the map. A
+//! client's `Connection` list, a repeated length or a look-alike name can therefore not change how
+//! a backend splits the bytes that follow.
 
 use std::borrow::Cow;
 
@@ -10,13 +17,13 @@ use http::{Method, request};
 
 use super::put_field;
 
-/// How the request body travels upstream.
+/// How the request body alb sends upstream is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFraming {
     None,
-    /// As many bytes as the client's Content-Length says (the field is passed on).
-    Length,
-    /// Length unknown in advance: chunked (any Content-Length the client sent is dropped).
+    /// Exactly this many bytes follow the head.
+    Length(u64),
+    /// Length unknown in advance: chunked.
     Chunked,
 }
 
@@ -30,9 +37,16 @@ pub struct RequestHead {
     /// Complete with its final blank line, or (when Host is missing) without it.
     bytes: Bytes,
     host_missing: bool,
+    closes: bool,
 }
 
 impl RequestHead {
+    /// Whether the head asks the backend to close the connection after its answer: the
+    /// connection must not carry another request whatever the answer says.
+    pub fn closes_connection(&self) -> bool {
+        self.closes
+    }
+
     /// The head as sent to a backend whose authority is `host`: a request without Host (HTTP/1.0)
     /// names the backend.
     pub fn for_backend(&self, host: &HeaderValue) -> Cow<'_, [u8]> {
@@ -47,11 +61,13 @@ impl RequestHead {
     }
 }
 
-/// Encodes the head of `parts` for the upstream hop. `client_ip` joins X-Forwarded-For.
+/// Encodes the head of `parts` for the upstream hop. `client_ip` joins X-Forwarded-For;
+/// `close` asks the backend to close the connection after answering.
 pub fn encode_request_head(
     parts: &request::Parts,
     client_ip: &HeaderValue,
     framing: BodyFraming,
+    close: bool,
 ) -> RequestHead {
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut out = BytesMut::with_capacity(512);
@@ -60,7 +76,6 @@ pub fn encode_request_head(
     out.put_slice(if target.is_empty() { "/" } else { target }.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
     let mut forwarded = false;
-    let mut has_length = false;
     // Found on the way through the fields rather than looked up (a hash and a probe each).
     let mut host = None;
     for (name, value) in &parts.headers {
@@ -71,20 +86,25 @@ pub fn encode_request_head(
             forwarded = true;
             continue;
         }
-        if name == header::CONTENT_LENGTH {
-            if framing == BodyFraming::Chunked {
-                continue;
-            }
-            has_length = true;
+        if is_framing_or_connection(name) {
+            continue;
         }
         put_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
     match framing {
         BodyFraming::Chunked => put_field(&mut out, b"transfer-encoding", b"chunked"),
-        BodyFraming::None if !has_length && expects_body(&parts.method) => {
+        BodyFraming::Length(n) => put_field(
+            &mut out,
+            b"content-length",
+            itoa::Buffer::new().format(n).as_bytes(),
+        ),
+        BodyFraming::None if expects_body(&parts.method) => {
             put_field(&mut out, b"content-length", b"0");
         }
-        _ => {}
+        BodyFraming::None => {}
+    }
+    if close {
+        put_field(&mut out, b"connection", b"close");
     }
     let headers = &parts.headers;
     put_list(
@@ -122,7 +142,15 @@ pub fn encode_request_head(
     RequestHead {
         bytes: out.freeze(),
         host_missing,
+        closes: close,
     }
+}
+
+/// Fields this encoder writes itself, from the body and the connection, never from the client.
+fn is_framing_or_connection(name: &HeaderName) -> bool {
+    name == header::CONTENT_LENGTH
+        || name == header::TRANSFER_ENCODING
+        || name == header::CONNECTION
 }
 
 fn is_forwarded_field(name: &HeaderName) -> bool {
@@ -161,7 +189,12 @@ mod tests {
 
     fn encode(request: http::Request<()>, framing: BodyFraming) -> String {
         let (parts, ()) = request.into_parts();
-        let head = encode_request_head(&parts, &HeaderValue::from_static("10.0.0.1"), framing);
+        let head = encode_request_head(
+            &parts,
+            &HeaderValue::from_static("10.0.0.1"),
+            framing,
+            false,
+        );
         let bytes = head.for_backend(&HeaderValue::from_static("backend:81"));
         String::from_utf8(bytes.to_vec()).unwrap()
     }
@@ -176,7 +209,7 @@ mod tests {
             .body(())
             .unwrap();
         assert_eq!(
-            encode(request, BodyFraming::Length),
+            encode(request, BodyFraming::Length(3)),
             "POST /up?x=1 HTTP/1.1\r\nhost: example.com\r\ncontent-length: 3\r\n\
              x-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.1\r\nx-forwarded-proto: http\r\n\
              x-forwarded-host: example.com\r\n\r\n"
@@ -198,6 +231,25 @@ mod tests {
             .body(())
             .unwrap();
         assert!(encode(empty_post, BodyFraming::None).contains("content-length: 0\r\n"));
+    }
+
+    #[test]
+    fn writes_one_framing_field_of_its_own_whatever_the_map_holds() {
+        let request = http::Request::post("/")
+            .header("host", "h")
+            .header("content-length", "99")
+            .header("content-length", "99")
+            .header("transfer-encoding", "chunked")
+            .header("connection", "content-length")
+            .body(())
+            .unwrap();
+        let text = encode(request, BodyFraming::Length(3));
+        assert_eq!(text.matches("content-length").count(), 1, "{text}");
+        assert!(text.contains("content-length: 3\r\n"), "{text}");
+        assert!(
+            !text.contains("transfer-encoding") && !text.contains("connection"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -40,6 +40,14 @@ pub fn hop_scan(headers: &HeaderMap) -> HopScan {
     scan
 }
 
+/// Whether the Connection field may name `name` for removal (RFC 9110 §7.6.1 lets it name any
+/// field). It may not name the fields that say where and how the message goes: Host, and the
+/// framing (which the request parser has taken out of the map anyway and the encoder writes).
+/// nginx and HAProxy ignore such names too; honouring them is what lets a request be smuggled.
+fn may_be_nominated(name: &HeaderName) -> bool {
+    name != header::HOST && name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING
+}
+
 /// Removes every hop-by-hop field, including the ones the Connection field names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if hop_scan(headers).any {
@@ -56,6 +64,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .filter_map(|token| HeaderName::from_bytes(token.trim_ascii()).ok())
+        .filter(may_be_nominated)
         .collect();
     for name in listed {
         headers.remove(name);
@@ -105,6 +114,19 @@ mod tests {
         remove_hop_by_hop(&mut h);
         let names: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["host", "x-kept"]);
+    }
+
+    #[test]
+    fn connection_cannot_name_host_or_framing() {
+        let mut h = map(&[
+            ("host", "example.test"),
+            ("connection", "host, content-length, transfer-encoding, x-a"),
+            ("content-length", "5"),
+            ("x-a", "1"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        let names: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["host", "content-length"]);
     }
 
     #[test]

@@ -231,7 +231,10 @@ impl Routing {
             };
             let more = attempt < self.retry.attempts;
             let failure = match sent {
-                Ok(answer) => {
+                Ok(mut answer) => {
+                    if head.closes_connection() {
+                        answer.response.reusable = false;
+                    }
                     let status = answer.response.status.as_u16();
                     backend.record_response(exchange.method, status, sent_at.elapsed());
                     if status >= 500 && self.outliers.counts_5xx() {

@@ -6,14 +6,14 @@ use std::net::SocketAddr;
 
 use crate::http1::ClientBody;
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Uri, header};
+use http::{HeaderValue, Method, Request};
 use http_body_util::BodyExt;
 
 use super::headers::{hop_scan, strip_hop_by_hop};
 use super::request_body::{BodyError, BodyLimits, RequestBody};
 use super::retry::is_idempotent;
 use super::{ProxyError, Routing};
-use crate::http1::{BodyFraming, RequestHead, encode_request_head};
+use crate::http1::{BodyFraming, FramingLookalike, RequestHead, encode_request_head};
 
 /// The client connection a request arrived on, computed once per connection.
 #[derive(Debug, Clone)]
@@ -58,18 +58,9 @@ impl Routing {
                 "CONNECT is not supported by this proxy",
             ));
         }
-        // Transfer codings other than chunked were refused with 501 by the head parser.
+        // The head parser refused transfer codings other than chunked (501), took the framing
+        // out of the fields and put an absolute-form target's authority into Host.
         let hop = hop_scan(&parts.headers);
-        if let Some(authority) = parts.uri.authority() {
-            // Absolute-form target: its authority replaces any Host field (RFC 9112 §3.2.2).
-            let host = HeaderValue::from_str(authority.as_str())
-                .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
-            parts.headers.insert(header::HOST, host);
-            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            parts.uri = path
-                .parse::<Uri>()
-                .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
-        }
         if hop.any {
             strip_hop_by_hop(&mut parts.headers);
         }
@@ -80,21 +71,19 @@ impl Routing {
             (RequestBody::Empty, BodyFraming::None)
         } else if keep {
             let bytes = self.read_whole(body).await?;
-            (RequestBody::Buffered(bytes), BodyFraming::Length)
+            let framing = BodyFraming::Length(bytes.len() as u64);
+            (RequestBody::Buffered(bytes), framing)
         } else {
             let limits = BodyLimits {
                 max_bytes: self.limits.max_body_bytes,
                 idle: self.timeouts.client_body_idle,
             };
-            let framing = if length.is_some() {
-                BodyFraming::Length
-            } else {
-                BodyFraming::Chunked
-            };
+            let framing = length.map_or(BodyFraming::Chunked, BodyFraming::Length);
             (RequestBody::client(body, limits), framing)
         };
+        let close = parts.extensions.get::<FramingLookalike>().is_some();
         Ok(Outbound {
-            head: encode_request_head(&parts, &client.ip_header, framing),
+            head: encode_request_head(&parts, &client.ip_header, framing, close),
             head_request: parts.method == Method::HEAD,
             idempotent: is_idempotent(&parts.method),
             body,

@@ -25,7 +25,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use crate::deadline::Deadline;
 use crate::http1::{
     BodyDecoder, BodyWrite, ClientBody, ClientRequest, Framing, ReadSide, ReadSlot, Rejected,
-    encode_response_head, parse_client_request,
+    RequestRules, encode_response_head, parse_client_request,
 };
 use crate::proxy::{ClientInfo, Proxy, ProxyStats, ResponseBody};
 use crate::upstream::{METHOD_CLASSES, write_all_vectored};
@@ -88,7 +88,7 @@ impl Drop for Seat {
 pub struct ConnSettings {
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
-    pub max_head: usize,
+    pub rules: RequestRules,
 }
 
 /// Why no request came.
@@ -258,7 +258,7 @@ async fn read_head(
     poll_fn(|cx| {
         loop {
             if !reader.buf.is_empty() {
-                match parse_client_request(&mut reader.buf, settings.max_head) {
+                match parse_client_request(&mut reader.buf, &settings.rules) {
                     Ok(Some(request)) => return Poll::Ready(Ok(request)),
                     Ok(None) if !started => {
                         started = true;

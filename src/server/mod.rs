@@ -18,6 +18,7 @@ pub use conn::{ConnSettings, Seat, Shutdown, serve_connection};
 
 use crate::admin::AdminServer;
 use crate::config::Config;
+use crate::http1::RequestRules;
 use crate::proxy::{ClientInfo, Proxy};
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
@@ -145,7 +146,10 @@ impl Server {
                         let settings = ConnSettings {
                             header_timeout: timeouts.client_header,
                             keepalive_timeout: timeouts.keepalive_idle,
-                            max_head: self.config.limits.max_header_bytes,
+                            rules: RequestRules {
+                                max_head: routing.config().limits.max_header_bytes,
+                                underscores: routing.config().underscores_in_headers,
+                            },
                         };
                         let seat = Seat::new(slot, self.proxy.stats().clone());
                         // Spawned as is: wrapped in another async block, the connection's state
