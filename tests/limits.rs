@@ -250,3 +250,50 @@ async fn a_backend_at_max_connections_queues_then_refuses() {
     lb.stop().await;
     b.stop().await;
 }
+
+/// A request cancelled while it waits in a backend's queue (here by `timeouts.request`) gives its
+/// place back. Two such cancellations with `backend_queue = 2` used to leave the queue counted
+/// full for good: every later request that had to wait got an immediate 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_cancelled_in_the_queue_give_their_place_back() {
+    let b = TestBackend::start("b").await;
+    let config = format!(
+        "{}[limits]\nbackend_max_connections = 1\nbackend_queue = 2\nbackend_queue_timeout = \"10s\"\n\
+         [timeouts]\nrequest = \"300ms\"\n[health_check]\ninterval = \"60s\"\n",
+        backends_line(&[&b])
+    );
+    let lb = TestBalancer::start(&config).await;
+    let backend = lb.proxy.backends()[0].clone();
+    for round in 0..2 {
+        // A client that asks for a large body and never reads it holds the only slot.
+        let mut hog = TcpStream::connect(lb.addr).await.unwrap();
+        hog.write_all(b"GET /bytes/100000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        wait_until(Duration::from_secs(2), || backend.in_flight() == 1)
+            .await
+            .unwrap();
+        // Two requests queue behind it and are cut by the request deadline.
+        let queued: Vec<_> = (0..2)
+            .map(|_| {
+                let (c, url) = (client(), lb.url("/"));
+                tokio::spawn(async move { get(&c, &url).await.0.as_u16() })
+            })
+            .collect();
+        for q in queued {
+            assert_eq!(q.await.unwrap(), 504, "round {round}");
+        }
+        assert_eq!(
+            backend.limit().unwrap().waiting(),
+            0,
+            "round {round}: places leaked"
+        );
+        drop(hog);
+        wait_until(Duration::from_secs(5), || backend.in_flight() == 0)
+            .await
+            .unwrap();
+    }
+    assert_eq!(get(&client(), &lb.url("/")).await.0, 200);
+    lb.stop().await;
+    b.stop().await;
+}
