@@ -1,4 +1,5 @@
-//! The statuses alb makes itself: 503 no healthy backend, 502 upstream broken, 504 upstream slow.
+//! The statuses alb makes itself: 503 no healthy or reachable backend, 502 upstream broken, 504
+//! upstream slow.
 
 mod common;
 
@@ -31,28 +32,36 @@ async fn all_backends_down_gives_503_with_retry_after() {
     lb.stop().await;
 }
 
+/// Every backend refusing connections (they just died; the checks have not noticed yet) is the
+/// service being unavailable, not a bad gateway: 503 with Retry-After, as HAProxy and Envoy
+/// answer. Nothing reached a backend, so nothing counts as a backend's bad answer either.
 #[tokio::test]
-async fn unreachable_backend_gives_502() {
+async fn unreachable_backends_give_503_with_retry_after() {
+    let a = TestBackend::start("a").await;
     let b = TestBackend::start("b").await;
     let lb = TestBalancer::start(&format!(
         "{}[health_check]\ninterval = \"60s\"\n",
-        backends_line(&[&b])
+        backends_line(&[&a, &b])
     ))
     .await;
-    // Let the first probe pass, so the balancer still believes in the backend when it dies.
-    wait_until(Duration::from_secs(2), || b.probes() >= 1)
+    // Let the first probes pass, so the balancer still believes in the backends when they die.
+    wait_until(Duration::from_secs(2), || a.probes() >= 1 && b.probes() >= 1)
         .await
         .unwrap();
+    lb.wait_health(&a.addr, true, Duration::from_secs(1)).await;
     lb.wait_health(&b.addr, true, Duration::from_secs(1)).await;
-    let addr = b.stop().await;
-    let (status, _, body) = get(&client(), &lb.url("/")).await;
-    assert_eq!(status, 502);
+    let (a, b) = (a.stop().await, b.stop().await);
+    let (status, headers, body) = get(&client(), &lb.url("/")).await;
+    assert_eq!(status, 503);
+    assert_eq!(headers["retry-after"], "60");
     assert!(
-        String::from_utf8_lossy(&body).contains("could not be reached"),
+        String::from_utf8_lossy(&body).contains("could be reached"),
         "{body:?}"
     );
-    // The failed connect asked for an early probe, which takes the backend out without waiting 60 s.
-    lb.wait_health(&addr, false, Duration::from_secs(2)).await;
+    // The failed connects asked for early probes, which take the backends out without waiting
+    // 60 s.
+    lb.wait_health(&a, false, Duration::from_secs(2)).await;
+    lb.wait_health(&b, false, Duration::from_secs(2)).await;
     lb.stop().await;
 }
 

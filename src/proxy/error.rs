@@ -43,9 +43,12 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::NoHealthyBackend | ProxyError::Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Connect(_)
-            | ProxyError::Upstream(_)
+            // A backend that could not be reached never saw the request: the service is
+            // unavailable (HAProxy and Envoy say 503 too), and the client may simply try again.
+            ProxyError::NoHealthyBackend | ProxyError::Queue(_) | ProxyError::Connect(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::Upstream(_)
             | ProxyError::UpstreamStatus(_)
             | ProxyError::UpstreamFraming(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ResponseTimeout(_) | ProxyError::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -56,6 +59,11 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
+    }
+
+    /// Whether the request provably never reached a backend.
+    pub fn is_unsent(&self) -> bool {
+        matches!(self, ProxyError::Connect(_) | ProxyError::Queue(_))
     }
 
     /// What this error tells passive health about the backend, if anything: only the backend's
@@ -74,7 +82,7 @@ impl ProxyError {
     fn message(&self) -> &'static str {
         match self {
             ProxyError::NoHealthyBackend => "no healthy backend is available, try again later",
-            ProxyError::Connect(_) => "the backend could not be reached",
+            ProxyError::Connect(_) => "no backend could be reached, try again later",
             ProxyError::Upstream(_) | ProxyError::UpstreamStatus(_) => {
                 "the backend failed to answer"
             }

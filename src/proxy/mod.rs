@@ -88,6 +88,17 @@ struct Rejection {
     backend: Option<Arc<Backend>>,
 }
 
+impl Rejection {
+    /// What the client is told after several attempts: a backend that took the request and
+    /// failed it (502, 504) says more than a later one that could not be reached (503).
+    fn or_earlier(self, earlier: Option<Rejection>) -> Rejection {
+        match earlier {
+            Some(earlier) if self.error.is_unsent() && !earlier.error.is_unsent() => earlier,
+            _ => self,
+        }
+    }
+}
+
 impl Routing {
     /// Builds the routing for `config`. Backends of `previous` that are unchanged (same URL,
     /// weight and connection limit) are kept as they are, with their health, counters and pooled
@@ -292,7 +303,8 @@ impl Routing {
             let rejection = Rejection {
                 error: failure.error,
                 backend: Some(backend.clone()),
-            };
+            }
+            .or_earlier(last.take());
             match again {
                 Some(next) if more && self.retry.allow_retry() => {
                     tracing::info!(backend = backend.url(), attempt, error = %rejection.error, "retrying on another backend");
