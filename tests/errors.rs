@@ -45,9 +45,11 @@ async fn unreachable_backends_give_503_with_retry_after() {
     ))
     .await;
     // Let the first probes pass, so the balancer still believes in the backends when they die.
-    wait_until(Duration::from_secs(2), || a.probes() >= 1 && b.probes() >= 1)
-        .await
-        .unwrap();
+    wait_until(Duration::from_secs(2), || {
+        a.probes() >= 1 && b.probes() >= 1
+    })
+    .await
+    .unwrap();
     lb.wait_health(&a.addr, true, Duration::from_secs(1)).await;
     lb.wait_health(&b.addr, true, Duration::from_secs(1)).await;
     let (a, b) = (a.stop().await, b.stop().await);

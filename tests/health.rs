@@ -166,3 +166,38 @@ async fn health_checks_use_the_configured_path() {
     lb.stop().await;
     b.stop().await;
 }
+
+/// A reload restarts the health checks. A backend they already know keeps its verdict until
+/// `fall` probes in a row fail; it used to be marked DOWN by the first failed probe after the
+/// restart, as if alb had never seen it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_does_not_take_a_known_backend_out_on_one_failed_probe() {
+    let a = TestBackend::start("a").await;
+    let lb = TestBalancer::start(&format!(
+        "{}[health_check]\ninterval = \"60s\"\nfall = 3\n",
+        backends_line(&[&a])
+    ))
+    .await;
+    wait_until(Duration::from_secs(2), || {
+        lb.proxy.backends()[0].last_probe().is_some()
+    })
+    .await
+    .unwrap();
+    a.set_mode(Mode::Fail);
+    let before = a.probes();
+    let config = lb.proxy.routing().config().clone();
+    lb.proxy.apply(&config);
+    let backend = lb.proxy.backends()[0].clone();
+    wait_until(Duration::from_secs(2), || {
+        backend.last_probe().is_some_and(|(passed, _)| !passed)
+    })
+    .await
+    .unwrap();
+    assert_eq!(a.probes(), before + 1, "one probe since the reload");
+    // The next probe comes about a second later (the state is changing): until then, and after
+    // it, the backend stays in (fall = 3).
+    let flipped = wait_until(Duration::from_millis(700), || !backend.is_healthy()).await;
+    assert!(flipped.is_err(), "marked DOWN after one failed probe");
+    lb.stop().await;
+    a.stop().await;
+}

@@ -79,6 +79,7 @@ pub enum Transition {
 }
 
 impl HealthState {
+    /// The state of a backend never probed before: its first failed probe marks it DOWN at once.
     pub fn new(config: &HealthCheckConfig) -> HealthState {
         HealthState {
             rise: config.rise,
@@ -86,6 +87,16 @@ impl HealthState {
             successes: 0,
             failures: 0,
             first: true,
+        }
+    }
+
+    /// The state for `backend` when its checks (re)start. A backend probed before (its checks
+    /// restarted by a reload) keeps its verdict until `fall` probes in a row fail: only a
+    /// backend alb knows nothing about yet is taken out by one failed probe.
+    pub fn for_backend(backend: &Backend, config: &HealthCheckConfig) -> HealthState {
+        HealthState {
+            first: backend.last_probe().is_none(),
+            ..HealthState::new(config)
         }
     }
 
@@ -114,7 +125,7 @@ impl HealthState {
 }
 
 async fn check_loop(backend: Arc<Backend>, config: HealthCheckConfig, forgive_after: Duration) {
-    let mut state = HealthState::new(&config);
+    let mut state = HealthState::for_backend(&backend, &config);
     let mut readmitted_at: Option<tokio::time::Instant> = None;
     loop {
         let result = probe(&backend, &config).await;

@@ -5,8 +5,8 @@
 //! passes. At most `max_ejected_percent` of the pool is ejected at any time, so a fault that hits
 //! every backend (or alb's own network) cannot empty the pool.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::config::PassiveHealthConfig;
 use crate::upstream::Backend;
@@ -16,6 +16,11 @@ pub struct OutlierDetector {
     config: PassiveHealthConfig,
     pool: Vec<Arc<Backend>>,
     ejections: AtomicU64,
+    /// Held while counting the ejected backends and ejecting one, so that two backends failing
+    /// at once cannot both pass the `max_ejected_percent` check before either is ejected. Taken
+    /// only at the end of a failure run, never on the request path otherwise, and never across
+    /// an await.
+    deciding: Mutex<()>,
 }
 
 impl OutlierDetector {
@@ -24,6 +29,7 @@ impl OutlierDetector {
             config: config.clone(),
             pool: pool.to_vec(),
             ejections: AtomicU64::new(0),
+            deciding: Mutex::new(()),
         }
     }
 
@@ -49,6 +55,7 @@ impl OutlierDetector {
         if run < self.config.consecutive_failures || backend.is_ejected() {
             return;
         }
+        let _deciding = self.deciding.lock().unwrap_or_else(|p| p.into_inner());
         let ejected = self.pool.iter().filter(|b| b.is_ejected()).count();
         let allowed = self.pool.len() * self.config.max_ejected_percent as usize / 100;
         if ejected >= allowed {
@@ -72,6 +79,51 @@ impl OutlierDetector {
                 "backend {} is DOWN: ejected after {run} consecutive failures on live traffic (last: {what}) for {duration:?}",
                 backend.url()
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// Backends whose failure runs end at the same instant: the cap must hold for all of them
+    /// together, not for each one alone. Many rounds, so that the threads do meet.
+    #[test]
+    fn the_ejection_cap_holds_for_simultaneous_failures() {
+        const N: usize = 16;
+        let urls: Vec<String> = (0..N)
+            .map(|i| format!("http://127.0.0.1:{}", i + 1))
+            .collect();
+        let config = Config::with_backends(([127, 0, 0, 1], 0).into(), &urls).unwrap();
+        let mut passive = config.passive_health.clone();
+        passive.consecutive_failures = 1;
+        passive.max_ejected_percent = 50;
+        for _ in 0..300 {
+            let pool: Vec<Arc<Backend>> = config
+                .backends
+                .iter()
+                .map(|spec| Arc::new(Backend::new(spec)))
+                .collect();
+            let detector = Arc::new(OutlierDetector::new(&passive, &pool));
+            let start = Arc::new(std::sync::Barrier::new(N));
+            let threads: Vec<_> = pool
+                .iter()
+                .map(|backend| {
+                    let (backend, detector, start) =
+                        (backend.clone(), detector.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        detector.record_failure(&backend, "test");
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            let ejected = pool.iter().filter(|b| b.is_ejected()).count();
+            assert_eq!(ejected, N / 2, "the cap lets half of the pool be ejected");
         }
     }
 }

@@ -151,7 +151,9 @@ struct FramingFields {
     length: Option<u64>,
     length_invalid: bool,
     transfer_encoding: bool,
-    chunked_last: bool,
+    /// Codings named across every Transfer-Encoding line: chunked, and anything else.
+    chunked: u32,
+    other_codings: bool,
     close: bool,
     keep_alive: bool,
 }
@@ -284,12 +286,19 @@ impl FramingFields {
             }
             FieldKind::TransferEncoding => {
                 self.transfer_encoding = true;
-                // Every coding must be chunked (alb decodes nothing else), chunked coming last.
-                self.chunked_last = value
+                // The codings of every line add up (RFC 9110 §5.3: lines are one list), so
+                // `gzip` on one line and `chunked` on the next is gzip, then chunked.
+                for coding in value
                     .split(|&b| b == b',')
                     .map(<[u8]>::trim_ascii)
                     .filter(|c| !c.is_empty())
-                    .all(|c| c.eq_ignore_ascii_case(b"chunked"));
+                {
+                    if coding.eq_ignore_ascii_case(b"chunked") {
+                        self.chunked += 1;
+                    } else {
+                        self.other_codings = true;
+                    }
+                }
             }
             FieldKind::Connection => {
                 for token in value.split(|&b| b == b',') {
@@ -311,8 +320,9 @@ impl FramingFields {
             return Ok(Framing::Empty);
         }
         if self.transfer_encoding {
-            // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length.
-            return if self.chunked_last {
+            // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length. alb decodes chunked,
+            // applied once, and nothing else.
+            return if self.chunked == 1 && !self.other_codings {
                 Ok(Framing::Chunked)
             } else {
                 Err(WireError::Framing("a transfer coding other than chunked"))
@@ -400,6 +410,9 @@ mod tests {
             "HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n",
             "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+            // Two lines are one list: the gzip coding must not be lost.
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
             "HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n",
             "HTTP/1.1 200 OK\r\nbad field: x\r\n\r\n",
         ] {
