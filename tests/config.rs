@@ -663,6 +663,7 @@ fn the_resilience_sections_parse_with_their_defaults_and_values() {
     assert_eq!(config.retry.max_body_buffer, 1 << 20);
     assert_eq!(config.passive_health.consecutive_failures, 7);
     assert!(config.passive_health.count_5xx);
+    assert_eq!(config.passive_health.failure_statuses, [500, 502, 503, 504]);
     assert_eq!(
         config.passive_health.ejection_time,
         std::time::Duration::from_secs(10)
@@ -682,9 +683,10 @@ fn the_resilience_sections_parse_with_their_defaults_and_values() {
 #[test]
 fn bad_resilience_values_name_their_keys() {
     let error = alb::Config::from_toml(
-        "backends = [\"http://127.0.0.1:8081\"]\n\
+        "backends = [\"http://127.0.0.1:8081\"]\nunderscores_in_headers = \"sometimes\"\n\
          [retry]\non_status = [404]\nmax_body_buffer = \"12 parsecs\"\n\
          [passive_health]\nmax_ejected_percent = 150\nejection_time = \"1m\"\nmax_ejection_time = \"10s\"\n\
+         failure_statuses = [503, 404]\n\
          [limits]\nmax_header_bytes = 10\n",
         "t.toml",
     )
@@ -697,7 +699,9 @@ fn bad_resilience_values_name_their_keys() {
             "retry.on_status",
             "retry.max_body_buffer",
             "passive_health.max_ejection_time",
+            "passive_health.failure_statuses",
             "passive_health.max_ejected_percent",
+            "underscores_in_headers",
         ]
     );
 }

@@ -219,8 +219,12 @@ pub struct PassiveHealthConfig {
     pub enabled: bool,
     /// Consecutive failed requests (connect errors, resets, timeouts) that eject a backend.
     pub consecutive_failures: u32,
-    /// Whether 5xx answers count as failures.
+    /// Whether answers with a status in `failure_statuses` count as failures. On by default:
+    /// a backend that answers 500 at once to everything but passes its health check is the
+    /// fastest to answer, so least connections would give it the largest share.
     pub count_5xx: bool,
+    /// The statuses that count when `count_5xx` is on.
+    pub failure_statuses: Vec<u16>,
     /// First ejection lasts this long; each repeated ejection one more time as long.
     pub ejection_time: Duration,
     pub max_ejection_time: Duration,
@@ -233,7 +237,8 @@ impl Default for PassiveHealthConfig {
         PassiveHealthConfig {
             enabled: true,
             consecutive_failures: 5,
-            count_5xx: false,
+            count_5xx: true,
+            failure_statuses: vec![500, 502, 503, 504],
             ejection_time: Duration::from_secs(10),
             max_ejection_time: Duration::from_secs(300),
             max_ejected_percent: 50,

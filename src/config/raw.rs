@@ -79,6 +79,7 @@ pub struct RawPassiveHealth {
     pub enabled: Option<bool>,
     pub consecutive_failures: Option<i64>,
     pub count_5xx: Option<bool>,
+    pub failure_statuses: Option<Vec<i64>>,
     pub ejection_time: Option<String>,
     pub max_ejection_time: Option<String>,
     pub max_ejected_percent: Option<i64>,

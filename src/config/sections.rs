@@ -91,21 +91,11 @@ pub(super) fn timeouts(raw: RawTimeouts, problems: &mut Problems) -> Timeouts {
 
 pub(super) fn retry(raw: RawRetry, problems: &mut Problems) -> RetryConfig {
     let d = RetryConfig::default();
-    let on_status = raw
-        .on_status
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|code| match code {
-            500..=599 => Some(code as u16),
-            _ => {
-                problems.add(
-                    "retry.on_status",
-                    format!("{code} is not a 5xx status; only 5xx answers can be retried"),
-                );
-                None
-            }
-        })
-        .collect();
+    let on_status = statuses(
+        "retry.on_status",
+        &raw.on_status.unwrap_or_default(),
+        problems,
+    );
     RetryConfig {
         attempts: count("retry.attempts", raw.attempts, d.attempts, 1, 10, problems),
         budget_percent: count(
@@ -170,6 +160,10 @@ pub(super) fn passive_health(
             problems,
         ),
         count_5xx: raw.count_5xx.unwrap_or(d.count_5xx),
+        failure_statuses: match raw.failure_statuses {
+            None => d.failure_statuses,
+            Some(list) => statuses(&key("failure_statuses"), &list, problems),
+        },
         ejection_time,
         max_ejection_time,
         max_ejected_percent: count(
@@ -247,4 +241,17 @@ pub(super) fn limits(raw: RawLimits, problems: &mut Problems) -> (Limits, Option
         ),
     };
     (limits, backend_max)
+}
+
+/// A list of 5xx statuses: only a backend's own failures can be retried or count against it.
+fn statuses(key: &str, list: &[i64], problems: &mut Problems) -> Vec<u16> {
+    list.iter()
+        .filter_map(|&code| match code {
+            500..=599 => Some(code as u16),
+            _ => {
+                problems.add(key, format!("{code} is not a 5xx status"));
+                None
+            }
+        })
+        .collect()
 }

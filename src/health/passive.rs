@@ -38,8 +38,12 @@ impl OutlierDetector {
         self.ejections.load(Ordering::Relaxed)
     }
 
-    pub fn counts_5xx(&self) -> bool {
-        self.config.enabled && self.config.count_5xx
+    /// Whether an answer with `status` counts as the backend's failure.
+    pub fn counts_status(&self, status: u16) -> bool {
+        status >= 500
+            && self.config.enabled
+            && self.config.count_5xx
+            && self.config.failure_statuses.contains(&status)
     }
 
     pub fn record_success(&self, backend: &Backend) {

@@ -248,7 +248,7 @@ impl Routing {
                     }
                     let status = answer.response.status.as_u16();
                     backend.record_response(exchange.method, status, sent_at.elapsed());
-                    if status >= 500 && self.outliers.counts_5xx() {
+                    if self.outliers.counts_status(status) {
                         self.outliers.record_failure(backend, "5xx answer");
                     } else {
                         self.outliers.record_success(backend);
