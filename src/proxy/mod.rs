@@ -290,6 +290,8 @@ impl Routing {
             if let Some(what) = failure.error.passive_failure() {
                 self.outliers.record_failure(backend, what);
             }
+            // The body comes back only with a request that was provably not sent.
+            let unsent = failure.body.is_some();
             let again = match failure.error {
                 ProxyError::Connect(_) | ProxyError::Queue(_) => failure.body,
                 ProxyError::Upstream(_) => failure
@@ -306,7 +308,8 @@ impl Routing {
             }
             .or_earlier(last.take());
             match again {
-                Some(next) if more && self.retry.allow_retry() => {
+                // Sending elsewhere what never left adds no work anywhere: no budget is spent.
+                Some(next) if more && (unsent || self.retry.allow_retry()) => {
                     tracing::info!(backend = backend.url(), attempt, error = %rejection.error, "retrying on another backend");
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     backend.stats().retries.fetch_add(1, Ordering::Relaxed);

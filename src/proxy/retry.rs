@@ -1,15 +1,18 @@
 //! When a failed attempt may be sent to another backend, and how many retries the pool can take.
 //!
 //! Safety first: a request is sent again only if that cannot run it twice against the client's
-//! intent. Any request may be retried when it provably never left (connect failure, or hyper
-//! handed it back unsent). An idempotent request (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) may also
-//! be retried after it was sent, if its body was empty or small enough to be kept.
+//! intent. Any request may be retried when it provably never left (connect failure, a full queue,
+//! a pooled connection found closed before anything was written). An idempotent request (GET,
+//! HEAD, OPTIONS, PUT, DELETE, TRACE) may also be retried after it was sent, if its body was
+//! empty or small enough to be kept.
 //!
-//! The budget keeps retries to a share of recent traffic: every request deposits
-//! `budget_percent`/100 of a token, every retry takes one whole token, and at the start of each
-//! second the bucket is topped up to `budget_min_per_second` so that quiet services can still
-//! retry. Savings are capped (at the floor, or [`BURST`] tokens) so a long calm spell cannot fund a
-//! retry storm.
+//! The budget bounds the extra work retries put on backends: retries of requests that were sent
+//! may add at most `budget_percent` of the requests of the last [`WINDOW_SECS`] seconds, plus
+//! `budget_min_per_second` for each second of that window, so that quiet services can still
+//! retry (Finagle's retry budget). A window rather than a small bucket: a backend that dies
+//! refuses as many requests at once as there are clients in flight, and that burst is well within
+//! a share of ten seconds of traffic. A request that was never sent is sent elsewhere without
+//! spending budget: it adds no work anywhere, and `attempts` bounds it anyway.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -18,9 +21,8 @@ use http::Method;
 use crate::config::RetryConfig;
 use crate::upstream::now_ms;
 
-/// Most whole tokens the budget saves up beyond its per-second floor.
-const BURST: u64 = 10;
-const MILLI: u64 = 1000;
+/// Seconds of traffic the budget looks back over.
+const WINDOW_SECS: u64 = 10;
 
 #[derive(Debug)]
 pub struct RetryPolicy {
@@ -55,7 +57,7 @@ impl RetryPolicy {
         }
     }
 
-    /// Takes one retry from the budget; false when it is spent.
+    /// Takes one retry of a request that was sent from the budget; false when it is spent.
     pub fn allow_retry(&self) -> bool {
         let allowed = self.budget.withdraw();
         if !allowed {
@@ -77,50 +79,74 @@ pub fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// A token bucket in thousandths of a token, lock-free.
+/// Requests and retries over a sliding window of whole seconds, lock-free.
 #[derive(Debug)]
 pub struct RetryBudget {
-    deposit: u64,
+    percent: u64,
     floor: u64,
-    cap: u64,
-    tokens: AtomicU64,
-    second: AtomicU64,
+    requests: WindowedCount,
+    retries: WindowedCount,
 }
 
 impl RetryBudget {
     pub fn new(percent: u32, min_per_second: u32) -> RetryBudget {
-        let floor = u64::from(min_per_second) * MILLI;
         RetryBudget {
-            deposit: u64::from(percent) * MILLI / 100,
-            floor,
-            cap: floor.max(BURST * MILLI),
-            tokens: AtomicU64::new(floor),
-            second: AtomicU64::new(now_ms() / 1000),
+            percent: u64::from(percent),
+            floor: u64::from(min_per_second) * WINDOW_SECS,
+            requests: WindowedCount::default(),
+            retries: WindowedCount::default(),
         }
     }
 
-    // Relaxed throughout: the bucket is a rate limiter, and a retry more or less under a race
-    // does not matter; no other memory is published through it.
     pub fn deposit(&self) {
-        if self.deposit == 0 {
-            return;
-        }
-        let after = self.tokens.fetch_add(self.deposit, Ordering::Relaxed) + self.deposit;
-        if after > self.cap {
-            self.tokens.fetch_min(self.cap, Ordering::Relaxed);
+        if self.percent > 0 {
+            self.requests.add(now_ms() / 1000);
         }
     }
 
+    /// One more retry, if the window's retries stay within its share of requests.
     pub fn withdraw(&self) -> bool {
         let second = now_ms() / 1000;
-        if self.second.swap(second, Ordering::Relaxed) != second {
-            self.tokens.fetch_max(self.floor, Ordering::Relaxed);
+        let allowed = self.requests.sum(second) * self.percent / 100 + self.floor;
+        if self.retries.sum(second) >= allowed {
+            return false;
         }
-        self.tokens
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
-                t.checked_sub(MILLI)
-            })
-            .is_ok()
+        self.retries.add(second);
+        true
+    }
+}
+
+/// Events per second for the last [`WINDOW_SECS`] seconds: one slot per second, reused (and
+/// cleared) when its second comes round again.
+#[derive(Debug, Default)]
+struct WindowedCount {
+    counts: [AtomicU64; WINDOW_SECS as usize],
+    /// The second each slot counts (plus one, so that zero means never used).
+    seconds: [AtomicU64; WINDOW_SECS as usize],
+}
+
+// Relaxed throughout: the budget is a rate limiter, and a retry more or less under a race (two
+// threads clearing a slot that comes round, say) does not matter; no other memory is published
+// through it.
+impl WindowedCount {
+    fn add(&self, second: u64) {
+        let slot = (second % WINDOW_SECS) as usize;
+        let stamp = second + 1;
+        if self.seconds[slot].load(Ordering::Relaxed) != stamp
+            && self.seconds[slot].swap(stamp, Ordering::Relaxed) != stamp
+        {
+            self.counts[slot].store(0, Ordering::Relaxed);
+        }
+        self.counts[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Events in the window ending with `second`.
+    fn sum(&self, second: u64) -> u64 {
+        let oldest = (second + 1).saturating_sub(WINDOW_SECS - 1);
+        (0..WINDOW_SECS as usize)
+            .filter(|&slot| self.seconds[slot].load(Ordering::Relaxed) >= oldest)
+            .map(|slot| self.counts[slot].load(Ordering::Relaxed))
+            .sum()
     }
 }
 
@@ -140,20 +166,34 @@ mod tests {
         assert_eq!(granted, 10);
     }
 
+    /// A dead backend refuses a burst as large as the concurrency at once: the budget covers a
+    /// burst up to its share of the window, not a fixed handful.
     #[test]
-    fn savings_are_capped() {
-        let budget = RetryBudget::new(100, 0);
+    fn a_burst_within_the_share_of_the_window_is_covered() {
+        let budget = RetryBudget::new(20, 10);
         for _ in 0..10_000 {
             budget.deposit();
         }
-        let granted = (0..100).filter(|_| budget.withdraw()).count();
-        assert_eq!(granted as u64, BURST);
+        let granted = (0..5_000).filter(|_| budget.withdraw()).count();
+        assert_eq!(granted, 2_000 + 100);
     }
 
     #[test]
     fn the_floor_allows_retries_without_traffic() {
         let budget = RetryBudget::new(20, 3);
-        let granted = (0..10).filter(|_| budget.withdraw()).count();
-        assert_eq!(granted, 3);
+        let granted = (0..100).filter(|_| budget.withdraw()).count();
+        assert_eq!(granted, 3 * WINDOW_SECS as usize);
+    }
+
+    #[test]
+    fn the_window_forgets_old_seconds() {
+        let count = WindowedCount::default();
+        for second in 0..30 {
+            count.add(second);
+            count.add(second);
+        }
+        assert_eq!(count.sum(29), 2 * WINDOW_SECS);
+        assert_eq!(count.sum(29 + WINDOW_SECS), 0);
+        assert_eq!(count.sum(29 + 3), 2 * (WINDOW_SECS - 3));
     }
 }
