@@ -143,6 +143,10 @@ pub fn parse_client_request(
         headers.append(name, value);
     }
     let framing = fields.framing(version)?;
+    // RFC 9112 §3.2: any HTTP/1.1 request without Host is refused, whatever its target says.
+    if version == Version::HTTP_11 && !fields.host_seen {
+        return Err(bad("HTTP/1.1 request without Host"));
+    }
     let uri = match target {
         Target::Origin(uri) => uri,
         Target::Absolute { authority, origin } => {
@@ -151,9 +155,6 @@ pub fn parse_client_request(
             origin
         }
     };
-    if version == Version::HTTP_11 && !headers.contains_key(header::HOST) {
-        return Err(bad("HTTP/1.1 request without Host"));
-    }
     let (mut parts, ()) = Request::new(()).into_parts();
     parts.method = method;
     parts.uri = uri;
@@ -208,11 +209,20 @@ impl Target {
         if authority.as_str().contains('@') || !is_authority(authority.as_str().as_bytes()) {
             return Err(bad("invalid authority in the request target"));
         }
-        let authority = HeaderValue::from_str(authority.as_str()).map_err(|_| invalid())?;
+        let authority_value = HeaderValue::from_str(authority.as_str()).map_err(|_| invalid())?;
+        // No path at all after the authority: `/`, or `*` for OPTIONS (RFC 9112 §3.2.4).
+        let after_authority = raw.len() - (scheme.len() + 3 + authority.as_str().len());
         let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let origin = if path.is_empty() { "/" } else { path };
+        let origin = match path {
+            _ if after_authority == 0 && method == Method::OPTIONS => "*",
+            "" => "/",
+            path => path,
+        };
         let origin = origin.parse::<Uri>().map_err(|_| invalid())?;
-        Ok(Target::Absolute { authority, origin })
+        Ok(Target::Absolute {
+            authority: authority_value,
+            origin,
+        })
     }
 }
 
@@ -518,10 +528,20 @@ mod tests {
             .unwrap();
         assert_eq!(r.parts.uri, "/p?q");
         assert_eq!(r.parts.headers[header::HOST], "Good.example:8080");
-        let r = parse("GET http://good.example HTTP/1.1\r\n\r\n")
+        let r = parse("GET http://good.example HTTP/1.1\r\nHost: x\r\n\r\n")
             .unwrap()
             .unwrap();
         assert_eq!(r.parts.uri, "/");
+        let r = parse("OPTIONS http://good.example HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.parts.uri, "*");
+        let r = parse("OPTIONS http://good.example/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.parts.uri, "/");
+        let without_host = parse("GET http://good.example/ HTTP/1.1\r\n\r\n");
+        assert_eq!(without_host.unwrap_err().status, 400);
         let r = parse("OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n")
             .unwrap()
             .unwrap();
