@@ -150,7 +150,7 @@ impl Default for HealthCheckConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timeouts {
-    /// TCP connect to a backend; past it the backend counts as unreachable (502, retried elsewhere).
+    /// TCP connect to a backend; past it the backend counts as unreachable (503, retried elsewhere).
     pub connect: Duration,
     /// From the end of the request upload until the upstream's response headers (504 after).
     pub response: Duration,
@@ -162,6 +162,9 @@ pub struct Timeouts {
     pub client_body_idle: Duration,
     /// How long an idle keep-alive client connection is kept open.
     pub keepalive_idle: Duration,
+    /// Longest a write to a client or to a backend may make no progress; the connection is
+    /// closed after (and a backend's slot freed). A slow client never counts against a backend.
+    pub write: Duration,
     /// Optional overall limit from a request's arrival to its response headers, retries
     /// included; 504 after.
     pub request: Option<Duration>,
@@ -178,6 +181,7 @@ impl Default for Timeouts {
             client_header: Duration::from_secs(10),
             client_body_idle: Duration::from_secs(30),
             keepalive_idle: Duration::from_secs(60),
+            write: Duration::from_secs(30),
             request: None,
             drain: Duration::from_secs(30),
         }

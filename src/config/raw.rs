@@ -58,6 +58,7 @@ pub struct RawTimeouts {
     pub client_header: Option<String>,
     pub client_body_idle: Option<String>,
     pub keepalive_idle: Option<String>,
+    pub write: Option<String>,
     pub request: Option<String>,
     pub drain: Option<String>,
 }

@@ -74,6 +74,7 @@ pub(super) fn timeouts(raw: RawTimeouts, problems: &mut Problems) -> Timeouts {
     let client_header = positive("client_header", raw.client_header, d.client_header);
     let client_body_idle = positive("client_body_idle", raw.client_body_idle, d.client_body_idle);
     let keepalive_idle = positive("keepalive_idle", raw.keepalive_idle, d.keepalive_idle);
+    let write = positive("write", raw.write, d.write);
     let request = raw
         .request
         .map(|text| positive_duration("timeouts.request", Some(text), Duration::MAX, problems));
@@ -84,6 +85,7 @@ pub(super) fn timeouts(raw: RawTimeouts, problems: &mut Problems) -> Timeouts {
         client_header,
         client_body_idle,
         keepalive_idle,
+        write,
         request,
         drain: duration("timeouts.drain", raw.drain, d.drain, problems),
     }

@@ -36,7 +36,8 @@ async fn probe_once(backend: &Backend, config: &HealthCheckConfig) -> Result<(),
     request.put_slice(b" HTTP/1.1\r\nhost: ");
     request.put_slice(backend.host_header().as_bytes());
     request.put_slice(b"\r\nuser-agent: alb-health-check\r\nconnection: close\r\n\r\n");
-    conn.write_all(&request)
+    // The whole probe runs under `config.timeout` (above); the write is bounded by it too.
+    conn.write_all(&mut [std::io::IoSlice::new(&request)], config.timeout)
         .await
         .map_err(UpstreamError::from)?;
     let head = loop {

@@ -12,8 +12,8 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use tokio::net::tcp::OwnedReadHalf;
 
+use super::poll_fill_from;
 use super::{BodyDecoder, Decoded, WireError};
-use crate::upstream::poll_fill_from;
 
 /// Smallest read from a client: a typical request head fits, and an idle keep-alive connection
 /// keeps this much.

@@ -16,6 +16,7 @@ mod chunked;
 mod client_body;
 mod client_request;
 mod client_response;
+mod io;
 mod request_head;
 mod response_head;
 
@@ -25,6 +26,7 @@ pub use client_request::{
     ClientRequest, FramingLookalike, Rejected, RequestRules, Underscores, parse_client_request,
 };
 pub use client_response::{BodyWrite, ResponsePlan, encode_response_head};
+pub use io::{poll_fill, poll_fill_from, poll_write_within, write_all_within};
 pub use request_head::{BodyFraming, RequestHead, encode_request_head};
 pub use response_head::{Framing, MAX_HEAD_BYTES, RawFields, ResponseHead, parse_response_head};
 

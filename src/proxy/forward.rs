@@ -76,15 +76,17 @@ impl Routing {
                 Err(broken) => broken,
             };
             // A reused connection the backend closed as it was picked: the request never reached
-            // it (the head could not be written) or, for an idempotent one, may be sent again.
-            if reused && replayable && (broken.unsent || (broken.no_answer && attempt.idempotent)) {
+            // it (nothing was written; the body is still whole) or, for an idempotent one with a
+            // kept body, may be sent again.
+            if reused && (broken.unsent || (broken.no_answer && attempt.idempotent && replayable)) {
                 stale_tries += 1;
                 continue;
             }
-            // A streamed body has been taken by the exchange: it is never handed back.
+            // `body` is still whole exactly when nothing was sent (the exchange hands a streamed
+            // body back only then).
             return Err(Failure {
                 error: broken.error,
-                body: (broken.unsent && replayable).then_some(body),
+                body: broken.unsent.then_some(body),
             });
         }
     }
@@ -101,21 +103,33 @@ impl Routing {
         let limit = self.timeouts.response;
         match body {
             RequestBody::Empty => conn
-                .write_all_vectored(&mut [IoSlice::new(head)])
+                .write_all(&mut [IoSlice::new(head)], self.timeouts.write)
                 .await
                 .map_err(Broken::unsent)?,
             RequestBody::Buffered(bytes) => {
-                conn.write_all_vectored(&mut [IoSlice::new(head), IoSlice::new(bytes)])
-                    .await
-                    .map_err(Broken::unsent)?;
+                conn.write_all(
+                    &mut [IoSlice::new(head), IoSlice::new(bytes)],
+                    self.timeouts.write,
+                )
+                .await
+                .map_err(Broken::unsent)?;
             }
             RequestBody::Client(_) => {
                 let RequestBody::Client(streamed) = std::mem::replace(body, RequestBody::Empty)
                 else {
                     unreachable!("matched above");
                 };
-                let upload = Upload::new(Bytes::copy_from_slice(head), streamed);
-                return Box::pin(upload_and_await(conn, upload, head_request, limit)).await;
+                let head = Bytes::copy_from_slice(head);
+                let mut upload = Some(Upload::new(head, streamed, self.timeouts.write));
+                let result =
+                    Box::pin(upload_and_await(conn, &mut upload, head_request, limit)).await;
+                if let Err(broken) = &result
+                    && broken.unsent
+                    && let Some(streamed) = upload.and_then(Upload::into_unsent)
+                {
+                    *body = RequestBody::Client(streamed);
+                }
+                return result;
             }
         }
         let mut received = false;
@@ -136,13 +150,16 @@ impl Routing {
 /// Streams the body while watching for the answer. The response timeout starts when the upload
 /// ends: the clock measures the backend's thinking time, not the client's upload speed. An early
 /// answer is taken as it comes, the upload going on beside the response body.
+///
+/// The connection may end while the head still waits for the body's first bytes (a pooled
+/// connection the backend closed, keep-alive over, as the client was about to send): nothing was
+/// sent, and the failure says so; `upload` is left in place for the caller to take the body back.
 async fn upload_and_await(
     conn: &mut UpstreamConn,
-    upload: Upload,
+    upload: &mut Option<Upload>,
     head_request: bool,
     limit: Duration,
 ) -> Result<(ResponseHead, Option<Upload>), Broken> {
-    let mut upload = Some(upload);
     let mut write_failed = None;
     let mut armed = false;
     let mut received = false;
@@ -150,23 +167,31 @@ async fn upload_and_await(
         if let Some(sending) = upload.as_mut() {
             match sending.poll_send(conn, cx) {
                 Poll::Pending => {}
-                Poll::Ready(Ok(())) => upload = None,
+                Poll::Ready(Ok(())) => *upload = None,
                 Poll::Ready(Err(UploadError::Client(e))) => {
                     return Poll::Ready(Err(Broken::client(e)));
                 }
                 // The backend may have stopped reading because it answered: wait for its answer.
                 Poll::Ready(Err(UploadError::Upstream(e))) => {
-                    upload = None;
+                    *upload = None;
                     write_failed = Some(e);
                 }
             }
         }
         if let Poll::Ready(answer) = poll_head(conn, head_request, &mut received, cx) {
-            let unfinished = upload.take();
-            return Poll::Ready(answer.map(|head| match (&unfinished, &write_failed) {
-                (None, None) => (head, None),
-                _ => (head.last_on_connection(), unfinished),
-            }));
+            return Poll::Ready(match answer {
+                Ok(head) => {
+                    let unfinished = upload.take();
+                    Ok(match (&unfinished, &write_failed) {
+                        (None, None) => (head, None),
+                        _ => (head.last_on_connection(), unfinished),
+                    })
+                }
+                Err(mut broken) => {
+                    broken.unsent = upload.as_ref().is_some_and(Upload::is_unsent);
+                    Err(broken)
+                }
+            });
         }
         if upload.is_none() {
             if !armed {

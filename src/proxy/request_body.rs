@@ -9,7 +9,8 @@ use std::time::Duration;
 use crate::http1::{ClientBody, ClientBodyError};
 use bytes::Bytes;
 use http_body::{Body, Frame};
-use tokio::time::Sleep;
+
+use crate::deadline::Deadline;
 
 /// Why a request body stopped short: the client's doing, answered as such (413, 408, 400) rather
 /// than blamed on the backend.
@@ -45,7 +46,9 @@ pub struct Streamed {
     body: ClientBody,
     limits: BodyLimits,
     received: u64,
-    idle: Option<Pin<Box<Sleep>>>,
+    /// `client_body_idle`, counted from when alb began waiting for the next piece.
+    idle: Deadline,
+    waiting: bool,
     /// Its length was not known upfront: it goes upstream chunked.
     chunked: bool,
 }
@@ -58,7 +61,8 @@ impl RequestBody {
             chunked,
             limits,
             received: 0,
-            idle: None,
+            idle: Deadline::default(),
+            waiting: false,
         }))
     }
 }
@@ -77,10 +81,7 @@ impl Streamed {
             Poll::Pending => return self.poll_idle(cx),
             Poll::Ready(p) => p,
         };
-        if let Some(idle) = self.idle.as_mut() {
-            idle.as_mut()
-                .reset(tokio::time::Instant::now() + self.limits.idle);
-        }
+        self.waiting = false;
         let result = match polled {
             None => None,
             Some(Err(e)) => Some(Err(BodyError::Client(e))),
@@ -95,15 +96,17 @@ impl Streamed {
         Poll::Ready(result)
     }
 
-    /// The client has nothing for us now: arm (once) the idle timer and see whether it ran out.
+    /// The client has nothing for us now. The idle clock starts here, when alb is ready for
+    /// more: while a backend was slow to take the last piece, the client was held back by alb.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let limit = self.limits.idle;
-        let idle = self
-            .idle
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        match idle.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::Idle(limit)))),
-            Poll::Pending => Poll::Pending,
+        if !std::mem::replace(&mut self.waiting, true) {
+            self.idle.set(limit);
+        }
+        if self.idle.poll_passed(cx) {
+            Poll::Ready(Some(Err(BodyError::Idle(limit))))
+        } else {
+            Poll::Pending
         }
     }
 }

@@ -9,10 +9,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
-use tokio::time::Sleep;
 
 use super::access_log::{AccessRecord, Outcome};
 use super::upload::Upload;
+use crate::deadline::Deadline;
 use crate::health::OutlierDetector;
 use crate::http1::{BodyDecoder, Decoded, RawFields, UpstreamError};
 use crate::upstream::{InFlightGuard, UpstreamConn};
@@ -97,7 +97,9 @@ pub struct UpstreamBody {
     status: u16,
     bytes: u64,
     idle_limit: Duration,
-    idle: Option<Pin<Box<Sleep>>>,
+    /// `upstream_idle`, counted from when alb began waiting for the next piece (see `poll`).
+    idle: Deadline,
+    waiting: bool,
     started: std::time::Instant,
     stats: std::sync::Arc<super::ProxyStats>,
 }
@@ -143,7 +145,8 @@ impl UpstreamBody {
             status,
             bytes: 0,
             idle_limit: parts.idle_limit,
-            idle: None,
+            idle: Deadline::default(),
+            waiting: false,
             started: parts.started,
             stats: parts.stats,
         };
@@ -173,10 +176,7 @@ impl UpstreamBody {
         match self.next(cx) {
             Next::Pending => self.poll_idle(cx),
             Next::Frame(data) => {
-                if let Some(idle) = self.idle.as_mut() {
-                    idle.as_mut()
-                        .reset(tokio::time::Instant::now() + self.idle_limit);
-                }
+                self.waiting = false;
                 self.bytes += data.len() as u64;
                 if self.decoder.is_done() {
                     self.finish(Outcome::Complete);
@@ -246,21 +246,24 @@ impl UpstreamBody {
         }
     }
 
+    /// The backend has nothing for us now. The idle clock starts here, when alb is ready for
+    /// more, not at the last piece: while the client was slow to take that piece, the backend
+    /// was held back by alb, and that wait must not be blamed on it.
     fn poll_idle(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
         let limit = self.idle_limit;
-        let idle = self
-            .idle
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        match idle.as_mut().poll(cx) {
-            Poll::Ready(()) => {
+        if !std::mem::replace(&mut self.waiting, true) {
+            self.idle.set(limit);
+        }
+        match self.idle.poll_passed(cx) {
+            true => {
                 tracing::warn!(timeout = ?limit, "backend went silent mid-body: response cut");
                 self.finish(Outcome::UpstreamIdle);
                 Poll::Ready(Some(Err(ResponseBodyError::Idle(limit))))
             }
-            Poll::Pending => Poll::Pending,
+            false => Poll::Pending,
         }
     }
 

@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -32,11 +33,15 @@ pub struct Upload {
     /// The request head waits in the queue for the body's first bytes: a body that breaks before
     /// its first byte leaves the backend untouched, and head and first chunk go in one write.
     holding_head: bool,
+    /// `timeouts.write`, on the connection's deadline (free while the upload runs: the response
+    /// timeout starts when it ends, and a response body's idle limit has its own).
+    write_limit: Duration,
 }
 
 impl Upload {
-    /// The upload of `head` and then `body`.
-    pub fn new(head: Bytes, body: Box<Streamed>) -> Upload {
+    /// The upload of `head` and then `body`, each write within `write_limit` of the last
+    /// progress.
+    pub fn new(head: Bytes, body: Box<Streamed>, write_limit: Duration) -> Upload {
         let mut queue = VecDeque::with_capacity(4);
         queue.push_back(head);
         Upload {
@@ -45,7 +50,19 @@ impl Upload {
             queue,
             ended: false,
             holding_head: true,
+            write_limit,
         }
+    }
+
+    /// Nothing of the request has been written yet.
+    pub fn is_unsent(&self) -> bool {
+        self.holding_head
+    }
+
+    /// The body back, if nothing of the request has left yet (the head still waits for the
+    /// body's first bytes): the request may then go on another connection as if never tried.
+    pub fn into_unsent(self) -> Option<Box<Streamed>> {
+        self.holding_head.then_some(self.body)
     }
 
     /// Moves the body from the client to `conn` until one side has to wait. Ready(Ok) once all
@@ -65,6 +82,8 @@ impl Upload {
             }
             let frame = ready!(self.body.poll_frame(cx));
             self.holding_head = false;
+            // Something to write from here on: the write deadline runs.
+            conn.deadline.set(self.write_limit);
             match frame {
                 None => {
                     self.ended = true;
@@ -103,10 +122,7 @@ impl Upload {
         cx: &mut Context<'_>,
     ) -> Poll<std::io::Result<()>> {
         let slices: Vec<IoSlice<'_>> = self.queue.iter().map(|b| IoSlice::new(b)).collect();
-        let mut written = ready!(conn.poll_write_vectored(cx, &slices))?;
-        if written == 0 {
-            return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
-        }
+        let mut written = ready!(conn.poll_write_within(cx, &slices, self.write_limit))?;
         while written > 0 {
             let Some(front) = self.queue.front_mut() else {
                 break;

@@ -27,8 +27,9 @@ use crate::http1::{
     BodyDecoder, BodyWrite, ClientBody, ClientRequest, Framing, ReadSide, ReadSlot, Rejected,
     RequestRules, encode_response_head, parse_client_request,
 };
+use crate::http1::{poll_write_within, write_all_within};
 use crate::proxy::{ClientInfo, Proxy, ProxyStats, ResponseBody};
-use crate::upstream::{METHOD_CLASSES, write_all_vectored};
+use crate::upstream::METHOD_CLASSES;
 
 /// Bodies up to this size are copied next to their head (one write); larger ones go as they are.
 const COALESCE_BYTES: usize = 16 * 1024;
@@ -88,6 +89,8 @@ impl Drop for Seat {
 pub struct ConnSettings {
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
+    /// `timeouts.write`: the longest a write to this client may make no progress.
+    pub write_timeout: Duration,
     pub rules: RequestRules,
 }
 
@@ -147,7 +150,10 @@ pub async fn serve_connection(
             Err(NoRequest::Closed) => return,
             Err(NoRequest::TooSlow) => {
                 tracing::info!(timeout = ?settings.header_timeout, "client too slow to send a request head: 408");
-                let _ = write.write_all(REQUEST_TIMEOUT).await;
+                let mut parts = [IoSlice::new(REQUEST_TIMEOUT)];
+                let _ =
+                    write_all_within(&mut write, &mut parts, &mut timer, settings.write_timeout)
+                        .await;
                 return linger(write, side).await;
             }
             Err(NoRequest::Rejected(rejected)) => {
@@ -155,7 +161,11 @@ pub async fn serve_connection(
                 // Counted with the methods alb does not name: the head may not even have one.
                 let other = METHOD_CLASSES.len() - 1;
                 proxy.stats().record_local(other, rejected.status.as_u16());
-                let _ = write.write_all(&refusal(rejected)).await;
+                let answer = refusal(rejected);
+                let mut parts = [IoSlice::new(&answer)];
+                let _ =
+                    write_all_within(&mut write, &mut parts, &mut timer, settings.write_timeout)
+                        .await;
                 return linger(write, side).await;
             }
         };
@@ -181,7 +191,23 @@ pub async fn serve_connection(
             },
         };
         let request = Request::from_parts(parts, body);
-        let response = handle(&proxy, request, &client, &write, wants_continue.as_deref()).await;
+        let mut client_write = ClientWrite {
+            half: &mut write,
+            deadline: &mut timer,
+            limit: settings.write_timeout,
+        };
+        let (response, writable) = handle(
+            &proxy,
+            request,
+            &client,
+            &mut client_write,
+            wants_continue.as_deref(),
+        )
+        .await;
+        if !writable {
+            drop(response);
+            return;
+        }
         // A body nobody read (a local answer, say) leaves the connection unusable: say so in
         // the head rather than close without warning.
         let unread = side.is_none()
@@ -191,8 +217,15 @@ pub async fn serve_connection(
                 .as_ref()
                 .is_some_and(|(_, decoder)| !decoder.is_done());
         let keep = !close && !unread && !shutdown.is_started();
-        let kept =
-            write_response(&mut write, &mut out, response, head_request, version, keep).await;
+        let kept = write_response(
+            &mut client_write,
+            &mut out,
+            response,
+            head_request,
+            version,
+            keep,
+        )
+        .await;
         if side.is_none() {
             // The body handed its reader back: usable only if the body was read to its end.
             let back = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -214,25 +247,66 @@ pub async fn serve_connection(
     }
 }
 
-/// Runs the proxy on `request`, sending `100 Continue` as soon as the body is first asked for.
+/// The writing side of a client connection, with its write deadline.
+struct ClientWrite<'a> {
+    half: &'a mut OwnedWriteHalf,
+    /// The connection's one timer: head reads and writes never wait at the same time.
+    deadline: &'a mut Deadline,
+    limit: Duration,
+}
+
+impl ClientWrite<'_> {
+    async fn write_all(&mut self, parts: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+        write_all_within(self.half, parts, self.deadline, self.limit).await
+    }
+}
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Runs the proxy on `request`, sending `100 Continue` as soon as the body is first asked for,
+/// beside the proxy's work and under the write deadline. An interim answer once started is
+/// finished before the final one; one that cannot be written (the client is not reading) breaks
+/// the connection: the second value is then false and nothing more may be written on it.
 async fn handle(
     proxy: &Proxy,
     request: Request<ClientBody>,
     client: &ClientInfo,
-    write: &OwnedWriteHalf,
+    write: &mut ClientWrite<'_>,
     wants_continue: Option<&AtomicBool>,
-) -> Response<ResponseBody> {
+) -> (Response<ResponseBody>, bool) {
     let mut handling = pin!(proxy.handle(request, client));
     let Some(flag) = wants_continue else {
-        return handling.await;
+        return (handling.await, true);
     };
+    let mut done = None;
+    let mut interim: &[u8] = &[];
+    let mut writable = true;
     poll_fn(|cx| {
-        let polled = handling.as_mut().poll(cx);
-        if flag.swap(false, Ordering::AcqRel) {
-            // The socket is idle and empty at this point: a few bytes go at once.
-            let _ = write.try_write(b"HTTP/1.1 100 Continue\r\n\r\n");
+        if done.is_none()
+            && let Poll::Ready(response) = handling.as_mut().poll(cx)
+        {
+            done = Some(response);
         }
-        polled
+        if flag.swap(false, Ordering::AcqRel) && done.is_none() {
+            interim = CONTINUE;
+            write.deadline.set(write.limit);
+        }
+        if done.is_some() && interim.len() == CONTINUE.len() {
+            interim = &[]; // not begun, and no longer of use
+        }
+        while writable && !interim.is_empty() {
+            let half = Pin::new(&mut *write.half);
+            let parts = [IoSlice::new(interim)];
+            match poll_write_within(half, &parts, write.deadline, write.limit, cx) {
+                Poll::Ready(Ok(n)) => interim = &interim[n..],
+                Poll::Ready(Err(_)) => writable = false,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        match done.take() {
+            Some(response) => Poll::Ready((response, writable)),
+            None => Poll::Pending,
+        }
     })
     .await
 }
@@ -294,7 +368,7 @@ async fn read_head(
 /// Writes the head and streams the body. Returns whether the connection can carry another
 /// request.
 async fn write_response(
-    write: &mut OwnedWriteHalf,
+    write: &mut ClientWrite<'_>,
     out: &mut BytesMut,
     response: Response<ResponseBody>,
     head_request: bool,
@@ -385,12 +459,14 @@ fn poll_now(
 
 /// Writes `out` (then `data`) in as few system calls as the socket allows, and empties `out`.
 async fn flush(
-    write: &mut OwnedWriteHalf,
+    write: &mut ClientWrite<'_>,
     out: &mut BytesMut,
     data: Option<Bytes>,
 ) -> std::io::Result<()> {
     let data = data.unwrap_or_default();
-    write_all_vectored(write, &mut [IoSlice::new(out), IoSlice::new(&data)]).await?;
+    write
+        .write_all(&mut [IoSlice::new(out), IoSlice::new(&data)])
+        .await?;
     out.clear();
     Ok(())
 }

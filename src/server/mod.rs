@@ -146,6 +146,7 @@ impl Server {
                         let settings = ConnSettings {
                             header_timeout: timeouts.client_header,
                             keepalive_timeout: timeouts.keepalive_idle,
+                            write_timeout: timeouts.write,
                             rules: RequestRules {
                                 max_head: routing.config().limits.max_header_bytes,
                                 underscores: routing.config().underscores_in_headers,

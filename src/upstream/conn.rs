@@ -12,18 +12,12 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::BackendAddr;
 use crate::deadline::Deadline;
+use crate::http1::{poll_fill, poll_write_within, write_all_within};
 
-/// Smallest free room in the read buffer before a read: enough for a typical response head.
-const READ_CHUNK: usize = 8 * 1024;
-/// Largest read for a body: big bodies move in large reads (a fifth less CPU per MiB than 64 KiB
-/// reads). Only a connection in the middle of a large body holds that much (see
-/// [`UpstreamConn::shed_buffer`]).
-const MAX_READ_CHUNK: usize = 256 * 1024;
 /// Buffer capacity an idle pooled connection may keep.
 const IDLE_BUFFER: usize = 16 * 1024;
 
@@ -42,7 +36,8 @@ pub struct UpstreamConn {
     pub buf: BytesMut,
     /// Requests sent on this connection so far.
     requests: u32,
-    /// When the answer now awaited is due (`timeouts.response`).
+    /// The one timer of this connection's waits: a write (`timeouts.write`), or the answer
+    /// (`timeouts.response`), never both at once.
     pub deadline: Deadline,
 }
 
@@ -86,15 +81,14 @@ impl UpstreamConn {
         }
     }
 
-    /// Writes all of `bytes` (a request head, maybe with its body).
-    pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes).await
-    }
-
     /// Writes all of `parts` (a head and a kept body) with as few system calls as the kernel
-    /// allows.
-    pub async fn write_all_vectored(&mut self, parts: &mut [io::IoSlice<'_>]) -> io::Result<()> {
-        write_all_vectored(&mut self.stream, parts).await
+    /// allows, each within `limit` of the last progress.
+    pub async fn write_all(
+        &mut self,
+        parts: &mut [io::IoSlice<'_>],
+        limit: Duration,
+    ) -> io::Result<()> {
+        write_all_within(&mut self.stream, parts, &mut self.deadline, limit).await
     }
 
     /// Lets go of a buffer that a large body grew, before the connection waits in the pool.
@@ -115,59 +109,27 @@ impl UpstreamConn {
         poll_fill(Pin::new(&mut self.stream), &mut self.buf, cx, want)
     }
 
-    pub fn poll_write_vectored(
+    /// One vectored write under the write deadline (set by the caller when it became ready to
+    /// write, moved by every progress).
+    pub fn poll_write_within(
         &mut self,
         cx: &mut Context<'_>,
         parts: &[io::IoSlice<'_>],
+        limit: Duration,
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, parts)
+        poll_write_within(
+            Pin::new(&mut self.stream),
+            parts,
+            &mut self.deadline,
+            limit,
+            cx,
+        )
     }
 
     /// [`Self::poll_fill`] as a future.
     pub async fn fill(&mut self) -> io::Result<usize> {
         std::future::poll_fn(|cx| self.poll_fill(cx, 0)).await
     }
-}
-
-/// Writes all of `parts`, as many at once as the socket takes.
-pub async fn write_all_vectored<W: AsyncWrite + Unpin>(
-    writer: &mut W,
-    mut parts: &mut [io::IoSlice<'_>],
-) -> io::Result<()> {
-    while parts.iter().any(|p| !p.is_empty()) {
-        let n = writer.write_vectored(parts).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        io::IoSlice::advance_slices(&mut parts, n);
-    }
-    Ok(())
-}
-
-/// Reads what `reader` has next into `buf`, about `want` bytes at most (0: a default).
-pub fn poll_fill<R: AsyncRead>(
-    reader: Pin<&mut R>,
-    buf: &mut BytesMut,
-    cx: &mut Context<'_>,
-    want: usize,
-) -> Poll<io::Result<usize>> {
-    poll_fill_from(reader, buf, cx, READ_CHUNK, want)
-}
-
-/// [`poll_fill`] with the smallest read chosen by the caller: a client connection reads heads
-/// into a small buffer, since it keeps that buffer while idle.
-pub fn poll_fill_from<R: AsyncRead>(
-    reader: Pin<&mut R>,
-    buf: &mut BytesMut,
-    cx: &mut Context<'_>,
-    min: usize,
-    want: usize,
-) -> Poll<io::Result<usize>> {
-    let room = want.clamp(min, MAX_READ_CHUNK);
-    if buf.capacity() - buf.len() < min.min(room) {
-        buf.reserve(room);
-    }
-    tokio_util::io::poll_read_buf(reader, cx, buf)
 }
 
 async fn tcp_connect(addr: &BackendAddr) -> io::Result<TcpStream> {

@@ -19,7 +19,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use crate::config::{BackendAddr, BackendSpec};
 
-pub use conn::{ConnectError, UpstreamConn, poll_fill, poll_fill_from, write_all_vectored};
+pub use conn::{ConnectError, UpstreamConn};
 pub use limit::{ConnectionLimit, QueueError};
 pub use pool::ConnectionPool;
 pub use stats::{

@@ -48,6 +48,8 @@ struct Log {
     requests: Vec<Recorded>,
     /// Heads the parser could not frame unambiguously, with why.
     ambiguous: Vec<(String, String)>,
+    /// Connections the recorder closed because they were idle for its idle limit.
+    idle_closed: u64,
 }
 
 pub struct Recorder {
@@ -59,6 +61,12 @@ pub struct Recorder {
 
 impl Recorder {
     pub async fn start() -> Recorder {
+        Recorder::with_idle_limit(Duration::from_secs(5)).await
+    }
+
+    /// A recorder that closes a connection idle for `idle` between requests (a backend's
+    /// keep-alive timeout).
+    pub async fn with_idle_limit(idle: Duration) -> Recorder {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(Mutex::new(Log::default()));
@@ -72,7 +80,7 @@ impl Recorder {
                     _ = &mut stopped => break,
                     conn = listener.accept() => {
                         let Ok((stream, _)) = conn else { continue };
-                        connections.spawn(serve(stream, accepted, task_log.clone()));
+                        connections.spawn(serve(stream, accepted, idle, task_log.clone()));
                         accepted += 1;
                     }
                 }
@@ -100,6 +108,10 @@ impl Recorder {
         self.log.lock().unwrap().ambiguous.clone()
     }
 
+    pub fn idle_closed(&self) -> u64 {
+        self.log.lock().unwrap().idle_closed
+    }
+
     /// The recorded request for `target`; panics unless there is exactly one.
     pub fn only(&self, target: &str) -> Recorded {
         let found: Vec<Recorded> = self
@@ -125,15 +137,21 @@ impl Recorder {
 struct Wire {
     stream: TcpStream,
     buf: Vec<u8>,
+    idle: Duration,
+    timed_out: bool,
 }
 
 impl Wire {
     async fn fill(&mut self) -> bool {
         let mut chunk = [0u8; 16 * 1024];
-        match tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk)).await {
+        match tokio::time::timeout(self.idle, self.stream.read(&mut chunk)).await {
             Ok(Ok(n)) if n > 0 => {
                 self.buf.extend_from_slice(&chunk[..n]);
                 true
+            }
+            Err(_) => {
+                self.timed_out = true;
+                false
             }
             _ => false,
         }
@@ -168,15 +186,22 @@ impl Wire {
     }
 }
 
-async fn serve(stream: TcpStream, connection: u64, log: Arc<Mutex<Log>>) {
+async fn serve(stream: TcpStream, connection: u64, idle: Duration, log: Arc<Mutex<Log>>) {
     let mut wire = Wire {
         stream,
         buf: Vec::new(),
+        idle,
+        timed_out: false,
     };
     loop {
         let request = match read_request(&mut wire, connection).await {
             Ok(Some(request)) => request,
-            Ok(None) => return,
+            Ok(None) => {
+                if wire.timed_out && wire.buf.is_empty() {
+                    log.lock().unwrap().idle_closed += 1;
+                }
+                return;
+            }
             Err((head, why)) => {
                 log.lock().unwrap().ambiguous.push((head, why));
                 return;

@@ -1,0 +1,175 @@
+//! Every wait on a peer has a deadline: clients that stop reading, backends that stop reading an
+//! upload, and a backend's keep-alive close racing a request that was not sent yet.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::recorder::Recorder;
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads from `stream` until `what` is seen or `within` passes; returns what was read.
+async fn read_until(stream: &mut TcpStream, what: &str, within: Duration) -> String {
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    while !String::from_utf8_lossy(&bytes).contains(what) {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => bytes.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Defect 6: two clients that never read a large answer used to hold both of a backend's
+/// `max_connections` slots for as long as they liked, and a third client got 503. With
+/// `timeouts.write` they lose their connections once a write made no progress for that long,
+/// the slots come free, and the stalled clients count nothing against the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_stop_reading_lose_their_backend_slots() {
+    let b = TestBackend::start("b").await;
+    let lb = TestBalancer::start(&format!(
+        "{}[limits]\nbackend_max_connections = 2\nbackend_queue_timeout = \"10s\"\n\
+         [timeouts]\nwrite = \"500ms\"\n[passive_health]\nconsecutive_failures = 1\n\
+         [health_check]\ninterval = \"60s\"\n",
+        backends_line(&[&b])
+    ))
+    .await;
+    let backend = lb.proxy.backends()[0].clone();
+    let mut hogs = Vec::new();
+    for _ in 0..2 {
+        let mut hog = TcpStream::connect(lb.addr).await.unwrap();
+        hog.write_all(b"GET /bytes/200000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        hogs.push(hog);
+    }
+    wait_until(Duration::from_secs(2), || backend.in_flight() == 2)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (status, _, body) = get(&client(), &lb.url("/")).await;
+    assert_eq!(status, 200, "{body:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    wait_until(Duration::from_secs(2), || backend.in_flight() == 0)
+        .await
+        .unwrap();
+    assert!(
+        !backend.is_ejected(),
+        "a slow client counted against the backend"
+    );
+    drop(hogs);
+    lb.stop().await;
+    b.stop().await;
+}
+
+/// Defect 6: an upload to a backend that stopped reading used to stay in flight forever. The
+/// write deadline ends it; the answer is a 502 (the backend failed to take the request) within
+/// the write and response timeouts, and the backend's slot is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_to_a_backend_that_stopped_reading_ends() {
+    let b = TestBackend::start("b").await;
+    b.set_mode(Mode::HangTraffic);
+    let lb = TestBalancer::start(&format!(
+        "{}[timeouts]\nwrite = \"500ms\"\nresponse = \"500ms\"\n[health_check]\ninterval = \"60s\"\n",
+        backends_line(&[&b])
+    ))
+    .await;
+    let backend = lb.proxy.backends()[0].clone();
+    let stream = TcpStream::connect(lb.addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let uploader = tokio::spawn(async move {
+        let size: u64 = 1 << 30;
+        let head = format!("POST /count HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n");
+        if write.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let chunk = vec![7u8; 64 * 1024];
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            match tokio::time::timeout(Duration::from_secs(1), write.write_all(&chunk)).await {
+                Ok(Ok(())) => {}
+                _ => break,
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !bytes.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(8), read.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => bytes.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(
+        text.starts_with("HTTP/1.1 502"),
+        "{text:?} after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    wait_until(Duration::from_secs(2), || backend.in_flight() == 0)
+        .await
+        .unwrap();
+    uploader.abort();
+    lb.stop().await;
+    b.stop().await;
+}
+
+/// Defect 8: a streamed request whose head waits on a pooled connection for the client's first
+/// body bytes, while the backend closes that connection (its keep-alive ran out). Nothing was
+/// sent, so the request goes on a fresh connection; it used to be answered 502 and counted as
+/// the backend's failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_not_yet_sent_survives_the_backends_keepalive_close() {
+    let recorder = Recorder::with_idle_limit(Duration::from_millis(300)).await;
+    let lb = TestBalancer::start(&format!(
+        "backends = [\"{}\"]\n[passive_health]\nconsecutive_failures = 1\n\
+         [health_check]\ninterval = \"60s\"\n",
+        recorder.url()
+    ))
+    .await;
+    // One request leaves an idle pooled connection behind.
+    let mut first = TcpStream::connect(lb.addr).await.unwrap();
+    first
+        .write_all(b"GET /first HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        read_until(&mut first, "/first", Duration::from_secs(3))
+            .await
+            .contains("200 OK")
+    );
+    // A POST's head only: alb takes the pooled connection and waits for the body.
+    let mut late = TcpStream::connect(lb.addr).await.unwrap();
+    late.write_all(
+        b"POST /late HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    wait_until(Duration::from_secs(3), || recorder.idle_closed() >= 1)
+        .await
+        .expect("the backend closes its idle connection");
+    late.write_all(b"hello").await.unwrap();
+    let answer = read_until(&mut late, "/late", Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert_eq!(recorder.only("/late").body, b"hello");
+    assert!(
+        !lb.proxy.backends()[0].is_ejected(),
+        "counted as the backend's failure"
+    );
+    lb.stop().await;
+    recorder.stop().await;
+}
