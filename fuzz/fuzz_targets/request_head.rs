@@ -54,7 +54,7 @@ fn check(input: &[u8], consumed: usize, rest: &[u8], request: &ClientRequest) {
         );
     }
 
-    let http10 = head.is_http10();
+    let http10 = head.request_is_http10();
     let has_te = head.has("transfer-encoding");
     let has_cl = head.has("content-length");
 

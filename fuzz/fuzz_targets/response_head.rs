@@ -126,7 +126,7 @@ fn check_reuse(head: &Head, response: &ResponseHead) {
     }
     assert_ne!(response.framing, Framing::Close, "reusable after a close-delimited body");
     assert!(!head.connection_option("close"), "reusable after Connection: close");
-    if head.is_http10() {
+    if head.response_is_http10() {
         assert!(
             head.connection_option("keep-alive"),
             "reusable after an HTTP/1.0 response without keep-alive"

@@ -59,14 +59,21 @@ impl Head {
         Some(trim(name).to_ascii_lowercase())
     }
 
-    /// Whether the start line ends (request) or begins (response) with `HTTP/1.0`.
-    pub fn is_http10(&self) -> bool {
-        let words: Vec<&[u8]> = self
-            .start_line
+    /// Whether a request line's version (its last word) is `HTTP/1.0`.
+    pub fn request_is_http10(&self) -> bool {
+        self.words().last() == Some(&&b"HTTP/1.0"[..])
+    }
+
+    /// Whether a status line's version (its first word) is `HTTP/1.0`.
+    pub fn response_is_http10(&self) -> bool {
+        self.words().first() == Some(&&b"HTTP/1.0"[..])
+    }
+
+    fn words(&self) -> Vec<&[u8]> {
+        self.start_line
             .split(|&b| b == b' ' || b == b'\t')
             .filter(|w| !w.is_empty())
-            .collect();
-        words.first() == Some(&&b"HTTP/1.0"[..]) || words.last() == Some(&&b"HTTP/1.0"[..])
+            .collect()
     }
 
     /// The three digits after the version in a status line.
