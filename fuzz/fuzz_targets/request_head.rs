@@ -3,7 +3,7 @@
 
 #![no_main]
 
-use alb::http1::{ClientRequest, Framing, parse_client_request};
+use alb::http1::{ClientRequest, Framing, RequestRules, Underscores, parse_client_request};
 use alb_fuzz::{decimal_equals, is_decimal, list_elements, split_heads};
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
@@ -11,9 +11,16 @@ use libfuzzer_sys::fuzz_target;
 /// The default `limits.max_header_bytes`.
 const MAX_HEAD: usize = 32 * 1024;
 
+fn rules(max_head: usize) -> RequestRules {
+    RequestRules {
+        max_head,
+        underscores: Underscores::Drop,
+    }
+}
+
 fuzz_target!(|input: &[u8]| {
     let mut buf = BytesMut::from(input);
-    match parse_client_request(&mut buf, MAX_HEAD) {
+    match parse_client_request(&mut buf, &rules(MAX_HEAD)) {
         Ok(None) => {
             assert_eq!(&buf[..], input, "an incomplete head must stay in the buffer");
             assert!(input.len() <= MAX_HEAD, "Ok(None) past max_head");
@@ -26,7 +33,7 @@ fuzz_target!(|input: &[u8]| {
             if consumed > 1 {
                 let limit = consumed - 1;
                 let mut small = BytesMut::from(input);
-                let again = parse_client_request(&mut small, limit);
+                let again = parse_client_request(&mut small, &rules(limit));
                 assert!(
                     again.is_err(),
                     "a {consumed}-byte head accepted with max_head = {limit}: {again:?}"
@@ -55,6 +62,11 @@ fn check(input: &[u8], consumed: usize, rest: &[u8], request: &ClientRequest) {
     }
 
     let http10 = head.request_is_http10();
+    // RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status code to any HTTP/1.1
+    // request message that lacks a Host header field".
+    if !http10 {
+        assert!(head.has("host"), "accepted an HTTP/1.1 request without Host");
+    }
     let has_te = head.has("transfer-encoding");
     let has_cl = head.has("content-length");
 

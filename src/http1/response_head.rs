@@ -247,7 +247,9 @@ fn parse_one(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHe
     let reusable = body != Framing::Close
         && !(framing.transfer_encoding && framing.length.is_some())
         && if version == Version::HTTP_10 {
-            framing.keep_alive && !framing.close
+            // Transfer-Encoding in an HTTP/1.0 message: the connection closes after it
+            // (RFC 9112 §6.1), whatever keep-alive says.
+            framing.keep_alive && !framing.close && !framing.transfer_encoding
         } else {
             !framing.close
         };
@@ -404,12 +406,24 @@ mod tests {
     }
 
     #[test]
+    fn http10_with_transfer_encoding_is_the_last_on_its_connection() {
+        let text =
+            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n";
+        let head = parse(text, false).unwrap().unwrap();
+        assert_eq!(head.framing, Framing::Chunked);
+        assert!(!head.reusable);
+    }
+
+    #[test]
     fn ambiguous_framing_is_refused() {
         for text in [
             "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
             "HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n",
             "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+            // An empty list is no coding at all, not chunked.
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: \r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\ntransfer-encoding: ,\r\n\r\n",
             // Two lines are one list: the gzip coding must not be lost.
             "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n",
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
