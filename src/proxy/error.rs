@@ -7,10 +7,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
-use super::request_body::BodyError;
 use super::response_body::ResponseBody;
 use crate::http1::UpstreamError;
-use crate::upstream::{ConnectError, QueueError};
+use crate::upstream::{BodyError, ConnectError, QueueError, SessionError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -40,7 +39,20 @@ pub enum ProxyError {
     MethodNotAllowed(&'static str),
 }
 
+impl From<SessionError> for ProxyError {
+    fn from(error: SessionError) -> ProxyError {
+        match error {
+            SessionError::Connect(e) => ProxyError::Connect(e),
+            SessionError::Broken(e) => ProxyError::Upstream(e),
+            SessionError::Timeout(limit) => ProxyError::ResponseTimeout(limit),
+            SessionError::Framing(problem) => ProxyError::UpstreamFraming(problem),
+            SessionError::Client(e) => ProxyError::Body(e),
+        }
+    }
+}
+
 impl ProxyError {
+    /// The one place a failure becomes a status code.
     pub fn status(&self) -> StatusCode {
         match self {
             // A backend that could not be reached never saw the request: the service is

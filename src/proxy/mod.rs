@@ -5,15 +5,12 @@
 
 mod access_log;
 mod error;
-mod forward;
 mod headers;
 mod live;
 mod prepare;
-mod request_body;
 mod response_body;
 mod retry;
 mod stats;
-mod upload;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -23,12 +20,10 @@ use http::{HeaderName, HeaderValue, Request, Response};
 
 pub use access_log::{AccessRecord, Outcome};
 pub use error::ProxyError;
-use forward::{Answer, Attempt};
 pub use headers::{HopScan, hop_scan, remove_hop_by_hop, strip_hop_by_hop};
 pub use live::{ChangeError, ChangeReport, Proxy};
 pub use prepare::ClientInfo;
 use prepare::{Outbound, Replay};
-pub use request_body::{BodyError, BodyLimits, RequestBody};
 pub use response_body::{ResponseBody, ResponseBodyError, UpstreamBody, UpstreamParts};
 pub use retry::{RetryBudget, RetryPolicy, is_idempotent};
 pub use stats::ProxyStats;
@@ -37,7 +32,9 @@ use crate::balance::{Exclude, Selector, selector_for};
 use crate::config::{Config, Limits, Timeouts};
 use crate::health::OutlierDetector;
 use crate::http1::{BodyDecoder, ResponseHead};
-use crate::upstream::{Backend, InFlightGuard, method_class};
+use crate::upstream::{
+    self, Answer, Backend, InFlightGuard, Progress, SessionRequest, method_class,
+};
 
 /// Everything a request is routed by, built from one config and swapped whole on reload:
 /// requests that started on the old one finish on it.
@@ -74,12 +71,6 @@ fn explain_headers(headers: &mut http::HeaderMap, backend: &str, reason: &str) {
     if let Ok(v) = HeaderValue::from_str(reason) {
         headers.insert(&X_ALB_REASON, v);
     }
-}
-
-/// A failed attempt, with the request body when the request provably was not sent.
-struct Failure {
-    error: ProxyError,
-    body: Option<RequestBody>,
 }
 
 /// Why a request got no backend answer, and from which backend (for the access log).
@@ -225,7 +216,7 @@ impl Routing {
             };
             exclude.add(index);
             let backend = &self.backends[index];
-            let sending = Attempt {
+            let request = SessionRequest {
                 head: head.for_backend(backend.host_header()),
                 head_request,
                 idempotent,
@@ -234,14 +225,13 @@ impl Routing {
             let mut guard = InFlightGuard::new(backend.clone());
             let sent_at = Instant::now();
             let sent = match guard.acquire_slot(self.limits.backend_queue_timeout).await {
-                Err(e) => Err(Failure {
-                    error: e.into(),
-                    body: Some(body),
-                }),
-                Ok(()) => self.forward(backend, &sending, body).await,
+                Err(e) => Err((e.into(), Progress::Unsent(body))),
+                Ok(()) => upstream::exchange(backend, &request, body, &self.timeouts)
+                    .await
+                    .map_err(|failed| (failed.error.into(), failed.progress)),
             };
             let more = attempt < self.retry.attempts;
-            let failure = match sent {
+            let (error, progress): (ProxyError, Progress) = match sent {
                 Ok(mut answer) => {
                     if head.closes_connection() {
                         answer.response.reusable = false;
@@ -265,8 +255,7 @@ impl Routing {
                                 status,
                                 "retrying a {status} answer on another backend"
                             );
-                            self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                            backend.stats().retries.fetch_add(1, Ordering::Relaxed);
+                            self.count_retry(backend);
                             body = replay.rebuild();
                             last = Some(Rejection {
                                 error: ProxyError::UpstreamStatus(status),
@@ -285,34 +274,31 @@ impl Routing {
                     }
                     return Ok(response);
                 }
-                Err(failure) => failure,
+                Err(failed) => failed,
             };
-            if let Some(what) = failure.error.passive_failure() {
+            if let Some(what) = error.passive_failure() {
                 self.outliers.record_failure(backend, what);
             }
-            // The body comes back only with a request that was provably not sent.
-            let unsent = failure.body.is_some();
-            let again = match failure.error {
-                ProxyError::Connect(_) | ProxyError::Queue(_) => failure.body,
-                ProxyError::Upstream(_) => failure
-                    .body
-                    .or_else(|| replay.as_ref().map(Replay::rebuild)),
-                ProxyError::ResponseTimeout(_) if self.retry.on_timeout => {
-                    replay.as_ref().map(Replay::rebuild)
+            // How far the request got decides, and nothing else: what never left goes
+            // elsewhere as it is, and spends no budget (it adds no work anywhere); what was sent
+            // goes again only when it may run twice and its body was kept.
+            let (again, free) = match progress {
+                Progress::Unsent(body) => (Some(body), true),
+                Progress::NoAnswer => (replay.as_ref().map(Replay::rebuild), false),
+                Progress::NoAnswerInTime if self.retry.on_timeout => {
+                    (replay.as_ref().map(Replay::rebuild), false)
                 }
-                _ => None,
+                Progress::NoAnswerInTime | Progress::Final => (None, false),
             };
             let rejection = Rejection {
-                error: failure.error,
+                error,
                 backend: Some(backend.clone()),
             }
             .or_earlier(last.take());
             match again {
-                // Sending elsewhere what never left adds no work anywhere: no budget is spent.
-                Some(next) if more && (unsent || self.retry.allow_retry()) => {
+                Some(next) if more && (free || self.retry.allow_retry()) => {
                     tracing::info!(backend = backend.url(), attempt, error = %rejection.error, "retrying on another backend");
-                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                    backend.stats().retries.fetch_add(1, Ordering::Relaxed);
+                    self.count_retry(backend);
                     body = next;
                     last = Some(rejection);
                 }
@@ -326,6 +312,11 @@ impl Routing {
             error: ProxyError::NoHealthyBackend,
             backend: None,
         }))
+    }
+
+    fn count_retry(&self, backend: &Backend) {
+        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+        backend.stats().retries.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Picks a backend; during slow start a recovering backend is passed over in proportion to

@@ -10,10 +10,10 @@ use http::{HeaderValue, Method, Request};
 use http_body_util::BodyExt;
 
 use super::headers::{hop_scan, strip_hop_by_hop};
-use super::request_body::{BodyError, BodyLimits, RequestBody};
 use super::retry::is_idempotent;
 use super::{ProxyError, Routing};
 use crate::http1::{BodyFraming, FramingLookalike, RequestHead, encode_request_head};
+use crate::upstream::{BodyError, BodyLimits, RequestBody};
 
 /// The client connection a request arrived on, computed once per connection.
 #[derive(Debug, Clone)]

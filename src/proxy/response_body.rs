@@ -11,10 +11,10 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 
 use super::access_log::{AccessRecord, Outcome};
-use super::upload::Upload;
 use crate::deadline::Deadline;
 use crate::health::OutlierDetector;
 use crate::http1::{BodyDecoder, Decoded, RawFields, UpstreamError};
+use crate::upstream::Upload;
 use crate::upstream::{InFlightGuard, UpstreamConn};
 
 #[derive(Debug, thiserror::Error)]

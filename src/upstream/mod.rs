@@ -1,5 +1,5 @@
-//! Backends: their identity, live state (health, in-flight requests) and the keep-alive connections
-//! alb holds to each of them.
+//! Backends: their identity, live state (health, in-flight requests), the keep-alive connections
+//! alb holds to each of them, and the session of one request with one of them ([`exchange`]).
 //!
 //! All per-backend state is atomics so that picking a backend and counting requests never takes a
 //! lock. `Relaxed` ordering is enough everywhere here: each counter is an independent statistic read
@@ -8,7 +8,10 @@
 mod conn;
 mod limit;
 mod pool;
+mod request_body;
+mod session;
 mod stats;
+mod upload;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -22,9 +25,12 @@ use crate::config::{BackendAddr, BackendSpec};
 pub use conn::{ConnectError, UpstreamConn};
 pub use limit::{ConnectionLimit, QueueError};
 pub use pool::ConnectionPool;
+pub use request_body::{BodyError, BodyLimits, RequestBody, Streamed};
+pub use session::{Answer, Progress, SessionError, SessionRequest, Unanswered, exchange};
 pub use stats::{
     BackendStats, Histogram, LATENCY_BUCKETS, METHOD_CLASSES, STATUS_CLASSES, method_class,
 };
+pub use upload::{Upload, UploadError};
 
 /// What an operator asked of a backend through the admin API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
