@@ -32,7 +32,7 @@ fn backends(n: usize) -> Vec<Arc<Backend>> {
         .collect();
     let listen = SocketAddr::from(([127, 0, 0, 1], 18_080));
     let config = alb::Config::with_backends(listen, &urls).expect("a valid config");
-    // Like `Routing::new`: all backends built first, then put into their `Arc`s one after another.
+    // Like `Snapshot::new`: all backends built first, then put into their `Arc`s one after another.
     let built: Vec<Backend> = config.backends.iter().map(Backend::new).collect();
     built.into_iter().map(Arc::new).collect()
 }

@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod control;
 pub mod deadline;
 pub mod demo;
 pub mod health;

@@ -7,7 +7,8 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use crate::proxy::{ChangeError, Proxy};
+use crate::control::ChangeError;
+use crate::proxy::Proxy;
 use crate::upstream::{AdminState, Backend};
 
 #[derive(Debug, Serialize)]

@@ -1,60 +1,30 @@
-//! The live proxy: the current [`Routing`] behind an atomic pointer, swapped whole by a reload
-//! (SIGHUP or the admin API) or by a change through the admin API, while requests that started on
-//! the old routing finish on it. Unchanged backends carry over with their health, counters and
-//! connections. The health checks of the current backends are owned here too, since they must be
-//! restarted with each new routing.
+//! The live proxy: the current [`Snapshot`] behind an atomic pointer, which each request loads
+//! once and runs on to its end. Replacing it (reload, runtime changes, the health checks that go
+//! with it) is control-plane work, in [`crate::control`].
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use crate::http1::ClientBody;
 use arc_swap::ArcSwap;
 use http::{Request, Response};
-use serde::Serialize;
 
-use super::{ClientInfo, ProxyStats, ResponseBody, Routing};
-use crate::config::{Config, ConfigError};
+use super::{ClientInfo, ProxyStats, ResponseBody, Snapshot};
+use crate::config::Config;
 use crate::health::{HealthChecker, OutlierDetector};
-use crate::upstream::{AdminState, Backend};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ChangeError {
-    #[error("alb was not started from a config file, there is nothing to re-read")]
-    NoSource,
-    #[error("{0}")]
-    Config(#[from] ConfigError),
-    #[error("no backend {0}")]
-    UnknownBackend(String),
-    #[error("backend {0} exists already")]
-    Duplicate(String),
-    #[error("the last backend cannot be removed")]
-    LastBackend,
-}
-
-/// What a reload or change did.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct ChangeReport {
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
-    pub kept: Vec<String>,
-    /// Settings that changed but only take effect after a restart.
-    pub needs_restart: Vec<String>,
-}
+use crate::upstream::Backend;
 
 #[derive(Debug)]
 pub struct Proxy {
-    routing: ArcSwap<Routing>,
-    stats: Arc<ProxyStats>,
-    source: Option<PathBuf>,
-    health: Mutex<Option<HealthChecker>>,
-    /// Serialises changes: each one builds on the routing it replaces.
-    changes: Mutex<()>,
+    pub(crate) snapshot: ArcSwap<Snapshot>,
+    pub(crate) stats: Arc<ProxyStats>,
+    /// The config file, re-read on reload.
+    pub(crate) source: Option<PathBuf>,
+    pub(crate) health: Mutex<Option<HealthChecker>>,
+    /// Serialises changes: each one builds on the snapshot it replaces.
+    pub(crate) changes: Mutex<()>,
     /// `--no-access-log` given on the command line: wins over every config reloaded later.
-    access_log_off: std::sync::atomic::AtomicBool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+    pub(crate) access_log_off: std::sync::atomic::AtomicBool,
 }
 
 impl Proxy {
@@ -66,7 +36,7 @@ impl Proxy {
     pub fn with_source(config: &Config, source: Option<PathBuf>) -> Proxy {
         let stats = Arc::new(ProxyStats::default());
         Proxy {
-            routing: ArcSwap::from_pointee(Routing::new(config, stats.clone(), &[])),
+            snapshot: ArcSwap::from_pointee(Snapshot::new(config, stats.clone(), &[])),
             stats,
             source,
             health: Mutex::new(None),
@@ -81,16 +51,16 @@ impl Proxy {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    pub fn routing(&self) -> Arc<Routing> {
-        self.routing.load_full()
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
     }
 
     pub fn backends(&self) -> Vec<Arc<Backend>> {
-        self.routing.load().backends().to_vec()
+        self.snapshot.load().backends().to_vec()
     }
 
     pub fn backend(&self, url: &str) -> Option<Arc<Backend>> {
-        self.routing
+        self.snapshot
             .load()
             .backends()
             .iter()
@@ -99,7 +69,7 @@ impl Proxy {
     }
 
     pub fn outliers(&self) -> Arc<OutlierDetector> {
-        self.routing.load().outliers().clone()
+        self.snapshot.load().outliers().clone()
     }
 
     pub fn stats(&self) -> &Arc<ProxyStats> {
@@ -111,176 +81,13 @@ impl Proxy {
         self.stats.retries()
     }
 
-    /// Proxies one request on the routing current when it arrived.
+    /// Proxies one request on the snapshot current when it arrived.
     pub async fn handle(
         &self,
         req: Request<ClientBody>,
         client: &ClientInfo,
     ) -> Response<ResponseBody> {
-        let routing = self.routing.load_full();
-        routing.handle(req, client).await
-    }
-
-    /// Starts (or restarts) the health checks of the current backends.
-    pub fn start_health(&self) {
-        let routing = self.routing.load();
-        let config = routing.config();
-        let checker = HealthChecker::start(
-            routing.backends(),
-            &config.health_check,
-            &config.passive_health,
-        );
-        // Replacing the old checker drops it, which aborts its tasks.
-        *lock(&self.health) = Some(checker);
-    }
-
-    pub async fn stop_health(&self) {
-        let checker = lock(&self.health).take();
-        if let Some(checker) = checker {
-            checker.stop().await;
-        }
-    }
-
-    /// Swaps in a routing for `config`; in-flight requests finish on the old one.
-    pub fn apply(&self, config: &Config) -> ChangeReport {
-        let _serial = lock(&self.changes);
-        self.apply_locked(config)
-    }
-
-    fn apply_locked(&self, config: &Config) -> ChangeReport {
-        let old = self.routing.load_full();
-        let new = Routing::new(config, self.stats.clone(), old.backends());
-        let report = diff(&old, &new);
-        self.routing.store(Arc::new(new));
-        let running = lock(&self.health).is_some();
-        if running {
-            self.start_health();
-        }
-        tracing::info!(
-            added = ?report.added, removed = ?report.removed, kept = report.kept.len(),
-            "configuration applied"
-        );
-        for setting in &report.needs_restart {
-            tracing::warn!("{setting} changed: takes effect after a restart");
-        }
-        report
-    }
-
-    /// Re-reads the config file; an invalid one is refused and the running one kept.
-    pub fn reload(&self) -> Result<ChangeReport, ChangeError> {
-        let Some(path) = &self.source else {
-            return Err(ChangeError::NoSource);
-        };
-        match Config::load(path) {
-            Ok(mut config) => {
-                if self
-                    .access_log_off
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                {
-                    config.access_log = false;
-                }
-                self.stats
-                    .reloads
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Ok(self.apply(&config))
-            }
-            Err(e) => {
-                self.stats
-                    .reload_failures
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::error!("reload refused, the running configuration stays: {e}");
-                Err(e.into())
-            }
-        }
-    }
-
-    /// Adds a backend (validated like one in the config file).
-    pub fn add_backend(&self, url: &str, weight: Option<u32>) -> Result<ChangeReport, ChangeError> {
-        let _serial = lock(&self.changes);
-        let mut config = self.routing.load().config().clone();
-        let probe = Config::with_backends(config.listen, &[url.to_string()])?;
-        let mut spec = probe.backends[0].clone();
-        if let Some(weight) = weight {
-            let checked = Config::from_toml(
-                &format!("[[backend]]\nurl = {url:?}\nweight = {weight}\n"),
-                "(api)",
-            )?;
-            spec.weight = checked.backends[0].weight;
-        }
-        if config.backends.iter().any(|b| b.url == spec.url) {
-            return Err(ChangeError::Duplicate(spec.url));
-        }
-        config.backends.push(spec);
-        Ok(self.apply_locked(&config))
-    }
-
-    pub fn remove_backend(&self, url: &str) -> Result<ChangeReport, ChangeError> {
-        let _serial = lock(&self.changes);
-        let mut config = self.routing.load().config().clone();
-        let before = config.backends.len();
-        config.backends.retain(|b| b.url != url);
-        if config.backends.len() == before {
-            return Err(ChangeError::UnknownBackend(url.to_string()));
-        }
-        if config.backends.is_empty() {
-            return Err(ChangeError::LastBackend);
-        }
-        Ok(self.apply_locked(&config))
-    }
-
-    pub fn set_admin_state(&self, url: &str, state: AdminState) -> Result<(), ChangeError> {
-        let backend = self
-            .backend(url)
-            .ok_or_else(|| ChangeError::UnknownBackend(url.to_string()))?;
-        backend.set_admin_state(state);
-        tracing::info!(
-            backend = url,
-            state = state.name(),
-            "backend {url} is now {}",
-            state.name()
-        );
-        Ok(())
-    }
-}
-
-fn diff(old: &Routing, new: &Routing) -> ChangeReport {
-    let urls = |r: &Routing| {
-        r.backends()
-            .iter()
-            .map(|b| b.url().to_string())
-            .collect::<Vec<_>>()
-    };
-    let (before, after) = (urls(old), urls(new));
-    let (a, b) = (old.config(), new.config());
-    let mut needs_restart = Vec::new();
-    if a.listen != b.listen {
-        needs_restart.push("listen".to_string());
-    }
-    if a.workers != b.workers {
-        needs_restart.push("workers".to_string());
-    }
-    if a.limits.max_client_connections != b.limits.max_client_connections {
-        needs_restart.push("limits.max_client_connections".to_string());
-    }
-    if a.admin != b.admin {
-        needs_restart.push("admin".to_string());
-    }
-    ChangeReport {
-        added: after
-            .iter()
-            .filter(|u| !before.contains(u))
-            .cloned()
-            .collect(),
-        removed: before
-            .iter()
-            .filter(|u| !after.contains(u))
-            .cloned()
-            .collect(),
-        kept: after
-            .iter()
-            .filter(|u| before.contains(u))
-            .cloned()
-            .collect(),
-        needs_restart,
+        let snapshot = self.snapshot.load_full();
+        snapshot.handle(req, client).await
     }
 }

@@ -7,6 +7,7 @@ mod access_log;
 mod error;
 mod headers;
 mod live;
+mod pool;
 mod prepare;
 mod response_body;
 mod retry;
@@ -14,21 +15,22 @@ mod stats;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::{HeaderName, HeaderValue, Request, Response};
 
 pub use access_log::{AccessRecord, Outcome};
 pub use error::ProxyError;
 pub use headers::{HopScan, hop_scan, remove_hop_by_hop, strip_hop_by_hop};
-pub use live::{ChangeError, ChangeReport, Proxy};
+pub use live::Proxy;
+use pool::BackendPool;
 pub use prepare::ClientInfo;
 use prepare::{Outbound, Replay};
 pub use response_body::{ResponseBody, ResponseBodyError, UpstreamBody, UpstreamParts};
 pub use retry::{RetryBudget, RetryPolicy, is_idempotent};
 pub use stats::ProxyStats;
 
-use crate::balance::{Exclude, Selector, selector_for};
+use crate::balance::Exclude;
 use crate::config::{Config, Limits, Timeouts};
 use crate::health::OutlierDetector;
 use crate::http1::{BodyDecoder, ResponseHead};
@@ -36,18 +38,15 @@ use crate::upstream::{
     self, Answer, Backend, InFlightGuard, Progress, SessionRequest, method_class,
 };
 
-/// Everything a request is routed by, built from one config and swapped whole on reload:
-/// requests that started on the old one finish on it.
+/// The data plane as one config made it: its pools of backends and the settings requests are
+/// handled by, swapped whole on reload: requests that started on the old snapshot finish on it.
 #[derive(Debug)]
-pub struct Routing {
+pub struct Snapshot {
     config: Config,
-    backends: Vec<Arc<Backend>>,
-    selector: Box<dyn Selector>,
+    pool: BackendPool,
     timeouts: Timeouts,
     limits: Limits,
     retry: RetryPolicy,
-    outliers: Arc<OutlierDetector>,
-    slow_start: Duration,
     access_log: bool,
     retry_after: HeaderValue,
     explain: bool,
@@ -90,45 +89,18 @@ impl Rejection {
     }
 }
 
-impl Routing {
-    /// Builds the routing for `config`. Backends of `previous` that are unchanged (same URL,
+impl Snapshot {
+    /// Builds the snapshot for `config`. Backends of `previous` that are unchanged (same URL,
     /// weight and connection limit) are kept as they are, with their health, counters and pooled
     /// connections.
-    pub fn new(config: &Config, stats: Arc<ProxyStats>, previous: &[Arc<Backend>]) -> Routing {
-        let slots: Vec<Result<Arc<Backend>, Backend>> = config
-            .backends
-            .iter()
-            .map(|spec| {
-                previous
-                    .iter()
-                    .find(|b| {
-                        b.url() == spec.url
-                            && b.weight() == spec.weight
-                            && b.max_connections() == spec.max_connections
-                    })
-                    .cloned()
-                    .ok_or_else(|| Backend::with_queue(spec, config.limits.backend_queue))
-            })
-            .collect();
-        // The new backends go into their `Arc`s only now that all of them are built, so that the
-        // allocator lays these small blocks (what selection reads) side by side instead of
-        // between each backend's cold part: in a pool of thousands, picks then stay within
-        // fewer pages and cache lines.
-        let backends: Vec<Arc<Backend>> = slots
-            .into_iter()
-            .map(|slot| slot.unwrap_or_else(Arc::new))
-            .collect();
-        let selector = selector_for(config.algorithm, &backends);
+    pub fn new(config: &Config, stats: Arc<ProxyStats>, previous: &[Arc<Backend>]) -> Snapshot {
         let retry_after = config.health_check.interval.as_secs_f64().ceil().max(1.0) as u64;
-        Routing {
+        Snapshot {
             config: config.clone(),
-            outliers: Arc::new(OutlierDetector::new(&config.passive_health, &backends)),
-            backends,
-            selector,
+            pool: BackendPool::new(config, previous),
             timeouts: config.timeouts.clone(),
             limits: config.limits.clone(),
             retry: RetryPolicy::new(&config.retry, stats.clone()),
-            slow_start: config.health_check.slow_start,
             access_log: config.access_log,
             retry_after: HeaderValue::from(retry_after),
             explain: config.explain,
@@ -140,12 +112,19 @@ impl Routing {
         &self.config
     }
 
+    /// Every backend, of every pool.
     pub fn backends(&self) -> &[Arc<Backend>] {
-        &self.backends
+        self.pool.backends()
     }
 
     pub fn outliers(&self) -> &Arc<OutlierDetector> {
-        &self.outliers
+        self.pool.outliers()
+    }
+
+    /// The pool a request goes to. One pool today; routes by host and path choose among several
+    /// here.
+    fn route<B>(&self, _request: &Request<B>) -> &BackendPool {
+        &self.pool
     }
 
     /// Proxies one request. Never fails: every error becomes a response.
@@ -164,21 +143,24 @@ impl Routing {
                 started,
             ))
         });
+        let pool = self.route(&req);
         let outbound = match self.prepare(req, client).await {
             Ok(outbound) => outbound,
             Err(error) => return self.local_response(&error, None, log, method),
         };
         let exchange = Exchange { started, method };
         let result = match self.timeouts.request {
-            Some(limit) => tokio::time::timeout(limit, self.dispatch(outbound, &mut log, exchange))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Rejection {
-                        error: ProxyError::Deadline(limit),
-                        backend: None,
+            Some(limit) => {
+                tokio::time::timeout(limit, self.dispatch(pool, outbound, &mut log, exchange))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Rejection {
+                            error: ProxyError::Deadline(limit),
+                            backend: None,
+                        })
                     })
-                }),
-            None => self.dispatch(outbound, &mut log, exchange).await,
+            }
+            None => self.dispatch(pool, outbound, &mut log, exchange).await,
         };
         match result {
             Ok(response) => response,
@@ -194,6 +176,7 @@ impl Routing {
     /// Tries backends until one answers, a failure may not be retried, or attempts run out.
     async fn dispatch(
         &self,
+        pool: &BackendPool,
         outbound: Outbound,
         log: &mut Option<Box<AccessRecord>>,
         exchange: Exchange,
@@ -211,17 +194,17 @@ impl Routing {
         let mut exclude = Exclude::default();
         let mut last = None;
         for attempt in 1..=self.retry.attempts {
-            let Some(index) = self.pick(&exclude) else {
+            let Some(index) = pool.pick(&exclude) else {
                 break;
             };
             exclude.add(index);
-            let backend = &self.backends[index];
+            let backend = &pool.backends()[index];
             let request = SessionRequest {
                 head: head.for_backend(backend.host_header()),
                 head_request,
                 idempotent,
             };
-            let reason = self.explain.then(|| self.explain_pick(index, attempt));
+            let reason = self.explain.then(|| pool.explain_pick(index, attempt));
             let mut guard = InFlightGuard::new(backend.clone());
             let sent_at = Instant::now();
             let sent = match guard.acquire_slot(self.limits.backend_queue_timeout).await {
@@ -238,14 +221,15 @@ impl Routing {
                     }
                     let status = answer.response.status.as_u16();
                     backend.record_response(exchange.method, status, sent_at.elapsed());
-                    if self.outliers.counts_status(status) {
-                        self.outliers.record_failure(backend, "5xx answer");
+                    let outliers = pool.outliers();
+                    if outliers.counts_status(status) {
+                        outliers.record_failure(backend, "5xx answer");
                     } else {
-                        self.outliers.record_success(backend);
+                        outliers.record_success(backend);
                     }
                     let retry_status = more
                         && self.retry.retries_status(status)
-                        && self.has_other(&exclude)
+                        && pool.has_other(&exclude)
                         && replay.is_some();
                     match replay.as_ref() {
                         Some(replay) if retry_status && self.retry.allow_retry() => {
@@ -268,7 +252,7 @@ impl Routing {
                     if let Some(log) = log.as_mut() {
                         log.set_attempts(attempt);
                     }
-                    let mut response = self.respond(answer, guard, log.take(), exchange);
+                    let mut response = self.respond(pool, answer, guard, log.take(), exchange);
                     if let Some(reason) = reason {
                         explain_headers(response.headers_mut(), backend.url(), &reason);
                     }
@@ -277,7 +261,7 @@ impl Routing {
                 Err(failed) => failed,
             };
             if let Some(what) = error.passive_failure() {
-                self.outliers.record_failure(backend, what);
+                pool.outliers().record_failure(backend, what);
             }
             // How far the request got decides, and nothing else: what never left goes
             // elsewhere as it is, and spends no budget (it adds no work anywhere); what was sent
@@ -319,58 +303,12 @@ impl Routing {
         backend.stats().retries.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Picks a backend; during slow start a recovering backend is passed over in proportion to
-    /// how far its ramp still has to go.
-    fn pick(&self, exclude: &Exclude) -> Option<usize> {
-        let index = self.selector.select(&self.backends, exclude)?;
-        if self.slow_start.is_zero() {
-            return Some(index);
-        }
-        let warmth = self.backends[index].warmth(self.slow_start);
-        if warmth >= 1.0 || fastrand::f64() < warmth {
-            return Some(index);
-        }
-        let mut others = exclude.clone();
-        others.add(index);
-        self.selector
-            .select(&self.backends, &others)
-            .or(Some(index))
-    }
-
-    /// Why `index` was picked, in a line: the algorithm and the load it saw (for `explain`).
-    fn explain_pick(&self, index: usize, attempt: u32) -> String {
-        use std::fmt::Write;
-        let mut reason = format!(
-            "{} attempt={attempt} candidates:",
-            self.config.algorithm.name()
-        );
-        for (i, b) in self.backends.iter().enumerate().take(16) {
-            let mark = if i == index { "*" } else { "" };
-            let state = if b.is_available() { "up" } else { "out" };
-            let _ = write!(
-                reason,
-                " {mark}{} in_flight={} weight={} {state};",
-                b.url(),
-                b.in_flight(),
-                b.weight()
-            );
-        }
-        reason
-    }
-
-    /// Whether any backend besides the excluded ones could take a retry.
-    fn has_other(&self, exclude: &Exclude) -> bool {
-        self.backends
-            .iter()
-            .enumerate()
-            .any(|(i, b)| b.is_available() && !exclude.contains(i))
-    }
-
     /// Wraps the backend's response for the client: its fields pass as parsed (hop-by-hop ones
     /// already left out), the body streams through a wrapper that holds the in-flight guard and
     /// the connection until it ends.
     fn respond(
         &self,
+        pool: &BackendPool,
         answer: Answer,
         guard: InFlightGuard,
         log: Option<Box<AccessRecord>>,
@@ -393,7 +331,7 @@ impl Routing {
             fields: Some(fields),
             guard,
             log,
-            outliers: self.outliers.clone(),
+            outliers: pool.outliers().clone(),
             idle_limit: self.timeouts.upstream_idle,
             reusable,
             started: exchange.started,

@@ -11,7 +11,7 @@ use http_body_util::BodyExt;
 
 use super::headers::{hop_scan, strip_hop_by_hop};
 use super::retry::is_idempotent;
-use super::{ProxyError, Routing};
+use super::{ProxyError, Snapshot};
 use crate::http1::{BodyFraming, FramingLookalike, RequestHead, encode_request_head};
 use crate::upstream::{BodyError, BodyLimits, RequestBody};
 
@@ -31,7 +31,7 @@ impl ClientInfo {
     }
 }
 
-impl Routing {
+impl Snapshot {
     /// Rewrites the client's request for the upstream hop: origin-form target, HTTP/1.1,
     /// hop-by-hop fields removed, X-Forwarded-* appended, limits checked, and a small body of an
     /// idempotent request read whole so that it can be replayed. Host is kept as the client sent it.

@@ -141,15 +141,15 @@ impl Server {
                     Ok((stream, peer)) => {
                         while connections.try_join_next().is_some() {}
                         // Timeouts as configured now: a reload applies to new connections.
-                        let routing = self.proxy.routing();
-                        let timeouts = &routing.config().timeouts;
+                        let snapshot = self.proxy.snapshot();
+                        let timeouts = &snapshot.config().timeouts;
                         let settings = ConnSettings {
                             header_timeout: timeouts.client_header,
                             keepalive_timeout: timeouts.keepalive_idle,
                             write_timeout: timeouts.write,
                             rules: RequestRules {
-                                max_head: routing.config().limits.max_header_bytes,
-                                underscores: routing.config().underscores_in_headers,
+                                max_head: snapshot.config().limits.max_header_bytes,
+                                underscores: snapshot.config().underscores_in_headers,
                             },
                         };
                         let seat = Seat::new(slot, self.proxy.stats().clone());
@@ -172,7 +172,7 @@ impl Server {
             }
         }
         drop(self.listener);
-        let drain = self.proxy.routing().config().timeouts.drain;
+        let drain = self.proxy.snapshot().config().timeouts.drain;
         tracing::info!(
             "shutting down: no new connections, draining in-flight requests for up to {drain:?}"
         );

@@ -67,7 +67,7 @@ pub fn now_ms() -> u64 {
 /// thousands of backends touches one line per backend looked at. Everything else lives behind
 /// `cold`, read per request or per probe only once this backend was chosen. Building a pool's
 /// backends before putting any of them into its `Arc` keeps those small blocks next to each other
-/// (see `Routing::new`).
+/// (see `Snapshot::new`).
 #[derive(Debug)]
 pub struct Backend {
     in_flight: AtomicU64,

@@ -1,0 +1,207 @@
+//! The control plane: everything that replaces the data plane's [`Snapshot`] while requests run
+//! on it. A reload (SIGHUP or the admin API) or a runtime change builds a new snapshot from a
+//! config, carries over the backends that did not change (with their health, counters and
+//! connections), swaps it in whole, and restarts the health checks for it. Nothing here is on a
+//! request's path: a request loads the snapshot once and never waits on a change.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+
+use crate::config::{Config, ConfigError};
+use crate::health::HealthChecker;
+use crate::proxy::{Proxy, Snapshot};
+use crate::upstream::AdminState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error("alb was not started from a config file, there is nothing to re-read")]
+    NoSource,
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("no backend {0}")]
+    UnknownBackend(String),
+    #[error("backend {0} exists already")]
+    Duplicate(String),
+    #[error("the last backend cannot be removed")]
+    LastBackend,
+}
+
+/// What a reload or change did.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ChangeReport {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub kept: Vec<String>,
+    /// Settings that changed but only take effect after a restart.
+    pub needs_restart: Vec<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Proxy {
+    /// Starts (or restarts) the health checks of the current backends.
+    pub fn start_health(&self) {
+        let routing = self.snapshot.load();
+        let config = routing.config();
+        let checker = HealthChecker::start(
+            routing.backends(),
+            &config.health_check,
+            &config.passive_health,
+        );
+        // Replacing the old checker drops it, which aborts its tasks.
+        *lock(&self.health) = Some(checker);
+    }
+
+    pub async fn stop_health(&self) {
+        let checker = lock(&self.health).take();
+        if let Some(checker) = checker {
+            checker.stop().await;
+        }
+    }
+
+    /// Swaps in a routing for `config`; in-flight requests finish on the old one.
+    pub fn apply(&self, config: &Config) -> ChangeReport {
+        let _serial = lock(&self.changes);
+        self.apply_locked(config)
+    }
+
+    fn apply_locked(&self, config: &Config) -> ChangeReport {
+        let old = self.snapshot.load_full();
+        let new = Snapshot::new(config, self.stats.clone(), old.backends());
+        let report = diff(&old, &new);
+        self.snapshot.store(Arc::new(new));
+        let running = lock(&self.health).is_some();
+        if running {
+            self.start_health();
+        }
+        tracing::info!(
+            added = ?report.added, removed = ?report.removed, kept = report.kept.len(),
+            "configuration applied"
+        );
+        for setting in &report.needs_restart {
+            tracing::warn!("{setting} changed: takes effect after a restart");
+        }
+        report
+    }
+
+    /// Re-reads the config file; an invalid one is refused and the running one kept.
+    pub fn reload(&self) -> Result<ChangeReport, ChangeError> {
+        let Some(path) = &self.source else {
+            return Err(ChangeError::NoSource);
+        };
+        match Config::load(path) {
+            Ok(mut config) => {
+                if self
+                    .access_log_off
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    config.access_log = false;
+                }
+                self.stats
+                    .reloads
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(self.apply(&config))
+            }
+            Err(e) => {
+                self.stats
+                    .reload_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!("reload refused, the running configuration stays: {e}");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Adds a backend (validated like one in the config file).
+    pub fn add_backend(&self, url: &str, weight: Option<u32>) -> Result<ChangeReport, ChangeError> {
+        let _serial = lock(&self.changes);
+        let mut config = self.snapshot.load().config().clone();
+        let probe = Config::with_backends(config.listen, &[url.to_string()])?;
+        let mut spec = probe.backends[0].clone();
+        if let Some(weight) = weight {
+            let checked = Config::from_toml(
+                &format!("[[backend]]\nurl = {url:?}\nweight = {weight}\n"),
+                "(api)",
+            )?;
+            spec.weight = checked.backends[0].weight;
+        }
+        if config.backends.iter().any(|b| b.url == spec.url) {
+            return Err(ChangeError::Duplicate(spec.url));
+        }
+        config.backends.push(spec);
+        Ok(self.apply_locked(&config))
+    }
+
+    pub fn remove_backend(&self, url: &str) -> Result<ChangeReport, ChangeError> {
+        let _serial = lock(&self.changes);
+        let mut config = self.snapshot.load().config().clone();
+        let before = config.backends.len();
+        config.backends.retain(|b| b.url != url);
+        if config.backends.len() == before {
+            return Err(ChangeError::UnknownBackend(url.to_string()));
+        }
+        if config.backends.is_empty() {
+            return Err(ChangeError::LastBackend);
+        }
+        Ok(self.apply_locked(&config))
+    }
+
+    pub fn set_admin_state(&self, url: &str, state: AdminState) -> Result<(), ChangeError> {
+        let backend = self
+            .backend(url)
+            .ok_or_else(|| ChangeError::UnknownBackend(url.to_string()))?;
+        backend.set_admin_state(state);
+        tracing::info!(
+            backend = url,
+            state = state.name(),
+            "backend {url} is now {}",
+            state.name()
+        );
+        Ok(())
+    }
+}
+
+fn diff(old: &Snapshot, new: &Snapshot) -> ChangeReport {
+    let urls = |r: &Snapshot| {
+        r.backends()
+            .iter()
+            .map(|b| b.url().to_string())
+            .collect::<Vec<_>>()
+    };
+    let (before, after) = (urls(old), urls(new));
+    let (a, b) = (old.config(), new.config());
+    let mut needs_restart = Vec::new();
+    if a.listen != b.listen {
+        needs_restart.push("listen".to_string());
+    }
+    if a.workers != b.workers {
+        needs_restart.push("workers".to_string());
+    }
+    if a.limits.max_client_connections != b.limits.max_client_connections {
+        needs_restart.push("limits.max_client_connections".to_string());
+    }
+    if a.admin != b.admin {
+        needs_restart.push("admin".to_string());
+    }
+    ChangeReport {
+        added: after
+            .iter()
+            .filter(|u| !before.contains(u))
+            .cloned()
+            .collect(),
+        removed: before
+            .iter()
+            .filter(|u| !after.contains(u))
+            .cloned()
+            .collect(),
+        kept: after
+            .iter()
+            .filter(|u| before.contains(u))
+            .cloned()
+            .collect(),
+        needs_restart,
+    }
+}

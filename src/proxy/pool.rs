@@ -1,0 +1,109 @@
+//! One pool of backends: the backends a request may go to, the algorithm that picks among them,
+//! and their passive health. A snapshot holds its pools; a route (one today) chooses the pool.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::balance::{Exclude, Selector, selector_for};
+use crate::config::Config;
+use crate::health::OutlierDetector;
+use crate::upstream::Backend;
+
+#[derive(Debug)]
+pub struct BackendPool {
+    backends: Vec<Arc<Backend>>,
+    selector: Box<dyn Selector>,
+    outliers: Arc<OutlierDetector>,
+    slow_start: Duration,
+    algorithm: &'static str,
+}
+
+impl BackendPool {
+    /// The pool of `config`'s backends. Those of `previous` that are unchanged (same URL, weight
+    /// and connection limit) are kept as they are, with their health, counters and pooled
+    /// connections.
+    pub fn new(config: &Config, previous: &[Arc<Backend>]) -> BackendPool {
+        let slots: Vec<Result<Arc<Backend>, Backend>> = config
+            .backends
+            .iter()
+            .map(|spec| {
+                previous
+                    .iter()
+                    .find(|b| {
+                        b.url() == spec.url
+                            && b.weight() == spec.weight
+                            && b.max_connections() == spec.max_connections
+                    })
+                    .cloned()
+                    .ok_or_else(|| Backend::with_queue(spec, config.limits.backend_queue))
+            })
+            .collect();
+        // The new backends go into their `Arc`s only now that all of them are built, so that the
+        // allocator lays these small blocks (what selection reads) side by side instead of
+        // between each backend's cold part: in a pool of thousands, picks then stay within
+        // fewer pages and cache lines.
+        let backends: Vec<Arc<Backend>> = slots
+            .into_iter()
+            .map(|slot| slot.unwrap_or_else(Arc::new))
+            .collect();
+        BackendPool {
+            selector: selector_for(config.algorithm, &backends),
+            outliers: Arc::new(OutlierDetector::new(&config.passive_health, &backends)),
+            backends,
+            slow_start: config.health_check.slow_start,
+            algorithm: config.algorithm.name(),
+        }
+    }
+
+    pub fn backends(&self) -> &[Arc<Backend>] {
+        &self.backends
+    }
+
+    pub fn outliers(&self) -> &Arc<OutlierDetector> {
+        &self.outliers
+    }
+
+    /// Picks a backend; during slow start a recovering backend is passed over in proportion to
+    /// how far its ramp still has to go.
+    pub fn pick(&self, exclude: &Exclude) -> Option<usize> {
+        let index = self.selector.select(&self.backends, exclude)?;
+        if self.slow_start.is_zero() {
+            return Some(index);
+        }
+        let warmth = self.backends[index].warmth(self.slow_start);
+        if warmth >= 1.0 || fastrand::f64() < warmth {
+            return Some(index);
+        }
+        let mut others = exclude.clone();
+        others.add(index);
+        self.selector
+            .select(&self.backends, &others)
+            .or(Some(index))
+    }
+
+    /// Whether any backend besides the excluded ones could take a retry.
+    pub fn has_other(&self, exclude: &Exclude) -> bool {
+        self.backends
+            .iter()
+            .enumerate()
+            .any(|(i, b)| b.is_available() && !exclude.contains(i))
+    }
+
+    /// Why `index` was picked, in a line: the algorithm and the load it saw (for `explain`).
+    pub fn explain_pick(&self, index: usize, attempt: u32) -> String {
+        use std::fmt::Write;
+        let mut reason = format!("{} attempt={attempt} candidates:", self.algorithm);
+        for (i, b) in self.backends.iter().enumerate().take(16) {
+            let mark = if i == index { "*" } else { "" };
+            let state = if b.is_available() { "up" } else { "out" };
+            let _ = write!(
+                reason,
+                " {mark}{} in_flight={} weight={} {state};",
+                b.url(),
+                b.in_flight(),
+                b.weight()
+            );
+        }
+        reason
+    }
+}
