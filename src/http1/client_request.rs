@@ -14,13 +14,14 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, StatusCode, Uri, Version, request};
+use http::{Method, Request, StatusCode, Version, request};
 use smallvec::SmallVec;
 
 use super::parse_length;
 use super::response_head::Framing;
+use super::target::{Target, is_authority};
 
 /// Most fields in a request head (as hyper and nginx: a client needing more is broken).
 const MAX_FIELDS: usize = 100;
@@ -77,7 +78,7 @@ pub struct Rejected {
     pub reason: &'static str,
 }
 
-fn bad(reason: &'static str) -> Rejected {
+pub(super) fn bad(reason: &'static str) -> Rejected {
     Rejected {
         status: StatusCode::BAD_REQUEST,
         reason,
@@ -171,92 +172,6 @@ pub fn parse_client_request(
         parts,
         framing,
     }))
-}
-
-/// The request target, in the two forms alb forwards.
-enum Target {
-    /// `/path?query`, or `*` (OPTIONS), or any authority-form target of CONNECT (which the
-    /// proxy refuses with 405).
-    Origin(Uri),
-    /// `http://authority/path`: forwarded as its origin form with the authority as Host.
-    Absolute { authority: HeaderValue, origin: Uri },
-}
-
-impl Target {
-    /// Reads `raw` by RFC 9112 §3.2: the form must fit the method.
-    fn of(method: &Method, raw: Bytes) -> Result<Target, Rejected> {
-        let invalid = || bad("invalid request target");
-        let uri = Uri::from_maybe_shared(raw.clone()).map_err(|_| invalid())?;
-        if method == Method::CONNECT {
-            return Ok(Target::Origin(uri));
-        }
-        match raw.first() {
-            Some(b'/') => return Ok(Target::Origin(uri)),
-            Some(b'*') if raw.len() == 1 && method == Method::OPTIONS => {
-                return Ok(Target::Origin(uri));
-            }
-            _ => {}
-        }
-        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
-            // Authority-form (`evil.example:80`) is for CONNECT only (§3.2.3).
-            return Err(bad("the request target is not in origin or absolute form"));
-        };
-        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
-            return Err(invalid());
-        }
-        // User info never names the host (RFC 9110 §4.2.4): `http://a@evil.example/` is refused
-        // rather than read one way here and another way behind.
-        if authority.as_str().contains('@') || !is_authority(authority.as_str().as_bytes()) {
-            return Err(bad("invalid authority in the request target"));
-        }
-        let authority_value = HeaderValue::from_str(authority.as_str()).map_err(|_| invalid())?;
-        // No path at all after the authority: `/`, or `*` for OPTIONS (RFC 9112 §3.2.4).
-        let after_authority = raw.len() - (scheme.len() + 3 + authority.as_str().len());
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let origin = match path {
-            _ if after_authority == 0 && method == Method::OPTIONS => "*",
-            "" => "/",
-            path => path,
-        };
-        let origin = origin.parse::<Uri>().map_err(|_| invalid())?;
-        Ok(Target::Absolute {
-            authority: authority_value,
-            origin,
-        })
-    }
-}
-
-/// `uri-host [ ":" port ]` (RFC 9110 §7.2, RFC 3986 §3.2.2): a reg-name, an IPv4 address or a
-/// bracketed IP literal, then digits. Empty is allowed (a Host for a target without authority).
-fn is_authority(value: &[u8]) -> bool {
-    let (host, port) = if let Some(rest) = value.strip_prefix(b"[") {
-        let Some(close) = rest.iter().position(|&b| b == b']') else {
-            return false;
-        };
-        let literal = &rest[..close];
-        if literal.is_empty()
-            || !literal
-                .iter()
-                .all(|&b| b.is_ascii_hexdigit() || b":.vV".contains(&b))
-        {
-            return false;
-        }
-        (&[][..], &rest[close + 1..])
-    } else {
-        match value.iter().position(|&b| b == b':') {
-            Some(colon) => (&value[..colon], &value[colon..]),
-            None => (value, &[][..]),
-        }
-    };
-    let reg_name = host
-        .iter()
-        .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
-    let port_ok = match port {
-        [] => true,
-        [b':', digits @ ..] => digits.iter().all(u8::is_ascii_digit),
-        _ => false,
-    };
-    reg_name && port_ok
 }
 
 /// Whether `name`, read by a server that takes `_` for `-` and ignores repeats of either, is

@@ -19,6 +19,7 @@ mod client_response;
 mod io;
 mod request_head;
 mod response_head;
+mod target;
 
 pub use body::{BodyDecoder, Decoded};
 pub use client_body::{ClientBody, ClientBodyError, ReadSide, ReadSlot};
