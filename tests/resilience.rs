@@ -365,6 +365,12 @@ async fn a_black_hole_backend_is_ejected_by_default() {
     let (sent, failed) = load.finish().await;
     assert_eq!(sent, 3200);
     let share = failed as f64 / sent as f64;
+    println!(
+        "black hole: {failed} of {sent} failed ({:.1} %); hole got {}, good {}",
+        share * 100.0,
+        hole.hits(),
+        good.hits()
+    );
     assert!(
         share < 0.05,
         "{failed} of {sent} failed; hole got {}, good {}",
