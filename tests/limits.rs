@@ -297,3 +297,35 @@ async fn requests_cancelled_in_the_queue_give_their_place_back() {
     lb.stop().await;
     b.stop().await;
 }
+
+/// A reload applies `limits.max_header_bytes` to new connections (it used to keep the value alb
+/// started with, without listing it under `needs_restart` either).
+#[tokio::test]
+async fn a_reload_applies_max_header_bytes() {
+    let b = TestBackend::start("b").await;
+    let lb = TestBalancer::start(&format!(
+        "{}[limits]\nmax_header_bytes = \"2KiB\"\n[health_check]\ninterval = \"60s\"\n",
+        backends_line(&[&b])
+    ))
+    .await;
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(3000)
+    );
+    let send = || async {
+        let mut stream = TcpStream::connect(lb.addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        read_until_close(&mut stream, Duration::from_secs(3))
+            .await
+            .0
+    };
+    assert!(send().await.starts_with("HTTP/1.1 431"));
+    let mut config = lb.proxy.snapshot().config().clone();
+    config.limits.max_header_bytes = 64 * 1024;
+    let report = lb.proxy.apply(&config);
+    assert!(report.needs_restart.is_empty(), "{report:?}");
+    let answer = send().await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    lb.stop().await;
+    b.stop().await;
+}

@@ -110,3 +110,57 @@ impl Streamed {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http1::{BodyDecoder, Framing, ReadSide, ReadSlot};
+    use bytes::BytesMut;
+    use std::future::poll_fn;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    async fn poll_once(body: &mut Streamed) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        poll_fn(|cx| Poll::Ready(body.poll_frame(cx))).await
+    }
+
+    /// While alb does not ask for the body (the backend is slow to take the last piece), the
+    /// client is held back by alb, not idle. The limit counts from when alb asks again; it used
+    /// to count from the last piece, so backpressure on one side cut a healthy body on the other.
+    #[tokio::test]
+    async fn the_idle_limit_counts_from_when_alb_asks_again() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (half, _write) = server.into_split();
+        let side = ReadSide {
+            half,
+            buf: BytesMut::new(),
+        };
+        let decoder = BodyDecoder::new(Framing::Length(6));
+        let body = ClientBody::new(side, decoder, ReadSlot::default(), None);
+        let limits = BodyLimits {
+            max_bytes: None,
+            idle: Duration::from_millis(300),
+        };
+        let RequestBody::Client(mut streamed) = RequestBody::client(body, limits) else {
+            panic!("a streamed body");
+        };
+        assert!(poll_once(&mut streamed).await.is_pending());
+        client.write_all(b"abc").await.unwrap();
+        let first = poll_fn(|cx| streamed.poll_frame(cx)).await;
+        assert_eq!(first.unwrap().unwrap().into_data().unwrap(), "abc");
+        // alb busy elsewhere for twice the idle limit (simulated backpressure, not a wait for
+        // an event)
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(
+            poll_once(&mut streamed).await.is_pending(),
+            "cut for a wait that was alb's"
+        );
+        client.write_all(b"def").await.unwrap();
+        let second = poll_fn(|cx| streamed.poll_frame(cx)).await;
+        assert_eq!(second.unwrap().unwrap().into_data().unwrap(), "def");
+    }
+}
