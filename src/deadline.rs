@@ -2,6 +2,15 @@
 //! when it fires early. Setting a deadline costs a clock read, not a timer-wheel update, so a
 //! timeout per request on a busy keep-alive connection is nearly free (the wheel is touched about
 //! once per timeout period instead of twice per request).
+//!
+//! **Every wait on a peer has a deadline, and this is how it is kept.** Each client connection
+//! and each upstream connection owns one `Deadline`, set for whichever wait comes next (they
+//! never overlap): a request head (`client_header`, `keepalive_idle`), a write to either peer
+//! (`timeouts.write`, moved on by every byte taken, see `http1::write_all_within`), a backend's
+//! response head (`timeouts.response`). A body being read, in either direction, has its own
+//! (`client_body_idle`, `upstream_idle`), set when alb starts waiting for the next piece, so that
+//! time spent waiting on the other side is never counted against this one. Connects, health
+//! probes and the final linger use a plain `tokio::time::timeout`: they are one-off waits.
 
 use std::pin::Pin;
 use std::task::Context;
