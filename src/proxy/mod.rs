@@ -53,9 +53,9 @@ pub struct Snapshot {
     stats: Arc<ProxyStats>,
 }
 
-/// What the dispatch needs to know of the request beyond the request itself.
+/// When a request arrived and its method class: what the dispatch keeps of it for statistics.
 #[derive(Debug, Clone, Copy)]
-struct Exchange {
+struct Arrival {
     started: Instant,
     method: usize,
 }
@@ -148,10 +148,10 @@ impl Snapshot {
             Ok(outbound) => outbound,
             Err(error) => return self.local_response(&error, None, log, method),
         };
-        let exchange = Exchange { started, method };
+        let arrival = Arrival { started, method };
         let result = match self.timeouts.request {
             Some(limit) => {
-                tokio::time::timeout(limit, self.dispatch(pool, outbound, &mut log, exchange))
+                tokio::time::timeout(limit, self.dispatch(pool, outbound, &mut log, arrival))
                     .await
                     .unwrap_or_else(|_| {
                         Err(Rejection {
@@ -160,7 +160,7 @@ impl Snapshot {
                         })
                     })
             }
-            None => self.dispatch(pool, outbound, &mut log, exchange).await,
+            None => self.dispatch(pool, outbound, &mut log, arrival).await,
         };
         match result {
             Ok(response) => response,
@@ -179,7 +179,7 @@ impl Snapshot {
         pool: &BackendPool,
         outbound: Outbound,
         log: &mut Option<Box<AccessRecord>>,
-        exchange: Exchange,
+        arrival: Arrival,
     ) -> Result<Response<ResponseBody>, Rejection> {
         let Outbound {
             head,
@@ -220,7 +220,7 @@ impl Snapshot {
                         answer.response.reusable = false;
                     }
                     let status = answer.response.status.as_u16();
-                    backend.record_response(exchange.method, status, sent_at.elapsed());
+                    backend.record_response(arrival.method, status, sent_at.elapsed());
                     let outliers = pool.outliers();
                     if outliers.counts_status(status) {
                         outliers.record_failure(backend, "5xx answer");
@@ -252,7 +252,7 @@ impl Snapshot {
                     if let Some(log) = log.as_mut() {
                         log.set_attempts(attempt);
                     }
-                    let mut response = self.respond(pool, answer, guard, log.take(), exchange);
+                    let mut response = self.respond(pool, answer, guard, log.take(), arrival);
                     if let Some(reason) = reason {
                         explain_headers(response.headers_mut(), backend.url(), &reason);
                     }
@@ -312,7 +312,7 @@ impl Snapshot {
         answer: Answer,
         guard: InFlightGuard,
         log: Option<Box<AccessRecord>>,
-        exchange: Exchange,
+        arrival: Arrival,
     ) -> Response<ResponseBody> {
         let Answer {
             response,
@@ -334,7 +334,7 @@ impl Snapshot {
             outliers: pool.outliers().clone(),
             idle_limit: self.timeouts.upstream_idle,
             reusable,
-            started: exchange.started,
+            started: arrival.started,
             stats: self.stats.clone(),
         };
         let body = UpstreamBody::new(BodyDecoder::new(framing), status.as_u16(), upstream);
