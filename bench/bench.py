@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The driver behind bench/run.sh: runs scenarios S1-S6 against direct, alb, nginx and HAProxy and
+"""The driver behind bench/run.sh: runs scenarios S1-S7 against direct, alb, nginx and HAProxy and
 writes a markdown table (bench/README.md explains every figure).
 
 run.sh installs the tools and builds alb first; this script only runs things. It starts every
@@ -7,7 +7,8 @@ process in its own process group, records it, and stops them all on exit, on an 
 Ctrl-C. All traffic goes to 127.0.0.1; every load run is bounded in time and count.
 
 Environment (all optional):
-  BENCH_QUICK=1          2 s per scenario, small S2 counts, 2,000 idle connections: tests the script
+  BENCH_QUICK=1          2 s per scenario, small S2 counts, 2,000 idle connections, S7 in 4 s with
+                         a kill every second: tests the script
   BENCH_ONLY=S1,S3       run only these scenarios
   BENCH_CONTENDERS=alb,nginx   only these contenders (direct is always cheap and kept if listed)
   BENCH_DURATION=10      seconds of load per scenario and contender (S1, S3, S4)
@@ -44,7 +45,7 @@ LB_PORT = int(os.environ.get("BENCH_PORT", "18080"))
 B1_PORT, B2_PORT = LB_PORT + 1, LB_PORT + 2
 LB_CPU = os.environ.get("BENCH_LB_CPU", "0")
 LOAD_CPU = os.environ.get("BENCH_LOAD_CPU", "1")
-ALL_SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6"]
+ALL_SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6", "S7"]
 ONLY = [s.strip().upper() for s in os.environ.get("BENCH_ONLY", "").split(",") if s.strip()]
 SCENARIOS = [s for s in ALL_SCENARIOS if not ONLY or s in ONLY]
 ALL_CONTENDERS = ["direct", "alb", "nginx", "haproxy"]
@@ -63,6 +64,18 @@ FD_LIMIT = min(FD_HARD if FD_HARD != resource.RLIM_INFINITY else 65_536, 65_536)
 HAPROXY_MAXCONN = min(20_000, (FD_LIMIT - 100) // 2)
 S5_CONNECTIONS = 2_000 if QUICK else (10_000 if HAPROXY_MAXCONN >= 10_100 else
                                       max(1_000, (HAPROXY_MAXCONN - 100) // 1_000 * 1_000))
+# S7: a backend dying under load. Backend b2 is SIGKILLed every S7_INTERVAL seconds of the timed
+# run, stays down S7_DOWN seconds, and is restarted on its port; the next kill waits until it
+# answers again. S7_KILLS bounds the kills: the last one comes S7_INTERVAL before the end.
+S7_CONNECTIONS = 256
+S7_DURATION = 4 if QUICK else 30
+S7_INTERVAL = 1 if QUICK else 5
+S7_DOWN = 0.2 if QUICK else 0.5
+S7_KILLS = S7_DURATION // S7_INTERVAL - 1
+# A kill "hits traffic" when b2 served at least S7_IN_USE requests in the S7_LOOKBACK seconds
+# before it (in rotation it serves thousands there; out of it, a health probe at most).
+S7_LOOKBACK = 0.5
+S7_IN_USE = 10
 
 
 class BenchError(Exception):
@@ -139,6 +152,13 @@ class Processes:
     def stop_all(self):
         for proc in reversed(list(self.procs)):
             self.stop(proc, timeout=5.0)
+
+
+def wrk_cmd(port, connections, duration, latency=True):
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s"]
+    if latency:
+        cmd.append("--latency")
+    return cmd + [f"http://127.0.0.1:{port}/"]
 
 
 def run_tool(cmd, timeout, cpu=LOAD_CPU):
@@ -288,6 +308,7 @@ class Bench:
         self.work = work
         self.procs = Processes(work)
         self.backends = []
+        self.backend_specs = []  # (port, name, delay, body) of each backend, for kill_backend
         self.results = {}  # (scenario, metric, contender) -> number
         self.notes = []  # free-text remarks gathered on the way
         self.raw = {}  # scenario -> contender -> raw dict, for the JSON next to the table
@@ -304,14 +325,30 @@ class Bench:
     def start_backends(self, delays=(0, 0), body=SMALL_BODY, names=("b1", "b2")):
         self.stop_backends()
         ensure_free(B1_PORT, B2_PORT)
-        for port, delay, name in zip((B1_PORT, B2_PORT), delays, names):
-            cmd = [ALB_BIN, "backend", "--port", port, "--name", name, "--body-bytes", body]
-            if delay:
-                cmd += ["--delay-ms", delay]
-            proc = self.procs.spawn(f"backend-{name}", cmd, LOAD_CPU, env={"RUST_LOG": "warn"})
-            self.backends.append(proc)
-        for port, proc in zip((B1_PORT, B2_PORT), self.backends):
+        self.backend_specs = list(zip((B1_PORT, B2_PORT), names, delays, (body, body)))
+        for spec in self.backend_specs:
+            self.backends.append(self.spawn_backend(*spec))
+        for (port, *_), proc in zip(self.backend_specs, self.backends):
             wait_http(port, "/__requests", proc, 10)
+
+    def spawn_backend(self, port, name, delay, body):
+        cmd = [ALB_BIN, "backend", "--port", port, "--name", name, "--body-bytes", body]
+        if delay:
+            cmd += ["--delay-ms", delay]
+        return self.procs.spawn(f"backend-{name}", cmd, LOAD_CPU, env={"RUST_LOG": "warn"})
+
+    def kill_backend(self, i, down):
+        """SIGKILLs backend `i` (its connections are cut, nothing is drained), leaves its port
+        closed for `down` seconds, restarts it there with the same arguments and returns once it
+        answers again (bounded). Returns the seconds from the kill to the first answer."""
+        port, name, delay, body = self.backend_specs[i]
+        killed = time.monotonic()
+        self.procs.stop(self.backends[i], sig=signal.SIGKILL)
+        wait_free(port)
+        time.sleep(down)
+        self.backends[i] = self.spawn_backend(port, name, delay, body)
+        wait_http(port, "/__requests", self.backends[i], 10)
+        return time.monotonic() - killed
 
     def stop_backends(self):
         for proc in self.backends:
@@ -374,11 +411,7 @@ class Bench:
     # -- load --------------------------------------------------------------------------------
 
     def wrk(self, port, connections, duration, latency=True):
-        cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s"]
-        if latency:
-            cmd.append("--latency")
-        cmd.append(f"http://127.0.0.1:{port}/")
-        out = run_tool(cmd, timeout=duration + 30)
+        out = run_tool(wrk_cmd(port, connections, duration, latency), timeout=duration + 30)
         return parse_wrk(out)
 
     def load_run(self, scenario, contender, connections, lb=None):
@@ -661,9 +694,112 @@ class Bench:
                 self.put("S6", f"{algo}/{size}", "alb", ns)
                 self.raw.setdefault("S6", {})[f"{algo}/{size}"] = ns
 
+    def s7(self):
+        log(f"S7: a backend dying under load: {S7_CONNECTIONS} connections for {S7_DURATION} s, "
+            f"b2 SIGKILLed every {S7_INTERVAL} s ({S7_KILLS} times), down {S7_DOWN} s each")
+        self.start_backends(body=SMALL_BODY)
+
+        def one(contender, lb):
+            try:
+                self.counters()
+            except (OSError, BenchError):  # a failed restart in the previous contender's run
+                self.start_backends(body=SMALL_BODY)
+            self.wrk(LB_PORT, S7_CONNECTIONS, WARMUP, latency=False)
+            logs = lb_logs(self.work, contender)
+            log_sizes = [p.stat().st_size if p.exists() else 0 for p in logs]
+            b1_before, b2_base = self.counters()
+            b2_lives = []  # requests each life of b2 served (its counter restarts at 0)
+            load = self.procs.spawn(f"s7-wrk-{contender}",
+                                    wrk_cmd(LB_PORT, S7_CONNECTIONS, S7_DURATION), LOAD_CPU,
+                                    stdout=subprocess.PIPE)
+            started = time.monotonic()
+            kills = []  # (seconds into the run, seconds from the kill to the first answer)
+            recent = []  # requests b2 served in the S7_LOOKBACK seconds before each kill
+            try:
+                for k in range(1, S7_KILLS + 1):
+                    kill_at = started + k * S7_INTERVAL
+                    time.sleep(max(0.0, kill_at - S7_LOOKBACK - time.monotonic()))
+                    mark = requests_served(B2_PORT)
+                    time.sleep(max(0.0, kill_at - time.monotonic()))
+                    if load.poll() is not None:
+                        break
+                    at = time.monotonic() - started
+                    served = requests_served(B2_PORT)
+                    recent.append(served - mark)
+                    b2_lives.append(served - b2_base)
+                    b2_base = 0
+                    kills.append((round(at, 2), round(self.kill_backend(1, S7_DOWN), 2)))
+                try:
+                    load.wait(max(1.0, started + S7_DURATION + 30 - time.monotonic()))
+                except subprocess.TimeoutExpired as e:
+                    raise BenchError(f"wrk ran past its {S7_DURATION + 30} s timeout") from e
+                out = load.stdout.read().decode()
+            finally:
+                self.procs.stop(load)
+                load.stdout.close()
+            with open(load.bench_log, "a") as f:
+                f.write(out)
+            if load.returncode != 0:
+                raise BenchError(f"wrk exited {load.returncode}; see {load.bench_log}")
+            if lb.proc.poll() is not None:
+                raise BenchError(f"{contender} died during S7")
+            b1_after, b2_after = self.counters()
+            b2_lives.append(b2_after - b2_base)
+            b1, b2 = b1_after - b1_before, sum(b2_lives)
+            res = parse_wrk(out)
+            if res["requests"] == 0:
+                raise BenchError("wrk completed no request")
+            errors = res["socket_errors"]
+            failed = res["non2xx"] + sum(errors.values())
+            # wrk's count includes the non-2xx answers; a read, write or connect error is a
+            # request that got no answer at all. Timeouts are not added: wrk counts a late answer
+            # as completed (and may count a hung connection more than once).
+            attempts = res["requests"] + sum(
+                n for kind, n in errors.items() if kind != "timeout")
+            res["failed"] = failed
+            res["failed_pct"] = 100.0 * failed / attempts
+            res["kills"] = kills
+            res["served"] = [b1, b2]
+            res["b2_lives"] = b2_lives
+            res["b2_before_kills"] = recent
+            hits = sum(n >= S7_IN_USE for n in recent)
+            res["lb_log_lines"] = sum(
+                len(p.read_bytes()[size:].splitlines()) for p, size in zip(logs, log_sizes)
+                if p.exists())
+            self.raw.setdefault("S7", {})[contender] = res
+            self.put("S7", "requests", contender, res["requests"])
+            self.put("S7", "failed", contender, failed)
+            self.put("S7", "failed_pct", contender, res["failed_pct"])
+            self.put("S7", "rps", contender, res["rps"])
+            self.put("S7", "p99", contender, res["p99_ms"])
+            if b1 + b2:
+                self.put("S7", "killed_share", contender, 100.0 * b2 / (b1 + b2))
+            self.put("S7", "hits", contender, hits)
+            if len(kills) != S7_KILLS:
+                self.note(f"S7 {contender}: {len(kills)} kills, not {S7_KILLS} (wrk ended early)")
+            if failed:
+                self.note(f"S7 {contender}: {failed} failed requests ({res['non2xx']} non-2xx "
+                          f"answers, socket errors {errors}) out of {attempts}; its log got "
+                          f"{res['lb_log_lines']} lines during the run "
+                          f"({', '.join(p.name for p in logs)} in the work dir)")
+            log(f"S7 {contender}: {res['requests']:,} requests, {failed} failed "
+                f"({res['failed_pct']:.3f} %), {res['rps']:,.0f} req/s, p99 "
+                f"{res['p99_ms']:.2f} ms; kills (at s, back after s) {kills}; b1 served {b1:,}, "
+                f"b2 {b2:,} (per life {b2_lives}; in the {S7_LOOKBACK} s before each kill "
+                f"{recent}: {hits} kills hit traffic); {res['lb_log_lines']} log lines")
+
+        self.each_contender("S7", LBS, one)
+        self.stop_backends()
+
 
 S6_ALGORITHMS = ["least_conn", "round_robin", "random", "p2c", "least_time"]
 S6_SIZES = [10, 1_000, 10_000]
+
+
+def lb_logs(work, contender):
+    """Where a balancer logs: its stderr, and nginx's error_log (bench/nginx.conf)."""
+    extra = [work / "nginx-error.log"] if contender == "nginx" else []
+    return [work / f"{contender}.log"] + extra
 
 
 def read_line(proc, timeout):
@@ -765,6 +901,16 @@ ROWS = [
 ] + [
     ("S6", f"{a}/{n}", f"S6 select {a}, {n:,} backends: ns ↓", "lo", 1)
     for a in S6_ALGORITHMS for n in S6_SIZES
+] + [
+    ("S7", "requests", f"S7 backend killed every {S7_INTERVAL} s: requests completed", "", 0),
+    ("S7", "failed", f"S7 backend killed every {S7_INTERVAL} s: requests failed ↓", "lo", 0),
+    ("S7", "failed_pct", f"S7 backend killed every {S7_INTERVAL} s: % failed ↓", "lo", 3),
+    ("S7", "rps", f"S7 backend killed every {S7_INTERVAL} s: req/s ↑", "hi", 0),
+    ("S7", "p99", f"S7 backend killed every {S7_INTERVAL} s: p99 ms ↓", "lo", 2),
+    ("S7", "killed_share", f"S7 backend killed every {S7_INTERVAL} s: % served by the killed one",
+     "", 1),
+    ("S7", "hits", f"S7 backend killed every {S7_INTERVAL} s: kills that hit traffic (of "
+     f"{S7_KILLS})", "", 0),
 ]
 
 
@@ -801,6 +947,8 @@ def target_for(scenario, metric, get):
         return "< 8 KiB", None if alb is None else alb < 8
     if scenario == "S6" and metric.endswith(f"/{S6_SIZES[-1]}"):
         return "flat: ≤ 2 × the 10-backend figure", None
+    if key == ("S7", "failed"):
+        return "0", None if alb is None else alb == 0
     return "", None
 
 
@@ -939,8 +1087,9 @@ def main():
         "- Versions: " + "; ".join(f"{k} {v}" for k, v in vers.items()) + ".",
         f"- Settings: S1/S3 64 connections, S4 16; S2 {S2_COUNTS[0]:,} and {S2_COUNTS[1]:,} "
         f"requests over {S2_CONCURRENCY} connections with hey; S5 {S5_CONNECTIONS:,} "
-        f"connections; nginx RSS is its worker's (the master adds "
-        f"{master_hwm(bench)}).",
+        f"connections; S7 {S7_CONNECTIONS} connections for {S7_DURATION} s, backend b2 "
+        f"SIGKILLed {S7_KILLS} times (every {S7_INTERVAL} s, down {S7_DOWN} s, then restarted); "
+        f"nginx RSS is its worker's (the master adds {master_hwm(bench)}).",
     ]
     notes = ["", "Notes from this run:", ""] + [f"- {n}" for n in bench.notes] if bench.notes \
         else ["", "Notes from this run: none (no errors, no failed contender)."]

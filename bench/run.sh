@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # alb's benchmark suite in one command: installs the tools it needs, builds alb (which is also the
-# test backend, `alb backend`), then runs scenarios S1-S6 against direct, alb, nginx and HAProxy
+# test backend, `alb backend`), then runs scenarios S1-S7 against direct, alb, nginx and HAProxy
 # and writes a markdown table to bench/results/ (and, after a full run, BENCHMARKS.md).
 #
-#   bench/run.sh              full run, about 4 minutes (plus the build when the source changed)
+#   bench/run.sh              full run, about 5 minutes (plus the build when the source changed)
 #   bench/run.sh --quick      2 s per scenario, small counts: checks the script (BENCH_QUICK=1 too)
 #   BENCH_ONLY=S1,S2 BENCH_CONTENDERS=alb,nginx bench/run.sh    a subset (no BENCHMARKS.md update)
 #   ALB_BIN=/path/to/alb bench/run.sh   that binary instead of building this tree (S6 still uses
