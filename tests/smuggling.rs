@@ -80,10 +80,33 @@ fn assert_nothing_smuggled(recorder: &Recorder) {
             request.values("content-length").len() + request.values("transfer-encoding").len();
         assert!(framing <= 1, "{request:?}");
         assert!(
-            request.fields.iter().all(|(n, _)| !n.contains('_')),
+            request.fields.iter().all(|(n, _)| !is_lookalike(n)),
             "{request:?}"
         );
     }
+}
+
+/// A name with `_` that a server folding `_` into `-` (and ignoring case, repeats and ends) reads
+/// as a field that frames or routes a request.
+fn is_lookalike(name: &str) -> bool {
+    if !name.contains('_') {
+        return false;
+    }
+    let folded: Vec<&str> = name
+        .split(['_', '-'])
+        .filter(|part| !part.is_empty())
+        .collect();
+    let folded = folded.join("-").to_ascii_lowercase();
+    [
+        "content-length",
+        "transfer-encoding",
+        "host",
+        "connection",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+    ]
+    .contains(&folded.as_str())
 }
 
 /// A normal request on a fresh client connection after an attack: alb puts it on the pooled
@@ -176,7 +199,7 @@ async fn http11_without_host_gets_400() {
     let got = send_raw(lb.addr, b"GET /nohost HTTP/1.1\r\n\r\n").await;
     assert_eq!(got.status(), 400, "{}", got.text);
     assert!(got.closed);
-    for bad in ["a@b", "a b", "a/b", "a:x"] {
+    for bad in ["a@b", "a b", "a/b", "a:x", "", "a,b", "a%zz"] {
         let request = format!("GET /badhost HTTP/1.1\r\nHost: {bad}\r\n\r\n");
         let got = send_raw(lb.addr, request.as_bytes()).await;
         assert_eq!(got.status(), 400, "Host: {bad}: {}", got.text);
@@ -258,11 +281,12 @@ async fn underscores_can_be_refused() {
     recorder.stop().await;
 }
 
-/// With underscores allowed, a field a lenient backend reads as framing is passed on, but alb
-/// asks the backend to close the upstream connection after the exchange and does not reuse it:
-/// the next request never shares it with whatever that backend made of the bytes.
+/// With underscores allowed, other fields with `_` pass, but one that a lenient backend reads as
+/// framing, Host, Connection or X-Forwarded-* once `_` is `-` is still left out: an earlier alb
+/// forwarded it with `connection: close`, and a backend honouring `Transfer_Encoding` ran the
+/// request smuggled in the body before it closed.
 #[tokio::test]
-async fn allowed_lookalikes_never_share_an_upstream_connection() {
+async fn allowed_underscores_never_pass_a_lookalike() {
     let recorder = Recorder::start().await;
     let lb = balancer(&recorder, "underscores_in_headers = \"allow\"").await;
     let got = send_raw(
@@ -271,27 +295,58 @@ async fn allowed_lookalikes_never_share_an_upstream_connection() {
     )
     .await;
     assert_eq!(got.status(), 200, "{}", got.text);
-    let plain = recorder.only("/plain");
-    assert_eq!(plain.values("x_custom"), ["1"]);
-    assert!(plain.values("connection").is_empty(), "{plain:?}");
-    for (i, field) in LOOKALIKES.iter().enumerate() {
-        let request =
-            format!("GET /look{i} HTTP/1.1\r\nHost: h\r\n{field}\r\nConnection: close\r\n\r\n");
+    assert_eq!(recorder.only("/plain").values("x_custom"), ["1"]);
+    let mut lookalikes: Vec<&str> = LOOKALIKES.to_vec();
+    lookalikes.extend([
+        "_Content_Length_: 0",
+        "X_Forwarded_For: 6.6.6.6",
+        "Host_: evil",
+    ]);
+    for (i, field) in lookalikes.iter().enumerate() {
+        let body = format!("0\r\n\r\n{SMUGGLED}");
+        let request = format!(
+            "POST /look{i} HTTP/1.1\r\nHost: h\r\n{field}\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        );
         let got = send_raw(lb.addr, request.as_bytes()).await;
         assert_eq!(got.status(), 200, "{field}: {}", got.text);
         let look = recorder.only(&format!("/look{i}"));
-        assert_eq!(look.values("connection"), ["close"], "{look:?}");
-        victim_is_served(&lb, &recorder).await;
-        let victim = recorder
-            .requests()
-            .into_iter()
-            .rfind(|r| r.target == "/victim")
-            .unwrap();
-        assert_ne!(
-            victim.connection, look.connection,
-            "{field}: connection reused"
-        );
+        let names: Vec<&str> = look.fields.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(names.iter().all(|n| !n.contains('_')), "{field}: {look:?}");
+        assert_eq!(look.body, body.as_bytes());
     }
+    assert_nothing_smuggled(&recorder);
+    victim_is_served(&lb, &recorder).await;
+    lb.stop().await;
+    recorder.stop().await;
+}
+
+/// X-Forwarded-Proto and X-Forwarded-Host say what alb received, alone: an earlier alb appended
+/// its values to the client's, and frameworks that read the first element (Express with
+/// `trust proxy`, for one) took the client's word for the host and the scheme.
+#[tokio::test]
+async fn forwarded_host_and_proto_are_alb_s_alone() {
+    let recorder = Recorder::start().await;
+    let lb = balancer(&recorder, "").await;
+    let got = send_raw(
+        lb.addr,
+        b"GET /xf HTTP/1.1\r\nHost: good.example\r\nX-Forwarded-Host: evil.example\r\n\
+          X-Forwarded-Proto: https\r\nX-Forwarded-For: 10.9.8.7\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(got.status(), 200, "{}", got.text);
+    let seen = recorder.only("/xf");
+    assert_eq!(seen.values("x-forwarded-host"), ["good.example"]);
+    assert_eq!(seen.values("x-forwarded-proto"), ["http"]);
+    assert_eq!(seen.values("x-forwarded-for"), ["10.9.8.7, 127.0.0.1"]);
+    let got = send_raw(
+        lb.addr,
+        b"GET /xf10 HTTP/1.0\r\nX-Forwarded-Host: evil.example\r\n\r\n",
+    )
+    .await;
+    assert_eq!(got.status(), 200, "{}", got.text);
+    assert!(recorder.only("/xf10").values("x-forwarded-host").is_empty());
     lb.stop().await;
     recorder.stop().await;
 }

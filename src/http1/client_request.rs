@@ -27,8 +27,8 @@ use super::target::{Target, is_authority};
 const MAX_FIELDS: usize = 100;
 
 /// What to do with a field whose name holds an underscore. Some servers read `_` as `-`
-/// (`Transfer_Encoding` as `Transfer-Encoding`): such a name is a second, hidden framing field
-/// when alb and a backend disagree about it.
+/// (`Transfer_Encoding` as `Transfer-Encoding`, CGI-style gateways turn both into `HTTP_…`): such
+/// a name is a second, hidden framing field or Host when alb and a backend disagree about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Underscores {
     /// Leave the field out of what is forwarded (nginx's default).
@@ -36,9 +36,9 @@ pub enum Underscores {
     Drop,
     /// Answer 400.
     Refuse,
-    /// Forward it; a name that reads as a framing field once `_` is `-` also closes the upstream
-    /// connection after the exchange, so a lenient backend's different framing cannot reach
-    /// the next request.
+    /// Forward it, unless it reads as one of the fields alb writes or decides by (framing,
+    /// Connection, Host, X-Forwarded-*) once `_` is `-`: those are still dropped, since a lenient
+    /// backend would act on them and nothing alb does afterwards can undo that.
     Allow,
 }
 
@@ -64,12 +64,6 @@ pub struct ClientRequest {
     /// `Expect: 100-continue`: the client waits for an interim answer before sending the body.
     pub expects_continue: bool,
 }
-
-/// Marks (in the request's extensions) a request carrying a field passed on by
-/// [`Underscores::Allow`] that a lenient backend could read as framing: the upstream connection
-/// must not carry another request after it.
-#[derive(Debug, Clone, Copy)]
-pub struct FramingLookalike;
 
 /// Why a request head was refused, and the status that says so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +126,8 @@ pub fn parse_client_request(
             match rules.underscores {
                 Underscores::Drop => continue,
                 Underscores::Refuse => return Err(bad("underscore in a field name")),
-                Underscores::Allow => fields.framing_lookalike |= reads_as_framing(raw_name),
+                Underscores::Allow if reads_as_alb_field(raw_name) => continue,
+                Underscores::Allow => {}
             }
         }
         let name = HeaderName::from_bytes(raw_name).map_err(|_| bad("invalid field name"))?;
@@ -161,9 +156,6 @@ pub fn parse_client_request(
     parts.uri = uri;
     parts.version = version;
     parts.headers = headers;
-    if fields.framing_lookalike {
-        parts.extensions.insert(FramingLookalike);
-    }
     Ok(Some(ClientRequest {
         close: fields.close
             || (version == Version::HTTP_10 && !fields.keep_alive)
@@ -174,9 +166,10 @@ pub fn parse_client_request(
     }))
 }
 
-/// Whether `name`, read by a server that takes `_` for `-` and ignores repeats of either, is
-/// Content-Length or Transfer-Encoding.
-fn reads_as_framing(name: &[u8]) -> bool {
+/// Whether `name`, read by a server that takes `_` for `-` and ignores case, repeats of either
+/// and either at the ends, is one of the fields that frame a request, route it, or that alb
+/// writes for this hop.
+fn reads_as_alb_field(name: &[u8]) -> bool {
     let mut folded: SmallVec<[u8; 24]> = SmallVec::new();
     for &b in name {
         let b = if b == b'_' {
@@ -184,11 +177,23 @@ fn reads_as_framing(name: &[u8]) -> bool {
         } else {
             b.to_ascii_lowercase()
         };
-        if !(b == b'-' && folded.last() == Some(&b'-')) {
+        if !(b == b'-' && matches!(folded.last(), Some(b'-') | None)) {
             folded.push(b);
         }
     }
-    folded.as_slice() == b"content-length" || folded.as_slice() == b"transfer-encoding"
+    while folded.last() == Some(&b'-') {
+        folded.pop();
+    }
+    [
+        &b"content-length"[..],
+        b"transfer-encoding",
+        b"connection",
+        b"host",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+    ]
+    .contains(&folded.as_slice())
 }
 
 fn too_large() -> Rejected {
@@ -220,7 +225,6 @@ struct FramingFields {
     keep_alive: bool,
     expects_continue: bool,
     host_seen: bool,
-    framing_lookalike: bool,
 }
 
 /// Whether a field goes into the header map or was taken as framing.
@@ -414,6 +418,21 @@ mod tests {
                 "GET / HTTP/1.1\r\nHost: a:8x\r\n\r\n",
                 "Host with a bad port",
             ),
+            ("GET / HTTP/1.1\r\nHost: \r\n\r\n", "empty Host"),
+            ("GET / HTTP/1.1\r\nHost: :80\r\n\r\n", "Host without a host"),
+            (
+                "GET / HTTP/1.1\r\nHost: a%zz\r\n\r\n",
+                "Host with a bad escape",
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a,b\r\n\r\n",
+                "Host that reads as a list",
+            ),
+            ("GET / HTTP/1.1\r\nHost: []\r\n\r\n", "empty IP literal"),
+            (
+                "GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n",
+                "absolute form, no host",
+            ),
         ] {
             assert_eq!(parse(text).unwrap_err().status, 400, "{why}: {text}");
         }
@@ -485,13 +504,25 @@ mod tests {
             "{:?}",
             dropped.parts.headers
         );
-        assert!(dropped.parts.extensions.get::<FramingLookalike>().is_none());
         assert_eq!(with(Underscores::Refuse).unwrap_err().status, 400);
         let allowed = with(Underscores::Allow).unwrap().unwrap();
-        assert_eq!(allowed.parts.headers.len(), 3);
-        assert!(allowed.parts.extensions.get::<FramingLookalike>().is_some());
-        assert!(reads_as_framing(b"Transfer___Encoding"));
-        assert!(reads_as_framing(b"content_length"));
-        assert!(!reads_as_framing(b"x_content_length"));
+        let names: Vec<&str> = allowed.parts.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["host", "x_a"]);
+        for name in [
+            &b"Transfer___Encoding"[..],
+            b"content_length",
+            b"_Content_Length_",
+            b"X_Forwarded_For",
+            b"x_forwarded__host",
+            b"HOST_",
+        ] {
+            assert!(
+                reads_as_alb_field(name),
+                "{}",
+                String::from_utf8_lossy(name)
+            );
+        }
+        assert!(!reads_as_alb_field(b"x_content_length"));
+        assert!(!reads_as_alb_field(b"x_api_key"));
     }
 }

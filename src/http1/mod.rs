@@ -24,7 +24,7 @@ mod target;
 pub use body::{BodyDecoder, Decoded};
 pub use client_body::{ClientBody, ClientBodyError, ReadSide, ReadSlot};
 pub use client_request::{
-    ClientRequest, FramingLookalike, Rejected, RequestRules, Underscores, parse_client_request,
+    ClientRequest, Rejected, RequestRules, Underscores, parse_client_request,
 };
 pub use client_response::{BodyWrite, ResponsePlan, encode_response_head};
 pub use io::{poll_fill, poll_fill_from, poll_write_within, write_all_within};

@@ -37,16 +37,9 @@ pub struct RequestHead {
     /// Complete with its final blank line, or (when Host is missing) without it.
     bytes: Bytes,
     host_missing: bool,
-    closes: bool,
 }
 
 impl RequestHead {
-    /// Whether the head asks the backend to close the connection after its answer: the
-    /// connection must not carry another request whatever the answer says.
-    pub fn closes_connection(&self) -> bool {
-        self.closes
-    }
-
     /// The head as sent to a backend whose authority is `host`: a request without Host (HTTP/1.0)
     /// names the backend.
     pub fn for_backend(&self, host: &HeaderValue) -> Cow<'_, [u8]> {
@@ -61,13 +54,15 @@ impl RequestHead {
     }
 }
 
-/// Encodes the head of `parts` for the upstream hop. `client_ip` joins X-Forwarded-For;
-/// `close` asks the backend to close the connection after answering.
+/// Encodes the head of `parts` for the upstream hop. `client_ip` joins X-Forwarded-For.
+///
+/// X-Forwarded-For is a list of hops, and alb appends its client to what came. X-Forwarded-Proto
+/// and X-Forwarded-Host say what *this* hop received, and frameworks read their first element:
+/// alb writes them alone, so that no client chooses the scheme or the host a backend acts on.
 pub fn encode_request_head(
     parts: &request::Parts,
     client_ip: &HeaderValue,
     framing: BodyFraming,
-    close: bool,
 ) -> RequestHead {
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut out = BytesMut::with_capacity(512);
@@ -75,18 +70,18 @@ pub fn encode_request_head(
     out.put_u8(b' ');
     out.put_slice(if target.is_empty() { "/" } else { target }.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
-    let mut forwarded = false;
+    let mut forwarded_for = false;
     // Found on the way through the fields rather than looked up (a hash and a probe each).
     let mut host = None;
     for (name, value) in &parts.headers {
         if name == header::HOST && host.is_none() {
             host = Some(value);
         }
-        if is_forwarded_field(name) {
-            forwarded = true;
+        if name == X_FORWARDED_FOR {
+            forwarded_for = true;
             continue;
         }
-        if is_framing_or_connection(name) {
+        if is_written_here(name) {
             continue;
         }
         put_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
@@ -103,37 +98,19 @@ pub fn encode_request_head(
         }
         BodyFraming::None => {}
     }
-    if close {
-        put_field(&mut out, b"connection", b"close");
-    }
-    let headers = &parts.headers;
-    put_list(
+    put_forwarded_for(
         &mut out,
-        headers,
-        &X_FORWARDED_FOR,
-        forwarded,
+        &parts.headers,
+        forwarded_for,
         client_ip.as_bytes(),
     );
-    put_list(&mut out, headers, &X_FORWARDED_PROTO, forwarded, b"http");
-    match host {
-        Some(host) => put_list(
+    put_field(&mut out, X_FORWARDED_PROTO.as_str().as_bytes(), b"http");
+    if let Some(host) = host {
+        put_field(
             &mut out,
-            headers,
-            &X_FORWARDED_HOST,
-            forwarded,
+            X_FORWARDED_HOST.as_str().as_bytes(),
             host.as_bytes(),
-        ),
-        // No host to add: the client's lines pass as they came.
-        None if forwarded => {
-            for value in headers.get_all(&X_FORWARDED_HOST) {
-                put_field(
-                    &mut out,
-                    X_FORWARDED_HOST.as_str().as_bytes(),
-                    value.as_bytes(),
-                );
-            }
-        }
-        None => {}
+        );
     }
     let host_missing = host.is_none();
     if !host_missing {
@@ -142,19 +119,17 @@ pub fn encode_request_head(
     RequestHead {
         bytes: out.freeze(),
         host_missing,
-        closes: close,
     }
 }
 
-/// Fields this encoder writes itself, from the body and the connection, never from the client.
-fn is_framing_or_connection(name: &HeaderName) -> bool {
+/// Fields this encoder writes itself, never copied from the client: the framing (from the body),
+/// Connection (for its own hop) and this hop's X-Forwarded-Proto and -Host.
+fn is_written_here(name: &HeaderName) -> bool {
     name == header::CONTENT_LENGTH
         || name == header::TRANSFER_ENCODING
         || name == header::CONNECTION
-}
-
-fn is_forwarded_field(name: &HeaderName) -> bool {
-    name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO || name == X_FORWARDED_HOST
+        || name == X_FORWARDED_PROTO
+        || name == X_FORWARDED_HOST
 }
 
 /// Methods whose requests normally have a body: without one, they say so with a zero length.
@@ -162,19 +137,13 @@ fn expects_body(method: &Method) -> bool {
     matches!(*method, Method::POST | Method::PUT | Method::PATCH)
 }
 
-/// Writes `name` as one line: the client's elements (its repeated lines folded, in order), then
-/// `last`. `any_forwarded` says whether the client sent any X-Forwarded-* field at all.
-fn put_list(
-    out: &mut BytesMut,
-    headers: &HeaderMap,
-    name: &HeaderName,
-    any_forwarded: bool,
-    last: &[u8],
-) {
-    out.put_slice(name.as_str().as_bytes());
+/// Writes X-Forwarded-For as one line: the client's elements (its repeated lines folded, in
+/// order), then `last`. `any` says whether the client sent the field at all.
+fn put_forwarded_for(out: &mut BytesMut, headers: &HeaderMap, any: bool, last: &[u8]) {
+    out.put_slice(X_FORWARDED_FOR.as_str().as_bytes());
     out.put_slice(b": ");
-    if any_forwarded {
-        for value in headers.get_all(name) {
+    if any {
+        for value in headers.get_all(&X_FORWARDED_FOR) {
             out.put_slice(value.as_bytes());
             out.put_slice(b", ");
         }
@@ -189,22 +158,19 @@ mod tests {
 
     fn encode(request: http::Request<()>, framing: BodyFraming) -> String {
         let (parts, ()) = request.into_parts();
-        let head = encode_request_head(
-            &parts,
-            &HeaderValue::from_static("10.0.0.1"),
-            framing,
-            false,
-        );
+        let head = encode_request_head(&parts, &HeaderValue::from_static("10.0.0.1"), framing);
         let bytes = head.for_backend(&HeaderValue::from_static("backend:81"));
         String::from_utf8(bytes.to_vec()).unwrap()
     }
 
     #[test]
-    fn appends_this_hop_to_the_forwarded_lists() {
+    fn appends_this_hop_to_forwarded_for_and_writes_proto_and_host_alone() {
         let request = http::Request::post("/up?x=1")
             .header("host", "example.com")
             .header("x-forwarded-for", "1.1.1.1")
             .header("x-forwarded-for", "2.2.2.2")
+            .header("x-forwarded-host", "evil.example")
+            .header("x-forwarded-proto", "https")
             .header("content-length", "3")
             .body(())
             .unwrap();

@@ -61,7 +61,9 @@ impl Target {
 }
 
 /// `uri-host [ ":" port ]` (RFC 9110 §7.2, RFC 3986 §3.2.2): a reg-name, an IPv4 address or a
-/// bracketed IP literal, then digits. Empty is allowed (a Host for a target without authority).
+/// bracketed IP literal, then digits. Stricter than the grammar where it costs nothing real: the
+/// host is never empty (an `http` URI with an empty host is invalid, RFC 9110 §4.2.1), a `%` must
+/// start an escape, and `,` is refused (it would make X-Forwarded-Host read as a list).
 pub(super) fn is_authority(value: &[u8]) -> bool {
     let (host, port) = if let Some(rest) = value.strip_prefix(b"[") {
         let Some(close) = rest.iter().position(|&b| b == b']') else {
@@ -75,20 +77,26 @@ pub(super) fn is_authority(value: &[u8]) -> bool {
         {
             return false;
         }
-        (&[][..], &rest[close + 1..])
+        (literal, &rest[close + 1..])
     } else {
         match value.iter().position(|&b| b == b':') {
             Some(colon) => (&value[..colon], &value[colon..]),
             None => (value, &[][..]),
         }
     };
-    let reg_name = host
-        .iter()
-        .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
+    let reg_name = value.first() == Some(&b'[')
+        || (host.iter().enumerate()).all(|(i, &b)| {
+            b.is_ascii_alphanumeric()
+                || b"-._~!$&'()*+;=".contains(&b)
+                || (b == b'%'
+                    && host
+                        .get(i + 1..i + 3)
+                        .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)))
+        });
     let port_ok = match port {
         [] => true,
         [b':', digits @ ..] => digits.iter().all(u8::is_ascii_digit),
         _ => false,
     };
-    reg_name && port_ok
+    !host.is_empty() && reg_name && port_ok
 }

@@ -215,10 +215,7 @@ impl Snapshot {
             };
             let more = attempt < self.retry.attempts;
             let (error, progress): (ProxyError, Progress) = match sent {
-                Ok(mut answer) => {
-                    if head.closes_connection() {
-                        answer.response.reusable = false;
-                    }
+                Ok(answer) => {
                     let status = answer.response.status.as_u16();
                     backend.record_response(arrival.method, status, sent_at.elapsed());
                     let outliers = pool.outliers();

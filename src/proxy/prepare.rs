@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use super::headers::{hop_scan, strip_hop_by_hop};
 use super::retry::is_idempotent;
 use super::{ProxyError, Snapshot};
-use crate::http1::{BodyFraming, FramingLookalike, RequestHead, encode_request_head};
+use crate::http1::{BodyFraming, RequestHead, encode_request_head};
 use crate::upstream::{BodyError, BodyLimits, RequestBody};
 
 /// The client connection a request arrived on, computed once per connection.
@@ -81,9 +81,8 @@ impl Snapshot {
             let framing = length.map_or(BodyFraming::Chunked, BodyFraming::Length);
             (RequestBody::client(body, limits), framing)
         };
-        let close = parts.extensions.get::<FramingLookalike>().is_some();
         Ok(Outbound {
-            head: encode_request_head(&parts, &client.ip_header, framing, close),
+            head: encode_request_head(&parts, &client.ip_header, framing),
             head_request: parts.method == Method::HEAD,
             idempotent: is_idempotent(&parts.method),
             body,
