@@ -173,3 +173,46 @@ async fn a_request_not_yet_sent_survives_the_backends_keepalive_close() {
     lb.stop().await;
     recorder.stop().await;
 }
+
+/// A client that stalls its upload while the backend already streams the answer (an echo): the
+/// exchange cannot finish, and it is the client's doing. The response is cut as the client's
+/// abort; it used to run into the backend's idle limit and eject the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_stalling_its_upload_does_not_eject_the_backend() {
+    let a = TestBackend::start("a").await;
+    let b = TestBackend::start("b").await;
+    // Two backends, so that the ejection cap (half the pool) would let one go.
+    let lb = TestBalancer::start(&format!(
+        "{}[timeouts]\nclient_body_idle = \"300ms\"\nupstream_idle = \"1s\"\n\
+         [passive_health]\nconsecutive_failures = 1\n[health_check]\ninterval = \"60s\"\n",
+        backends_line(&[&a, &b])
+    ))
+    .await;
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(lb.addr).await.unwrap();
+        stream
+            .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhello")
+            .await
+            .unwrap();
+        let answer = read_until(&mut stream, "hello", Duration::from_secs(3)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+        // The stall: nothing more is sent; alb cuts the exchange within client_body_idle.
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "the connection stays open");
+        wait_until(Duration::from_secs(3), || {
+            lb.proxy.backends().iter().all(|b| b.in_flight() == 0)
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        lb.proxy.outliers().ejections(),
+        0,
+        "a stalled upload counted against a backend"
+    );
+    lb.stop().await;
+    a.stop().await;
+    b.stop().await;
+}

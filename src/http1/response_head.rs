@@ -244,7 +244,10 @@ fn parse_one(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHe
     }
     drop(listed);
     let body = framing.body(status, head_request)?;
+    // After a HEAD, a backend that wrongly sends a body anyway (a known bug class) would have it
+    // read as the next client's response: such a connection carries nothing more.
     let reusable = body != Framing::Close
+        && !head_request
         && !(framing.transfer_encoding && framing.length.is_some())
         && if version == Version::HTTP_10 {
             // Transfer-Encoding in an HTTP/1.0 message: the connection closes after it
@@ -403,6 +406,17 @@ mod tests {
         }
         let head = parse("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true);
         assert_eq!(head.unwrap().unwrap().framing, Framing::Empty);
+    }
+
+    /// A backend that sends a body after a HEAD answer anyway would have it read as the next
+    /// request's answer: the connection carries nothing more after a HEAD.
+    #[test]
+    fn a_head_answer_is_the_last_on_its_connection() {
+        let text = "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n";
+        let head = parse(text, true).unwrap().unwrap();
+        assert_eq!(head.framing, Framing::Empty);
+        assert!(!head.reusable);
+        assert!(parse(text, false).unwrap().unwrap().reusable);
     }
 
     #[test]

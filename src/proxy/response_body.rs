@@ -14,8 +14,8 @@ use super::access_log::{AccessRecord, Outcome};
 use crate::deadline::Deadline;
 use crate::health::OutlierDetector;
 use crate::http1::{BodyDecoder, Decoded, RawFields, UpstreamError};
-use crate::upstream::Upload;
 use crate::upstream::{InFlightGuard, UpstreamConn};
+use crate::upstream::{Upload, UploadError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResponseBodyError {
@@ -23,6 +23,8 @@ pub enum ResponseBodyError {
     Upstream(#[source] UpstreamError),
     #[error("backend sent no body data for {0:?}")]
     Idle(Duration),
+    #[error("the request body, still being sent, failed on the client's side")]
+    ClientBody,
 }
 
 /// The upstream body is boxed: it is large (connection, guard, the backend's fields) and the
@@ -126,6 +128,9 @@ enum Next {
     Frame(Bytes),
     End,
     Broken(UpstreamError),
+    /// The client's body (still being uploaded beside the response) broke off or stalled: the
+    /// exchange cannot finish, and it is the client's doing, not the backend's.
+    ClientFailed,
     Pending,
 }
 
@@ -195,6 +200,10 @@ impl UpstreamBody {
                 cx.waker().wake_by_ref();
                 Poll::Pending
             }
+            Next::ClientFailed => {
+                self.finish(Outcome::ClientAborted);
+                Poll::Ready(Some(Err(ResponseBodyError::ClientBody)))
+            }
             Next::Broken(e) => {
                 tracing::warn!(error = %e, "backend broke off a response body");
                 self.finish(Outcome::UpstreamBroken);
@@ -215,9 +224,15 @@ impl UpstreamBody {
             match upload.poll_send(conn, cx) {
                 Poll::Pending => {}
                 Poll::Ready(Ok(())) => self.upload = None,
-                Poll::Ready(Err(e)) => {
+                Poll::Ready(Err(UploadError::Client(e))) => {
+                    tracing::debug!(error = %e, "the client's body failed while the response streamed");
+                    self.upload = None;
+                    self.reusable = false;
+                    return Next::ClientFailed;
+                }
+                Poll::Ready(Err(UploadError::Upstream(e))) => {
                     // The answer goes on; the connection, with a request half sent, ends with it.
-                    tracing::debug!(error = ?e, "upload stopped while the response streamed");
+                    tracing::debug!(error = %e, "upload stopped while the response streamed");
                     self.upload = None;
                     self.reusable = false;
                 }

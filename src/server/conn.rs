@@ -208,14 +208,15 @@ pub async fn serve_connection(
             drop(response);
             return;
         }
-        // A body nobody read (a local answer, say) leaves the connection unusable: say so in
-        // the head rather than close without warning.
+        // A body not read to its end by now (a local answer, or an early one while the upload
+        // goes on) may leave the connection unusable: say so in the head rather than close
+        // without warning.
         let unread = side.is_none()
-            && slot
+            && !slot
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .as_ref()
-                .is_some_and(|(_, decoder)| !decoder.is_done());
+                .is_some_and(|(_, decoder)| decoder.is_done());
         let keep = !close && !unread && !shutdown.is_started();
         let kept = write_response(
             &mut client_write,
@@ -329,9 +330,20 @@ async fn read_head(
     } else {
         wait
     });
+    // Bytes looked at for the end of the head: a head trickled in small pieces is parsed when
+    // it may be complete (and once at its start, so garbage is refused at once), not from its
+    // first byte again after every read.
+    let mut scanned: usize = 0;
     poll_fn(|cx| {
         loop {
-            if !reader.buf.is_empty() {
+            let buf = &reader.buf;
+            let worth_parsing = !buf.is_empty()
+                && (scanned == 0 || buf.len() > settings.rules.max_head || {
+                    let tail = &buf[scanned.saturating_sub(3)..];
+                    tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n")
+                });
+            scanned = buf.len();
+            if worth_parsing {
                 match parse_client_request(&mut reader.buf, &settings.rules) {
                     Ok(Some(request)) => return Poll::Ready(Ok(request)),
                     Ok(None) if !started => {

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 
 use crate::config::BackendAddr;
 use crate::deadline::Deadline;
-use crate::http1::{poll_fill, poll_write_within, write_all_within};
+use crate::http1::{poll_fill, poll_write_within};
 
 /// Buffer capacity an idle pooled connection may keep.
 const IDLE_BUFFER: usize = 16 * 1024;
@@ -82,13 +82,29 @@ impl UpstreamConn {
     }
 
     /// Writes all of `parts` (a head and a kept body) with as few system calls as the kernel
-    /// allows, each within `limit` of the last progress.
+    /// allows, each within `limit` of the last progress. A failure says how many bytes had
+    /// gone: none means the backend got nothing of the request.
     pub async fn write_all(
         &mut self,
-        parts: &mut [io::IoSlice<'_>],
+        mut parts: &mut [io::IoSlice<'_>],
         limit: Duration,
-    ) -> io::Result<()> {
-        write_all_within(&mut self.stream, parts, &mut self.deadline, limit).await
+    ) -> Result<(), (io::Error, usize)> {
+        let mut written = 0;
+        self.deadline.set(limit);
+        std::future::poll_fn(|cx| {
+            while parts.iter().any(|p| !p.is_empty()) {
+                match self.poll_write_within(cx, parts, limit) {
+                    Poll::Ready(Ok(n)) => {
+                        written += n;
+                        io::IoSlice::advance_slices(&mut parts, n);
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err((e, written))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            Poll::Ready(Ok(()))
+        })
+        .await
     }
 
     /// Lets go of a buffer that a large body grew, before the connection waits in the pool.

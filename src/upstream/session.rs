@@ -159,18 +159,17 @@ async fn exchange_on(
     timeouts: &Timeouts,
 ) -> Result<(ResponseHead, Option<Upload>), Broken> {
     let (head, head_request, limit) = (&request.head, request.head_request, timeouts.response);
-    match body {
-        RequestBody::Empty => conn
-            .write_all(&mut [IoSlice::new(head)], timeouts.write)
-            .await
-            .map_err(Broken::unsent)?,
+    let written = match body {
+        RequestBody::Empty => {
+            conn.write_all(&mut [IoSlice::new(head)], timeouts.write)
+                .await
+        }
         RequestBody::Buffered(bytes) => {
             conn.write_all(
                 &mut [IoSlice::new(head), IoSlice::new(bytes)],
                 timeouts.write,
             )
             .await
-            .map_err(Broken::unsent)?;
         }
         RequestBody::Client(_) => {
             let RequestBody::Client(streamed) = std::mem::replace(body, RequestBody::Empty) else {
@@ -187,11 +186,23 @@ async fn exchange_on(
             }
             return result;
         }
-    }
+    };
+    // Nothing written: the backend got nothing. Part of it written: the backend may have acted
+    // on it and may answer (a 413 before reading the rest, say): the answer is taken if it
+    // comes, and the connection ends with it.
+    let partly = match written {
+        Ok(()) => false,
+        Err((e, 0)) => return Err(Broken::unsent(e)),
+        Err((e, _)) => {
+            tracing::debug!(error = %e, "request write broke off; waiting for an answer");
+            true
+        }
+    };
     let mut received = false;
     conn.deadline.set(limit);
     poll_fn(
         |cx| match poll_head(conn, head_request, &mut received, cx) {
+            Poll::Ready(Ok(head)) if partly => Poll::Ready(Ok((head.last_on_connection(), None))),
             Poll::Ready(answer) => Poll::Ready(answer.map(|head| (head, None))),
             Poll::Pending if conn.deadline.poll_passed(cx) => {
                 Poll::Ready(Err(Broken::timeout(limit)))
@@ -235,6 +246,12 @@ async fn upload_and_await(
         }
         if let Poll::Ready(answer) = poll_head(conn, head_request, &mut received, cx) {
             return Poll::Ready(match answer {
+                // An answer on a connection that has carried nothing of this request yet is
+                // not its answer (a stray or late response): the attempt never happened.
+                Ok(_) if upload.as_ref().is_some_and(Upload::is_unsent) => Err(Broken {
+                    error: SessionError::Framing("a response before the request was sent"),
+                    progress: Reached::Nothing,
+                }),
                 Ok(head) => {
                     let unfinished = upload.take();
                     Ok(match (&unfinished, &write_failed) {
