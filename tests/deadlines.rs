@@ -152,20 +152,22 @@ async fn a_request_not_yet_sent_survives_the_backends_keepalive_close() {
             .await
             .contains("200 OK")
     );
-    // A POST's head only: alb takes the pooled connection and waits for the body.
+    // A POST's head only, with a body too large to be read whole first: alb takes the pooled
+    // connection and waits for the body's first bytes.
+    let body = vec![b'x'; 100_000];
     let mut late = TcpStream::connect(lb.addr).await.unwrap();
-    late.write_all(
-        b"POST /late HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    let head = format!(
+        "POST /late HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    late.write_all(head.as_bytes()).await.unwrap();
     wait_until(Duration::from_secs(3), || recorder.idle_closed() >= 1)
         .await
         .expect("the backend closes its idle connection");
-    late.write_all(b"hello").await.unwrap();
+    late.write_all(&body).await.unwrap();
     let answer = read_until(&mut late, "/late", Duration::from_secs(3)).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
-    assert_eq!(recorder.only("/late").body, b"hello");
+    assert_eq!(recorder.only("/late").body, body);
     assert!(
         !lb.proxy.backends()[0].is_ejected(),
         "counted as the backend's failure"
@@ -191,7 +193,8 @@ async fn a_client_stalling_its_upload_does_not_eject_the_backend() {
     for _ in 0..2 {
         let mut stream = TcpStream::connect(lb.addr).await.unwrap();
         stream
-            .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhello")
+            // Longer than max_body_buffer: streamed, not read whole before a backend is picked.
+            .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nhello")
             .await
             .unwrap();
         let answer = read_until(&mut stream, "hello", Duration::from_secs(3)).await;
@@ -214,5 +217,37 @@ async fn a_client_stalling_its_upload_does_not_eject_the_backend() {
     );
     lb.stop().await;
     a.stop().await;
+    b.stop().await;
+}
+
+/// Clients trickling small request bodies (slow POST) do not hold a backend's connection slots:
+/// a body of known length up to `retry.max_body_buffer` is read whole before a backend is picked.
+/// With `backend_max_connections = 2`, two such clients used to leave a third with a 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_small_uploads_hold_no_backend_slot() {
+    let b = TestBackend::start("b").await;
+    let lb = TestBalancer::start(&format!(
+        "{}[limits]\nbackend_max_connections = 2\nbackend_queue_timeout = \"1s\"\n\
+         [health_check]\ninterval = \"60s\"\n",
+        backends_line(&[&b])
+    ))
+    .await;
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(lb.addr).await.unwrap();
+        stream
+            .write_all(b"POST /count HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nh")
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
+    let backend = lb.proxy.backends()[0].clone();
+    for _ in 0..3 {
+        let (status, _, body) = get(&client(), &lb.url("/")).await;
+        assert_eq!(status, 200, "{body:?}");
+    }
+    assert_eq!(backend.in_flight(), 0, "a slow upload holds a slot");
+    drop(slow);
+    lb.stop().await;
     b.stop().await;
 }

@@ -1,6 +1,6 @@
-//! Turning the client's request into the one sent upstream: limits checked, target and headers
-//! rewritten for the next hop, and a small body of an idempotent request kept whole so that it can
-//! be replayed on another backend.
+//! Turning the client's request into the one sent upstream: limits checked, headers rewritten
+//! for the next hop, and a small body read whole before any backend is involved (so that a slow
+//! client cannot hold a backend's slot with it, and an idempotent request can be replayed).
 
 use std::net::SocketAddr;
 
@@ -32,9 +32,9 @@ impl ClientInfo {
 }
 
 impl Snapshot {
-    /// Rewrites the client's request for the upstream hop: origin-form target, HTTP/1.1,
-    /// hop-by-hop fields removed, X-Forwarded-* appended, limits checked, and a small body of an
-    /// idempotent request read whole so that it can be replayed. Host is kept as the client sent it.
+    /// Rewrites the client's request for the upstream hop: HTTP/1.1, hop-by-hop fields removed,
+    /// X-Forwarded-* written, limits checked, and a small body read whole. Host is kept as the
+    /// client sent it.
     /// The head is encoded here, once, whatever the number of attempts.
     pub(super) async fn prepare(
         &self,
@@ -64,9 +64,10 @@ impl Snapshot {
         if hop.any {
             strip_hop_by_hop(&mut parts.headers);
         }
-        let keep = self.retry.enabled()
-            && is_idempotent(&parts.method)
-            && length.is_some_and(|n| n <= self.retry.max_body_buffer);
+        // A body of known length up to `max_body_buffer` is read whole before a backend is
+        // picked, whatever the method: a client trickling it holds alb's memory (bounded) and
+        // not a backend's connection slot; an idempotent request can also be replayed with it.
+        let keep = length.is_some_and(|n| n <= self.retry.max_body_buffer);
         let (body, framing) = if http_body::Body::is_end_stream(&body) {
             (RequestBody::Empty, BodyFraming::None)
         } else if keep {
@@ -89,8 +90,8 @@ impl Snapshot {
         })
     }
 
-    /// Reads a small body (its length is known and under the replay cap) within the body idle
-    /// timeout.
+    /// Reads a small body (its length is known and at most `retry.max_body_buffer`) within the
+    /// body idle timeout.
     async fn read_whole(&self, body: ClientBody) -> Result<Bytes, ProxyError> {
         let limit = self.timeouts.client_body_idle;
         match tokio::time::timeout(limit, body.collect()).await {
