@@ -993,11 +993,10 @@ async fn an_unread_request_body_is_announced_with_connection_close() {
     .await;
     let addr = backend.stop().await;
     lb.wait_health(&addr, false, Duration::from_secs(2)).await;
-    let got = exchange(
-        lb.addr,
-        b"POST /count HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
-    )
-    .await;
+    // Longer than retry.max_body_buffer: not read whole before a backend is looked for.
+    let mut request = b"POST /count HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n".to_vec();
+    request.extend(std::iter::repeat_n(b'x', 100_000));
+    let got = exchange(lb.addr, &request).await;
     assert_answered_and_closed("unread body", &got, 503);
     let responses = got.responses();
     assert_eq!(
