@@ -32,10 +32,11 @@ pub async fn write_all_within<W: AsyncWrite + Unpin>(
     deadline: &mut Deadline,
     limit: Duration,
 ) -> io::Result<()> {
-    deadline.set(limit);
+    let mut waiting = false;
     poll_fn(|cx| {
         while parts.iter().any(|p| !p.is_empty()) {
-            match poll_write_within(Pin::new(&mut *writer), parts, deadline, limit, cx) {
+            let writer = Pin::new(&mut *writer);
+            match poll_write_within(writer, parts, deadline, limit, &mut waiting, cx) {
                 Poll::Ready(Ok(n)) => io::IoSlice::advance_slices(&mut parts, n),
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
@@ -46,27 +47,37 @@ pub async fn write_all_within<W: AsyncWrite + Unpin>(
     .await
 }
 
-/// One vectored write under the write deadline: progress moves the deadline, no progress past
-/// it is `TimedOut`. The caller sets the deadline when it becomes ready to write.
+/// One vectored write under the write deadline: no progress for `limit` from when the write
+/// first had to wait is `TimedOut`. `waiting` says whether the deadline runs: set at the first
+/// wait, cleared by progress, so a write the socket takes at once costs no clock read.
 pub fn poll_write_within<W: AsyncWrite>(
     writer: Pin<&mut W>,
     parts: &[io::IoSlice<'_>],
     deadline: &mut Deadline,
     limit: Duration,
+    waiting: &mut bool,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
     match writer.poll_write_vectored(cx, parts) {
         Poll::Ready(Ok(0)) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
         Poll::Ready(Ok(n)) => {
-            deadline.set(limit);
+            *waiting = false;
             Poll::Ready(Ok(n))
         }
         Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-        Poll::Pending if deadline.poll_passed(cx) => Poll::Ready(Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("the peer took nothing for {limit:?}"),
-        ))),
-        Poll::Pending => Poll::Pending,
+        Poll::Pending => {
+            if !std::mem::replace(waiting, true) {
+                deadline.set(limit);
+            }
+            if deadline.poll_passed(cx) {
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the peer took nothing for {limit:?}"),
+                )))
+            } else {
+                Poll::Pending
+            }
+        }
     }
 }
 

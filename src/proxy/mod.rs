@@ -187,7 +187,7 @@ impl Snapshot {
             idempotent,
             mut body,
         } = outbound;
-        self.retry.note_request();
+        self.retry.note_request(arrival.started);
         let replay = (self.retry.enabled() && idempotent)
             .then(|| Replay::of(&body))
             .flatten();

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use http::Method;
 
 use crate::config::RetryConfig;
-use crate::upstream::now_ms;
+use crate::upstream::{ms_at, now_ms};
 
 /// Seconds of traffic the budget looks back over.
 const WINDOW_SECS: u64 = 10;
@@ -50,10 +50,10 @@ impl RetryPolicy {
         self.attempts > 1
     }
 
-    /// Counts a new request towards the budget.
-    pub fn note_request(&self) {
+    /// Counts a new request, arrived at `at`, towards the budget.
+    pub fn note_request(&self, at: std::time::Instant) {
         if self.enabled() {
-            self.budget.deposit();
+            self.budget.deposit(ms_at(at) / 1000);
         }
     }
 
@@ -98,9 +98,10 @@ impl RetryBudget {
         }
     }
 
-    pub fn deposit(&self) {
+    /// One request in `second` (of [`now_ms`]).
+    pub fn deposit(&self, second: u64) {
         if self.percent > 0 {
-            self.requests.add(now_ms() / 1000);
+            self.requests.add(second);
         }
     }
 
@@ -159,7 +160,7 @@ mod tests {
         let budget = RetryBudget::new(20, 0);
         assert!(!budget.withdraw(), "no floor, no requests: no retry");
         for _ in 0..50 {
-            budget.deposit();
+            budget.deposit(now_ms() / 1000);
         }
         // 50 requests at 20 % fund 10 retries.
         let granted = (0..100).filter(|_| budget.withdraw()).count();
@@ -172,7 +173,7 @@ mod tests {
     fn a_burst_within_the_share_of_the_window_is_covered() {
         let budget = RetryBudget::new(20, 10);
         for _ in 0..10_000 {
-            budget.deposit();
+            budget.deposit(now_ms() / 1000);
         }
         let granted = (0..5_000).filter(|_| budget.withdraw()).count();
         assert_eq!(granted, 2_000 + 100);

@@ -281,7 +281,7 @@ async fn handle(
     };
     let mut done = None;
     let mut interim: &[u8] = &[];
-    let mut writable = true;
+    let (mut writable, mut waiting) = (true, false);
     poll_fn(|cx| {
         if done.is_none()
             && let Poll::Ready(response) = handling.as_mut().poll(cx)
@@ -290,7 +290,6 @@ async fn handle(
         }
         if flag.swap(false, Ordering::AcqRel) && done.is_none() {
             interim = CONTINUE;
-            write.deadline.set(write.limit);
         }
         if done.is_some() && interim.len() == CONTINUE.len() {
             interim = &[]; // not begun, and no longer of use
@@ -298,7 +297,7 @@ async fn handle(
         while writable && !interim.is_empty() {
             let half = Pin::new(&mut *write.half);
             let parts = [IoSlice::new(interim)];
-            match poll_write_within(half, &parts, write.deadline, write.limit, cx) {
+            match poll_write_within(half, &parts, write.deadline, write.limit, &mut waiting, cx) {
                 Poll::Ready(Ok(n)) => interim = &interim[n..],
                 Poll::Ready(Err(_)) => writable = false,
                 Poll::Pending => return Poll::Pending,

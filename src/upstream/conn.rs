@@ -89,11 +89,10 @@ impl UpstreamConn {
         mut parts: &mut [io::IoSlice<'_>],
         limit: Duration,
     ) -> Result<(), (io::Error, usize)> {
-        let mut written = 0;
-        self.deadline.set(limit);
+        let (mut written, mut waiting) = (0, false);
         std::future::poll_fn(|cx| {
             while parts.iter().any(|p| !p.is_empty()) {
-                match self.poll_write_within(cx, parts, limit) {
+                match self.poll_write_within(cx, parts, limit, &mut waiting) {
                     Poll::Ready(Ok(n)) => {
                         written += n;
                         io::IoSlice::advance_slices(&mut parts, n);
@@ -132,14 +131,10 @@ impl UpstreamConn {
         cx: &mut Context<'_>,
         parts: &[io::IoSlice<'_>],
         limit: Duration,
+        waiting: &mut bool,
     ) -> Poll<io::Result<usize>> {
-        poll_write_within(
-            Pin::new(&mut self.stream),
-            parts,
-            &mut self.deadline,
-            limit,
-            cx,
-        )
+        let stream = Pin::new(&mut self.stream);
+        poll_write_within(stream, parts, &mut self.deadline, limit, waiting, cx)
     }
 
     /// [`Self::poll_fill`] as a future.
