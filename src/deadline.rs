@@ -18,46 +18,40 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-#[derive(Debug)]
+/// No deadline until the first [`Deadline::set`]: making one reads no clock and arms no timer.
+#[derive(Debug, Default)]
 pub struct Deadline {
+    /// Armed with `at` (or an earlier instant) the first time a deadline is set.
     sleep: Option<Pin<Box<Sleep>>>,
-    at: Instant,
-}
-
-impl Default for Deadline {
-    fn default() -> Self {
-        Deadline {
-            sleep: None,
-            at: Instant::now(),
-        }
-    }
+    at: Option<Instant>,
 }
 
 impl Deadline {
     /// Sets the deadline `limit` from now, replacing any earlier one.
     pub fn set(&mut self, limit: Duration) {
-        self.at = Instant::now() + limit;
+        let at = Instant::now() + limit;
+        self.at = Some(at);
         match self.sleep.as_mut() {
-            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(self.at))),
+            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
             // Moved only when it must fire sooner; a later deadline is checked when it fires.
-            Some(sleep) if self.at < sleep.deadline() => sleep.as_mut().reset(self.at),
+            Some(sleep) if at < sleep.deadline() => sleep.as_mut().reset(at),
             Some(_) => {}
         }
     }
 
     /// Whether the deadline has passed; if not, the task is woken when it might have.
     pub fn poll_passed(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(sleep) = self.sleep.as_mut() else {
+        let (Some(sleep), Some(at)) = (self.sleep.as_mut(), self.at) else {
             return false;
         };
         loop {
             if sleep.as_mut().poll(cx).is_pending() {
                 return false;
             }
-            if Instant::now() >= self.at {
+            if Instant::now() >= at {
                 return true;
             }
-            sleep.as_mut().reset(self.at);
+            sleep.as_mut().reset(at);
         }
     }
 }

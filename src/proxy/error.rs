@@ -43,6 +43,7 @@ impl From<SessionError> for ProxyError {
     fn from(error: SessionError) -> ProxyError {
         match error {
             SessionError::Connect(e) => ProxyError::Connect(e),
+            SessionError::Queue(e) => ProxyError::Queue(e),
             SessionError::Broken(e) => ProxyError::Upstream(e),
             SessionError::Timeout(limit) => ProxyError::ResponseTimeout(limit),
             SessionError::Framing(problem) => ProxyError::UpstreamFraming(problem),

@@ -35,7 +35,7 @@ use crate::config::{Config, Limits, Timeouts};
 use crate::health::OutlierDetector;
 use crate::http1::{BodyDecoder, ResponseHead};
 use crate::upstream::{
-    self, Answer, Backend, InFlightGuard, Progress, SessionRequest, method_class,
+    self, Answer, Backend, InFlightGuard, Progress, SessionRequest, Unanswered, method_class,
 };
 
 /// The data plane as one config made it: its pools of backends and the settings requests are
@@ -208,13 +208,14 @@ impl Snapshot {
             let mut guard = InFlightGuard::new(backend.clone());
             let sent_at = Instant::now();
             let sent = match guard.acquire_slot(self.limits.backend_queue_timeout).await {
-                Err(e) => Err((e.into(), Progress::Unsent(body))),
-                Ok(()) => upstream::exchange(backend, &request, body, &self.timeouts)
-                    .await
-                    .map_err(|failed| (failed.error.into(), failed.progress)),
+                Err(e) => Err(Unanswered {
+                    error: e.into(),
+                    progress: Progress::Unsent(body),
+                }),
+                Ok(()) => upstream::exchange(backend, &request, body, &self.timeouts).await,
             };
             let more = attempt < self.retry.attempts;
-            let (error, progress): (ProxyError, Progress) = match sent {
+            let Unanswered { error, progress } = match sent {
                 Ok(answer) => {
                     let status = answer.response.status.as_u16();
                     backend.record_response(arrival.method, status, sent_at.elapsed());
@@ -257,6 +258,7 @@ impl Snapshot {
                 }
                 Err(failed) => failed,
             };
+            let error = ProxyError::from(error);
             if let Some(what) = error.passive_failure() {
                 pool.outliers().record_failure(backend, what);
             }

@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 use super::request_body::{BodyError, RequestBody};
 use super::upload::{Upload, UploadError};
-use super::{Backend, ConnectError, UpstreamConn};
+use super::{Backend, ConnectError, QueueError, UpstreamConn};
 use crate::config::Timeouts;
 use crate::http1::{ResponseHead, UpstreamError, WireError, parse_response_head};
 
@@ -48,6 +48,9 @@ pub struct Answer {
 pub enum SessionError {
     #[error("{0}")]
     Connect(#[from] ConnectError),
+    /// The backend is at its `max_connections` and its queue is full or the wait ran out.
+    #[error("{0}")]
+    Queue(#[from] QueueError),
     #[error("{0}")]
     Broken(UpstreamError),
     #[error("no response head within {0:?}")]
