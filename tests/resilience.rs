@@ -383,3 +383,62 @@ async fn a_black_hole_backend_is_ejected_by_default() {
     hole.stop().await;
     good.stop().await;
 }
+
+/// A backend that closes every connection right after answering, without saying so: the
+/// connection alb pooled is dead by the time the next request wants it, and the reactor may not
+/// have reported that yet. A POST (never sent twice) must still get a connection known to be open
+/// and succeed; it used to race the close and get 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_never_races_a_silent_backend_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // One request: its head, then its body by Content-Length (or none).
+                loop {
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                // Closed here, with no `connection: close` said.
+            });
+        }
+    });
+    let lb = TestBalancer::start(&format!(
+        "backends = [\"http://{addr}\"]\n[health_check]\ninterval = \"60s\"\n\
+         [passive_health]\nenabled = false\n[retry]\nattempts = 1\n"
+    ))
+    .await;
+    let c = client();
+    for i in 0..30 {
+        let post = Request::post(lb.url("/p"))
+            .body(full(Bytes::from_static(b"payload")))
+            .unwrap();
+        let (status, _, body) = send(&c, post).await;
+        assert_eq!(status, 200, "POST {i}: {body:?}");
+    }
+    lb.stop().await;
+    server.abort();
+}

@@ -81,6 +81,22 @@ impl UpstreamConn {
         }
     }
 
+    /// [`Self::is_stale`], and then one non-blocking peek at the socket: a close the backend sent
+    /// an instant ago, that the reactor has not reported yet, is seen too. For requests that
+    /// must not be sent twice, where a connection that turns out dead after the request was
+    /// written means a failed request rather than a retry: one system call, for those only.
+    pub fn is_closed_now(&self) -> bool {
+        if self.is_stale() {
+            return true;
+        }
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        match socket2::SockRef::from(&self.stream).peek(&mut probe) {
+            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+            // End of stream, or bytes nobody asked for.
+            Ok(_) => true,
+        }
+    }
+
     /// Writes all of `parts` (a head and a kept body) with as few system calls as the kernel
     /// allows, each within `limit` of the last progress. A failure says how many bytes had
     /// gone: none means the backend got nothing of the request.
@@ -147,5 +163,26 @@ async fn tcp_connect(addr: &BackendAddr) -> io::Result<TcpStream> {
     match addr {
         BackendAddr::Ip(sa) => TcpStream::connect(sa).await,
         BackendAddr::Name { host, port } => TcpStream::connect((host.as_str(), *port)).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A close the backend sent an instant ago is seen before the reactor has reported it.
+    #[tokio::test]
+    async fn a_fresh_close_is_seen_at_once() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = BackendAddr::Ip(listener.local_addr().unwrap());
+        let conn = UpstreamConn::open(&addr, Duration::from_secs(1))
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().unwrap();
+        assert!(!conn.is_closed_now(), "an open connection");
+        drop(server);
+        // No await between the close and the look: the reactor has not run.
+        let closed = (0..1000).any(|_| conn.is_closed_now());
+        assert!(closed);
     }
 }

@@ -21,12 +21,18 @@ pub struct ConnectionPool {
 
 impl ConnectionPool {
     /// Takes the most recently used idle connection that is still open. LIFO keeps a few
-    /// connections hot and lets the rest age out on the backend's side.
-    pub fn checkout(&self) -> Option<UpstreamConn> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+    /// connections hot and lets the rest age out on the backend's side. `certain`: look at the
+    /// socket itself, not only at what the reactor reported (see [`UpstreamConn::is_closed_now`]).
+    pub fn checkout(&self, certain: bool) -> Option<UpstreamConn> {
         for _ in 0..MAX_SCAN {
-            let conn = idle.pop()?;
-            if !conn.is_stale() {
+            // Popped under the lock, looked at outside it: the peek is a system call.
+            let conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
+            let closed = if certain {
+                conn.is_closed_now()
+            } else {
+                conn.is_stale()
+            };
+            if !closed {
                 return Some(conn);
             }
             // The backend closed it while idle: dropped here.

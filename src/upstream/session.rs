@@ -96,7 +96,9 @@ pub async fn exchange(
     let mut stale_tries = 0;
     loop {
         let pooled = if stale_tries < STALE_CONNECTION_TRIES {
-            backend.pool().checkout()
+            // A request that may not be sent twice gets a connection known to be open now: if
+            // it broke after the request was written, the request would fail, not go again.
+            backend.pool().checkout(!request.idempotent)
         } else {
             None
         };
