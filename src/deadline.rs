@@ -8,8 +8,10 @@
 //! never overlap): a request head (`client_header`, `keepalive_idle`), a write to either peer
 //! (`timeouts.write`, moved on by every byte taken, see `http1::write_all_within`), a backend's
 //! response head (`timeouts.response`). A body being read, in either direction, has its own
-//! (`client_body_idle`, `upstream_idle`), set when alb starts waiting for the next piece, so that
-//! time spent waiting on the other side is never counted against this one. Connects, health
+//! (`client_body_idle`, `upstream_idle`). Writes and body reads use the idle clock
+//! ([`Deadline::waited_too_long`], [`Deadline::progress`]): it starts when alb starts waiting and
+//! stops when the peer moves, so that time spent waiting on the other side is never counted
+//! against this one. Connects, health
 //! probes and the final linger use a plain `tokio::time::timeout`: they are one-off waits.
 
 use std::pin::Pin;
@@ -24,11 +26,33 @@ pub struct Deadline {
     /// Armed with `at` (or an earlier instant) the first time a deadline is set.
     sleep: Option<Pin<Box<Sleep>>>,
     at: Option<Instant>,
+    /// An idle clock runs (see [`Deadline::waited_too_long`]).
+    idling: bool,
 }
 
 impl Deadline {
     /// Sets the deadline `limit` from now, replacing any earlier one.
     pub fn set(&mut self, limit: Duration) {
+        self.idling = false;
+        self.arm(limit);
+    }
+
+    /// For a wait that counts only while alb waits (a write, the next piece of a body): starts
+    /// the clock the first time it is called since [`Deadline::progress`], then says whether
+    /// `limit` has passed. A wait that is over at once reads no clock at all.
+    pub fn waited_too_long(&mut self, limit: Duration, cx: &mut Context<'_>) -> bool {
+        if !std::mem::replace(&mut self.idling, true) {
+            self.arm(limit);
+        }
+        self.poll_passed(cx)
+    }
+
+    /// The peer moved: the idle clock stops until alb has to wait again.
+    pub fn progress(&mut self) {
+        self.idling = false;
+    }
+
+    fn arm(&mut self, limit: Duration) {
         let at = Instant::now() + limit;
         self.at = Some(at);
         match self.sleep.as_mut() {

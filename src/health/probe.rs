@@ -39,7 +39,7 @@ async fn probe_once(backend: &Backend, config: &HealthCheckConfig) -> Result<(),
     // The whole probe runs under `config.timeout` (above); the write is bounded by it too.
     conn.write_all(&mut [std::io::IoSlice::new(&request)], config.timeout)
         .await
-        .map_err(|(e, _)| UpstreamError::from(e))?;
+        .map_err(|partial| UpstreamError::from(partial.error))?;
     let head = loop {
         if let Some(head) =
             parse_response_head(&mut conn.buf, false).map_err(UpstreamError::from)?

@@ -24,6 +24,20 @@ const READ_CHUNK: usize = 8 * 1024;
 /// reads). Only a connection in the middle of a large body holds that much.
 const MAX_READ_CHUNK: usize = 256 * 1024;
 
+/// A write that failed, and how many bytes had gone before it did: none means the peer got
+/// nothing.
+#[derive(Debug)]
+pub struct PartialWrite {
+    pub error: io::Error,
+    pub written: usize,
+}
+
+impl From<PartialWrite> for io::Error {
+    fn from(partial: PartialWrite) -> io::Error {
+        partial.error
+    }
+}
+
 /// Writes all of `parts`, as many at once as the socket takes, each write within `limit` of
 /// the last progress (see the module docs).
 pub async fn write_all_within<W: AsyncWrite + Unpin>(
@@ -31,14 +45,18 @@ pub async fn write_all_within<W: AsyncWrite + Unpin>(
     mut parts: &mut [io::IoSlice<'_>],
     deadline: &mut Deadline,
     limit: Duration,
-) -> io::Result<()> {
-    let mut waiting = false;
+) -> Result<(), PartialWrite> {
+    let mut written = 0;
     poll_fn(|cx| {
         while parts.iter().any(|p| !p.is_empty()) {
-            let writer = Pin::new(&mut *writer);
-            match poll_write_within(writer, parts, deadline, limit, &mut waiting, cx) {
-                Poll::Ready(Ok(n)) => io::IoSlice::advance_slices(&mut parts, n),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            match poll_write_within(Pin::new(&mut *writer), parts, deadline, limit, cx) {
+                Poll::Ready(Ok(n)) => {
+                    written += n;
+                    io::IoSlice::advance_slices(&mut parts, n);
+                }
+                Poll::Ready(Err(error)) => {
+                    return Poll::Ready(Err(PartialWrite { error, written }));
+                }
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -48,36 +66,31 @@ pub async fn write_all_within<W: AsyncWrite + Unpin>(
 }
 
 /// One vectored write under the write deadline: no progress for `limit` from when the write
-/// first had to wait is `TimedOut`. `waiting` says whether the deadline runs: set at the first
-/// wait, cleared by progress, so a write the socket takes at once costs no clock read.
+/// first had to wait is `TimedOut` (the deadline's idle clock: a write the socket takes at once
+/// costs no clock read).
 pub fn poll_write_within<W: AsyncWrite>(
     writer: Pin<&mut W>,
     parts: &[io::IoSlice<'_>],
     deadline: &mut Deadline,
     limit: Duration,
-    waiting: &mut bool,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
     match writer.poll_write_vectored(cx, parts) {
-        Poll::Ready(Ok(0)) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-        Poll::Ready(Ok(n)) => {
-            *waiting = false;
-            Poll::Ready(Ok(n))
+        Poll::Ready(result) => {
+            deadline.progress();
+            Poll::Ready(match result {
+                Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+                other => other,
+            })
         }
-        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-        Poll::Pending => {
-            if !std::mem::replace(waiting, true) {
-                deadline.set(limit);
-            }
-            if deadline.poll_passed(cx) {
-                Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("the peer took nothing for {limit:?}"),
-                )))
-            } else {
-                Poll::Pending
-            }
+        Poll::Pending if deadline.waited_too_long(limit, cx) => {
+            deadline.progress();
+            Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the peer took nothing for {limit:?}"),
+            )))
         }
+        Poll::Pending => Poll::Pending,
     }
 }
 

@@ -27,7 +27,7 @@ pub use client_request::{
     ClientRequest, Rejected, RequestRules, Underscores, parse_client_request,
 };
 pub use client_response::{BodyWrite, ResponsePlan, encode_response_head};
-pub use io::{poll_fill, poll_fill_from, poll_write_within, write_all_within};
+pub use io::{PartialWrite, poll_fill, poll_fill_from, poll_write_within, write_all_within};
 pub use request_head::{BodyFraming, RequestHead, encode_request_head};
 pub use response_head::{Framing, MAX_HEAD_BYTES, RawFields, ResponseHead, parse_response_head};
 

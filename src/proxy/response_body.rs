@@ -101,7 +101,6 @@ pub struct UpstreamBody {
     idle_limit: Duration,
     /// `upstream_idle`, counted from when alb began waiting for the next piece (see `poll`).
     idle: Deadline,
-    waiting: bool,
     started: std::time::Instant,
     stats: std::sync::Arc<super::ProxyStats>,
 }
@@ -151,7 +150,6 @@ impl UpstreamBody {
             bytes: 0,
             idle_limit: parts.idle_limit,
             idle: Deadline::default(),
-            waiting: false,
             started: parts.started,
             stats: parts.stats,
         };
@@ -181,7 +179,7 @@ impl UpstreamBody {
         match self.next(cx) {
             Next::Pending => self.poll_idle(cx),
             Next::Frame(data) => {
-                self.waiting = false;
+                self.idle.progress();
                 self.bytes += data.len() as u64;
                 if self.decoder.is_done() {
                     self.finish(Outcome::Complete);
@@ -269,16 +267,12 @@ impl UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
         let limit = self.idle_limit;
-        if !std::mem::replace(&mut self.waiting, true) {
-            self.idle.set(limit);
-        }
-        match self.idle.poll_passed(cx) {
-            true => {
-                tracing::warn!(timeout = ?limit, "backend went silent mid-body: response cut");
-                self.finish(Outcome::UpstreamIdle);
-                Poll::Ready(Some(Err(ResponseBodyError::Idle(limit))))
-            }
-            false => Poll::Pending,
+        if self.idle.waited_too_long(limit, cx) {
+            tracing::warn!(timeout = ?limit, "backend went silent mid-body: response cut");
+            self.finish(Outcome::UpstreamIdle);
+            Poll::Ready(Some(Err(ResponseBodyError::Idle(limit))))
+        } else {
+            Poll::Pending
         }
     }
 

@@ -258,7 +258,7 @@ struct ClientWrite<'a> {
 
 impl ClientWrite<'_> {
     async fn write_all(&mut self, parts: &mut [IoSlice<'_>]) -> std::io::Result<()> {
-        write_all_within(self.half, parts, self.deadline, self.limit).await
+        Ok(write_all_within(self.half, parts, self.deadline, self.limit).await?)
     }
 }
 
@@ -281,7 +281,7 @@ async fn handle(
     };
     let mut done = None;
     let mut interim: &[u8] = &[];
-    let (mut writable, mut waiting) = (true, false);
+    let mut writable = true;
     poll_fn(|cx| {
         if done.is_none()
             && let Poll::Ready(response) = handling.as_mut().poll(cx)
@@ -297,7 +297,7 @@ async fn handle(
         while writable && !interim.is_empty() {
             let half = Pin::new(&mut *write.half);
             let parts = [IoSlice::new(interim)];
-            match poll_write_within(half, &parts, write.deadline, write.limit, &mut waiting, cx) {
+            match poll_write_within(half, &parts, write.deadline, write.limit, cx) {
                 Poll::Ready(Ok(n)) => interim = &interim[n..],
                 Poll::Ready(Err(_)) => writable = false,
                 Poll::Pending => return Poll::Pending,

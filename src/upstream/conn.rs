@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 
 use crate::config::BackendAddr;
 use crate::deadline::Deadline;
-use crate::http1::{poll_fill, poll_write_within};
+use crate::http1::{PartialWrite, poll_fill, poll_write_within, write_all_within};
 
 /// Buffer capacity an idle pooled connection may keep.
 const IDLE_BUFFER: usize = 16 * 1024;
@@ -98,28 +98,13 @@ impl UpstreamConn {
     }
 
     /// Writes all of `parts` (a head and a kept body) with as few system calls as the kernel
-    /// allows, each within `limit` of the last progress. A failure says how many bytes had
-    /// gone: none means the backend got nothing of the request.
+    /// allows, each within `limit` of the last progress.
     pub async fn write_all(
         &mut self,
-        mut parts: &mut [io::IoSlice<'_>],
+        parts: &mut [io::IoSlice<'_>],
         limit: Duration,
-    ) -> Result<(), (io::Error, usize)> {
-        let (mut written, mut waiting) = (0, false);
-        std::future::poll_fn(|cx| {
-            while parts.iter().any(|p| !p.is_empty()) {
-                match self.poll_write_within(cx, parts, limit, &mut waiting) {
-                    Poll::Ready(Ok(n)) => {
-                        written += n;
-                        io::IoSlice::advance_slices(&mut parts, n);
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err((e, written))),
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
-            Poll::Ready(Ok(()))
-        })
-        .await
+    ) -> Result<(), PartialWrite> {
+        write_all_within(&mut self.stream, parts, &mut self.deadline, limit).await
     }
 
     /// Lets go of a buffer that a large body grew, before the connection waits in the pool.
@@ -140,17 +125,15 @@ impl UpstreamConn {
         poll_fill(Pin::new(&mut self.stream), &mut self.buf, cx, want)
     }
 
-    /// One vectored write under the write deadline (set by the caller when it became ready to
-    /// write, moved by every progress).
+    /// One vectored write under the write deadline.
     pub fn poll_write_within(
         &mut self,
         cx: &mut Context<'_>,
         parts: &[io::IoSlice<'_>],
         limit: Duration,
-        waiting: &mut bool,
     ) -> Poll<io::Result<usize>> {
         let stream = Pin::new(&mut self.stream);
-        poll_write_within(stream, parts, &mut self.deadline, limit, waiting, cx)
+        poll_write_within(stream, parts, &mut self.deadline, limit, cx)
     }
 
     /// [`Self::poll_fill`] as a future.

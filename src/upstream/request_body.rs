@@ -48,7 +48,6 @@ pub struct Streamed {
     received: u64,
     /// `client_body_idle`, counted from when alb began waiting for the next piece.
     idle: Deadline,
-    waiting: bool,
     /// Its length was not known upfront: it goes upstream chunked.
     chunked: bool,
 }
@@ -62,7 +61,6 @@ impl RequestBody {
             limits,
             received: 0,
             idle: Deadline::default(),
-            waiting: false,
         }))
     }
 }
@@ -81,7 +79,7 @@ impl Streamed {
             Poll::Pending => return self.poll_idle(cx),
             Poll::Ready(p) => p,
         };
-        self.waiting = false;
+        self.idle.progress();
         let result = match polled {
             None => None,
             Some(Err(e)) => Some(Err(BodyError::Client(e))),
@@ -100,10 +98,7 @@ impl Streamed {
     /// more: while a backend was slow to take the last piece, the client was held back by alb.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let limit = self.limits.idle;
-        if !std::mem::replace(&mut self.waiting, true) {
-            self.idle.set(limit);
-        }
-        if self.idle.poll_passed(cx) {
+        if self.idle.waited_too_long(limit, cx) {
             Poll::Ready(Some(Err(BodyError::Idle(limit))))
         } else {
             Poll::Pending

@@ -19,7 +19,7 @@ use super::request_body::{BodyError, RequestBody};
 use super::upload::{Upload, UploadError};
 use super::{Backend, ConnectError, QueueError, UpstreamConn};
 use crate::config::Timeouts;
-use crate::http1::{ResponseHead, UpstreamError, WireError, parse_response_head};
+use crate::http1::{PartialWrite, ResponseHead, UpstreamError, WireError, parse_response_head};
 
 /// Pooled connections tried per attempt before opening a new one: each may have been closed by the
 /// backend just as it was picked.
@@ -197,9 +197,9 @@ async fn exchange_on(
     // comes, and the connection ends with it.
     let partly = match written {
         Ok(()) => false,
-        Err((e, 0)) => return Err(Broken::unsent(e)),
-        Err((e, _)) => {
-            tracing::debug!(error = %e, "request write broke off; waiting for an answer");
+        Err(PartialWrite { error, written: 0 }) => return Err(Broken::unsent(error)),
+        Err(PartialWrite { error, .. }) => {
+            tracing::debug!(%error, "request write broke off; waiting for an answer");
             true
         }
     };

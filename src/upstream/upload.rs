@@ -36,8 +36,6 @@ pub struct Upload {
     /// `timeouts.write`, on the connection's deadline (free while the upload runs: the response
     /// timeout starts when it ends, and a response body's idle limit has its own).
     write_limit: Duration,
-    /// The write deadline runs (a write is waiting for the backend to take more).
-    write_waiting: bool,
 }
 
 impl Upload {
@@ -53,7 +51,6 @@ impl Upload {
             ended: false,
             holding_head: true,
             write_limit,
-            write_waiting: false,
         }
     }
 
@@ -123,8 +120,7 @@ impl Upload {
         cx: &mut Context<'_>,
     ) -> Poll<std::io::Result<()>> {
         let slices: Vec<IoSlice<'_>> = self.queue.iter().map(|b| IoSlice::new(b)).collect();
-        let polled = conn.poll_write_within(cx, &slices, self.write_limit, &mut self.write_waiting);
-        let mut written = ready!(polled)?;
+        let mut written = ready!(conn.poll_write_within(cx, &slices, self.write_limit))?;
         while written > 0 {
             let Some(front) = self.queue.front_mut() else {
                 break;
