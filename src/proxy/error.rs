@@ -74,11 +74,6 @@ impl ProxyError {
         }
     }
 
-    /// Whether the request provably never reached a backend.
-    pub fn is_unsent(&self) -> bool {
-        matches!(self, ProxyError::Connect(_) | ProxyError::Queue(_))
-    }
-
     /// What this error tells passive health about the backend, if anything: only the backend's
     /// own failures count, never the client's.
     pub fn passive_failure(&self) -> Option<&'static str> {

@@ -76,6 +76,8 @@ fn explain_headers(headers: &mut http::HeaderMap, backend: &str, reason: &str) {
 struct Rejection {
     error: ProxyError,
     backend: Option<Arc<Backend>>,
+    /// The request never reached `backend` (its session reported it unsent).
+    unsent: bool,
 }
 
 impl Rejection {
@@ -83,7 +85,7 @@ impl Rejection {
     /// failed it (502, 504) says more than a later one that could not be reached (503).
     fn or_earlier(self, earlier: Option<Rejection>) -> Rejection {
         match earlier {
-            Some(earlier) if self.error.is_unsent() && !earlier.error.is_unsent() => earlier,
+            Some(earlier) if self.unsent && !earlier.unsent => earlier,
             _ => self,
         }
     }
@@ -157,6 +159,7 @@ impl Snapshot {
                         Err(Rejection {
                             error: ProxyError::Deadline(limit),
                             backend: None,
+                            unsent: false,
                         })
                     })
             }
@@ -242,6 +245,7 @@ impl Snapshot {
                             last = Some(Rejection {
                                 error: ProxyError::UpstreamStatus(status),
                                 backend: Some(backend.clone()),
+                                unsent: false,
                             });
                             continue;
                         }
@@ -276,6 +280,7 @@ impl Snapshot {
             let rejection = Rejection {
                 error,
                 backend: Some(backend.clone()),
+                unsent: free,
             }
             .or_earlier(last.take());
             match again {
@@ -294,6 +299,7 @@ impl Snapshot {
         Err(last.unwrap_or(Rejection {
             error: ProxyError::NoHealthyBackend,
             backend: None,
+            unsent: true,
         }))
     }
 
