@@ -93,6 +93,7 @@ impl DemoBackend {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let backend = backend.clone();
                         async move {
+                            let delay = requested_delay(&req).unwrap_or(delay);
                             if !delay.is_zero() {
                                 tokio::time::sleep(delay).await;
                             }
@@ -106,6 +107,28 @@ impl DemoBackend {
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
     }
+}
+
+/// Longest delay a request may ask for with `?delay_ms=N`.
+const MAX_REQUESTED_DELAY: Duration = Duration::from_secs(60);
+
+/// A delay asked for by the request (`?delay_ms=N`, at most a minute), so that a test or a
+/// newcomer can hold a request in flight on purpose; it is logged, since whoever asked for it is
+/// usually waiting to see it arrive.
+fn requested_delay(req: &Request<Incoming>) -> Option<Duration> {
+    let query = req.uri().query()?;
+    let ms = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("delay_ms="))?
+        .parse::<u64>()
+        .ok()?;
+    let delay = Duration::from_millis(ms).min(MAX_REQUESTED_DELAY);
+    tracing::info!(
+        "holding {} {} for {delay:?}",
+        req.method(),
+        req.uri().path()
+    );
+    Some(delay)
 }
 
 /// Addresses of the demo's balancer and its backends: backends take the ports right after the

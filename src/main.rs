@@ -49,8 +49,9 @@ enum Command {
     Backend {
         #[arg(long)]
         port: u16,
+        /// Its name in answers; by default the host's name (a container's id under Docker).
         #[arg(long)]
-        name: String,
+        name: Option<String>,
         /// Wait this long before answering each request.
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
@@ -168,6 +169,7 @@ async fn run(launch: Launch) -> anyhow::Result<()> {
             host,
         } => {
             let addr = SocketAddr::new(host, port);
+            let name = name.unwrap_or_else(host_name);
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
@@ -221,6 +223,15 @@ async fn demo(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> anyhow:
         let _ = task.await;
     }
     Ok(())
+}
+
+/// This machine's (or container's) host name, read where Linux keeps it.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "backend".to_string())
 }
 
 /// A future completing on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed here, before the

@@ -98,6 +98,7 @@ mod tests {
                     addr: BackendAddr::Ip(addr),
                     weight,
                     max_connections: None,
+                    dns_name: None,
                 }))
             })
             .collect()

@@ -36,6 +36,31 @@ pub struct Config {
     /// Request fields whose names hold `_`: dropped (default), refused or passed on.
     pub underscores_in_headers: Underscores,
     pub admin: AdminConfig,
+    pub discovery: DiscoveryConfig,
+}
+
+/// How backends given by a DNS name are found: one backend per address the name resolves to,
+/// resolved again when the answer's TTL runs out, within these bounds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryConfig {
+    /// Shortest time between two resolutions of a name (a TTL of 0 or 1 s does not turn alb into
+    /// a DNS load generator); also the first wait after a failed one.
+    pub min_interval: Duration,
+    /// Longest: a name is resolved again at least this often, whatever its TTL (Docker's DNS
+    /// answers with 600 s; a scaled service should not take ten minutes to be seen).
+    pub max_interval: Duration,
+    /// Name servers to ask (`ip:port`); empty: those of `/etc/resolv.conf`.
+    pub nameservers: Vec<SocketAddr>,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            min_interval: Duration::from_secs(1),
+            max_interval: Duration::from_secs(30),
+            nameservers: Vec::new(),
+        }
+    }
 }
 
 /// The admin listener (metrics, API, dashboard).
@@ -121,6 +146,8 @@ pub struct BackendSpec {
     pub weight: u32,
     /// Most requests in flight to this backend at once; more wait in its queue.
     pub max_connections: Option<u32>,
+    /// For one address of a name found by DNS: the `name:port` it was found through.
+    pub dns_name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

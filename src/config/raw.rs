@@ -21,6 +21,15 @@ pub struct RawConfig {
     pub explain: Option<bool>,
     pub underscores_in_headers: Option<String>,
     pub admin: Option<RawAdmin>,
+    pub discovery: Option<RawDiscovery>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscovery {
+    pub min_interval: Option<String>,
+    pub max_interval: Option<String>,
+    pub nameservers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

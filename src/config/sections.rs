@@ -2,11 +2,13 @@
 
 use std::time::Duration;
 
-use super::raw::{RawAdmin, RawHealthCheck, RawLimits, RawPassiveHealth, RawRetry, RawTimeouts};
+use super::raw::{
+    RawAdmin, RawDiscovery, RawHealthCheck, RawLimits, RawPassiveHealth, RawRetry, RawTimeouts,
+};
 use super::values::{Problems, count, duration, positive_duration, size};
 use super::{
-    ADMIN_TOKEN_ENV, AdminConfig, HealthCheckConfig, Limits, PassiveHealthConfig, RetryConfig,
-    Timeouts,
+    ADMIN_TOKEN_ENV, AdminConfig, DiscoveryConfig, HealthCheckConfig, Limits, PassiveHealthConfig,
+    RetryConfig, Timeouts,
 };
 
 pub(super) fn admin(raw: RawAdmin, problems: &mut Problems) -> AdminConfig {
@@ -256,4 +258,46 @@ fn statuses(key: &str, list: &[i64], problems: &mut Problems) -> Vec<u16> {
             }
         })
         .collect()
+}
+
+pub(super) fn discovery(raw: RawDiscovery, problems: &mut Problems) -> DiscoveryConfig {
+    let d = DiscoveryConfig::default();
+    let min_interval = positive_duration(
+        "discovery.min_interval",
+        raw.min_interval,
+        d.min_interval,
+        problems,
+    );
+    let max_interval = positive_duration(
+        "discovery.max_interval",
+        raw.max_interval,
+        d.max_interval,
+        problems,
+    );
+    if min_interval > max_interval {
+        problems.add(
+            "discovery.max_interval",
+            format!("{max_interval:?} is shorter than discovery.min_interval ({min_interval:?})"),
+        );
+    }
+    let mut nameservers = Vec::new();
+    for (i, text) in raw.nameservers.unwrap_or_default().iter().enumerate() {
+        // A bare IP means the DNS port, as in resolv.conf.
+        let parsed = text.parse().or_else(|_| {
+            text.parse::<std::net::IpAddr>()
+                .map(|ip| std::net::SocketAddr::new(ip, 53))
+        });
+        match parsed {
+            Ok(addr) => nameservers.push(addr),
+            Err(_) => problems.add(
+                format!("discovery.nameservers[{i}]"),
+                format!("{text:?} is not an IP address (with an optional port)"),
+            ),
+        }
+    }
+    DiscoveryConfig {
+        min_interval,
+        max_interval,
+        nameservers,
+    }
 }

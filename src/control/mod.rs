@@ -4,6 +4,8 @@
 //! connections), swaps it in whole, and restarts the health checks for it. Nothing here is on a
 //! request's path: a request loads the snapshot once and never waits on a change.
 
+mod discovery;
+
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
@@ -12,6 +14,8 @@ use crate::config::{Config, ConfigError};
 use crate::health::HealthChecker;
 use crate::proxy::{Proxy, Snapshot};
 use crate::upstream::AdminState;
+
+pub use discovery::{Discovered, DiscoveryTask, NameRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeError {
@@ -37,7 +41,7 @@ pub struct ChangeReport {
     pub needs_restart: Vec<String>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -68,11 +72,21 @@ impl Proxy {
         self.apply_locked(config)
     }
 
+    /// Rebuilds the snapshot after discovery saw a name's addresses change.
+    fn apply_discovered(&self) {
+        let _serial = lock(&self.changes);
+        let config = self.snapshot.load().config().clone();
+        self.apply_locked(&config);
+    }
+
     fn apply_locked(&self, config: &Config) -> ChangeReport {
         let old = self.snapshot.load_full();
-        let new = Snapshot::new(config, self.stats.clone(), old.backends());
+        let backends = lock(&self.discovered).expand(&config.backends);
+        let new = Snapshot::new(config, &backends, self.stats.clone(), old.backends());
         let report = diff(&old, &new);
         self.snapshot.store(Arc::new(new));
+        // The config may name hosts discovery has not resolved yet.
+        self.rediscover.notify_one();
         let running = lock(&self.health).is_some();
         if running {
             self.start_health();

@@ -25,6 +25,11 @@ pub struct Proxy {
     pub(crate) changes: Mutex<()>,
     /// `--no-access-log` given on the command line: wins over every config reloaded later.
     pub(crate) access_log_off: std::sync::atomic::AtomicBool,
+    /// What the backends' DNS names last resolved to (written by discovery, read by every
+    /// change that builds a snapshot).
+    pub(crate) discovered: Mutex<crate::control::Discovered>,
+    /// Woken when a change may have brought a name discovery has not resolved yet.
+    pub(crate) rediscover: tokio::sync::Notify,
 }
 
 impl Proxy {
@@ -36,7 +41,14 @@ impl Proxy {
     pub fn with_source(config: &Config, source: Option<PathBuf>) -> Proxy {
         let stats = Arc::new(ProxyStats::default());
         Proxy {
-            snapshot: ArcSwap::from_pointee(Snapshot::new(config, stats.clone(), &[])),
+            snapshot: ArcSwap::from_pointee(Snapshot::new(
+                config,
+                &config.backends,
+                stats.clone(),
+                &[],
+            )),
+            discovered: Mutex::default(),
+            rediscover: tokio::sync::Notify::new(),
             stats,
             source,
             health: Mutex::new(None),

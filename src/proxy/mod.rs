@@ -31,7 +31,7 @@ pub use retry::{RetryBudget, RetryPolicy, is_idempotent};
 pub use stats::ProxyStats;
 
 use crate::balance::Exclude;
-use crate::config::{Config, Limits, Timeouts};
+use crate::config::{BackendSpec, Config, Limits, Timeouts};
 use crate::health::OutlierDetector;
 use crate::http1::{BodyDecoder, ResponseHead};
 use crate::upstream::{
@@ -92,14 +92,20 @@ impl Rejection {
 }
 
 impl Snapshot {
-    /// Builds the snapshot for `config`. Backends of `previous` that are unchanged (same URL,
-    /// weight and connection limit) are kept as they are, with their health, counters and pooled
-    /// connections.
-    pub fn new(config: &Config, stats: Arc<ProxyStats>, previous: &[Arc<Backend>]) -> Snapshot {
+    /// Builds the snapshot for `config` with `backends`: the config's, with each DNS name
+    /// replaced by the addresses it resolved to (see `control::discovery`). Backends of `previous`
+    /// that are unchanged (same URL, weight and connection limit) are kept as they are, with
+    /// their health, counters and pooled connections.
+    pub fn new(
+        config: &Config,
+        backends: &[BackendSpec],
+        stats: Arc<ProxyStats>,
+        previous: &[Arc<Backend>],
+    ) -> Snapshot {
         let retry_after = config.health_check.interval.as_secs_f64().ceil().max(1.0) as u64;
         Snapshot {
             config: config.clone(),
-            pool: BackendPool::new(config, previous),
+            pool: BackendPool::new(config, backends, previous),
             timeouts: config.timeouts.clone(),
             limits: config.limits.clone(),
             retry: RetryPolicy::new(&config.retry, stats.clone()),

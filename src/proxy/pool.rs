@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::balance::{Exclude, Selector, selector_for};
-use crate::config::Config;
+use crate::config::{BackendSpec, Config};
 use crate::health::OutlierDetector;
 use crate::upstream::Backend;
 
@@ -19,12 +19,11 @@ pub struct BackendPool {
 }
 
 impl BackendPool {
-    /// The pool of `config`'s backends. Those of `previous` that are unchanged (same URL, weight
-    /// and connection limit) are kept as they are, with their health, counters and pooled
-    /// connections.
-    pub fn new(config: &Config, previous: &[Arc<Backend>]) -> BackendPool {
-        let slots: Vec<Result<Arc<Backend>, Backend>> = config
-            .backends
+    /// The pool of `specs`, balanced as `config` says. Backends of `previous` that are unchanged
+    /// (same URL, weight and connection limit) are kept as they are, with their health, counters
+    /// and pooled connections.
+    pub fn new(config: &Config, specs: &[BackendSpec], previous: &[Arc<Backend>]) -> BackendPool {
+        let slots: Vec<Result<Arc<Backend>, Backend>> = specs
             .iter()
             .map(|spec| {
                 previous

@@ -113,6 +113,8 @@ impl Server {
     /// Serves until `shutdown` completes, then drains: no new connections, idle keep-alive
     /// connections closed, in-flight requests given `timeouts.drain` to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        // Names are resolved before the health checks start, so that they check every address.
+        let discovery = self.proxy.start_discovery().await;
         self.proxy.start_health();
         let admin = self.start_admin().await?;
         let slots = Arc::new(Semaphore::new(self.config.limits.max_client_connections));
@@ -187,6 +189,7 @@ impl Server {
             );
         }
         connections.shutdown().await;
+        drop(discovery);
         self.proxy.stop_health().await;
         if let Some(admin) = admin {
             admin.stop().await;

@@ -96,6 +96,8 @@ pub struct Backend {
 #[derive(Debug)]
 struct Cold {
     url: String,
+    /// The DNS name this address was found through, if any.
+    dns_name: Option<String>,
     addr: BackendAddr,
     host_header: HeaderValue,
     /// Last probe: passed, and why not.
@@ -132,6 +134,7 @@ impl Backend {
             admin: AtomicU8::new(AdminState::Enabled as u8),
             cold: Box::new(Cold {
                 url: spec.url.clone(),
+                dns_name: spec.dns_name.clone(),
                 addr: spec.addr.clone(),
                 host_header: HeaderValue::from_str(&spec.authority)
                     .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
@@ -152,6 +155,11 @@ impl Backend {
 
     pub fn url(&self) -> &str {
         &self.cold.url
+    }
+
+    /// `name:port` for an address found by DNS discovery.
+    pub fn dns_name(&self) -> Option<&str> {
+        self.cold.dns_name.as_deref()
     }
 
     pub fn addr(&self) -> &BackendAddr {

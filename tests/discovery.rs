@@ -1,0 +1,152 @@
+//! DNS discovery against a real (tiny) DNS server on loopback: a backend name stands for every
+//! address it resolves to, and follows the answers as they change, under load, losing nothing.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::dns::TestDns;
+use common::{SteadyLoad, TestBackend, TestBalancer, wait_until};
+
+const NAME: &str = "svc.alb.test";
+
+/// Backends on 127.0.0.1..=127.0.0.n, all on one port (a name's addresses share the URL's port).
+async fn backends_on_one_port(n: u8) -> Vec<TestBackend> {
+    for _ in 0..20 {
+        let first = TestBackend::start("b1").await;
+        let port = first.addr.port();
+        let mut all = vec![first];
+        for i in 2..=n {
+            let addr = SocketAddr::from(([127, 0, 0, i], port));
+            // Another process may hold the port on that address: start over on a new one.
+            if std::net::TcpListener::bind(addr).is_err() {
+                break;
+            }
+            all.push(TestBackend::start_on(addr, &format!("b{i}")).await);
+        }
+        if all.len() == n as usize {
+            return all;
+        }
+    }
+    panic!("no port free on 127.0.0.1..{n}");
+}
+
+fn ips(n: u8) -> Vec<Ipv4Addr> {
+    (1..=n).map(|i| Ipv4Addr::new(127, 0, 0, i)).collect()
+}
+
+fn urls(balancer: &TestBalancer) -> Vec<String> {
+    let mut urls: Vec<String> = balancer
+        .proxy
+        .backends()
+        .iter()
+        .map(|b| b.url().to_string())
+        .collect();
+    urls.sort();
+    urls
+}
+
+async fn wait_backends(balancer: &TestBalancer, n: usize, within: Duration) {
+    wait_until(within, || balancer.proxy.backends().len() == n)
+        .await
+        .unwrap_or_else(|_| panic!("not {n} backends within {within:?}: {:?}", urls(balancer)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_follows_its_addresses_under_load_without_failing_a_request() {
+    let backends = backends_on_one_port(3).await;
+    let port = backends[0].addr.port();
+    let dns = TestDns::start().await;
+    dns.set(NAME, &ips(2), 1);
+    let balancer = TestBalancer::start(&format!(
+        "backends = [\"http://{NAME}:{port}\"]\n\
+         [health_check]\ninterval = \"200ms\"\n\
+         [discovery]\nmin_interval = \"100ms\"\nmax_interval = \"10s\"\nnameservers = [\"{}\"]\n",
+        dns.addr
+    ))
+    .await;
+    // Resolved before the first request: one backend per address, named by address.
+    wait_backends(&balancer, 2, Duration::from_secs(5)).await;
+    assert_eq!(
+        urls(&balancer),
+        vec![
+            format!("http://127.0.0.1:{port}"),
+            format!("http://127.0.0.2:{port}")
+        ]
+    );
+    let first = balancer.proxy.backends()[0].clone();
+    assert_eq!(first.dns_name(), Some(format!("{NAME}:{port}").as_str()));
+
+    let load = SteadyLoad::start(&balancer.url("/"), 4, 20_000);
+    load.progress(200).await;
+    assert!(backends[0].hits() > 0 && backends[1].hits() > 0);
+    assert_eq!(backends[2].hits(), 0);
+
+    // Scale up: the third address gets traffic; the first stays the same backend (same object,
+    // so the same health, counters and pooled connections).
+    dns.set(NAME, &ips(3), 1);
+    let changed = Instant::now();
+    wait_backends(&balancer, 3, Duration::from_secs(5)).await;
+    let seen_after = changed.elapsed();
+    wait_until(Duration::from_secs(5), || backends[2].hits() > 50)
+        .await
+        .expect("the new address takes traffic");
+    let kept = balancer
+        .proxy
+        .backend(first.url())
+        .expect("first address still a backend");
+    assert!(Arc::ptr_eq(&kept, &first), "unchanged backend rebuilt");
+
+    // Scale down to one: the others leave the pool; nothing fails.
+    dns.set(NAME, &ips(1), 1);
+    wait_backends(&balancer, 1, Duration::from_secs(5)).await;
+    let (b2, b3) = (backends[1].hits(), backends[2].hits());
+    load.progress(200).await;
+    assert!(backends[1].hits() <= b2 + 4 && backends[2].hits() <= b3 + 4);
+
+    // The name stops resolving: it keeps its last address, requests go on.
+    let queries = dns.queries();
+    dns.remove(NAME);
+    wait_until(Duration::from_secs(10), || dns.queries() >= queries + 3)
+        .await
+        .expect("asked again after failures");
+    assert_eq!(urls(&balancer), vec![format!("http://127.0.0.1:{port}")]);
+    load.progress(100).await;
+
+    let (sent, failed) = load.finish().await;
+    println!(
+        "discovery: {sent} requests, {failed} failed; scale-up seen after {seen_after:?}; {} DNS queries",
+        dns.queries()
+    );
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed");
+    // A 1 s TTL is honoured: asked about once a second, not every min_interval (100 ms).
+    assert!(seen_after < Duration::from_millis(2500), "{seen_after:?}");
+    balancer.stop().await;
+    for b in backends {
+        b.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_name_never_resolved_is_still_one_backend_resolved_per_connection() {
+    let backend = TestBackend::start("b").await;
+    let dns = TestDns::start().await;
+    // No answer from this server for `localhost`-like names: the backend stays as written.
+    let balancer = TestBalancer::start(&format!(
+        "backends = [\"http://unknown.alb.test:{}\"]\n[discovery]\nnameservers = [\"{}\"]\n",
+        backend.addr.port(),
+        dns.addr
+    ))
+    .await;
+    wait_until(Duration::from_secs(5), || dns.queries() >= 1)
+        .await
+        .expect("asked");
+    assert_eq!(
+        urls(&balancer),
+        vec![format!("http://unknown.alb.test:{}", backend.addr.port())]
+    );
+    balancer.stop().await;
+    backend.stop().await;
+}
