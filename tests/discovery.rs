@@ -63,7 +63,8 @@ async fn a_name_follows_its_addresses_under_load_without_failing_a_request() {
     let balancer = TestBalancer::start(&format!(
         "backends = [\"http://{NAME}:{port}\"]\n\
          [health_check]\ninterval = \"200ms\"\n\
-         [discovery]\nmin_interval = \"100ms\"\nmax_interval = \"10s\"\nnameservers = [\"{}\"]\n",
+         [discovery]\nmin_interval = \"100ms\"\nmax_interval = \"10s\"\nnameservers = [\"{}\"]\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
         dns.addr
     ))
     .await;
@@ -114,6 +115,25 @@ async fn a_name_follows_its_addresses_under_load_without_failing_a_request() {
         .expect("asked again after failures");
     assert_eq!(urls(&balancer), vec![format!("http://127.0.0.1:{port}")]);
     load.progress(100).await;
+
+    // The metrics say what the name resolved to and that its lookups now fail.
+    let (_, _, metrics) =
+        common::get(&common::client(), &balancer.admin_url("/metrics").await).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains(&format!("alb_dns_addresses{{name=\"{NAME}\"}} 1")),
+        "{metrics}"
+    );
+    let failed_lookups = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(&format!(
+                "alb_dns_lookups_total{{name=\"{NAME}\",result=\"failed\"}}"
+            ))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .expect("failed lookups counted");
+    assert!(failed_lookups >= 3, "{failed_lookups}");
 
     let (sent, failed) = load.finish().await;
     println!(

@@ -14,6 +14,9 @@ use crate::upstream::{AdminState, Backend};
 #[derive(Debug, Serialize)]
 pub struct BackendView {
     pub url: String,
+    /// `name:port` for an address found by DNS discovery.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_name: Option<String>,
     /// `up`, `down` (active checks), `ejected` (passive health), `draining` or `disabled`.
     pub state: &'static str,
     pub healthy: bool,
@@ -43,6 +46,7 @@ pub fn view(b: &Backend) -> BackendView {
     };
     BackendView {
         url: b.url().to_string(),
+        dns_name: b.dns_name().map(str::to_string),
         state,
         healthy: b.is_healthy(),
         ejected: b.is_ejected(),

@@ -214,6 +214,34 @@ impl Collector for ProxyCollector {
             "Configuration reloads refused",
             &[(vec![], stats.reload_failures.load(Ordering::Relaxed))],
         )?;
+        let names = self.0.discovered_names();
+        let lookups: Vec<_> = names
+            .iter()
+            .flat_map(|(name, r)| {
+                [("ok", r.lookups_ok), ("failed", r.lookups_failed)].map(|(result, n)| {
+                    (
+                        vec![("name", name.clone()), ("result", result.to_string())],
+                        n,
+                    )
+                })
+            })
+            .collect();
+        counter(
+            &mut encoder,
+            "dns_lookups",
+            "DNS lookups of backend names, by result (a failed one keeps the last addresses)",
+            &lookups,
+        )?;
+        let addresses: Vec<_> = names
+            .iter()
+            .map(|(name, r)| (vec![("name", name.clone())], r.addrs.len() as i64))
+            .collect();
+        gauge(
+            &mut encoder,
+            "dns_addresses",
+            "Addresses a backend name resolved to last (one backend each)",
+            &addresses,
+        )?;
         Ok(())
     }
 }

@@ -123,6 +123,11 @@ struct Schedule {
 }
 
 impl Proxy {
+    /// Every backend name discovery knows, with what it resolved to and how its lookups went.
+    pub fn discovered_names(&self) -> Vec<(String, NameRecord)> {
+        crate::control::lock(&self.discovered).records()
+    }
+
     /// Resolves every backend name once (so that the first requests already spread over all
     /// addresses), then keeps them resolved in a background task. None if no resolver could be
     /// set up: names are then resolved on each new connection, as before, and a warning says so.
