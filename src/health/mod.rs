@@ -139,14 +139,19 @@ async fn check_loop(backend: Arc<Backend>, config: HealthCheckConfig, forgive_af
             Some(Transition::Down) => {
                 backend.set_healthy(false);
                 let reason = result.err().map(|e| e.to_string()).unwrap_or_default();
-                tracing::warn!(backend = backend.url(), %reason, "backend {} is DOWN: {reason}", backend.url());
+                // One DOWN line per outage: passive health may have taken it out already.
+                if backend.is_ejected() {
+                    tracing::info!(backend = backend.url(), %reason, "backend {} (already out) fails its health checks too: {reason}", backend.label());
+                } else {
+                    tracing::warn!(backend = backend.url(), %reason, "backend {} is DOWN: {reason}", backend.label());
+                }
             }
             Some(Transition::Up) => {
                 backend.set_healthy(true);
                 tracing::info!(
                     backend = backend.url(),
                     "backend {} is UP again",
-                    backend.url()
+                    backend.label()
                 );
             }
             None => {}
@@ -158,7 +163,7 @@ async fn check_loop(backend: Arc<Backend>, config: HealthCheckConfig, forgive_af
                 tracing::info!(
                     backend = backend.url(),
                     "backend {} is UP again: ejection over and probe passed",
-                    backend.url()
+                    backend.label()
                 );
             }
         }

@@ -75,13 +75,23 @@ impl OutlierDetector {
             backend.eject(self.config.ejection_time, self.config.max_ejection_time)
         {
             self.ejections.fetch_add(1, Ordering::Relaxed);
+            if !backend.is_healthy() {
+                // Already DOWN by its health checks: the outage was logged once, there.
+                tracing::info!(
+                    backend = backend.url(),
+                    failures = run,
+                    "backend {} (already DOWN) ejected too",
+                    backend.label()
+                );
+                return;
+            }
             tracing::warn!(
                 backend = backend.url(),
                 failures = run,
                 last = what,
                 ejected_for = ?duration,
                 "backend {} is DOWN: ejected after {run} consecutive failures on live traffic (last: {what}) for {duration:?}",
-                backend.url()
+                backend.label()
             );
         }
     }

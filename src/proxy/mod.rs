@@ -183,6 +183,10 @@ impl Snapshot {
     }
 
     /// Tries backends until one answers, a failure may not be retried, or attempts run out.
+    /// `retry.attempts` bounds the tries that reached a backend; a try that never left alb
+    /// (connect refused, no route, queue full) is not one of them, so that two dead backends
+    /// in a row do not fail a request a third could serve. Each backend is tried once at most,
+    /// which bounds those too.
     async fn dispatch(
         &self,
         pool: &BackendPool,
@@ -202,10 +206,13 @@ impl Snapshot {
             .flatten();
         let mut exclude = Exclude::default();
         let mut last = None;
-        for attempt in 1..=self.retry.attempts {
+        // Every try (for logs) and the tries that count against `retry.attempts`.
+        let (mut attempt, mut counted) = (0, 0);
+        while counted < self.retry.attempts {
             let Some(index) = pool.pick(&exclude) else {
                 break;
             };
+            attempt += 1;
             exclude.add(index);
             let backend = &pool.backends()[index];
             let request = SessionRequest {
@@ -223,7 +230,8 @@ impl Snapshot {
                 }),
                 Ok(()) => upstream::exchange(backend, &request, body, &self.timeouts).await,
             };
-            let more = attempt < self.retry.attempts;
+            // Whether another try may follow this one once it counts.
+            let more = counted + 1 < self.retry.attempts;
             let Unanswered { error, progress } = match sent {
                 Ok(answer) => {
                     let status = answer.response.status.as_u16();
@@ -247,6 +255,7 @@ impl Snapshot {
                                 "retrying a {status} answer on another backend"
                             );
                             self.count_retry(backend);
+                            counted += 1;
                             body = replay.rebuild();
                             last = Some(Rejection {
                                 error: ProxyError::UpstreamStatus(status),
@@ -290,9 +299,12 @@ impl Snapshot {
             }
             .or_earlier(last.take());
             match again {
-                Some(next) if more && (free || self.retry.allow_retry()) => {
+                Some(next)
+                    if (free && self.retry.enabled()) || (more && self.retry.allow_retry()) =>
+                {
                     tracing::info!(backend = backend.url(), attempt, error = %rejection.error, "retrying on another backend");
                     self.count_retry(backend);
+                    counted += u32::from(!free);
                     body = next;
                     last = Some(rejection);
                 }

@@ -157,6 +157,14 @@ impl Backend {
         &self.cold.url
     }
 
+    /// How logs name it: the URL, and the DNS name it was found through if any.
+    pub fn label(&self) -> String {
+        match &self.cold.dns_name {
+            Some(name) => format!("{} ({name})", self.cold.url),
+            None => self.cold.url.clone(),
+        }
+    }
+
     /// `name:port` for an address found by DNS discovery.
     pub fn dns_name(&self) -> Option<&str> {
         self.cold.dns_name.as_deref()
