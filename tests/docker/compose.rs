@@ -105,11 +105,6 @@ impl Stack {
         ok(&self.compose[0], &self.args(rest), &self.envs, within)
     }
 
-    /// The exit status and output, for commands whose failure the test looks at.
-    pub fn compose_output(&self, rest: &[&str], within: Duration) -> Output {
-        run(&self.compose[0], &self.args(rest), &self.envs, within)
-    }
-
     /// The container ids of `service`.
     pub fn containers(&self, service: &str) -> Vec<String> {
         self.compose(&["ps", "-q", service], Duration::from_secs(30))
