@@ -21,6 +21,14 @@ pub struct RawConfig {
     pub explain: Option<bool>,
     pub underscores_in_headers: Option<String>,
     pub admin: Option<RawAdmin>,
+    pub proxy_protocol: Option<RawProxyProtocol>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxyProtocol {
+    pub enabled: Option<bool>,
+    pub trusted: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

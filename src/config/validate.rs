@@ -27,6 +27,8 @@ pub(super) fn validate(mut raw: RawConfig) -> Result<Config, Vec<Problem>> {
     let workers = count("workers", raw.workers, 0, 0, 1024, &mut problems) as usize;
     let admin = sections::admin(raw.admin.take().unwrap_or_default(), &mut problems);
     let underscores_in_headers = underscores(raw.underscores_in_headers.as_deref(), &mut problems);
+    let proxy_protocol =
+        sections::proxy_protocol(raw.proxy_protocol.take().unwrap_or_default(), &mut problems);
     problems.into_result()?;
     Ok(Config {
         listen,
@@ -42,6 +44,7 @@ pub(super) fn validate(mut raw: RawConfig) -> Result<Config, Vec<Problem>> {
         explain: raw.explain.unwrap_or(false),
         underscores_in_headers,
         admin,
+        proxy_protocol,
     })
 }
 
