@@ -110,8 +110,19 @@ fn main() -> ExitCode {
 fn check(path: &std::path::Path) -> ExitCode {
     match Config::load(path) {
         Ok(config) => {
+            let proxy_protocol = &config.proxy_protocol;
+            let trusted = if proxy_protocol.enabled {
+                let nets: Vec<String> = proxy_protocol
+                    .trusted
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect();
+                format!(", PROXY protocol required from {}", nets.join(", "))
+            } else {
+                String::new()
+            };
             println!(
-                "{}: OK: {} backend(s), {}, listening on {}",
+                "{}: OK: {} backend(s), {}, listening on {}{trusted}",
                 path.display(),
                 config.backends.len(),
                 config.algorithm.name(),

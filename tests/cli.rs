@@ -451,6 +451,35 @@ async fn check_reports_every_problem_and_fails() {
 }
 
 #[tokio::test]
+async fn check_shows_the_proxy_protocol_sources_and_names_a_bad_one() {
+    let dir = TempDir::new("check-pp");
+    let section = "[proxy_protocol]\nenabled = true\n";
+    let good = dir.write(
+        "good.toml",
+        &format!("{GOOD_CONFIG}{section}trusted = [\"10.0.0.0/8\", \"::1\"]\n"),
+    );
+    let (status, stdout, stderr) = alb_output(&["check", "--config", good.to_str().unwrap()]).await;
+    assert_eq!(status.code(), Some(0), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stdout.contains(", PROXY protocol required from 10.0.0.0/8, ::1/128"),
+        "{stdout}"
+    );
+    let bad = dir.write(
+        "bad.toml",
+        &format!("{GOOD_CONFIG}{section}trusted = [\"10.0.0.1/8\"]\n"),
+    );
+    let (status, _, stderr) = alb_output(&["check", "--config", bad.to_str().unwrap()]).await;
+    assert_eq!(status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}: proxy_protocol.trusted[0]: \"10.0.0.1/8\": has bits set past the /8 prefix",
+            bad.display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn check_names_a_missing_file() {
     let dir = TempDir::new("check-missing");
     let path = dir.0.join("does-not-exist.toml");

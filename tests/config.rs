@@ -705,3 +705,72 @@ fn bad_resilience_values_name_their_keys() {
         ]
     );
 }
+
+#[test]
+fn proxy_protocol_is_off_by_default_and_reads_its_trusted_networks() {
+    let config = parse(ONE_BACKEND);
+    assert!(!config.proxy_protocol.enabled);
+    assert!(config.proxy_protocol.trusted.is_empty());
+
+    let config = parse(&format!(
+        "{ONE_BACKEND}[proxy_protocol]\nenabled = true\n\
+         trusted = [\"10.0.0.0/8\", \"127.0.0.1\", \"::1/128\", \"2001:db8::/32\"]\n"
+    ));
+    let pp = &config.proxy_protocol;
+    assert!(pp.enabled);
+    let shown: Vec<String> = pp.trusted.iter().map(|n| n.to_string()).collect();
+    assert_eq!(
+        shown,
+        ["10.0.0.0/8", "127.0.0.1/32", "::1/128", "2001:db8::/32"]
+    );
+    for (ip, trusted) in [
+        ("10.20.30.40", true),
+        ("11.0.0.1", false),
+        ("127.0.0.1", true),
+        ("127.0.0.2", false),
+        ("::1", true),
+        ("::ffff:10.0.0.9", true),
+        ("2001:db8:1::5", true),
+        ("2001:db9::5", false),
+    ] {
+        assert_eq!(pp.trusts(ip.parse().unwrap()), trusted, "{ip}");
+    }
+    // A list kept while the feature is off is fine (and still checked).
+    let config = parse(&format!(
+        "{ONE_BACKEND}[proxy_protocol]\ntrusted = [\"10.0.0.0/8\"]\n"
+    ));
+    assert!(!config.proxy_protocol.enabled);
+}
+
+#[test]
+fn proxy_protocol_problems_name_their_keys() {
+    let problem = reject_one(
+        &format!("{ONE_BACKEND}[proxy_protocol]\nenabled = true\n"),
+        "proxy_protocol.trusted",
+    );
+    assert!(problem.reason.contains("10.0.0.0/8"), "{problem}");
+    reject_one(
+        &format!("{ONE_BACKEND}[proxy_protocol]\nenabled = true\ntrusted = []\n"),
+        "proxy_protocol.trusted",
+    );
+    let problem = reject_one(
+        &format!(
+            "{ONE_BACKEND}[proxy_protocol]\nenabled = true\ntrusted = [\"10.0.0.0/8\", \"10.0.0.1/8\"]\n"
+        ),
+        "proxy_protocol.trusted[1]",
+    );
+    assert!(problem.reason.contains("10.0.0.0/8"), "{problem}");
+    let problem = reject_one(
+        &format!("{ONE_BACKEND}[proxy_protocol]\ntrusted = [\"lb.internal\"]\n"),
+        "proxy_protocol.trusted[0]",
+    );
+    assert!(problem.reason.contains("not an IP address"), "{problem}");
+    reject_one(
+        &format!("{ONE_BACKEND}[proxy_protocol]\ntrusted = [\"::/129\"]\n"),
+        "proxy_protocol.trusted[0]",
+    );
+    reject_syntax(
+        &format!("{ONE_BACKEND}[proxy_protocol]\nenable = true\n"),
+        "enable",
+    );
+}

@@ -11,7 +11,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::proxy::Proxy;
+use crate::proxy::{HeaderRefusal, Proxy};
 use crate::upstream::{Histogram, METHOD_CLASSES, STATUS_CLASSES};
 
 /// Renders every metric in the Prometheus text format.
@@ -241,6 +241,21 @@ impl Collector for ProxyCollector {
             "dns_addresses",
             "Addresses a backend name resolved to last (one backend each)",
             &addresses,
+        )?;
+        let refused: Vec<_> = HeaderRefusal::ALL
+            .iter()
+            .map(|&r| {
+                (
+                    vec![("reason", r.name().to_string())],
+                    stats.header_refused(r),
+                )
+            })
+            .collect();
+        counter(
+            &mut encoder,
+            "proxy_protocol_rejected",
+            "Client connections closed for want of a good PROXY protocol header, by reason",
+            &refused,
         )?;
         Ok(())
     }

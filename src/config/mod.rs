@@ -2,12 +2,13 @@
 //! [`Config`] below (`validate`). Nothing on the request path ever sees raw config.
 
 mod error;
+mod ipnet;
 mod raw;
 mod sections;
 mod validate;
 mod values;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use crate::http1::Underscores;
 
 pub use error::{ConfigError, Problem};
+pub use ipnet::IpNet;
 
 /// A validated configuration. Build one with [`Config::load`] or [`Config::from_toml`].
 #[derive(Debug, Clone)]
@@ -37,6 +39,7 @@ pub struct Config {
     pub underscores_in_headers: Underscores,
     pub admin: AdminConfig,
     pub discovery: DiscoveryConfig,
+    pub proxy_protocol: ProxyProtocolConfig,
 }
 
 /// How backends given by a DNS name are found: one backend per address the name resolves to,
@@ -60,6 +63,26 @@ impl Default for DiscoveryConfig {
             max_interval: Duration::from_secs(30),
             nameservers: Vec::new(),
         }
+    }
+}
+
+/// PROXY protocol (v1 and v2) on the client listener: behind an L4 balancer (a cloud NLB,
+/// HAProxy in TCP mode) every connection comes from the balancer, and the header it sends first
+/// is the only place the client's address is found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProxyProtocolConfig {
+    /// Off by default: a header from anyone would let any client choose the address alb logs
+    /// and forwards.
+    pub enabled: bool,
+    /// The sources allowed to send a header (the balancers). When enabled, a connection from
+    /// anywhere else is closed, and one from here must start with a header.
+    pub trusted: Vec<IpNet>,
+}
+
+impl ProxyProtocolConfig {
+    /// Whether a connection from `ip` may (and must) start with a header.
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|net| net.contains(ip))
     }
 }
 

@@ -22,6 +22,7 @@ pub struct RawConfig {
     pub underscores_in_headers: Option<String>,
     pub admin: Option<RawAdmin>,
     pub discovery: Option<RawDiscovery>,
+    pub proxy_protocol: Option<RawProxyProtocol>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -30,6 +31,13 @@ pub struct RawDiscovery {
     pub min_interval: Option<String>,
     pub max_interval: Option<String>,
     pub nameservers: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxyProtocol {
+    pub enabled: Option<bool>,
+    pub trusted: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

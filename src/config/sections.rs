@@ -1,14 +1,16 @@
-//! Validation of the optional sections: health checks, timeouts, retries, passive health, limits.
+//! Validation of the optional sections: health checks, timeouts, retries, passive health, limits,
+//! admin, PROXY protocol.
 
 use std::time::Duration;
 
 use super::raw::{
-    RawAdmin, RawDiscovery, RawHealthCheck, RawLimits, RawPassiveHealth, RawRetry, RawTimeouts,
+    RawAdmin, RawDiscovery, RawHealthCheck, RawLimits, RawPassiveHealth, RawProxyProtocol,
+    RawRetry, RawTimeouts,
 };
 use super::values::{Problems, count, duration, positive_duration, size};
 use super::{
-    ADMIN_TOKEN_ENV, AdminConfig, DiscoveryConfig, HealthCheckConfig, Limits, PassiveHealthConfig,
-    RetryConfig, Timeouts,
+    ADMIN_TOKEN_ENV, AdminConfig, DiscoveryConfig, HealthCheckConfig, IpNet, Limits,
+    PassiveHealthConfig, ProxyProtocolConfig, RetryConfig, Timeouts,
 };
 
 pub(super) fn admin(raw: RawAdmin, problems: &mut Problems) -> AdminConfig {
@@ -39,6 +41,38 @@ pub(super) fn admin(raw: RawAdmin, problems: &mut Problems) -> AdminConfig {
         explicit: raw.listen.is_some(),
         token,
     }
+}
+
+/// The trusted list is checked even while disabled, so that turning the feature on later cannot
+/// reveal a typo; it is required when enabled, since trusting nobody would refuse every client.
+pub(super) fn proxy_protocol(
+    raw: RawProxyProtocol,
+    problems: &mut Problems,
+) -> ProxyProtocolConfig {
+    let enabled = raw.enabled.unwrap_or(false);
+    let given = raw.trusted.unwrap_or_default();
+    let trusted: Vec<IpNet> = given
+        .iter()
+        .enumerate()
+        .filter_map(|(i, text)| match text.trim().parse() {
+            Ok(net) => Some(net),
+            Err(reason) => {
+                problems.add(
+                    format!("proxy_protocol.trusted[{i}]"),
+                    format!("{text:?}: {reason}"),
+                );
+                None
+            }
+        })
+        .collect();
+    if enabled && given.is_empty() {
+        problems.add(
+            "proxy_protocol.trusted",
+            "must list the load balancers that send the header when proxy_protocol.enabled is \
+             true, e.g. trusted = [\"10.0.0.0/8\"]",
+        );
+    }
+    ProxyProtocolConfig { enabled, trusted }
 }
 
 pub(super) fn health_check(raw: RawHealthCheck, problems: &mut Problems) -> HealthCheckConfig {

@@ -28,6 +28,8 @@ pub(super) fn validate(mut raw: RawConfig) -> Result<Config, Vec<Problem>> {
     let admin = sections::admin(raw.admin.take().unwrap_or_default(), &mut problems);
     let underscores_in_headers = underscores(raw.underscores_in_headers.as_deref(), &mut problems);
     let discovery = sections::discovery(raw.discovery.take().unwrap_or_default(), &mut problems);
+    let proxy_protocol =
+        sections::proxy_protocol(raw.proxy_protocol.take().unwrap_or_default(), &mut problems);
     problems.into_result()?;
     Ok(Config {
         listen,
@@ -44,6 +46,7 @@ pub(super) fn validate(mut raw: RawConfig) -> Result<Config, Vec<Problem>> {
         underscores_in_headers,
         admin,
         discovery,
+        proxy_protocol,
     })
 }
 

@@ -28,7 +28,7 @@ pub use prepare::ClientInfo;
 use prepare::{Outbound, Replay};
 pub use response_body::{ResponseBody, ResponseBodyError, UpstreamBody, UpstreamParts};
 pub use retry::{RetryBudget, RetryPolicy, is_idempotent};
-pub use stats::ProxyStats;
+pub use stats::{HeaderRefusal, ProxyStats};
 
 use crate::balance::Exclude;
 use crate::config::{BackendSpec, Config, Limits, Timeouts};

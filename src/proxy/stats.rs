@@ -19,6 +19,45 @@ pub struct ProxyStats {
     pub bytes_to_clients: AtomicU64,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
+    /// Connections closed before their PROXY protocol header was taken, by [`HeaderRefusal`].
+    proxy_header_refused: [AtomicU64; HeaderRefusal::ALL.len()],
+}
+
+/// Why a connection was closed for want of a good PROXY protocol header (label `reason` of
+/// `alb_proxy_protocol_rejected_total`): each points at a different fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderRefusal {
+    /// From a source outside `proxy_protocol.trusted`: a client going around the balancer, or
+    /// a balancer missing from the list.
+    Untrusted,
+    /// A trusted source sent something else first: the balancer does not send the header.
+    Missing,
+    /// A header that breaks the specification.
+    Malformed,
+    /// No complete header within `timeouts.client_header`.
+    Timeout,
+    /// The connection ended (or failed) before a complete header.
+    Closed,
+}
+
+impl HeaderRefusal {
+    pub const ALL: [HeaderRefusal; 5] = [
+        HeaderRefusal::Untrusted,
+        HeaderRefusal::Missing,
+        HeaderRefusal::Malformed,
+        HeaderRefusal::Timeout,
+        HeaderRefusal::Closed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            HeaderRefusal::Untrusted => "untrusted",
+            HeaderRefusal::Missing => "missing",
+            HeaderRefusal::Malformed => "malformed",
+            HeaderRefusal::Timeout => "timeout",
+            HeaderRefusal::Closed => "closed",
+        }
+    }
 }
 
 impl ProxyStats {
@@ -29,6 +68,15 @@ impl ProxyStats {
 
     pub fn local(&self, method: usize, class: usize) -> u64 {
         self.local[method][class].load(Ordering::Relaxed)
+    }
+
+    pub fn record_header_refused(&self, reason: HeaderRefusal) {
+        self.proxy_header_refused[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections closed for want of a good PROXY protocol header, for `reason`.
+    pub fn header_refused(&self, reason: HeaderRefusal) -> u64 {
+        self.proxy_header_refused[reason as usize].load(Ordering::Relaxed)
     }
 
     pub fn retries(&self) -> u64 {

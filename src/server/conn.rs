@@ -5,6 +5,10 @@
 //! from the moment it connected (slowloris guard: 408 and close), and `timeouts.keepalive_idle`
 //! between requests (closed quietly). No timer runs while a request is served: the request has
 //! timeouts of its own. An idle connection holds no buffers.
+//!
+//! With `proxy_protocol` on, a PROXY protocol header comes first, under `timeouts.client_header`
+//! of its own (see `proxy_protocol`); its source address is then the client's for the life of
+//! the connection.
 
 use std::future::poll_fn;
 use std::io::IoSlice;
@@ -31,6 +35,8 @@ use crate::http1::{poll_write_within, write_all_within};
 use crate::proxy::{ClientInfo, Proxy, ProxyStats, ResponseBody};
 use crate::upstream::METHOD_CLASSES;
 
+use super::proxy_protocol::{HeaderFailure, Source, read_header};
+
 /// Bodies up to this size are copied next to their head (one write); larger ones go as they are.
 const COALESCE_BYTES: usize = 16 * 1024;
 /// Buffer capacity a connection keeps between requests; more is released.
@@ -53,7 +59,7 @@ impl Shutdown {
         self.notify.notify_waiters();
     }
 
-    fn is_started(&self) -> bool {
+    pub(super) fn is_started(&self) -> bool {
         self.started.load(Ordering::Acquire)
     }
 }
@@ -92,6 +98,9 @@ pub struct ConnSettings {
     /// `timeouts.write`: the longest a write to this client may make no progress.
     pub write_timeout: Duration,
     pub rules: RequestRules,
+    /// A PROXY protocol header must come first (the source is a trusted balancer; see
+    /// `proxy_protocol`), read within `header_timeout`.
+    pub proxy_header: bool,
 }
 
 /// Why no request came.
@@ -124,6 +133,25 @@ pub async fn serve_connection(
     let mut timer = Deadline::default();
     let mut stopping = pin!(shutdown.notify.notified());
     stopping.as_mut().enable();
+    let client = match (settings.proxy_header, side.as_mut()) {
+        (true, Some(reader)) => {
+            let header = read_header(
+                reader,
+                &mut timer,
+                settings.header_timeout,
+                &shutdown,
+                stopping.as_mut(),
+            );
+            match header.await {
+                Ok(header) => match header.source {
+                    Source::Client(addr) => ClientInfo::new(addr),
+                    Source::Peer => client,
+                },
+                Err(failure) => return refuse_header(&proxy, &client, &failure),
+            }
+        }
+        _ => client,
+    };
     let mut fresh = true;
     loop {
         let Some(reader) = side.as_mut() else {
@@ -245,6 +273,15 @@ pub async fn serve_connection(
         {
             reader.buf = BytesMut::new();
         }
+    }
+}
+
+/// Counts and logs a connection closed for want of a good PROXY protocol header. Logged at
+/// info: the source is a trusted balancer, so this is a misconfiguration worth seeing.
+fn refuse_header(proxy: &Proxy, client: &ClientInfo, failure: &HeaderFailure) {
+    if let Some(reason) = failure.refusal() {
+        proxy.stats().record_header_refused(reason);
+        tracing::info!(peer = %client.addr, reason = reason.name(), "connection closed: {failure}");
     }
 }
 

@@ -1,8 +1,10 @@
 //! The listener side: accepting client connections (up to `limits.max_client_connections`),
 //! serving HTTP/1.1 on each, and shutting down gracefully (stop accepting, let in-flight requests
-//! finish within the drain timeout).
+//! finish within the drain timeout). With `proxy_protocol` on, only trusted sources are served,
+//! and each must start with a PROXY protocol header ([`proxy_protocol`]).
 
 mod conn;
+pub mod proxy_protocol;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,7 +21,7 @@ pub use conn::{ConnSettings, Seat, Shutdown, serve_connection};
 use crate::admin::AdminServer;
 use crate::config::Config;
 use crate::http1::RequestRules;
-use crate::proxy::{ClientInfo, Proxy};
+use crate::proxy::{ClientInfo, HeaderRefusal, Proxy};
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -142,8 +144,16 @@ impl Server {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         while connections.try_join_next().is_some() {}
-                        // Timeouts as configured now: a reload applies to new connections.
+                        // Settings as configured now: a reload applies to new connections.
                         let snapshot = self.proxy.snapshot();
+                        let proxy_protocol = &snapshot.config().proxy_protocol;
+                        if proxy_protocol.enabled && !proxy_protocol.trusts(peer.ip()) {
+                            // Only a balancer may say who the client is; anyone else could
+                            // choose the address alb logs and forwards.
+                            self.proxy.stats().record_header_refused(HeaderRefusal::Untrusted);
+                            tracing::debug!(%peer, "connection closed: not a trusted PROXY protocol source");
+                            continue;
+                        }
                         let timeouts = &snapshot.config().timeouts;
                         let settings = ConnSettings {
                             header_timeout: timeouts.client_header,
@@ -153,6 +163,7 @@ impl Server {
                                 max_head: snapshot.config().limits.max_header_bytes,
                                 underscores: snapshot.config().underscores_in_headers,
                             },
+                            proxy_header: proxy_protocol.enabled,
                         };
                         let seat = Seat::new(slot, self.proxy.stats().clone());
                         // Spawned as is: wrapped in another async block, the connection's state
