@@ -3,11 +3,13 @@
 //!
 //! Reads are open to loopback clients; from elsewhere they need the token like writes do. Writes
 //! need `Authorization: Bearer <token>` (`admin.token` or `ALB_ADMIN_TOKEN`); with no token
-//! configured they are refused.
+//! configured they are refused. The probes `/healthz` and `/readyz` are the exception: open to
+//! every source, because orchestrators probe from outside the pod and without credentials.
 
 mod api;
 mod events;
 mod metrics;
+mod probes;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -27,6 +29,7 @@ use tokio::task::JoinSet;
 
 pub use api::{BackendView, Snapshot, snapshot};
 pub use events::EventsBody;
+pub use probes::{Lifecycle, Phase, readiness};
 
 use crate::proxy::Proxy;
 
@@ -43,10 +46,12 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
+    /// Binds `listen` and serves; `lifecycle` is the server loop's phase, read by `/readyz`.
     pub async fn start(
         listen: SocketAddr,
         token: Option<String>,
         proxy: Arc<Proxy>,
+        lifecycle: Arc<Lifecycle>,
     ) -> std::io::Result<AdminServer> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
@@ -54,6 +59,7 @@ impl AdminServer {
         let admin = Arc::new(Admin {
             proxy,
             token,
+            lifecycle,
             stopped: stopped.clone(),
         });
         let task = tokio::spawn(serve(listener, admin, stopped));
@@ -77,6 +83,7 @@ impl AdminServer {
 struct Admin {
     proxy: Arc<Proxy>,
     token: Option<String>,
+    lifecycle: Arc<Lifecycle>,
     stopped: watch::Receiver<bool>,
 }
 
@@ -160,7 +167,44 @@ impl Admin {
         }
     }
 
+    /// `/healthz` and `/readyz`, answered before any authorisation (see [`probes`]); None for
+    /// every other path.
+    fn probe(&self, req: &Request<Incoming>) -> Option<Response<AdminBody>> {
+        let path = req.uri().path();
+        if path != "/healthz" && path != "/readyz" {
+            return None;
+        }
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            let mut response = respond(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain; charset=utf-8",
+                "probes answer GET and HEAD\n",
+            );
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return Some(response);
+        }
+        let plain = "text/plain; charset=utf-8";
+        if path == "/healthz" {
+            // Answered by the admin task on the shared runtime: a wedged runtime fails it.
+            return Some(respond(StatusCode::OK, plain, "ok\n"));
+        }
+        let verdict = probes::readiness(self.lifecycle.phase(), self.proxy.snapshot().backends());
+        Some(match verdict {
+            Ok(line) => respond(StatusCode::OK, plain, format!("{line}\n")),
+            Err(reason) => respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                plain,
+                format!("{reason}\n"),
+            ),
+        })
+    }
+
     async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<AdminBody> {
+        if let Some(probe) = self.probe(&req) {
+            return probe;
+        }
         let write = api::is_write(req.method());
         if (write || !peer.ip().is_loopback())
             && let Some(denied) = self.denial(&req)

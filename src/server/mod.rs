@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 
 pub use conn::{ConnSettings, Seat, Shutdown, serve_connection};
 
-use crate::admin::AdminServer;
+use crate::admin::{AdminServer, Lifecycle};
 use crate::config::Config;
 use crate::http1::RequestRules;
 use crate::proxy::{ClientInfo, HeaderRefusal, Proxy};
@@ -46,6 +46,8 @@ pub struct Server {
     proxy: Arc<Proxy>,
     config: Config,
     admin_addr: Arc<std::sync::OnceLock<SocketAddr>>,
+    /// Starting, serving or draining: what the admin listener's `/readyz` reports.
+    lifecycle: Arc<Lifecycle>,
 }
 
 impl Server {
@@ -67,6 +69,7 @@ impl Server {
             proxy: Arc::new(Proxy::with_source(&config, None)),
             config,
             admin_addr: Arc::default(),
+            lifecycle: Arc::default(),
         })
     }
 
@@ -83,7 +86,13 @@ impl Server {
         let Some(listen) = admin.listen else {
             return Ok(None);
         };
-        match AdminServer::start(listen, admin.token.clone(), self.proxy.clone()).await {
+        let started = AdminServer::start(
+            listen,
+            admin.token.clone(),
+            self.proxy.clone(),
+            self.lifecycle.clone(),
+        );
+        match started.await {
             Ok(server) => {
                 let _ = self.admin_addr.set(server.addr());
                 Ok(Some(server))
@@ -123,6 +132,8 @@ impl Server {
         let stop = Arc::new(Shutdown::default());
         let mut connections = JoinSet::new();
         let mut shutdown = pin!(shutdown);
+        // Both listeners are bound now (the client one since `bind`): ready for traffic.
+        self.lifecycle.serving();
         tracing::info!(
             addr = %self.local_addr,
             algorithm = self.config.algorithm.name(),
@@ -184,6 +195,7 @@ impl Server {
                 }
             }
         }
+        self.lifecycle.draining();
         drop(self.listener);
         let drain = self.proxy.snapshot().config().timeouts.drain;
         tracing::info!(
