@@ -22,12 +22,10 @@ fn cost(b: &Backend) -> u128 {
     (u128::from(b.in_flight()) + 1) * b.recent_latency().as_micros()
 }
 
-/// `a` before `b` when its expected wait per unit of weight is lower; ties by picks per weight.
+/// `a` before `b` when its expected wait per unit of weight is lower (ties as in least_conn).
 fn compare(a: &Backend, b: &Backend) -> Ordering {
     let (wa, wb) = (u128::from(a.weight()), u128::from(b.weight()));
-    (cost(a) * wb)
-        .cmp(&(cost(b) * wa))
-        .then_with(|| (u128::from(a.picks()) * wb).cmp(&(u128::from(b.picks()) * wa)))
+    (cost(a) * wb).cmp(&(cost(b) * wa))
 }
 
 impl Selector for LeastTime {

@@ -183,6 +183,24 @@ mod tests {
     }
 
     #[test]
+    fn least_conn_owes_nothing_to_a_backend_load_kept_away_from() {
+        let backends = pool(&[1, 1]);
+        let selector = LeastConn::new();
+        {
+            // Backend 1 is busy (slow): 100 picks go to 0 on load alone.
+            let _slow = InFlightGuard::new(backends[1].clone());
+            for _ in 0..100 {
+                assert_eq!(selector.select(&backends, &Exclude::default()), Some(0));
+            }
+        }
+        // Both idle again: ties alternate from here, they do not all go to 1 to even the count.
+        let picks: Vec<usize> = (0..6)
+            .map(|_| selector.select(&backends, &Exclude::default()).unwrap())
+            .collect();
+        assert_eq!(picks.iter().filter(|&&i| i == 1).count(), 3, "{picks:?}");
+    }
+
+    #[test]
     fn least_conn_rotates_ties_and_spreads_idle_traffic_by_weight() {
         let backends = pool(&[1, 1, 1]);
         let picks: Vec<usize> = (0..6)

@@ -41,9 +41,21 @@ impl BackendPool {
         // allocator lays these small blocks (what selection reads) side by side instead of
         // between each backend's cold part: in a pool of thousands, picks then stay within
         // fewer pages and cache lines.
+        // Tie wins per unit of weight of the least-picked backend that stays.
+        let level = slots
+            .iter()
+            .filter_map(|slot| slot.as_ref().ok())
+            .map(|b| b.picks() / u64::from(b.weight()))
+            .min()
+            .unwrap_or(0);
         let backends: Vec<Arc<Backend>> = slots
             .into_iter()
-            .map(|slot| slot.unwrap_or_else(Arc::new))
+            .map(|slot| {
+                slot.unwrap_or_else(|fresh| {
+                    fresh.start_picks_at(level.saturating_mul(u64::from(fresh.weight())));
+                    Arc::new(fresh)
+                })
+            })
             .collect();
         BackendPool {
             selector: selector_for(config.algorithm, &backends),

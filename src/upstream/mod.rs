@@ -77,7 +77,8 @@ pub fn ms_at(at: Instant) -> u64 {
 #[derive(Debug)]
 pub struct Backend {
     in_flight: AtomicU64,
-    /// Requests ever picked for this backend: the tie-breaker of weighted least-connections.
+    /// Picks of this backend that a tie on load decided: the tie-breaker of weighted
+    /// least-connections and least-time.
     picks: AtomicU64,
     /// Exponentially weighted recent latency in microseconds (least time's cost, the dashboard and
     /// the API); here rather than in [`BackendStats`] because least time reads it on every pick.
@@ -361,6 +362,12 @@ impl Backend {
 
     pub(crate) fn note_pick(&self) {
         self.picks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Starts a backend joining a running pool level with the least-picked one there, instead of
+    /// at zero, which would win every tie until it caught up with backends that ran for hours.
+    pub(crate) fn start_picks_at(&self, picks: u64) {
+        self.picks.store(picks, Ordering::Relaxed);
     }
 
     pub fn pool(&self) -> &ConnectionPool {
