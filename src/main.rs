@@ -11,6 +11,8 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
 use alb::demo::{DemoBackend, backend_addrs};
+use alb::server::handover::SOCKET_ENV;
+use alb::server::{Inherited, Program, upgrade};
 use alb::telemetry::{self, LogFormat};
 use alb::{Config, Server};
 
@@ -33,6 +35,16 @@ enum Command {
         /// Turn the per-request access log off, whatever the config says.
         #[arg(long)]
         no_access_log: bool,
+    },
+    /// Ask a running alb to upgrade (the same as `kill -USR2 PID`): it starts its binary anew,
+    /// hands over its listeners and drains. With `--wait`, exit 0 once the old process is gone
+    /// (the new one serves), 1 if it still runs by then (the upgrade failed: see its log).
+    Upgrade {
+        #[arg(long)]
+        pid: i32,
+        /// How long to wait for the old process to exit, e.g. "60s"; 0 does not wait.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        wait: Duration,
     },
     /// Validate a config file: exit 0 if it is valid, else print every problem and exit 1.
     Check {
@@ -65,9 +77,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Read before anything else: a binary replaced on disk later is what an upgrade starts.
+    let program = Program::current();
     let cli = Cli::parse();
-    if let Command::Check { config } = &cli.command {
-        return check(config);
+    match &cli.command {
+        Command::Check { config } => return check(config),
+        Command::Upgrade { pid, wait } => return request_upgrade(*pid, *wait),
+        _ => {}
     }
     telemetry::init(cli.log_format);
     // `run` reads its config first: it sizes the runtime, and a bad file must not start anything.
@@ -80,7 +96,7 @@ fn main() -> ExitCode {
                 config.access_log &= !no_access_log;
                 let workers = config.workers;
                 (
-                    Launch::Balancer(Box::new(config), path, no_access_log),
+                    Launch::Balancer(Box::new(config), path, no_access_log, program),
                     workers,
                 )
             }
@@ -137,10 +153,36 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// `alb upgrade --pid N`: SIGUSR2, then optionally wait for the old process to go.
+fn request_upgrade(pid: i32, wait: Duration) -> ExitCode {
+    if let Err(e) = upgrade::request(pid) {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
+    if wait.is_zero() {
+        println!("asked pid {pid} to upgrade");
+        return ExitCode::SUCCESS;
+    }
+    let deadline = std::time::Instant::now() + wait;
+    while upgrade::is_running(pid) {
+        if std::time::Instant::now() >= deadline {
+            eprintln!(
+                "pid {pid} still runs after {wait:?}: the upgrade failed or is still draining"
+            );
+            return ExitCode::FAILURE;
+        }
+        // Not a child of this process: there is no exit to wait on, only to look for.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("pid {pid} has exited: the new process serves");
+    ExitCode::SUCCESS
+}
+
 /// What `main` starts once the runtime is up.
 enum Launch {
-    /// The config, its file (re-read on reload), and whether `--no-access-log` was given.
-    Balancer(Box<Config>, PathBuf, bool),
+    /// The config, its file (re-read on reload), whether `--no-access-log` was given, and this
+    /// binary (for an upgrade).
+    Balancer(Box<Config>, PathBuf, bool, std::io::Result<Program>),
     Other(Command),
 }
 
@@ -149,8 +191,19 @@ async fn run(launch: Launch) -> anyhow::Result<()> {
     // listening line, and that must drain, not kill.
     let shutdown = shutdown_signal()?;
     let command = match launch {
-        Launch::Balancer(config, path, no_access_log) => {
-            let server = Server::bind(*config).await?.with_source(path);
+        Launch::Balancer(config, path, no_access_log, program) => {
+            // Started by an upgrade: take the old process's listeners instead of binding.
+            let server = match std::env::var_os(SOCKET_ENV) {
+                Some(socket) => {
+                    let inherited = Inherited::receive(std::path::Path::new(&socket))
+                        .await
+                        .context("upgrade: cannot take over the listeners")?;
+                    Server::from_inherited(*config, inherited).await?
+                }
+                None => Server::bind(*config).await?,
+            }
+            .with_source(path);
+            watch_upgrade(&server, program)?;
             let proxy = server.proxy().clone();
             if no_access_log {
                 proxy.force_access_log_off();
@@ -197,7 +250,9 @@ async fn run(launch: Launch) -> anyhow::Result<()> {
             .serve(listener, shutdown)
             .await;
         }
-        Command::Check { .. } => unreachable!("handled before the runtime starts"),
+        Command::Check { .. } | Command::Upgrade { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
     }
     Ok(())
 }
@@ -233,6 +288,34 @@ async fn demo(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> anyhow:
     for task in tasks {
         let _ = task.await;
     }
+    Ok(())
+}
+
+/// SIGUSR2 starts a binary upgrade; a failed one is logged and this process keeps serving.
+fn watch_upgrade(server: &Server, program: std::io::Result<Program>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut usr2 = signal(SignalKind::user_defined2()).context("cannot watch SIGUSR2")?;
+    let upgrade = server.upgrade();
+    tokio::spawn(async move {
+        while usr2.recv().await.is_some() {
+            tracing::info!("received SIGUSR2: upgrading");
+            let program = match &program {
+                Ok(program) => program,
+                Err(e) => {
+                    tracing::error!(
+                        "upgrade refused: this binary's path was not known at start: {e}"
+                    );
+                    continue;
+                }
+            };
+            match upgrade.start(program).await {
+                Ok(pid) => {
+                    tracing::info!("upgrade: pid {pid} serves; this process drains and exits")
+                }
+                Err(e) => tracing::error!("upgrade failed: {e}"),
+            }
+        }
+    });
     Ok(())
 }
 

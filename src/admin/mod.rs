@@ -41,6 +41,8 @@ const MAX_BODY: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct AdminServer {
     addr: SocketAddr,
+    /// A duplicate of the listening socket, for a binary upgrade to hand over.
+    fd: std::os::fd::OwnedFd,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -54,7 +56,18 @@ impl AdminServer {
         lifecycle: Arc<Lifecycle>,
     ) -> std::io::Result<AdminServer> {
         let listener = TcpListener::bind(listen).await?;
+        AdminServer::serve_on(listener, token, proxy, lifecycle)
+    }
+
+    /// Serves on a listener bound already (one handed over by the alb this one replaces).
+    pub fn serve_on(
+        listener: TcpListener,
+        token: Option<String>,
+        proxy: Arc<Proxy>,
+        lifecycle: Arc<Lifecycle>,
+    ) -> std::io::Result<AdminServer> {
         let addr = listener.local_addr()?;
+        let fd = std::os::fd::AsFd::as_fd(&listener).try_clone_to_owned()?;
         let (stop, stopped) = watch::channel(false);
         let admin = Arc::new(Admin {
             proxy,
@@ -66,11 +79,21 @@ impl AdminServer {
         tracing::info!(
             "admin listening on http://{addr} (dashboard /, metrics /metrics, API /api)"
         );
-        Ok(AdminServer { addr, stop, task })
+        Ok(AdminServer {
+            addr,
+            fd,
+            stop,
+            task,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Another descriptor of the listening socket (for [`crate::server::Upgrade`]).
+    pub fn listener_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        self.fd.try_clone()
     }
 
     pub async fn stop(self) {

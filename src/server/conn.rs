@@ -24,7 +24,7 @@ use http_body::Body;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::deadline::Deadline;
 use crate::http1::{
@@ -36,6 +36,7 @@ use crate::proxy::{ClientInfo, Proxy, ProxyStats, ResponseBody};
 use crate::upstream::METHOD_CLASSES;
 
 use super::proxy_protocol::{HeaderFailure, Source, read_header};
+use super::shutdown::Shutdown;
 
 /// Bodies up to this size are copied next to their head (one write); larger ones go as they are.
 const COALESCE_BYTES: usize = 16 * 1024;
@@ -45,24 +46,6 @@ const KEPT_BUFFER_BYTES: usize = 4 * 1024;
 /// closing does not reset the connection before the client has read the answer.
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 256 * 1024;
-
-/// Tells idle connections to close and busy ones to close after their current response.
-#[derive(Debug, Default)]
-pub struct Shutdown {
-    started: AtomicBool,
-    notify: Notify,
-}
-
-impl Shutdown {
-    pub fn start(&self) {
-        self.started.store(true, Ordering::Release);
-        self.notify.notify_waiters();
-    }
-
-    pub(super) fn is_started(&self) -> bool {
-        self.started.load(Ordering::Acquire)
-    }
-}
 
 /// A client connection's place under `limits.max_client_connections`, counted in the metrics
 /// for as long as the connection lives.
@@ -131,7 +114,7 @@ pub async fn serve_connection(
     let slot = ReadSlot::default();
     let mut out = BytesMut::new();
     let mut timer = Deadline::default();
-    let mut stopping = pin!(shutdown.notify.notified());
+    let mut stopping = pin!(shutdown.notified());
     stopping.as_mut().enable();
     let client = match (settings.proxy_header, side.as_mut()) {
         (true, Some(reader)) => {
@@ -370,6 +353,8 @@ async fn read_head(
     // it may be complete (and once at its start, so garbage is refused at once), not from its
     // first byte again after every read.
     let mut scanned: usize = 0;
+    // On a last call (see `Shutdown::start_with_last_call`), the short wait it allows has begun.
+    let mut last_call = false;
     poll_fn(|cx| {
         loop {
             let buf = &reader.buf;
@@ -399,10 +384,20 @@ async fn read_head(
             }
         }
         if !started && (shutdown.is_started() || stopping.as_mut().poll(cx).is_ready()) {
-            return Poll::Ready(Err(NoRequest::Closed));
+            match shutdown.last_call() {
+                None => return Poll::Ready(Err(NoRequest::Closed)),
+                Some(grace) if !last_call => {
+                    last_call = true;
+                    timer.set(grace);
+                }
+                Some(_) => {}
+            }
         }
         if timer.poll_passed(cx) {
-            return Poll::Ready(Err(if started || fresh {
+            // Silence through a last call is no fault of the client: close quietly.
+            return Poll::Ready(Err(if last_call && !started {
+                NoRequest::Closed
+            } else if started || fresh {
                 NoRequest::TooSlow
             } else {
                 NoRequest::Closed

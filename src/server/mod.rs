@@ -1,13 +1,18 @@
 //! The listener side: accepting client connections (up to `limits.max_client_connections`),
 //! serving HTTP/1.1 on each, and shutting down gracefully (stop accepting, let in-flight requests
 //! finish within the drain timeout). With `proxy_protocol` on, only trusted sources are served,
-//! and each must start with a PROXY protocol header ([`proxy_protocol`]).
+//! and each must start with a PROXY protocol header ([`proxy_protocol`]). A binary upgrade hands
+//! the listeners to a new process ([`upgrade`], [`handover`]) and then drains the same way.
 
 mod conn;
+pub mod handover;
 pub mod proxy_protocol;
+mod shutdown;
+pub mod upgrade;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +21,10 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-pub use conn::{ConnSettings, Seat, Shutdown, serve_connection};
+pub use conn::{ConnSettings, Seat, serve_connection};
+pub use handover::Inherited;
+pub use shutdown::Shutdown;
+pub use upgrade::{Program, Upgrade, UpgradeError};
 
 use crate::admin::{AdminServer, Lifecycle};
 use crate::config::Config;
@@ -25,6 +33,10 @@ use crate::proxy::{ClientInfo, HeaderRefusal, Proxy};
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// After a handover, how long a connection with no request under way may still bring one (see
+/// [`Shutdown::start_with_last_call`]). Long enough for a client that just got its answer to
+/// send the next request; the drain timeout still bounds the whole.
+const LAST_CALL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -36,6 +48,17 @@ pub enum ServerError {
     },
     #[error("cannot read the listener's address: {0}")]
     LocalAddr(#[source] std::io::Error),
+    #[error("cannot offer the listeners for an upgrade: {0}")]
+    Duplicate(#[source] std::io::Error),
+}
+
+/// Why the accept loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// SIGTERM or the like: this address stops being served.
+    Shutdown,
+    /// A new process serves the same listeners now.
+    HandedOver,
 }
 
 /// A bound, not yet running balancer.
@@ -48,6 +71,10 @@ pub struct Server {
     admin_addr: Arc<std::sync::OnceLock<SocketAddr>>,
     /// Starting, serving or draining: what the admin listener's `/readyz` reports.
     lifecycle: Arc<Lifecycle>,
+    /// What an upgrade hands over, and how it tells the loop to stop.
+    upgrade: Arc<Upgrade>,
+    /// Started by an upgrade: the rest of what the old process handed over.
+    inherited: Option<Inherited>,
 }
 
 impl Server {
@@ -70,7 +97,29 @@ impl Server {
             config,
             admin_addr: Arc::default(),
             lifecycle: Arc::default(),
+            upgrade: Arc::default(),
+            inherited: None,
         })
+    }
+
+    /// Takes over the listeners of the alb this one replaces: no bind, so the address is never
+    /// unserved. A listener on another address than the config's is dropped and the configured
+    /// address bound instead.
+    pub async fn from_inherited(
+        config: Config,
+        mut inherited: Inherited,
+    ) -> Result<Server, ServerError> {
+        let mut server = match inherited.take_client(config.listen) {
+            Some(listener) => Server::from_listener(listener, config)?,
+            None => Server::bind(config).await?,
+        };
+        server.inherited = Some(inherited);
+        Ok(server)
+    }
+
+    /// The upgrade handle: `start` it to hand this server's listeners to a new process.
+    pub fn upgrade(&self) -> Arc<Upgrade> {
+        self.upgrade.clone()
     }
 
     /// Remembers the file the config came from, so that a reload (SIGHUP, admin API) re-reads it.
@@ -81,18 +130,25 @@ impl Server {
 
     /// Starts the admin listener. A default address that is taken only costs a warning (another
     /// alb on this machine may hold it); an address written in the config must be bound.
-    async fn start_admin(&self) -> Result<Option<AdminServer>, ServerError> {
+    async fn start_admin(&mut self) -> Result<Option<AdminServer>, ServerError> {
         let admin = &self.config.admin;
+        let inherited = self
+            .inherited
+            .as_mut()
+            .and_then(|inherited| inherited.take_admin(admin.listen));
         let Some(listen) = admin.listen else {
             return Ok(None);
         };
-        let started = AdminServer::start(
-            listen,
+        let (token, proxy, lifecycle) = (
             admin.token.clone(),
             self.proxy.clone(),
             self.lifecycle.clone(),
         );
-        match started.await {
+        let started = match inherited {
+            Some(listener) => AdminServer::serve_on(listener, token, proxy, lifecycle),
+            None => AdminServer::start(listen, token, proxy, lifecycle).await,
+        };
+        match started {
             Ok(server) => {
                 let _ = self.admin_addr.set(server.addr());
                 Ok(Some(server))
@@ -122,36 +178,59 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then drains: no new connections, idle keep-alive
-    /// connections closed, in-flight requests given `timeouts.drain` to finish.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    /// connections closed, in-flight requests given `timeouts.drain` to finish. An upgrade
+    /// ([`Server::upgrade`]) ends the loop the same way, except that connections between
+    /// requests get a last call ([`LAST_CALL`]): the address is still served, by the new process.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         // Names are resolved before the health checks start, so that they check every address.
         let discovery = self.proxy.start_discovery().await;
         self.proxy.start_health();
         let admin = self.start_admin().await?;
+        self.offer_listeners(admin.as_ref())?;
         let slots = Arc::new(Semaphore::new(self.config.limits.max_client_connections));
         let stop = Arc::new(Shutdown::default());
         let mut connections = JoinSet::new();
-        let mut shutdown = pin!(shutdown);
+        let upgrade = self.upgrade.clone();
+        let mut stopping = pin!(async {
+            tokio::select! {
+                () = shutdown => Stop::Shutdown,
+                () = upgrade.handed_over() => Stop::HandedOver,
+            }
+        });
         // Both listeners are bound now (the client one since `bind`): ready for traffic.
         self.lifecycle.serving();
         tracing::info!(
             addr = %self.local_addr,
             algorithm = self.config.algorithm.name(),
             backends = self.proxy.backends().len(),
+            pid = std::process::id(),
             "alb listening on {}", self.local_addr
         );
-        loop {
+        if let Some(inherited) = self.inherited.take() {
+            let old = inherited.old_pid();
+            match inherited.report_serving().await {
+                Ok(()) => tracing::info!(
+                    "upgrade: serving on the listeners of pid {old}; this is pid {}",
+                    std::process::id()
+                ),
+                // It stops waiting and keeps serving; both serve until one is stopped.
+                Err(e) => {
+                    tracing::error!("upgrade: cannot tell pid {old} that this one serves: {e}")
+                }
+            }
+        }
+        let reason = loop {
             // At the connection limit, stop accepting (the kernel's backlog holds newcomers)
             // rather than accept and drop.
             let slot = tokio::select! {
-                () = &mut shutdown => break,
+                reason = &mut stopping => break reason,
                 slot = slots.clone().acquire_owned() => match slot {
                     Ok(slot) => slot,
-                    Err(_) => break,
+                    Err(_) => break Stop::Shutdown,
                 },
             };
             tokio::select! {
-                () = &mut shutdown => break,
+                reason = &mut stopping => break reason,
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         while connections.try_join_next().is_some() {}
@@ -194,14 +273,30 @@ impl Server {
                     }
                 }
             }
-        }
+        };
         self.lifecycle.draining();
+        // Accepting stopped above; only now is this process's hold on the socket let go.
+        self.upgrade.withdraw();
         drop(self.listener);
         let drain = self.proxy.snapshot().config().timeouts.drain;
-        tracing::info!(
-            "shutting down: no new connections, draining in-flight requests for up to {drain:?}"
-        );
-        stop.start();
+        let mut admin = admin;
+        let admin_gone = match reason {
+            Stop::Shutdown => {
+                tracing::info!(
+                    "shutting down: no new connections, draining in-flight requests for up to {drain:?}"
+                );
+                stop.start();
+                None
+            }
+            Stop::HandedOver => {
+                tracing::info!(
+                    "upgrade: handed over, no new connections here; draining in-flight requests for up to {drain:?}"
+                );
+                stop.start_with_last_call(LAST_CALL);
+                // The new process answers on the admin address too: stop accepting there now.
+                admin.take().map(|admin| tokio::spawn(admin.stop()))
+            }
+        };
         let drained = async { while connections.join_next().await.is_some() {} };
         if tokio::time::timeout(drain, drained).await.is_ok() {
             tracing::info!("drained: all connections closed");
@@ -217,6 +312,26 @@ impl Server {
         if let Some(admin) = admin {
             admin.stop().await;
         }
+        if let Some(stopping) = admin_gone {
+            let _ = stopping.await;
+        }
+        Ok(())
+    }
+
+    /// Hands duplicates of the bound listeners to the upgrade handle.
+    fn offer_listeners(&self, admin: Option<&AdminServer>) -> Result<(), ServerError> {
+        let mut listeners = vec![(
+            handover::Role::Client,
+            self.listener
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(ServerError::Duplicate)?,
+        )];
+        if let Some(admin) = admin {
+            let fd = admin.listener_fd().map_err(ServerError::Duplicate)?;
+            listeners.push((handover::Role::Admin, fd));
+        }
+        self.upgrade.offer(listeners);
         Ok(())
     }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::sync::futures::Notified;
 
-use super::conn::Shutdown;
+use super::shutdown::Shutdown;
 use crate::deadline::Deadline;
 use crate::http1::ReadSide;
 use crate::proxy::HeaderRefusal;
@@ -269,8 +269,8 @@ impl HeaderFailure {
 
 /// Reads the header that must start the connection, within `limit` (`timeouts.client_header`:
 /// a slow or silent sender is closed like a slow request head). On success the header is gone
-/// from `reader.buf` and whatever followed it is still there. A shutdown ends the wait: nothing
-/// has been asked of alb yet.
+/// from `reader.buf` and whatever followed it is still there. A shutdown ends the wait (nothing
+/// has been asked of alb yet), except on a handover's last call.
 pub(super) async fn read_header(
     reader: &mut ReadSide,
     timer: &mut Deadline,
@@ -292,7 +292,11 @@ pub(super) async fn read_header(
                 Poll::Pending => break,
             }
         }
-        if shutdown.is_started() || stopping.as_mut().poll(cx).is_ready() {
+        // On a last call the header still has its own time limit: the request behind it is
+        // served, as on any connection a handover leaves behind.
+        if (shutdown.is_started() || stopping.as_mut().poll(cx).is_ready())
+            && shutdown.last_call().is_none()
+        {
             return Poll::Ready(Err(HeaderFailure::Stopping));
         }
         if timer.poll_passed(cx) {
