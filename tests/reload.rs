@@ -4,84 +4,13 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::binary::AlbProcess;
 use common::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 const TOKEN: &str = "reload-token-0123456789";
-
-/// The binary, its stderr lines as they come, and a kill on drop.
-struct Alb {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Alb {
-    fn start(config: &PathBuf) -> Alb {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_alb"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info,alb::access=off")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start alb");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let mut reader = BufReader::new(child.stderr.take().unwrap()).lines();
-        let sink = lines.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = reader.next_line().await {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Alb { child, lines }
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-
-    /// Waits for the n-th line containing `needle`; returns that line.
-    async fn wait_line(&self, needle: &str, n: usize) -> String {
-        wait_until(Duration::from_secs(10), || self.count(needle) >= n)
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "no {n}th line with {needle:?}:\n{}",
-                    self.lines.lock().unwrap().join("\n")
-                )
-            });
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .nth(n - 1)
-            .cloned()
-            .unwrap()
-    }
-
-    fn signal(&self, name: &str) {
-        let pid = self.child.id().expect("running").to_string();
-        let status = std::process::Command::new("kill")
-            .args([name, &pid])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
 
 fn address_after(line: &str, marker: &str) -> String {
     let rest = &line[line.find(marker).unwrap() + marker.len()..];
@@ -116,13 +45,15 @@ async fn reloads_under_load_drop_no_request() {
     let dir = TempDir::new("reload");
     let path = dir.0.join("alb.toml");
     std::fs::write(&path, config(&[(&a, 1), (&b, 1)], "least_conn")).unwrap();
-    let alb = Alb::start(&path);
+    let alb = AlbProcess::run(&path);
     let addr = address_after(
-        &alb.wait_line("alb listening on", 1).await,
+        &alb.wait_line("alb listening on", 1, Duration::from_secs(10))
+            .await,
         "alb listening on ",
     );
     let admin = address_after(
-        &alb.wait_line("admin listening on", 1).await,
+        &alb.wait_line("admin listening on", 1, Duration::from_secs(10))
+            .await,
         "admin listening on ",
     );
 
@@ -131,8 +62,9 @@ async fn reloads_under_load_drop_no_request() {
     load.progress(1000).await;
     // 1. SIGHUP: add c.
     std::fs::write(&path, config(&[(&a, 1), (&b, 1), (&c, 1)], "least_conn")).unwrap();
-    alb.signal("-HUP");
-    alb.wait_line("configuration applied", 1).await;
+    AlbProcess::signal(alb.pid, "-HUP");
+    alb.wait_line("configuration applied", 1, Duration::from_secs(10))
+        .await;
     load.progress(1000).await;
     assert!(c.hits() > 0, "the added backend serves");
 
@@ -144,22 +76,27 @@ async fn reloads_under_load_drop_no_request() {
         .unwrap();
     let (status, _, body) = send(&client(), request).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    alb.wait_line("configuration applied", 2).await;
+    alb.wait_line("configuration applied", 2, Duration::from_secs(10))
+        .await;
     load.progress(1000).await;
 
     // 3. An invalid file is refused and the running configuration keeps serving.
     std::fs::write(&path, "backends = []\nalgorithm = \"fastest\"\n").unwrap();
-    alb.signal("-HUP");
-    alb.wait_line("reload refused", 1).await;
+    AlbProcess::signal(alb.pid, "-HUP");
+    alb.wait_line("reload refused", 1, Duration::from_secs(10))
+        .await;
     // The problems follow on their own lines, each naming its key.
-    alb.wait_line("algorithm: unknown algorithm", 1).await;
-    alb.wait_line("backends: no backends", 1).await;
+    alb.wait_line("algorithm: unknown algorithm", 1, Duration::from_secs(10))
+        .await;
+    alb.wait_line("backends: no backends", 1, Duration::from_secs(10))
+        .await;
     load.progress(1000).await;
 
     // 4. SIGHUP: remove a.
     std::fs::write(&path, config(&[(&b, 1), (&c, 1)], "round_robin")).unwrap();
-    alb.signal("-HUP");
-    alb.wait_line("configuration applied", 3).await;
+    AlbProcess::signal(alb.pid, "-HUP");
+    alb.wait_line("configuration applied", 3, Duration::from_secs(10))
+        .await;
     load.progress(100).await;
     let a_hits = a.hits();
     load.progress(500).await;
@@ -176,12 +113,9 @@ async fn reloads_under_load_drop_no_request() {
         a_hits,
         "the removed backend got traffic after its removal"
     );
-    alb.signal("-TERM");
+    AlbProcess::signal(alb.pid, "-TERM");
     let mut alb = alb;
-    let status = tokio::time::timeout(Duration::from_secs(10), alb.child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = alb.exit_status(Duration::from_secs(10)).await;
     assert!(status.success());
     for backend in [a, b, c] {
         backend.stop().await;

@@ -5,80 +5,18 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Stdio;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::binary::AlbProcess;
 use common::*;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 /// Every wait on the processes is bounded by this.
 const WAIT: Duration = Duration::from_secs(40);
-
-/// The binary as started by the test, its stderr lines (and those of the process that replaces
-/// it, which inherits that stderr), and a kill on drop.
-struct Alb {
-    child: Child,
-    pid: u32,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Alb {
-    fn start(config: &Path) -> Alb {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_alb"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info,alb::access=off")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start alb");
-        let pid = child.id().expect("a pid");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let mut reader = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
-        let sink = lines.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = reader.next_line().await {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Alb { child, pid, lines }
-    }
-
-    fn log(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    fn lines_with(&self, needle: &str) -> Vec<String> {
-        let lines = self.lines.lock().unwrap();
-        lines
-            .iter()
-            .filter(|l| l.contains(needle))
-            .cloned()
-            .collect()
-    }
-
-    /// Waits for the first line containing `needle`.
-    async fn wait_line(&self, needle: &str) -> String {
-        wait_until(WAIT, || !self.lines_with(needle).is_empty())
-            .await
-            .unwrap_or_else(|_| panic!("no line with {needle:?}:\n{}", self.log()));
-        self.lines_with(needle).remove(0)
-    }
-
-    async fn exit_status(&mut self) -> std::process::ExitStatus {
-        match tokio::time::timeout(WAIT, self.child.wait()).await {
-            Ok(status) => status.expect("wait for alb"),
-            Err(_) => panic!("alb did not exit within {WAIT:?}:\n{}", self.log()),
-        }
-    }
-}
 
 /// The process an upgrade started: not a child of the test, so stopped by pid.
 struct Replacement(u32);
@@ -98,7 +36,7 @@ impl Replacement {
 
     /// SIGTERM, then waits until it is gone.
     async fn stop(&self) {
-        signal(self.0, "-TERM");
+        AlbProcess::signal(self.0, "-TERM");
         wait_until(WAIT, || !self.running())
             .await
             .expect("the new alb exits on SIGTERM");
@@ -108,17 +46,9 @@ impl Replacement {
 impl Drop for Replacement {
     fn drop(&mut self) {
         if self.running() {
-            signal(self.0, "-KILL");
+            AlbProcess::signal(self.0, "-KILL");
         }
     }
-}
-
-fn signal(pid: u32, name: &str) {
-    let status = std::process::Command::new("kill")
-        .args([name, &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill {name} {pid}");
 }
 
 /// The word after `marker` in `line`, without a URL scheme.
@@ -259,23 +189,25 @@ async fn sigusr2_hands_the_listeners_over_without_a_refused_connection() {
     let backend = TestBackend::start("b").await;
     let dir = TempDir::new("upgrade");
     let path = dir.write("alb.toml", &config(&backend));
-    let mut old = Alb::start(&path);
+    let mut old = AlbProcess::run(&path);
     let addr = word_after(
-        &old.wait_line("alb listening on").await,
+        &old.wait_line("alb listening on", 1, WAIT).await,
         "alb listening on ",
     );
     let admin = word_after(
-        &old.wait_line("admin listening on").await,
+        &old.wait_line("admin listening on", 1, WAIT).await,
         "admin listening on ",
     );
 
     let load = Load::start(&addr);
     load.progress(1000).await;
-    signal(old.pid, "-USR2");
-    let serving = old.wait_line("upgrade: serving on the listeners").await;
+    AlbProcess::signal(old.pid, "-USR2");
+    let serving = old
+        .wait_line("upgrade: serving on the listeners", 1, WAIT)
+        .await;
     let new = Replacement(word_after(&serving, "this is pid ").parse().expect("a pid"));
     assert_ne!(new.0, old.pid, "{serving}");
-    let old_exit = old.exit_status().await;
+    let old_exit = old.exit_status(WAIT).await;
     assert!(old_exit.success(), "old alb: {old_exit}\n{}", old.log());
     assert!(new.running(), "the new alb runs on");
     // Only the new process is left: whatever is answered now, it answered.
@@ -309,23 +241,23 @@ async fn a_new_process_with_an_invalid_config_leaves_the_old_one_serving() {
     let backend = TestBackend::start("b").await;
     let dir = TempDir::new("upgrade-invalid");
     let path = dir.write("alb.toml", &config(&backend));
-    let mut old = Alb::start(&path);
+    let mut old = AlbProcess::run(&path);
     let addr = word_after(
-        &old.wait_line("alb listening on").await,
+        &old.wait_line("alb listening on", 1, WAIT).await,
         "alb listening on ",
     );
 
     let load = Load::start(&addr);
     load.progress(200).await;
     dir.write("alb.toml", "backends = []\nalgorithm = \"fastest\"\n");
-    signal(old.pid, "-USR2");
-    let failed = old.wait_line("upgrade failed").await;
+    AlbProcess::signal(old.pid, "-USR2");
+    let failed = old.wait_line("upgrade failed", 1, WAIT).await;
     assert!(
         failed.contains("exited before taking the listeners") && failed.contains("exit status: 1"),
         "{failed}"
     );
     // The new process said why, in the same log.
-    old.wait_line("algorithm: unknown algorithm").await;
+    old.wait_line("algorithm: unknown algorithm", 1, WAIT).await;
     load.progress(1000).await;
     assert!(
         old.child.try_wait().expect("try_wait").is_none(),
@@ -337,8 +269,8 @@ async fn a_new_process_with_an_invalid_config_leaves_the_old_one_serving() {
          new connection per request: {fresh_sent} requests, {fresh_failed} failed, {refused} refused"
     );
     assert_eq!(kept_failed + fresh_failed + refused, 0);
-    signal(old.pid, "-TERM");
-    let status = old.exit_status().await;
+    AlbProcess::signal(old.pid, "-TERM");
+    let status = old.exit_status(WAIT).await;
     assert!(status.success(), "old alb: {status}");
     backend.stop().await;
 }
