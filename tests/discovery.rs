@@ -170,3 +170,33 @@ async fn a_name_never_resolved_is_still_one_backend_resolved_per_connection() {
     balancer.stop().await;
     backend.stop().await;
 }
+
+#[tokio::test]
+async fn a_silent_name_does_not_hold_up_the_others() {
+    let backend = TestBackend::start("b").await;
+    let port = backend.addr.port();
+    let dns = TestDns::start().await;
+    // Sorted first, and never answered: each lookup waits out the resolver's timeout (2 s, twice).
+    dns.silence("a-silent.alb.test");
+    dns.set(NAME, &[Ipv4Addr::LOCALHOST], 30);
+    let started = Instant::now();
+    let balancer = TestBalancer::start(&format!(
+        "backends = [\"http://a-silent.alb.test:{port}\", \"http://{NAME}:{port}\"]\n\
+         [discovery]\nnameservers = [\"{}\"]\n",
+        dns.addr
+    ))
+    .await;
+    let resolved = format!("http://127.0.0.1:{port}");
+    wait_until(Duration::from_secs(10), || {
+        urls(&balancer).contains(&resolved)
+    })
+    .await
+    .expect("the answered name is resolved");
+    let took = started.elapsed();
+    println!("resolved beside a silent name after {took:?}");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    // The silent one stays as written, resolved per connection.
+    assert!(urls(&balancer).contains(&format!("http://a-silent.alb.test:{port}")));
+    balancer.stop().await;
+    backend.stop().await;
+}

@@ -129,7 +129,8 @@ impl Proxy {
     }
 
     /// Resolves every backend name once (so that the first requests already spread over all
-    /// addresses), then keeps them resolved in a background task. None if no resolver could be
+    /// addresses; a name that has not answered within [`LOOKUP_TIMEOUT`] is not waited for, it
+    /// is applied when it answers), then keeps them resolved in a background task. None if no resolver could be
     /// set up: names are then resolved on each new connection, as before, and a warning says so.
     pub async fn start_discovery(self: &Arc<Self>) -> Option<DiscoveryTask> {
         let config = self.snapshot().config().discovery.clone();
@@ -142,10 +143,12 @@ impl Proxy {
                 return None;
             }
         };
-        let mut schedule = HashMap::new();
-        self.discover_due(&resolver, &mut schedule).await;
+        let (first_round, first_round_done) = tokio::sync::oneshot::channel();
         let proxy = self.clone();
-        Some(DiscoveryTask(tokio::spawn(async move {
+        let task = tokio::spawn(async move {
+            let mut schedule = HashMap::new();
+            proxy.discover_due(&resolver, &mut schedule).await;
+            let _ = first_round.send(());
             loop {
                 let notified = proxy.rediscover.notified();
                 let next = schedule.values().map(|s: &Schedule| s.at).min();
@@ -160,7 +163,9 @@ impl Proxy {
                 }
                 proxy.discover_due(&resolver, &mut schedule).await;
             }
-        })))
+        });
+        let _ = tokio::time::timeout(LOOKUP_TIMEOUT, first_round_done).await;
+        Some(DiscoveryTask(task))
     }
 
     /// One round: resolves the names that are due (new ones at once), forgets names no longer
@@ -175,45 +180,56 @@ impl Proxy {
         let bounds = (config.discovery.min_interval, config.discovery.max_interval);
         let names = names_in(&config.backends);
         schedule.retain(|name, _| names.contains(name));
-        let mut changed = false;
-        for name in &names {
-            let now = Instant::now();
+        // The due names are looked up at once: one that times out does not hold up the others
+        // (nor, at start, the first request by the sum of every timeout).
+        let now = Instant::now();
+        let due: Vec<String> = names
+            .iter()
+            .filter(|name| schedule.get(*name).is_none_or(|s| s.at <= now))
+            .cloned()
+            .collect();
+        // The resolver's cache would answer from the first lookup for the whole TTL; this
+        // schedule is the cache, and it asks again sooner than the TTL when `max_interval` says so.
+        resolver.clear_cache();
+        let mut lookups = tokio::task::JoinSet::new();
+        for name in due {
+            let resolver = resolver.clone();
+            lookups.spawn(async move {
+                let answer = lookup(&resolver, &name).await;
+                (name, answer)
+            });
+        }
+        // Each answer is applied as it arrives.
+        while let Some(done) = lookups.join_next().await {
+            let Ok((name, answer)) = done else { continue };
             let due = schedule.entry(name.clone()).or_insert(Schedule {
                 at: now,
                 failures: 0,
             });
-            if due.at <= now {
-                changed |= self.resolve(resolver, name, due, bounds).await;
+            if self.record(&name, answer, due, bounds) {
+                self.apply_discovered();
             }
         }
-        {
+        let forgotten = {
             let mut discovered = crate::control::lock(&self.discovered);
             let before = discovered.names.len();
             discovered.names.retain(|name, _| names.contains(name));
-            changed |= discovered.names.len() != before;
-        }
-        if changed {
+            discovered.names.len() != before
+        };
+        if forgotten {
             self.apply_discovered();
         }
     }
 
-    /// Resolves `name` once and records the answer; true if its addresses changed.
-    async fn resolve(
+    /// Records the answer of a lookup of `name` and when to ask again; true if its addresses
+    /// changed.
+    fn record(
         &self,
-        resolver: &TokioResolver,
         name: &str,
+        answer: Result<(Vec<IpAddr>, Instant), String>,
         due: &mut Schedule,
         (min, max): (Duration, Duration),
     ) -> bool {
-        // The resolver's cache would answer from the first lookup for the whole TTL; this loop
-        // is the cache, and it asks again sooner than the TTL when `max_interval` says so.
-        resolver.clear_cache();
-        let answer = resolver.lookup_ip(name).await.map(|lookup| {
-            let mut addrs: Vec<IpAddr> = lookup.iter().collect();
-            addrs.sort();
-            addrs.dedup();
-            (addrs, lookup.valid_until())
-        });
         let now = Instant::now();
         let mut discovered = crate::control::lock(&self.discovered);
         let record = discovered.names.entry(name.to_string()).or_default();
@@ -239,7 +255,7 @@ impl Proxy {
                 due.at = now + backoff.min(max);
                 if due.failures == 1 {
                     let why = match failed {
-                        Err(e) => e.to_string(),
+                        Err(e) => e,
                         Ok(_) => "no addresses".to_string(),
                     };
                     tracing::warn!(
@@ -252,6 +268,15 @@ impl Proxy {
             }
         }
     }
+}
+
+/// One lookup of `name`: its addresses, sorted, and until when the answer is valid.
+async fn lookup(resolver: &TokioResolver, name: &str) -> Result<(Vec<IpAddr>, Instant), String> {
+    let lookup = resolver.lookup_ip(name).await.map_err(|e| e.to_string())?;
+    let mut addrs: Vec<IpAddr> = lookup.iter().collect();
+    addrs.sort();
+    addrs.dedup();
+    Ok((addrs, lookup.valid_until()))
 }
 
 /// The system's resolver (`/etc/resolv.conf`, `/etc/hosts`), or one asking the configured

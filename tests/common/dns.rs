@@ -15,6 +15,9 @@ const TYPE_A: u16 = 1;
 /// What a name answers: addresses with a TTL, or NXDOMAIN (None).
 type Zone = HashMap<String, Option<(Vec<Ipv4Addr>, u32)>>;
 
+/// Names whose queries get no reply at all (a server that went silent).
+const SILENT_TTL: u32 = u32::MAX;
+
 pub struct TestDns {
     pub addr: SocketAddr,
     zone: Arc<Mutex<Zone>>,
@@ -43,6 +46,11 @@ impl TestDns {
             .lock()
             .unwrap()
             .insert(name.to_ascii_lowercase(), Some((addrs.to_vec(), ttl)));
+    }
+
+    /// Queries for `name` get no reply.
+    pub fn silence(&self, name: &str) {
+        self.set(name, &[], SILENT_TTL);
     }
 
     /// `name` answers NXDOMAIN.
@@ -99,6 +107,9 @@ fn answer(query: &[u8], zone: &Mutex<Zone>, queries: &AtomicU64) -> Option<Vec<u
     let question = query.get(12..question_end)?;
     let name = labels.join(".");
     let entry = zone.lock().unwrap().get(&name).cloned();
+    if matches!(&entry, Some(Some((_, SILENT_TTL)))) {
+        return None;
+    }
     let (rcode, records): (u8, Vec<Ipv4Addr>) = match (&entry, qtype) {
         (None, _) | (Some(None), _) => (3, Vec::new()),
         (Some(Some((addrs, _))), TYPE_A) => (0, addrs.clone()),
