@@ -200,3 +200,27 @@ async fn a_silent_name_does_not_hold_up_the_others() {
     balancer.stop().await;
     backend.stop().await;
 }
+
+#[tokio::test]
+async fn a_name_brings_at_most_256_backends() {
+    let dns = TestDns::start().await;
+    let many: Vec<Ipv4Addr> = (0..300u32)
+        .map(|i| Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250 + 1) as u8))
+        .collect();
+    dns.set(NAME, &many, 30);
+    let balancer = TestBalancer::start(&format!(
+        "backends = [\"http://{NAME}:9\"]\n[discovery]\nnameservers = [\"{}\"]\n",
+        dns.addr
+    ))
+    .await;
+    wait_until(Duration::from_secs(10), || {
+        balancer.proxy.backends().len() > 1
+    })
+    .await
+    .expect("resolved");
+    assert_eq!(
+        balancer.proxy.backends().len(),
+        alb::control::MAX_ADDRESSES_PER_NAME
+    );
+    balancer.stop().await;
+}

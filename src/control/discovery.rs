@@ -23,6 +23,9 @@ use crate::proxy::Proxy;
 
 /// How long one lookup may take (per name server try).
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most addresses one name may bring (each a backend with its health check): whoever answers for
+/// the name must not be able to grow the pool without bound.
+pub const MAX_ADDRESSES_PER_NAME: usize = 256;
 
 /// What each name last resolved to, and how its lookups went (for the metrics).
 #[derive(Debug, Default)]
@@ -276,6 +279,14 @@ async fn lookup(resolver: &TokioResolver, name: &str) -> Result<(Vec<IpAddr>, In
     let mut addrs: Vec<IpAddr> = lookup.iter().collect();
     addrs.sort();
     addrs.dedup();
+    if addrs.len() > MAX_ADDRESSES_PER_NAME {
+        tracing::warn!(
+            name,
+            "backend name {name} resolves to {} addresses; only the first {MAX_ADDRESSES_PER_NAME} (in address order) are used",
+            addrs.len()
+        );
+        addrs.truncate(MAX_ADDRESSES_PER_NAME);
+    }
     Ok((addrs, lookup.valid_until()))
 }
 

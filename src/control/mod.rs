@@ -15,7 +15,7 @@ use crate::health::HealthChecker;
 use crate::proxy::{Proxy, Snapshot};
 use crate::upstream::AdminState;
 
-pub use discovery::{Discovered, DiscoveryTask, NameRecord};
+pub use discovery::{Discovered, DiscoveryTask, MAX_ADDRESSES_PER_NAME, NameRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeError {

@@ -1,13 +1,15 @@
-//! A tiny authoritative DNS server on 127.0.0.1 (UDP, port 0) for discovery tests, written from
-//! RFC 1035 §4 rather than with the resolver's own crates: A queries for a name get the addresses
-//! the test set (or NXDOMAIN), everything else an empty answer. It counts the queries it saw.
+//! A tiny authoritative DNS server on 127.0.0.1 (UDP and TCP on one free port) for discovery
+//! tests, written from RFC 1035 §4 rather than with the resolver's own crates: A queries for a
+//! name get the addresses the test set (or NXDOMAIN), everything else an empty answer. An answer
+//! too long for UDP (512 bytes) is sent truncated (TC), and whole over TCP. It counts A queries.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 
 const TYPE_A: u16 = 1;
@@ -23,20 +25,29 @@ pub struct TestDns {
     zone: Arc<Mutex<Zone>>,
     queries: Arc<AtomicU64>,
     task: JoinHandle<()>,
+    tcp_task: JoinHandle<()>,
 }
 
 impl TestDns {
     pub async fn start() -> TestDns {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind dns");
+        // A UDP port whose TCP twin is free too.
+        let (socket, tcp) = loop {
+            let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind dns");
+            if let Ok(tcp) = TcpListener::bind(socket.local_addr().unwrap()).await {
+                break (socket, tcp);
+            }
+        };
         let addr = socket.local_addr().unwrap();
         let zone = Arc::new(Mutex::new(Zone::new()));
         let queries = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(serve(socket, zone.clone(), queries.clone()));
+        let tcp_task = tokio::spawn(serve_tcp(tcp, zone.clone(), queries.clone()));
         TestDns {
             addr,
             zone,
             queries,
             task,
+            tcp_task,
         }
     }
 
@@ -70,6 +81,7 @@ impl TestDns {
 impl Drop for TestDns {
     fn drop(&mut self) {
         self.task.abort();
+        self.tcp_task.abort();
     }
 }
 
@@ -79,14 +91,51 @@ async fn serve(socket: UdpSocket, zone: Arc<Mutex<Zone>>, queries: Arc<AtomicU64
         let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
             continue;
         };
-        if let Some(reply) = answer(&buf[..n], &zone, &queries) {
+        if let Some((mut reply, question_end)) = answer(&buf[..n], &zone, &queries) {
+            if reply.len() > 512 {
+                // Header and question only, TC set: the client asks again over TCP.
+                reply.truncate(question_end);
+                reply[2] |= 0x02;
+                reply[6..8].copy_from_slice(&[0, 0]);
+            }
             let _ = socket.send_to(&reply, peer).await;
         }
     }
 }
 
-/// The reply to one query message, or None for what is not a query with one question.
-fn answer(query: &[u8], zone: &Mutex<Zone>, queries: &AtomicU64) -> Option<Vec<u8>> {
+/// DNS over TCP: each message behind its two-byte length (RFC 1035 §4.2.2).
+async fn serve_tcp(listener: TcpListener, zone: Arc<Mutex<Zone>>, queries: Arc<AtomicU64>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (zone, queries) = (zone.clone(), queries.clone());
+        tokio::spawn(async move {
+            loop {
+                let mut len = [0u8; 2];
+                if stream.read_exact(&mut len).await.is_err() {
+                    return;
+                }
+                let mut query = vec![0u8; u16::from_be_bytes(len) as usize];
+                if stream.read_exact(&mut query).await.is_err() {
+                    return;
+                }
+                let Some((reply, _)) = answer(&query, &zone, &queries) else {
+                    return;
+                };
+                let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
+                framed.extend_from_slice(&reply);
+                if stream.write_all(&framed).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// The reply to one query message and where its question ends, or None for what is not a query
+/// with one question.
+fn answer(query: &[u8], zone: &Mutex<Zone>, queries: &AtomicU64) -> Option<(Vec<u8>, usize)> {
     if query.len() < 12 || query[2] & 0x80 != 0 || u16::from_be_bytes([query[4], query[5]]) != 1 {
         return None;
     }
@@ -136,5 +185,5 @@ fn answer(query: &[u8], zone: &Mutex<Zone>, queries: &AtomicU64) -> Option<Vec<u
         reply.extend_from_slice(&4u16.to_be_bytes());
         reply.extend_from_slice(&ip.octets());
     }
-    Some(reply)
+    Some((reply, question_end))
 }
