@@ -199,6 +199,17 @@ async fn a_backend_killed_and_revived_under_load_fails_no_request() {
         wait_until(Duration::from_secs(10), || back.is_available())
             .await
             .expect("a back in rotation");
+        // What the balancer sees, printed (shown when the test fails) before the wait.
+        for b in lb.proxy.backends() {
+            println!(
+                "{}: in flight {}, available {}, healthy {}, ejected {}",
+                b.url(),
+                b.in_flight(),
+                b.is_available(),
+                b.is_healthy(),
+                b.is_ejected()
+            );
+        }
         load.progress(1_000).await;
     }
     let (sent, failed) = load.finish().await;

@@ -61,9 +61,17 @@ impl SteadyLoad {
     /// Waits until `n` more requests have been sent.
     pub async fn progress(&self, n: u64) {
         let target = self.sent() + n;
-        wait_until(Duration::from_secs(20), || self.sent() >= target)
+        let before = self.sent();
+        if wait_until(Duration::from_secs(20), || self.sent() >= target)
             .await
-            .expect("load keeps flowing");
+            .is_err()
+        {
+            panic!(
+                "load stalled: {} of {n} more requests in 20 s ({} failed so far)",
+                self.sent() - before,
+                self.failed()
+            );
+        }
     }
 
     /// Stops the clients and waits for them; returns (sent, failed).
