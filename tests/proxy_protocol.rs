@@ -15,11 +15,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use alb::proxy::HeaderRefusal;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
 
+use common::binary::LoggedProcess;
 use common::*;
 
 /// Longest wait for anything a test expects to happen; far above the usual.
@@ -346,92 +345,8 @@ fn haproxy() -> Option<PathBuf> {
     }
 }
 
-/// A child process killed and reaped on drop; its stderr lines go to a channel.
-struct Guard {
-    name: &'static str,
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    log: Vec<String>,
-}
-
-impl Guard {
-    fn spawn(name: &'static str, program: &Path, args: &[&str]) -> Guard {
-        let mut child = Command::new(program)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, lines) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Guard {
-            name,
-            child,
-            lines,
-            log: Vec::new(),
-        }
-    }
-
-    /// Reads stderr until a line satisfies `wanted`; panics at EOF or after [`PATIENCE`].
-    async fn wait_line(&mut self, wanted: impl Fn(&str) -> bool) -> String {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
-                Ok(Some(line)) => {
-                    self.log.push(line.clone());
-                    if wanted(&line) {
-                        return line;
-                    }
-                }
-                Ok(None) => panic!("{} closed stderr before the expected line", self.name),
-                Err(_) => panic!("no expected line from {} within {PATIENCE:?}", self.name),
-            }
-        }
-    }
-
-    /// Kills the process and waits for it.
-    async fn stop(&mut self) {
-        let _ = self.child.kill().await;
-    }
-
-    /// Panics (with what it printed) if the process has exited.
-    fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            while let Ok(line) = self.lines.try_recv() {
-                self.log.push(line);
-            }
-            panic!("{} exited ({status}): {:#?}", self.name, self.log);
-        }
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-        // Reaped here so that no zombie outlives the test.
-        let _ = self.child.try_wait();
-        if std::thread::panicking() {
-            eprintln!("--- stderr of {} ---", self.name);
-            for line in &self.log {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
-
 /// `alb run` behind which `backend` serves, requiring a header from 127.0.0.1 only.
-async fn alb_binary(dir: &TempDir, backend: &TestBackend) -> (Guard, SocketAddr) {
+async fn alb_binary(dir: &TempDir, backend: &TestBackend) -> (LoggedProcess, SocketAddr) {
     let config = dir.write(
         "alb.toml",
         &format!(
@@ -440,12 +355,14 @@ async fn alb_binary(dir: &TempDir, backend: &TestBackend) -> (Guard, SocketAddr)
             backends_line(&[backend])
         ),
     );
-    let mut alb = Guard::spawn(
+    // The access log on: the test reads the client address there.
+    let alb = LoggedProcess::spawn(
         "alb",
         Path::new(ALB),
         &["run", "--config", config.to_str().unwrap()],
+        "info",
     );
-    let line = alb.wait_line(|l| l.contains("alb listening on ")).await;
+    let line = alb.wait_line("alb listening on ", 1, PATIENCE).await;
     let rest = &line[line.find("alb listening on ").unwrap() + "alb listening on ".len()..];
     let end = rest.find([' ', '"']).unwrap_or(rest.len());
     let addr = rest[..end].parse().expect("listening address");
@@ -459,7 +376,7 @@ fn start_haproxy(
     program: &Path,
     alb: SocketAddr,
     send: &str,
-) -> (Guard, SocketAddr) {
+) -> (LoggedProcess, SocketAddr) {
     // Port 0 chooses a free port; it is released for haproxy to bind a moment later.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -475,13 +392,18 @@ fn start_haproxy(
              backend be\n    server s1 {alb} {send}\n"
         ),
     );
-    let guard = Guard::spawn("haproxy", program, &["-f", config.to_str().unwrap(), "-db"]);
-    (guard, addr)
+    let haproxy = LoggedProcess::spawn(
+        "haproxy",
+        program,
+        &["-f", config.to_str().unwrap(), "-db"],
+        "info",
+    );
+    (haproxy, addr)
 }
 
 /// Connects from 127.0.0.2 to `addr` once haproxy listens there. Haproxy prints nothing when
 /// ready, so the connect is retried while refused (checking that haproxy still runs).
-async fn connect_from_127_0_0_2(haproxy: &mut Guard, addr: SocketAddr) -> TcpStream {
+async fn connect_from_127_0_0_2(haproxy: &mut LoggedProcess, addr: SocketAddr) -> TcpStream {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let socket = TcpSocket::new_v4().unwrap();
@@ -517,14 +439,18 @@ async fn through_haproxy(send: &str) {
     // Haproxy reaches alb from 127.0.0.1; the client was 127.0.0.2, port and all.
     assert_eq!(forwarded_for(&backend), "127.0.0.2");
     let access = alb
-        .wait_line(|l| l.contains("alb::access") && l.contains("GET /who 200"))
+        .wait_where(
+            |l| l.contains("alb::access") && l.contains("GET /who 200"),
+            1,
+            PATIENCE,
+        )
         .await;
     assert!(
         access.contains(&format!("client={client}")),
         "access log without client {client}: {access}"
     );
-    haproxy.stop().await;
-    alb.stop().await;
+    haproxy.kill().await;
+    alb.kill().await;
 }
 
 #[tokio::test]

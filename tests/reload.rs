@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::binary::AlbProcess;
+use common::binary::LoggedProcess;
 use common::*;
 
 const TOKEN: &str = "reload-token-0123456789";
@@ -45,7 +45,7 @@ async fn reloads_under_load_drop_no_request() {
     let dir = TempDir::new("reload");
     let path = dir.0.join("alb.toml");
     std::fs::write(&path, config(&[(&a, 1), (&b, 1)], "least_conn")).unwrap();
-    let alb = AlbProcess::run(&path);
+    let alb = LoggedProcess::alb(&path);
     let addr = address_after(
         &alb.wait_line("alb listening on", 1, Duration::from_secs(10))
             .await,
@@ -62,7 +62,7 @@ async fn reloads_under_load_drop_no_request() {
     load.progress(1000).await;
     // 1. SIGHUP: add c.
     std::fs::write(&path, config(&[(&a, 1), (&b, 1), (&c, 1)], "least_conn")).unwrap();
-    AlbProcess::signal(alb.pid, "-HUP");
+    LoggedProcess::signal(alb.pid, "-HUP");
     alb.wait_line("configuration applied", 1, Duration::from_secs(10))
         .await;
     load.progress(1000).await;
@@ -82,7 +82,7 @@ async fn reloads_under_load_drop_no_request() {
 
     // 3. An invalid file is refused and the running configuration keeps serving.
     std::fs::write(&path, "backends = []\nalgorithm = \"fastest\"\n").unwrap();
-    AlbProcess::signal(alb.pid, "-HUP");
+    LoggedProcess::signal(alb.pid, "-HUP");
     alb.wait_line("reload refused", 1, Duration::from_secs(10))
         .await;
     // The problems follow on their own lines, each naming its key.
@@ -94,7 +94,7 @@ async fn reloads_under_load_drop_no_request() {
 
     // 4. SIGHUP: remove a.
     std::fs::write(&path, config(&[(&b, 1), (&c, 1)], "round_robin")).unwrap();
-    AlbProcess::signal(alb.pid, "-HUP");
+    LoggedProcess::signal(alb.pid, "-HUP");
     alb.wait_line("configuration applied", 3, Duration::from_secs(10))
         .await;
     load.progress(100).await;
@@ -113,7 +113,7 @@ async fn reloads_under_load_drop_no_request() {
         a_hits,
         "the removed backend got traffic after its removal"
     );
-    AlbProcess::signal(alb.pid, "-TERM");
+    LoggedProcess::signal(alb.pid, "-TERM");
     let mut alb = alb;
     let status = alb.exit_status(Duration::from_secs(10)).await;
     assert!(status.success());

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::binary::AlbProcess;
+use common::binary::LoggedProcess;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -36,7 +36,7 @@ impl Replacement {
 
     /// SIGTERM, then waits until it is gone.
     async fn stop(&self) {
-        AlbProcess::signal(self.0, "-TERM");
+        LoggedProcess::signal(self.0, "-TERM");
         wait_until(WAIT, || !self.running())
             .await
             .expect("the new alb exits on SIGTERM");
@@ -46,7 +46,7 @@ impl Replacement {
 impl Drop for Replacement {
     fn drop(&mut self) {
         if self.running() {
-            AlbProcess::signal(self.0, "-KILL");
+            LoggedProcess::signal(self.0, "-KILL");
         }
     }
 }
@@ -189,7 +189,7 @@ async fn sigusr2_hands_the_listeners_over_without_a_refused_connection() {
     let backend = TestBackend::start("b").await;
     let dir = TempDir::new("upgrade");
     let path = dir.write("alb.toml", &config(&backend));
-    let mut old = AlbProcess::run(&path);
+    let mut old = LoggedProcess::alb(&path);
     let addr = word_after(
         &old.wait_line("alb listening on", 1, WAIT).await,
         "alb listening on ",
@@ -201,7 +201,7 @@ async fn sigusr2_hands_the_listeners_over_without_a_refused_connection() {
 
     let load = Load::start(&addr);
     load.progress(1000).await;
-    AlbProcess::signal(old.pid, "-USR2");
+    LoggedProcess::signal(old.pid, "-USR2");
     let serving = old
         .wait_line("upgrade: serving on the listeners", 1, WAIT)
         .await;
@@ -241,7 +241,7 @@ async fn a_new_process_with_an_invalid_config_leaves_the_old_one_serving() {
     let backend = TestBackend::start("b").await;
     let dir = TempDir::new("upgrade-invalid");
     let path = dir.write("alb.toml", &config(&backend));
-    let mut old = AlbProcess::run(&path);
+    let mut old = LoggedProcess::alb(&path);
     let addr = word_after(
         &old.wait_line("alb listening on", 1, WAIT).await,
         "alb listening on ",
@@ -250,7 +250,7 @@ async fn a_new_process_with_an_invalid_config_leaves_the_old_one_serving() {
     let load = Load::start(&addr);
     load.progress(200).await;
     dir.write("alb.toml", "backends = []\nalgorithm = \"fastest\"\n");
-    AlbProcess::signal(old.pid, "-USR2");
+    LoggedProcess::signal(old.pid, "-USR2");
     let failed = old.wait_line("upgrade failed", 1, WAIT).await;
     assert!(
         failed.contains("exited before taking the listeners") && failed.contains("exit status: 1"),
@@ -269,7 +269,7 @@ async fn a_new_process_with_an_invalid_config_leaves_the_old_one_serving() {
          new connection per request: {fresh_sent} requests, {fresh_failed} failed, {refused} refused"
     );
     assert_eq!(kept_failed + fresh_failed + refused, 0);
-    AlbProcess::signal(old.pid, "-TERM");
+    LoggedProcess::signal(old.pid, "-TERM");
     let status = old.exit_status(WAIT).await;
     assert!(status.success(), "old alb: {status}");
     backend.stop().await;

@@ -1,5 +1,6 @@
-//! The real `alb` binary run by a test: `alb run --config FILE`, its stderr lines collected as they
-//! come (and those of any process it starts that inherits them), killed when dropped.
+//! A program run by a test (the real `alb` binary, or a peer such as HAProxy): its stderr lines
+//! collected as they come (and those of any process it starts that inherits them), killed when
+//! dropped, and what it printed shown when the test fails.
 
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
@@ -11,24 +12,36 @@ use tokio::process::{Child, Command};
 
 use super::wait_until;
 
-pub struct AlbProcess {
+pub struct LoggedProcess {
     pub child: Child,
     pub pid: u32,
+    name: String,
     lines: Arc<Mutex<Vec<String>>>,
 }
 
-impl AlbProcess {
+impl LoggedProcess {
     /// Starts `alb run --config config` with the access log off.
-    pub fn run(config: &Path) -> AlbProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_alb"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info,alb::access=off")
+    pub fn alb(config: &Path) -> LoggedProcess {
+        let config = config.to_str().expect("utf-8 path");
+        LoggedProcess::spawn(
+            "alb",
+            Path::new(env!("CARGO_BIN_EXE_alb")),
+            &["run", "--config", config],
+            "info,alb::access=off",
+        )
+    }
+
+    /// Starts `program args` with `RUST_LOG=rust_log`, stdout discarded.
+    pub fn spawn(name: &str, program: &Path, args: &[&str], rust_log: &str) -> LoggedProcess {
+        let mut child = Command::new(program)
+            .args(args)
+            .env("RUST_LOG", rust_log)
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .expect("start alb");
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
         let pid = child.id().expect("a pid");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let mut reader = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
@@ -38,7 +51,12 @@ impl AlbProcess {
                 sink.lock().unwrap().push(line);
             }
         });
-        AlbProcess { child, pid, lines }
+        LoggedProcess {
+            child,
+            pid,
+            name: name.to_string(),
+            lines,
+        }
     }
 
     /// Everything logged so far.
@@ -47,20 +65,48 @@ impl AlbProcess {
     }
 
     pub fn lines_with(&self, needle: &str) -> Vec<String> {
+        self.lines_where(|l| l.contains(needle))
+    }
+
+    fn lines_where(&self, wanted: impl Fn(&str) -> bool) -> Vec<String> {
         let lines = self.lines.lock().unwrap();
-        lines
-            .iter()
-            .filter(|l| l.contains(needle))
-            .cloned()
-            .collect()
+        lines.iter().filter(|l| wanted(l)).cloned().collect()
     }
 
     /// Waits (at most `within`) for the n-th line containing `needle` (n from 1); returns it.
     pub async fn wait_line(&self, needle: &str, n: usize, within: Duration) -> String {
-        wait_until(within, || self.lines_with(needle).len() >= n)
+        self.wait_where(|l| l.contains(needle), n, within).await
+    }
+
+    /// Waits (at most `within`) for the n-th line for which `wanted` holds; returns it.
+    pub async fn wait_where(
+        &self,
+        wanted: impl Fn(&str) -> bool,
+        n: usize,
+        within: Duration,
+    ) -> String {
+        wait_until(within, || self.lines_where(&wanted).len() >= n)
             .await
-            .unwrap_or_else(|_| panic!("no line {n} with {needle:?}:\n{}", self.log()));
-        self.lines_with(needle).swap_remove(n - 1)
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no line {n} as expected from {} within {within:?}:\n{}",
+                    self.name,
+                    self.log()
+                )
+            });
+        self.lines_where(&wanted).swap_remove(n - 1)
+    }
+
+    /// Panics, with what it printed, if the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("{} exited ({status}):\n{}", self.name, self.log());
+        }
+    }
+
+    /// Kills the process and waits for it.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
     }
 
     /// Sends a signal (`-HUP`, `-TERM`, ...) to `pid`.
@@ -74,8 +120,20 @@ impl AlbProcess {
 
     pub async fn exit_status(&mut self, within: Duration) -> ExitStatus {
         match tokio::time::timeout(within, self.child.wait()).await {
-            Ok(status) => status.expect("wait for alb"),
-            Err(_) => panic!("alb did not exit within {within:?}:\n{}", self.log()),
+            Ok(status) => status.expect("wait for the process"),
+            Err(_) => panic!(
+                "{} did not exit within {within:?}:\n{}",
+                self.name,
+                self.log()
+            ),
+        }
+    }
+}
+
+impl Drop for LoggedProcess {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- stderr of {} ---\n{}", self.name, self.log());
         }
     }
 }
