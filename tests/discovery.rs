@@ -224,3 +224,42 @@ async fn a_name_brings_at_most_256_backends() {
     );
     balancer.stop().await;
 }
+
+#[tokio::test]
+async fn a_name_brought_by_a_change_is_resolved_at_once() {
+    let backends = backends_on_one_port(2).await;
+    let port = backends[0].addr.port();
+    let dns = TestDns::start().await;
+    dns.set(NAME, &ips(2), 3600);
+    let text = |line: &str| {
+        format!(
+            "listen = \"127.0.0.1:0\"\n{line}\n[admin]\nlisten = \"off\"\n\
+             [discovery]\nnameservers = [\"{}\"]\n",
+            dns.addr
+        )
+    };
+    let balancer =
+        TestBalancer::start(&text(&format!("backends = [\"http://127.0.0.1:{port}\"]"))).await;
+    // Serving, so discovery has done its first round and waits.
+    let (status, _, _) = common::get(&common::client(), &balancer.url("/")).await;
+    assert_eq!(status, 200);
+    // A reload (here applied directly) that names a host nobody resolved yet.
+    let config = alb::Config::from_toml(
+        &text(&format!("backends = [\"http://{NAME}:{port}\"]")),
+        "test.toml",
+    )
+    .unwrap();
+    balancer.proxy.apply(&config);
+    wait_backends(&balancer, 2, Duration::from_secs(3)).await;
+    assert_eq!(
+        urls(&balancer),
+        vec![
+            format!("http://127.0.0.1:{port}"),
+            format!("http://127.0.0.2:{port}")
+        ]
+    );
+    balancer.stop().await;
+    for b in backends {
+        b.stop().await;
+    }
+}

@@ -49,26 +49,20 @@ impl Discovered {
         let mut seen = HashSet::new();
         let mut out = Vec::with_capacity(specs.len());
         for spec in specs {
-            let addrs = match &spec.addr {
-                BackendAddr::Name { host, .. } => self
+            let resolved = match &spec.addr {
+                BackendAddr::Name { host, port } => self
                     .names
                     .get(host)
-                    .map(|r| r.addrs.as_slice())
-                    .unwrap_or(&[]),
-                BackendAddr::Ip(_) => &[],
+                    .filter(|r| !r.addrs.is_empty())
+                    .map(|r| (&r.addrs, *port)),
+                BackendAddr::Ip(_) => None,
             };
-            let BackendAddr::Name { port, .. } = spec.addr else {
+            let Some((addrs, port)) = resolved else {
                 if seen.insert(spec.url.clone()) {
                     out.push(spec.clone());
                 }
                 continue;
             };
-            if addrs.is_empty() {
-                if seen.insert(spec.url.clone()) {
-                    out.push(spec.clone());
-                }
-                continue;
-            }
             for ip in addrs {
                 let addr = SocketAddr::new(*ip, port);
                 let url = format!("http://{addr}");

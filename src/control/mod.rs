@@ -84,9 +84,12 @@ impl Proxy {
         let backends = lock(&self.discovered).expand(&config.backends);
         let new = Snapshot::new(config, &backends, self.stats.clone(), old.backends());
         let report = diff(&old, &new);
+        let new_backends = config.backends != old.config().backends;
         self.snapshot.store(Arc::new(new));
-        // The config may name hosts discovery has not resolved yet.
-        self.rediscover.notify_one();
+        if new_backends {
+            // They may name hosts discovery has not resolved yet.
+            self.rediscover.notify_one();
+        }
         let running = lock(&self.health).is_some();
         if running {
             self.start_health();
