@@ -51,7 +51,7 @@ use tokio::time::Instant;
 
 use backend::{HEALTH_PATH, Recorded, RecordingBackend};
 use cases::{Case, Expect};
-use common::{TempDir, TestBalancer};
+use common::{TempDir, TestBalancer, wait_until};
 use wire::{Parsed, show};
 
 /// How long a hostile request waits for an answer.
@@ -186,6 +186,11 @@ async fn run(alb: SocketAddr, backend: &RecordingBackend, cases: &[Case]) -> Rep
     let mut ran = 0;
     let mut by_oracle = std::collections::BTreeMap::new();
     let mut by_family = std::collections::BTreeMap::new();
+    // alb probes its backend at start; a case cutting the probe's connection would have the
+    // backend marked DOWN, and the cases after it answered 503 (seen in CI).
+    wait_until(PATIENCE, || backend.probed())
+        .await
+        .expect("alb's first health probe answered");
     for case in cases {
         if started.elapsed() > BUDGET {
             break;

@@ -792,7 +792,7 @@ proptest! {
         }
         head.push_str("content-length: 0\r\n\r\n");
         let mut buf = bytes::BytesMut::from(head.as_str());
-        let parsed = parse_response_head(&mut buf, false).unwrap().unwrap();
+        let parsed = parse_response_head(&mut buf, false, None).unwrap().unwrap();
         let mut out = bytes::BytesMut::new();
         parsed.fields.write_to(&mut out);
         let passed: Vec<(String, String)> = String::from_utf8(out.to_vec())
@@ -923,14 +923,16 @@ proptest! {
         }
 
         // The encoder frames the body it sends (here none, a GET) and speaks for its own
-        // connection: no framing or Connection field of the client's reaches the backend.
-        for own in [http::header::CONTENT_LENGTH, http::header::TRANSFER_ENCODING, http::header::CONNECTION] {
+        // connection: no framing, Connection or Upgrade field of the client's reaches the
+        // backend (Upgrade is hop-by-hop too, RFC 9110 §7.6.1; an upgrade alb passes on is
+        // written by the encoder from what it decided, not copied).
+        for own in [http::header::CONTENT_LENGTH, http::header::TRANSFER_ENCODING, http::header::CONNECTION, http::header::UPGRADE] {
             prop_assert!(!after.contains_key(&own), "{} was copied: {:?}", own, after);
         }
 
         // Nothing else changes.
         let forwarded = [xff_name, xfp_name, xfh_name];
-        let own = [http::header::CONTENT_LENGTH, http::header::TRANSFER_ENCODING, http::header::CONNECTION];
+        let own = [http::header::CONTENT_LENGTH, http::header::TRANSFER_ENCODING, http::header::CONNECTION, http::header::UPGRADE];
         for name in original.keys().chain(after.keys()) {
             if !forwarded.contains(name) && !own.contains(name) {
                 prop_assert_eq!(values(&after, name), values(&original, name), "{} changed", name);
@@ -957,7 +959,7 @@ fn forwarded_upstream(headers: &HeaderMap, ip: &HeaderValue) -> HeaderMap {
     *request.headers_mut() = headers.clone();
     let (parts, ()) = request.into_parts();
     let backend = HeaderValue::from_static("backend.test:8080");
-    let head = encode_request_head(&parts, ip, BodyFraming::None);
+    let head = encode_request_head(&parts, ip, BodyFraming::None, None);
     let bytes = head.for_backend(&backend);
     let mut fields = [httparse::EMPTY_HEADER; 256];
     let mut parsed = httparse::Request::new(&mut fields);

@@ -202,6 +202,27 @@ impl Collector for ProxyCollector {
             "Response body bytes sent to clients",
             &[(vec![], stats.bytes_to_clients.load(Ordering::Relaxed))],
         )?;
+        gauge(
+            &mut encoder,
+            "tunnels_open",
+            "Upgraded connections (WebSocket) open",
+            &[(vec![], stats.tunnels_open.load(Ordering::Relaxed))],
+        )?;
+        counter(
+            &mut encoder,
+            "tunnel_bytes",
+            "Bytes carried by upgraded connections, by direction",
+            &[
+                (
+                    vec![("direction", "to_backend".to_string())],
+                    stats.tunnel_bytes_to_backends.load(Ordering::Relaxed),
+                ),
+                (
+                    vec![("direction", "to_client".to_string())],
+                    stats.tunnel_bytes_to_clients.load(Ordering::Relaxed),
+                ),
+            ],
+        )?;
         counter(
             &mut encoder,
             "reloads",

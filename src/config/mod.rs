@@ -218,8 +218,11 @@ pub struct Timeouts {
     /// Optional overall limit from a request's arrival to its response headers, retries
     /// included; 504 after.
     pub request: Option<Duration>,
-    /// How long a graceful shutdown waits for in-flight requests before closing what is left.
+    /// How long a graceful shutdown waits for in-flight requests before closing what is left;
+    /// also how long a tunnel to a backend that a reload removed may go on.
     pub drain: Duration,
+    /// Longest an upgraded connection (a WebSocket tunnel) may carry no byte either way.
+    pub tunnel_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -234,6 +237,7 @@ impl Default for Timeouts {
             write: Duration::from_secs(30),
             request: None,
             drain: Duration::from_secs(30),
+            tunnel_idle: Duration::from_secs(3600),
         }
     }
 }

@@ -78,6 +78,7 @@ pub struct RawTimeouts {
     pub write: Option<String>,
     pub request: Option<String>,
     pub drain: Option<String>,
+    pub tunnel_idle: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -111,6 +111,7 @@ pub(super) fn timeouts(raw: RawTimeouts, problems: &mut Problems) -> Timeouts {
     let client_body_idle = positive("client_body_idle", raw.client_body_idle, d.client_body_idle);
     let keepalive_idle = positive("keepalive_idle", raw.keepalive_idle, d.keepalive_idle);
     let write = positive("write", raw.write, d.write);
+    let tunnel_idle = positive("tunnel_idle", raw.tunnel_idle, d.tunnel_idle);
     let request = raw
         .request
         .map(|text| positive_duration("timeouts.request", Some(text), Duration::MAX, problems));
@@ -124,6 +125,7 @@ pub(super) fn timeouts(raw: RawTimeouts, problems: &mut Problems) -> Timeouts {
         write,
         request,
         drain: duration("timeouts.drain", raw.drain, d.drain, problems),
+        tunnel_idle,
     }
 }
 

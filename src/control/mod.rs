@@ -85,6 +85,13 @@ impl Proxy {
         let new = Snapshot::new(config, &backends, self.stats.clone(), old.backends());
         let report = diff(&old, &new);
         let new_backends = config.backends != old.config().backends;
+        // A backend whose URL is gone is retired: its tunnels drain (a changed weight makes a
+        // new `Backend` for the same URL, and is no reason to cut one).
+        for gone in old.backends() {
+            if !new.backends().iter().any(|b| b.url() == gone.url()) {
+                gone.retire();
+            }
+        }
         self.snapshot.store(Arc::new(new));
         if new_backends {
             // They may name hosts discovery has not resolved yet.

@@ -42,7 +42,7 @@ async fn probe_once(backend: &Backend, config: &HealthCheckConfig) -> Result<(),
         .map_err(|partial| UpstreamError::from(partial.error))?;
     let head = loop {
         if let Some(head) =
-            parse_response_head(&mut conn.buf, false).map_err(UpstreamError::from)?
+            parse_response_head(&mut conn.buf, false, None).map_err(UpstreamError::from)?
         {
             break head;
         }

@@ -102,7 +102,12 @@ pub fn encode_response_head(
     if !headers.contains_key(header::DATE) && !passed.is_some_and(RawFields::has_date) {
         DATE.with_borrow_mut(|date| put_field(out, b"date", date.now()));
     }
-    if !keep_alive {
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        // The connection leaves HTTP: no other request follows on it, and `Upgrade` (among
+        // the fields above) says what it speaks now.
+        keep_alive = false;
+        put_field(out, b"connection", b"upgrade");
+    } else if !keep_alive {
         put_field(out, b"connection", b"close");
     } else if version == Version::HTTP_10 {
         put_field(out, b"connection", b"keep-alive");

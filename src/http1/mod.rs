@@ -4,7 +4,7 @@
 //!
 //! Both hops are ours: client requests are parsed here and their responses encoded here, backend
 //! requests encoded and responses parsed here. A proxy speaks a narrow dialect of HTTP/1.1 (one
-//! request at a time per upstream connection, no upgrades), and owning it lets one task drive a
+//! request at a time per upstream connection; an upgraded one leaves HTTP for a byte tunnel), and owning it lets one task drive a
 //! whole exchange: no connection tasks, no channels between them, buffers only while a request is
 //! in flight. hyper's client and server pair cost about twice as many instructions per request.
 //!
@@ -20,6 +20,7 @@ mod io;
 mod request_head;
 mod response_head;
 mod target;
+mod upgrade;
 
 pub use body::{BodyDecoder, Decoded};
 pub use client_body::{ClientBody, ClientBodyError, ReadSide, ReadSlot};
@@ -30,6 +31,7 @@ pub use client_response::{BodyWrite, ResponsePlan, encode_response_head};
 pub use io::{PartialWrite, poll_fill, poll_fill_from, poll_write_within, write_all_within};
 pub use request_head::{BodyFraming, RequestHead, encode_request_head};
 pub use response_head::{Framing, MAX_HEAD_BYTES, RawFields, ResponseHead, parse_response_head};
+pub use upgrade::requested_upgrade;
 
 /// Writes one `name: value` field line.
 fn put_field(out: &mut bytes::BytesMut, name: &[u8], value: &[u8]) {

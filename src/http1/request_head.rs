@@ -55,6 +55,8 @@ impl RequestHead {
 }
 
 /// Encodes the head of `parts` for the upstream hop. `client_ip` joins X-Forwarded-For.
+/// `upgrade`: the protocols this request asks the backend to switch to (see
+/// [`super::requested_upgrade`]), written with `Connection: upgrade`; otherwise no Connection.
 ///
 /// X-Forwarded-For is a list of hops, and alb appends its client to what came. X-Forwarded-Proto
 /// and X-Forwarded-Host say what *this* hop received, and frameworks read their first element:
@@ -63,6 +65,7 @@ pub fn encode_request_head(
     parts: &request::Parts,
     client_ip: &HeaderValue,
     framing: BodyFraming,
+    upgrade: Option<&HeaderValue>,
 ) -> RequestHead {
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut out = BytesMut::with_capacity(512);
@@ -98,6 +101,10 @@ pub fn encode_request_head(
         }
         BodyFraming::None => {}
     }
+    if let Some(protocols) = upgrade {
+        put_field(&mut out, b"connection", b"upgrade");
+        put_field(&mut out, b"upgrade", protocols.as_bytes());
+    }
     put_forwarded_for(
         &mut out,
         &parts.headers,
@@ -123,11 +130,12 @@ pub fn encode_request_head(
 }
 
 /// Fields this encoder writes itself, never copied from the client: the framing (from the body),
-/// Connection (for its own hop) and this hop's X-Forwarded-Proto and -Host.
+/// Connection and Upgrade (for its own hop) and this hop's X-Forwarded-Proto and -Host.
 fn is_written_here(name: &HeaderName) -> bool {
     name == header::CONTENT_LENGTH
         || name == header::TRANSFER_ENCODING
         || name == header::CONNECTION
+        || name == header::UPGRADE
         || name == X_FORWARDED_PROTO
         || name == X_FORWARDED_HOST
 }
@@ -158,7 +166,8 @@ mod tests {
 
     fn encode(request: http::Request<()>, framing: BodyFraming) -> String {
         let (parts, ()) = request.into_parts();
-        let head = encode_request_head(&parts, &HeaderValue::from_static("10.0.0.1"), framing);
+        let head =
+            encode_request_head(&parts, &HeaderValue::from_static("10.0.0.1"), framing, None);
         let bytes = head.for_backend(&HeaderValue::from_static("backend:81"));
         String::from_utf8(bytes.to_vec()).unwrap()
     }

@@ -4,9 +4,10 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
-use http::{StatusCode, Version};
+use http::{HeaderValue, StatusCode, Version};
 use smallvec::SmallVec;
 
+use super::upgrade::switch_was_offered;
 use super::{WireError, parse_length};
 
 /// Largest response head accepted (status line and fields). Heads are small; a backend that sends
@@ -34,6 +35,8 @@ pub struct ResponseHead {
     pub reusable: bool,
     /// The fields to pass on to the client.
     pub fields: RawFields,
+    /// A `101`'s `Upgrade` value: the protocol the connection now speaks, to be tunnelled.
+    pub switched: Option<Bytes>,
 }
 
 impl ResponseHead {
@@ -121,6 +124,7 @@ enum FieldKind {
     ContentLength,
     TransferEncoding,
     Connection,
+    Upgrade,
     /// Another field that only concerns one connection (RFC 9110 §7.6.1).
     HopByHop,
     Date,
@@ -136,7 +140,7 @@ fn classify(name: &[u8]) -> FieldKind {
         10 if is(b"connection") => FieldKind::Connection,
         4 if is(b"date") => FieldKind::Date,
         2 if is(b"te") => FieldKind::HopByHop,
-        7 if is(b"upgrade") => FieldKind::HopByHop,
+        7 if is(b"upgrade") => FieldKind::Upgrade,
         10 if is(b"keep-alive") => FieldKind::HopByHop,
         16 if is(b"proxy-connection") => FieldKind::HopByHop,
         18 if is(b"proxy-authenticate") => FieldKind::HopByHop,
@@ -159,19 +163,30 @@ struct FramingFields {
 }
 
 /// Parses the head at the front of `buf` and removes it. `Ok(None)`: the head is not complete yet.
-/// Interim (1xx) responses are skipped: the client gets the final one.
+/// Interim (1xx) responses are skipped: the client gets the final one, or a `101` when the
+/// request `offered` an upgrade and the backend switched to one of those protocols (what
+/// follows its head on the connection is then the new protocol's, left in `buf`).
 pub fn parse_response_head(
     buf: &mut BytesMut,
     head_request: bool,
+    offered: Option<&HeaderValue>,
 ) -> Result<Option<ResponseHead>, WireError> {
     loop {
         let Some(head) = parse_one(buf, head_request)? else {
             return Ok(None);
         };
+        if head.status == StatusCode::SWITCHING_PROTOCOLS {
+            return match offered {
+                None => Err(WireError::Framing("a protocol switch alb did not ask for")),
+                Some(offered) if switch_was_offered(head.switched.as_deref(), offered) => {
+                    Ok(Some(head.last_on_connection()))
+                }
+                Some(_) => Err(WireError::Framing(
+                    "a switch to a protocol the request did not offer",
+                )),
+            };
+        }
         if head.status.is_informational() {
-            if head.status == StatusCode::SWITCHING_PROTOCOLS {
-                return Err(WireError::Framing("a protocol switch alb did not ask for"));
-            }
             continue;
         }
         return Ok(Some(head));
@@ -212,11 +227,20 @@ fn parse_one(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHe
     let mut spans: SmallVec<[FieldSpan; 12]> = SmallVec::new();
     let mut listed: SmallVec<[&[u8]; 4]> = SmallVec::new();
     let mut has_date = false;
+    let mut switched: Option<Vec<u8>> = None;
     for field in parsed.headers.iter() {
         let name = field.name.as_bytes();
         let kind = classify(name);
         framing.note(kind, field.value);
         match kind {
+            FieldKind::Upgrade if status == StatusCode::SWITCHING_PROTOCOLS => {
+                // Lines of one field are one list (RFC 9110 §5.3).
+                let list = switched.get_or_insert_with(Vec::new);
+                if !list.is_empty() {
+                    list.extend_from_slice(b", ");
+                }
+                list.extend_from_slice(field.value);
+            }
             FieldKind::Connection => listed.extend(
                 field
                     .value
@@ -272,6 +296,7 @@ fn parse_one(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHe
             content_length,
             has_date,
         },
+        switched: switched.map(Bytes::from),
     }))
 }
 
@@ -352,7 +377,7 @@ mod tests {
 
     fn parse(text: &str, head_request: bool) -> Result<Option<ResponseHead>, WireError> {
         let mut buf = BytesMut::from(text);
-        parse_response_head(&mut buf, head_request)
+        parse_response_head(&mut buf, head_request, None)
     }
 
     #[test]
@@ -449,13 +474,45 @@ mod tests {
     }
 
     #[test]
+    fn a_switch_to_an_offered_protocol_is_the_answer_and_the_rest_is_the_tunnels() {
+        let offered = HeaderValue::from_static("websocket");
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 Switching Protocols\r\n\
+             Upgrade: WebSocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: k\r\n\r\n\x81\x02hi"[..],
+        );
+        let head = parse_response_head(&mut buf, false, Some(&offered))
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.status, StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(head.switched.as_deref(), Some(&b"WebSocket"[..]));
+        assert!(!head.reusable);
+        let passed: Vec<_> = head.fields.iter().map(|(n, _)| n.to_vec()).collect();
+        assert_eq!(passed, vec![b"Sec-WebSocket-Accept".to_vec()]);
+        assert_eq!(
+            &buf[..],
+            b"\x81\x02hi",
+            "the first frame stays for the tunnel"
+        );
+        for refused in [
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\n\r\n",
+        ] {
+            let mut buf = BytesMut::from(refused);
+            assert!(
+                parse_response_head(&mut buf, false, Some(&offered)).is_err(),
+                "{refused}"
+            );
+        }
+    }
+
+    #[test]
     fn only_end_to_end_fields_pass() {
         let mut buf = BytesMut::from(
             "HTTP/1.1 200 OK\r\nx-a: 1\r\nConnection: x-secret, keep-alive\r\nx-b:2\r\n\
              X-Secret: s\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\nx-c: 3  \r\n\
              Date: today\r\nx-d: 4\r\n\r\n",
         );
-        let head = parse_response_head(&mut buf, false).unwrap().unwrap();
+        let head = parse_response_head(&mut buf, false, None).unwrap().unwrap();
         let mut out = BytesMut::new();
         head.fields.write_to(&mut out);
         assert_eq!(
@@ -474,7 +531,7 @@ mod tests {
                 .is_none()
         );
         let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nx-a: 1\r\nx-a: 2\r\n\r\nbody");
-        let head = parse_response_head(&mut buf, false).unwrap().unwrap();
+        let head = parse_response_head(&mut buf, false, None).unwrap().unwrap();
         let values: Vec<_> = head.fields.get_all("x-a").collect();
         assert_eq!(values, [b"1", b"2"]);
         assert_eq!(&buf[..], b"body");

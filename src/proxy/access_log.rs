@@ -55,6 +55,35 @@ impl AccessRecord {
         self.attempts = attempts;
     }
 
+    /// The line of an upgraded connection, when its tunnel ends: how long it was open (from
+    /// the request's arrival) and the bytes it carried each way.
+    pub fn finish_tunnel(
+        &self,
+        backend: &str,
+        to_backend: u64,
+        to_client: u64,
+        open: std::time::Duration,
+        end: &str,
+    ) {
+        tracing::info!(
+            target: "alb::access",
+            client = %self.client,
+            method = %self.method,
+            path = %self.path,
+            status = 101,
+            backend,
+            duration_ms = format_args!("{:.3}", self.started.elapsed().as_secs_f64() * 1000.0),
+            tunnel_ms = format_args!("{:.3}", open.as_secs_f64() * 1000.0),
+            bytes = to_client,
+            bytes_to_backend = to_backend,
+            attempts = self.attempts,
+            outcome = end,
+            "{} {} 101 tunnel",
+            self.method,
+            self.path,
+        );
+    }
+
     pub fn finish(&self, status: u16, backend: Option<&str>, bytes: u64, outcome: Outcome) {
         tracing::info!(
             target: "alb::access",

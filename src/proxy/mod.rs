@@ -12,6 +12,7 @@ mod prepare;
 mod response_body;
 mod retry;
 mod stats;
+mod tunnel;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -29,6 +30,8 @@ use prepare::{Outbound, Replay};
 pub use response_body::{ResponseBody, ResponseBodyError, UpstreamBody, UpstreamParts};
 pub use retry::{RetryBudget, RetryPolicy, is_idempotent};
 pub use stats::{HeaderRefusal, ProxyStats};
+use tunnel::TunnelParts;
+pub use tunnel::{HALF_CLOSED_IDLE, Tunnel};
 
 use crate::balance::Exclude;
 use crate::config::{BackendSpec, Config, Limits, Timeouts};
@@ -198,6 +201,7 @@ impl Snapshot {
             head,
             head_request,
             idempotent,
+            upgrade,
             mut body,
         } = outbound;
         self.retry.note_request(arrival.started);
@@ -219,6 +223,7 @@ impl Snapshot {
                 head: head.for_backend(backend.host_header()),
                 head_request,
                 idempotent,
+                upgrade: upgrade.as_ref(),
             };
             let reason = self.explain.then(|| pool.explain_pick(index, attempt));
             let mut guard = InFlightGuard::new(backend.clone());
@@ -347,7 +352,11 @@ impl Snapshot {
             framing,
             reusable,
             fields,
+            switched,
         } = response;
+        if let Some(protocol) = switched {
+            return self.switch_protocols(conn, fields, protocol, guard, log);
+        }
         let upstream = UpstreamParts {
             conn,
             upload,
@@ -363,6 +372,34 @@ impl Snapshot {
         let body = UpstreamBody::new(BodyDecoder::new(framing), status.as_u16(), upstream);
         let mut response = Response::new(ResponseBody::Upstream(Box::new(body)));
         *response.status_mut() = status;
+        response
+    }
+
+    /// The `101` for the client, carrying the backend's side of the tunnel it opens.
+    fn switch_protocols(
+        &self,
+        conn: upstream::UpstreamConn,
+        fields: crate::http1::RawFields,
+        protocol: bytes::Bytes,
+        guard: InFlightGuard,
+        log: Option<Box<AccessRecord>>,
+    ) -> Response<ResponseBody> {
+        let tunnel = Tunnel::new(TunnelParts {
+            conn,
+            fields,
+            guard,
+            log,
+            stats: self.stats.clone(),
+            idle_limit: self.timeouts.tunnel_idle,
+            write_limit: self.timeouts.write,
+            drain: self.timeouts.drain,
+        });
+        let mut response = Response::new(ResponseBody::Tunnel(Box::new(tunnel)));
+        *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+        // Checked against the request's offer by the parser: a token list, so a valid value.
+        if let Ok(value) = HeaderValue::from_maybe_shared(protocol) {
+            response.headers_mut().insert(http::header::UPGRADE, value);
+        }
         response
     }
 

@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use super::headers::{hop_scan, strip_hop_by_hop};
 use super::retry::is_idempotent;
 use super::{ProxyError, Snapshot};
-use crate::http1::{BodyFraming, RequestHead, encode_request_head};
+use crate::http1::{BodyFraming, RequestHead, encode_request_head, requested_upgrade};
 use crate::upstream::{BodyError, BodyLimits, RequestBody};
 
 /// The client connection a request arrived on, computed once per connection.
@@ -32,8 +32,9 @@ impl ClientInfo {
 }
 
 impl Snapshot {
-    /// Rewrites the client's request for the upstream hop: HTTP/1.1, hop-by-hop fields removed,
-    /// X-Forwarded-* written, limits checked, and a small body read whole. Host is kept as the
+    /// Rewrites the client's request for the upstream hop: HTTP/1.1, hop-by-hop fields removed
+    /// (but for an upgrade alb passes on), X-Forwarded-* written, limits checked, and a small
+    /// body read whole. Host is kept as the
     /// client sent it.
     /// The head is encoded here, once, whatever the number of attempts.
     pub(super) async fn prepare(
@@ -60,6 +61,8 @@ impl Snapshot {
         }
         // The head parser refused transfer codings other than chunked (501), took the framing
         // out of the fields and put an absolute-form target's authority into Host.
+        let has_body = !http_body::Body::is_end_stream(&body);
+        let upgrade = requested_upgrade(&parts.headers, parts.version, has_body);
         let hop = hop_scan(&parts.headers);
         if hop.any {
             strip_hop_by_hop(&mut parts.headers);
@@ -83,9 +86,12 @@ impl Snapshot {
             (RequestBody::client(body, limits), framing)
         };
         Ok(Outbound {
-            head: encode_request_head(&parts, &client.ip_header, framing),
+            head: encode_request_head(&parts, &client.ip_header, framing, upgrade.as_ref()),
             head_request: parts.method == Method::HEAD,
-            idempotent: is_idempotent(&parts.method),
+            // Once sent, an upgrade may have switched the backend's connection to a protocol
+            // alb knows nothing of: never sent twice.
+            idempotent: is_idempotent(&parts.method) && upgrade.is_none(),
+            upgrade,
             body,
         })
     }
@@ -107,6 +113,8 @@ pub(super) struct Outbound {
     pub(super) head: RequestHead,
     pub(super) head_request: bool,
     pub(super) idempotent: bool,
+    /// The protocols offered to switch to (the request's filtered `Upgrade`), if any.
+    pub(super) upgrade: Option<HeaderValue>,
     pub(super) body: RequestBody,
 }
 

@@ -33,6 +33,8 @@ pub enum ResponseBodyError {
 #[derive(Debug)]
 pub enum ResponseBody {
     Upstream(Box<UpstreamBody>),
+    /// A `101`: no body; the connection becomes this tunnel once the head is written.
+    Tunnel(Box<super::Tunnel>),
     /// A short answer alb makes itself (errors).
     Local(Full<Bytes>),
 }
@@ -42,6 +44,7 @@ impl ResponseBody {
     pub fn upstream_fields(&self) -> Option<&RawFields> {
         match self {
             ResponseBody::Upstream(body) => body.fields(),
+            ResponseBody::Tunnel(tunnel) => Some(tunnel.fields()),
             ResponseBody::Local(_) => None,
         }
     }
@@ -57,6 +60,7 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
         match self.get_mut() {
             ResponseBody::Upstream(body) => body.poll(cx),
+            ResponseBody::Tunnel(_) => Poll::Ready(None),
             ResponseBody::Local(body) => Pin::new(body).poll_frame(cx).map_err(|e| match e {}),
         }
     }
@@ -64,6 +68,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Upstream(body) => body.is_end_stream(),
+            ResponseBody::Tunnel(_) => true,
             ResponseBody::Local(body) => body.is_end_stream(),
         }
     }
@@ -71,6 +76,7 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ResponseBody::Upstream(body) => body.size_hint(),
+            ResponseBody::Tunnel(_) => SizeHint::with_exact(0),
             ResponseBody::Local(body) => body.size_hint(),
         }
     }

@@ -17,6 +17,11 @@ pub struct ProxyStats {
     pub request_duration: Histogram,
     pub client_connections: AtomicI64,
     pub bytes_to_clients: AtomicU64,
+    /// Upgraded connections open now (see `proxy::tunnel`; kept by its `OpenTunnel` guard).
+    pub tunnels_open: AtomicI64,
+    /// Bytes carried by tunnels, each way.
+    pub tunnel_bytes_to_backends: AtomicU64,
+    pub tunnel_bytes_to_clients: AtomicU64,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
     /// Connections closed before their PROXY protocol header was taken, by [`HeaderRefusal`].

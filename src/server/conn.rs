@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body::Body;
+use http_body::{Body, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
@@ -217,6 +217,35 @@ pub async fn serve_connection(
         .await;
         if !writable {
             drop(response);
+            return;
+        }
+        if let ResponseBody::Tunnel(_) = response.body() {
+            // The connection leaves HTTP: the 101, then bytes both ways until either side ends.
+            let (parts, body) = response.into_parts();
+            let ResponseBody::Tunnel(tunnel) = body else {
+                return;
+            };
+            let fields = Some(tunnel.fields());
+            encode_response_head(
+                &mut out,
+                &parts,
+                fields,
+                SizeHint::with_exact(0),
+                false,
+                version,
+                false,
+            );
+            if flush(&mut client_write, &mut out, None).await.is_err() {
+                return;
+            }
+            // An upgrade request has no body: its reader is still here, with any bytes the
+            // client sent past the head, which belong to the new protocol.
+            let Some(reader) = side.take() else {
+                return;
+            };
+            if let Ok(stream) = reader.half.reunite(write) {
+                tunnel.run(stream, reader.buf).await;
+            }
             return;
         }
         // A body not read to its end by now (a local answer, or an early one while the upload

@@ -114,6 +114,12 @@ impl UpstreamConn {
         }
     }
 
+    /// The socket and what was read from it but not used: for a connection that switched
+    /// protocols, whose bytes are no longer HTTP's to parse.
+    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+        (self.stream, self.buf)
+    }
+
     /// Counts one more request sent on this connection.
     pub fn note_request(&mut self) {
         self.requests = self.requests.saturating_add(1);

@@ -114,6 +114,10 @@ struct Cold {
     /// Woken by the proxy when real traffic failed to reach this backend, so that the health
     /// checker probes it now instead of at the next interval.
     recheck: Notify,
+    /// Gone from the configuration (a reload, a runtime removal, discovery): what outlives a
+    /// request on it (a tunnel) is told through `retire`.
+    retired: AtomicBool,
+    retire: Notify,
     pool: ConnectionPool,
     limit: Option<ConnectionLimit>,
 }
@@ -146,6 +150,8 @@ impl Backend {
                 failures: AtomicU32::new(0),
                 back_since_ms: AtomicU64::new(0),
                 recheck: Notify::new(),
+                retired: AtomicBool::new(false),
+                retire: Notify::new(),
                 pool: ConnectionPool::default(),
                 limit: spec
                     .max_connections
@@ -381,6 +387,24 @@ impl Backend {
 
     pub(crate) async fn recheck_requested(&self) {
         self.cold.recheck.notified().await;
+    }
+
+    /// Says that this backend left the configuration. Requests on it finish as they are; what
+    /// could go on for hours (a tunnel) watches [`Backend::retired`].
+    pub fn retire(&self) {
+        self.cold.retired.store(true, Ordering::Release);
+        self.cold.retire.notify_waiters();
+    }
+
+    /// Completes once [`Backend::retire`] was called.
+    pub async fn retired(&self) {
+        let notified = self.cold.retire.notified();
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        if self.cold.retired.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
     }
 }
 

@@ -32,6 +32,8 @@ pub struct SessionRequest<'a> {
     pub head: Cow<'a, [u8]>,
     pub head_request: bool,
     pub idempotent: bool,
+    /// The protocols the request offers to switch to: a `101` to one of them is its answer.
+    pub upgrade: Option<&'a http::HeaderValue>,
 }
 
 /// A backend's response head and the connection it came on.
@@ -163,7 +165,7 @@ async fn exchange_on(
     body: &mut RequestBody,
     timeouts: &Timeouts,
 ) -> Result<(ResponseHead, Option<Upload>), Broken> {
-    let (head, head_request, limit) = (&request.head, request.head_request, timeouts.response);
+    let (head, limit) = (&request.head, timeouts.response);
     let written = match body {
         RequestBody::Empty => {
             conn.write_all(&mut [IoSlice::new(head)], timeouts.write)
@@ -182,7 +184,7 @@ async fn exchange_on(
             };
             let head = Bytes::copy_from_slice(head);
             let mut upload = Some(Upload::new(head, streamed, timeouts.write));
-            let result = Box::pin(upload_and_await(conn, &mut upload, head_request, limit)).await;
+            let result = Box::pin(upload_and_await(conn, &mut upload, request, limit)).await;
             if let Err(broken) = &result
                 && matches!(broken.progress, Reached::Nothing)
                 && let Some(streamed) = upload.and_then(Upload::into_unsent)
@@ -205,16 +207,12 @@ async fn exchange_on(
     };
     let mut received = false;
     conn.deadline.set(limit);
-    poll_fn(
-        |cx| match poll_head(conn, head_request, &mut received, cx) {
-            Poll::Ready(Ok(head)) if partly => Poll::Ready(Ok((head.last_on_connection(), None))),
-            Poll::Ready(answer) => Poll::Ready(answer.map(|head| (head, None))),
-            Poll::Pending if conn.deadline.poll_passed(cx) => {
-                Poll::Ready(Err(Broken::timeout(limit)))
-            }
-            Poll::Pending => Poll::Pending,
-        },
-    )
+    poll_fn(|cx| match poll_head(conn, request, &mut received, cx) {
+        Poll::Ready(Ok(head)) if partly => Poll::Ready(Ok((head.last_on_connection(), None))),
+        Poll::Ready(answer) => Poll::Ready(answer.map(|head| (head, None))),
+        Poll::Pending if conn.deadline.poll_passed(cx) => Poll::Ready(Err(Broken::timeout(limit))),
+        Poll::Pending => Poll::Pending,
+    })
     .await
 }
 
@@ -228,7 +226,7 @@ async fn exchange_on(
 async fn upload_and_await(
     conn: &mut UpstreamConn,
     upload: &mut Option<Upload>,
-    head_request: bool,
+    request: &SessionRequest<'_>,
     limit: Duration,
 ) -> Result<(ResponseHead, Option<Upload>), Broken> {
     let mut write_failed = None;
@@ -249,7 +247,7 @@ async fn upload_and_await(
                 }
             }
         }
-        if let Poll::Ready(answer) = poll_head(conn, head_request, &mut received, cx) {
+        if let Poll::Ready(answer) = poll_head(conn, request, &mut received, cx) {
             return Poll::Ready(match answer {
                 // An answer on a connection that has carried nothing of this request yet is
                 // not its answer (a stray or late response): the attempt never happened.
@@ -348,17 +346,18 @@ impl Broken {
     }
 }
 
-/// Reads until a complete final response head is in the buffer, interim (1xx) ones skipped.
+/// Reads until a complete final response head is in the buffer, interim (1xx) ones skipped (a
+/// `101` to an offered upgrade is final: see [`parse_response_head`]).
 fn poll_head(
     conn: &mut UpstreamConn,
-    head_request: bool,
+    request: &SessionRequest<'_>,
     received: &mut bool,
     cx: &mut Context<'_>,
 ) -> Poll<Result<ResponseHead, Broken>> {
     loop {
         if !conn.buf.is_empty() {
             *received = true;
-            match parse_response_head(&mut conn.buf, head_request) {
+            match parse_response_head(&mut conn.buf, request.head_request, request.upgrade) {
                 Ok(Some(head)) => return Poll::Ready(Ok(head)),
                 Ok(None) => {}
                 Err(e) => return Poll::Ready(Err(Broken::upstream(e.into(), false))),

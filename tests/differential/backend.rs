@@ -55,6 +55,8 @@ struct Log {
     records: Vec<Recorded>,
     desyncs: Vec<Desync>,
     probes: usize,
+    /// Probes whose answer was written whole: cutting connections after that cannot fail one.
+    probes_answered: usize,
 }
 
 pub struct RecordingBackend {
@@ -145,6 +147,12 @@ impl RecordingBackend {
         self.log.lock().unwrap().records.get(seq).cloned()
     }
 
+    /// Whether alb's first health probe has had its answer: until then, cutting connections
+    /// (see [`Self::close_connections`]) could fail it, and alb would take the backend for DOWN.
+    pub fn probed(&self) -> bool {
+        self.log.lock().unwrap().probes_answered > 0
+    }
+
     /// (requests recorded, desyncs, probes, upstream connections accepted)
     pub fn totals(&self) -> (usize, usize, usize, u64) {
         let log = self.log.lock().unwrap();
@@ -198,7 +206,8 @@ async fn serve(mut stream: TcpStream, conn: u64, log: Arc<Mutex<Log>>, case: Arc
                     || request.value("connection").is_some_and(|c| {
                         c.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))
                     });
-                let answer = if is_probe(&request) {
+                let probe = is_probe(&request);
+                let answer = if probe {
                     log.lock().unwrap().probes += 1;
                     b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec()
                 } else {
@@ -224,7 +233,13 @@ async fn serve(mut stream: TcpStream, conn: u64, log: Arc<Mutex<Log>>, case: Arc
                     }
                     answer
                 };
-                if stream.write_all(&answer).await.is_err() || close {
+                if stream.write_all(&answer).await.is_err() {
+                    return;
+                }
+                if probe {
+                    log.lock().unwrap().probes_answered += 1;
+                }
+                if close {
                     return;
                 }
             }
