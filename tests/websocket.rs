@@ -28,7 +28,8 @@ type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// A handshake is answered with `101` and, in the same write, a text message `hello NAME`: the
 /// first frame of the new protocol arrives with the head, as servers that speak first send it.
 /// Then every text or binary message is echoed. Paths: `/refuse` answers an upgrade request
-/// with `403` (and the connection stays HTTP), `/wrong-switch` switches to `h2c` instead. A plain
+/// with `403` (and the connection stays HTTP), `/wrong-switch` switches to `h2c` instead,
+/// `/flood` sends 64 KiB messages without pause instead of echoing. A plain
 /// request gets `200` with the head it received as its body.
 struct WsBackend {
     addr: SocketAddr,
@@ -164,6 +165,11 @@ async fn serve(mut stream: TcpStream, (name, open, upgrades, last): State) {
             return;
         }
         let mut ws = WebSocketStream::from_partially_read(stream, buf, Role::Server, None).await;
+        if path == "/flood" {
+            // As fast as the tunnel takes it, until it breaks.
+            while ws.send(Message::binary(vec![0u8; 64 * 1024])).await.is_ok() {}
+            return;
+        }
         while let Some(Ok(message)) = ws.next().await {
             let echoed = match message {
                 Message::Text(_) | Message::Binary(_) => ws.send(message).await,
@@ -432,6 +438,40 @@ async fn an_idle_tunnel_is_closed_after_tunnel_idle_and_a_busy_one_is_not() {
     lb.stop().await;
 }
 
+/// A client that stops reading while its backend keeps sending: the write to it makes no
+/// progress, and `timeouts.write` later the tunnel is closed both ways and its slot freed.
+#[tokio::test]
+async fn a_client_that_stops_reading_loses_its_tunnel_after_the_write_timeout() {
+    let backend = WsBackend::start("b1").await;
+    let lb = balancer(&[&backend], "[timeouts]\nwrite = \"500ms\"").await;
+    let mut stream = TcpStream::connect(lb.addr).await.unwrap();
+    let handshake = "GET /flood HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+                     sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    stream.write_all(handshake.as_bytes()).await.unwrap();
+    let mut first = [0u8; 12];
+    stream.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 101");
+    // From here on the client reads nothing.
+    wait_until(Duration::from_secs(2), || tunnels_open(&lb) == 1)
+        .await
+        .expect("the tunnel is open");
+    let started = Instant::now();
+    let b = lb.proxy.backends()[0].clone();
+    wait_until(Duration::from_secs(10), || {
+        tunnels_open(&lb) == 0 && b.in_flight() == 0 && backend.open() == 0
+    })
+    .await
+    .expect("the stalled tunnel is closed and its backend released");
+    // Filling the socket buffers first takes a moment; then the 500 ms.
+    assert!(
+        started.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(stream);
+    lb.stop().await;
+}
+
 /// Writes `request` on a fresh connection to alb and reads one response (head and a body of
 /// Content-Length bytes); the connection is handed back for more.
 async fn raw_exchange(stream: &mut TcpStream, request: &str) -> String {
@@ -572,4 +612,94 @@ async fn a_removed_backends_tunnels_are_closed_after_the_drain_time() {
     echo(&mut on_b, Message::text("b stays")).await;
     drop(on_b);
     lb.stop().await;
+}
+
+/// The real binary: one access-log line per tunnel when it ends, and on SIGTERM an open tunnel
+/// goes on through the drain time, then is closed, and alb exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_logs_each_tunnel_and_drains_tunnels_on_sigterm() {
+    use common::TempDir;
+    use common::binary::LoggedProcess;
+    let backend = WsBackend::start("b1").await;
+    let dir = TempDir::new("websocket");
+    let config = dir.write(
+        "alb.toml",
+        &format!(
+            "listen = \"127.0.0.1:0\"\nbackends = [\"{}\"]\naccess_log = true\n\
+             [timeouts]\ndrain = \"1s\"\n[health_check]\ninterval = \"60s\"\n\
+             [admin]\nlisten = \"off\"\n",
+            backend.url()
+        ),
+    );
+    let mut alb = LoggedProcess::spawn(
+        "alb",
+        std::path::Path::new(env!("CARGO_BIN_EXE_alb")),
+        &["run", "--config", config.to_str().unwrap()],
+        "info",
+    );
+    let wait = Duration::from_secs(10);
+    let line = alb.wait_line("alb listening on ", 1, wait).await;
+    let addr = line
+        .split("alb listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the address")
+        .to_string();
+    let url = format!("ws://{addr}/room");
+
+    // A tunnel the client closes: one line, when it ends, with what it carried.
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    assert!(matches!(
+        next_message(&mut ws).await,
+        Some(Message::Text(_))
+    ));
+    echo(&mut ws, Message::binary(vec![7u8; 1000])).await;
+    ws.close(None).await.unwrap();
+    while next_message(&mut ws).await.is_some() {}
+    drop(ws);
+    let logged = alb.wait_line("101 tunnel", 1, wait).await;
+    for field in [
+        "status=101",
+        "path=/room",
+        "outcome=\"backend_closed\"",
+        "tunnel_ms=",
+        "duration_ms=",
+    ] {
+        assert!(logged.contains(field), "{field} in {logged}");
+    }
+    let number = |key: &str| -> u64 {
+        let at = logged
+            .find(key)
+            .unwrap_or_else(|| panic!("{key} in {logged}"))
+            + key.len();
+        logged[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("a number after {key} in {logged}"))
+    };
+    // 1,000 bytes each way, plus framing (and the greeting towards the client).
+    assert!(
+        (1000..1100).contains(&number(" bytes_to_backend=")),
+        "{logged}"
+    );
+    assert!((1000..1100).contains(&number(" bytes=")), "{logged}");
+
+    // A tunnel open at SIGTERM: still carried during the drain, closed when it ends.
+    let (mut open, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    assert!(matches!(
+        next_message(&mut open).await,
+        Some(Message::Text(_))
+    ));
+    LoggedProcess::signal(alb.pid, "-TERM");
+    alb.wait_line("shutting down", 1, wait).await;
+    echo(&mut open, Message::text("during the drain")).await;
+    let signalled = Instant::now();
+    assert_eq!(next_message(&mut open).await, None);
+    assert!(signalled.elapsed() < Duration::from_secs(3));
+    assert!(alb.exit_status(wait).await.success(), "{}", alb.log());
 }
