@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The driver behind bench/run.sh: runs scenarios S1-S7 against direct, alb, nginx and HAProxy and
+"""The driver behind bench/run.sh: runs scenarios S1-S8 against direct, alb, nginx and HAProxy and
 writes a markdown table (bench/README.md explains every figure).
 
 run.sh installs the tools and builds alb first; this script only runs things. It starts every
@@ -11,10 +11,11 @@ Environment (all optional):
                          a kill every second: tests the script
   BENCH_ONLY=S1,S3       run only these scenarios
   BENCH_CONTENDERS=alb,nginx   only these contenders (direct is always cheap and kept if listed)
-  BENCH_DURATION=10      seconds of load per scenario and contender (S1, S3, S4)
+  BENCH_DURATION=10      seconds of load per scenario and contender (S1, S3, S4, S8)
   BENCH_PORT=18080       balancer port; the backends take the next two
   BENCH_LB_CPU=0 BENCH_LOAD_CPU=1   cores for the balancer, and for the backends and load tools
   ALB_BIN=target/release/alb
+  BENCH_WS_BIN=target/release/examples/ws_bench   S8's WebSocket echo server and client
 """
 
 import datetime
@@ -45,7 +46,7 @@ LB_PORT = int(os.environ.get("BENCH_PORT", "18080"))
 B1_PORT, B2_PORT = LB_PORT + 1, LB_PORT + 2
 LB_CPU = os.environ.get("BENCH_LB_CPU", "0")
 LOAD_CPU = os.environ.get("BENCH_LOAD_CPU", "1")
-ALL_SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6", "S7"]
+ALL_SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8"]
 ONLY = [s.strip().upper() for s in os.environ.get("BENCH_ONLY", "").split(",") if s.strip()]
 SCENARIOS = [s for s in ALL_SCENARIOS if not ONLY or s in ONLY]
 ALL_CONTENDERS = ["direct", "alb", "nginx", "haproxy"]
@@ -76,6 +77,15 @@ S7_KILLS = S7_DURATION // S7_INTERVAL - 1
 # before it (in rotation it serves thousands there; out of it, a health probe at most).
 S7_LOOKBACK = 0.5
 S7_IN_USE = 10
+# S8: WebSocket echo through each proxy (examples/ws_bench.rs, built by run.sh): S8_CONNECTIONS
+# WebSocket connections, each sending one S8_SIZE-byte binary message and waiting for its echo, in
+# a loop, for DURATION seconds. The two backends are ws_bench echo servers.
+WS_BIN = ROOT / os.environ.get("BENCH_WS_BIN", "target/release/examples/ws_bench")
+S8_CONNECTIONS = 50
+S8_SIZE = 64
+# After the client's close handshakes, how long the backends may take to see every WebSocket
+# connection closed (the proxies pass the close frames and then close their upstream side).
+S8_CLOSE_WAIT = 5.0
 
 
 class BenchError(Exception):
@@ -791,6 +801,128 @@ class Bench:
         self.each_contender("S7", LBS, one)
         self.stop_backends()
 
+    # -- S8: WebSocket ---------------------------------------------------------------------------
+
+    def start_ws_backends(self):
+        """The two backends as ws_bench echo servers (plain requests, health checks included,
+        get `200 ok`; `/__stats` has their counters)."""
+        self.stop_backends()
+        ensure_free(B1_PORT, B2_PORT)
+        self.backend_specs = []
+        for port, name in ((B1_PORT, "b1"), (B2_PORT, "b2")):
+            self.backends.append(self.procs.spawn(f"ws-backend-{name}",
+                                                  [WS_BIN, "server", port], LOAD_CPU))
+        for port, proc in zip((B1_PORT, B2_PORT), self.backends):
+            wait_http(port, "/__requests", proc, 10)
+
+    def ws_stats(self):
+        stats = []
+        for port in (B1_PORT, B2_PORT):
+            status, body = http_get(port, "/__stats")
+            if status != 200:
+                raise BenchError(f"ws backend {port}: /__stats answered {status}")
+            stats.append(json.loads(body))
+        return stats
+
+    def ws_client(self, port, duration, name):
+        """One ws_bench client run on the load core; returns its JSON figures."""
+        cmd = ["taskset", "-c", LOAD_CPU, WS_BIN, "client", f"ws://127.0.0.1:{port}/ws",
+               S8_CONNECTIONS, duration, S8_SIZE]
+        cmd = [str(c) for c in cmd]
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+        except subprocess.TimeoutExpired as e:
+            raise BenchError(f"ws_bench client ran past its {duration + 60} s timeout") from e
+        with open(self.work / f"s8-client-{name}.log", "a") as f:
+            f.write(f"$ {' '.join(cmd)}\n{out.stdout}{out.stderr}")
+        lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+        if not lines:
+            raise BenchError(f"ws_bench client exited {out.returncode} with no figures: "
+                             f"{out.stderr.strip()[-500:]}")
+        return json.loads(lines[-1])
+
+    def s8(self):
+        log(f"S8: WebSocket echo, {S8_CONNECTIONS} connections, {S8_SIZE} B messages, "
+            f"{DURATION} s each")
+        if not WS_BIN.exists():
+            raise BenchError(f"{WS_BIN} missing: run bench/run.sh (it builds "
+                             f"examples/ws_bench.rs when S8 is selected)")
+        self.start_ws_backends()
+
+        def one(contender, lb):
+            port = B1_PORT if contender == "direct" else LB_PORT
+            warm = self.ws_client(port, WARMUP, contender)
+            if warm["messages"] == 0:
+                raise BenchError(f"warm-up echoed nothing: {warm}")
+            logs = lb_logs(self.work, contender) if lb else []
+            log_sizes = [p.stat().st_size if p.exists() else 0 for p in logs]
+            before = self.ws_stats()
+            cpu0 = cpu_ticks(lb.cpu_pids) if lb else None
+            cores0 = core_times(LB_CPU), core_times(LOAD_CPU)
+            res = self.ws_client(port, DURATION, contender)
+            cores1 = core_times(LB_CPU), core_times(LOAD_CPU)
+            cpu1 = cpu_ticks(lb.cpu_pids) if lb else None
+            # The client has closed every connection: the backends should see them all closed.
+            deadline = time.monotonic() + S8_CLOSE_WAIT
+            after = self.ws_stats()
+            while sum(s["open"] for s in after) and time.monotonic() < deadline:
+                time.sleep(0.1)
+                after = self.ws_stats()
+            res["backends_open_after"] = [s["open"] for s in after]
+            res["lb_core_busy"] = busy_percent(cores0[0], cores1[0])
+            res["load_core_busy"] = busy_percent(cores0[1], cores1[1])
+            res["served"] = [a["messages"] - b["messages"] for a, b in zip(after, before)]
+            res["upgrades"] = [a["upgrades"] - b["upgrades"] for a, b in zip(after, before)]
+            res["backend_ws_errors"] = sum(a["ws_errors"] - b["ws_errors"]
+                                           for a, b in zip(after, before))
+            res["lb_log_lines"] = sum(
+                len(p.read_bytes()[size:].splitlines()) for p, size in zip(logs, log_sizes)
+                if p.exists())
+            if lb:
+                if lb.proc.poll() is not None:
+                    raise BenchError(f"{contender} died during S8")
+                res["cpu_s"] = (cpu1 - cpu0) / CLK_TCK
+                res["cpu_us_per_msg"] = (cpu1 - cpu0) / CLK_TCK * 1e6 / max(1, res["messages"])
+                res["cpu_share"] = (cpu1 - cpu0) / CLK_TCK / res["seconds"]
+                res["hwm_kib"] = status_kib(lb.rss_pid, "VmHWM")
+            self.raw.setdefault("S8", {})[contender] = res
+            if res["errors"]:
+                self.note(f"S8 {contender}: {res['errors']} client errors {res['error_kinds']} "
+                          f"({res['messages']:,} messages echoed; see s8-client-{contender}.log)")
+            if res["backend_ws_errors"]:
+                self.note(f"S8 {contender}: the backends saw {res['backend_ws_errors']} WebSocket "
+                          f"connections end in an error rather than a close")
+            if any(res["backends_open_after"]):
+                self.note(f"S8 {contender}: {res['backends_open_after']} WebSocket connections "
+                          f"still open at the backends {S8_CLOSE_WAIT:.0f} s after the client "
+                          f"closed all of its")
+            if sum(res["upgrades"]) != S8_CONNECTIONS:
+                self.note(f"S8 {contender}: the backends accepted {res['upgrades']} WebSocket "
+                          f"connections for the client's {S8_CONNECTIONS}")
+            if sum(res["served"]) != res["messages"]:
+                self.note(f"S8 {contender}: the client counted {res['messages']:,} echoes, the "
+                          f"backends {sum(res['served']):,} ({res['served']})")
+            if res["messages"] == 0:
+                raise BenchError("no message echoed")
+            self.put("S8", "mps", contender, res["msgs_per_s"])
+            self.put("S8", "p50", contender, res["p50_ms"])
+            self.put("S8", "p99", contender, res["p99_ms"])
+            self.put("S8", "lbcore", contender, res["lb_core_busy"])
+            self.put("S8", "loadcore", contender, res["load_core_busy"])
+            if lb:
+                self.put("S8", "cpu", contender, res["cpu_us_per_msg"])
+                self.put("S8", "rss", contender, res["hwm_kib"] / 1024)
+            log(f"S8 {contender}: {res['msgs_per_s']:,.0f} messages/s, p50 {res['p50_ms']:.2f} "
+                f"ms, p99 {res['p99_ms']:.2f} ms, max {res['max_ms']:.1f} ms"
+                + (f", {res['cpu_us_per_msg']:.1f} CPU us/message ({res['cpu_share']:.0%} of a "
+                   f"core), HWM {res['hwm_kib'] / 1024:.1f} MiB" if lb else "")
+                + f", cores busy {res['lb_core_busy']:.0f}% / {res['load_core_busy']:.0f}%"
+                + f", backends {res['served']} messages, {res['upgrades']} connections, "
+                f"{res['errors']} errors, {res['lb_log_lines']} LB log lines")
+
+        self.each_contender("S8", CONTENDERS, one)
+        self.stop_backends()
+
 
 S6_ALGORITHMS = ["least_conn", "round_robin", "random", "p2c", "least_time"]
 S6_SIZES = [10, 1_000, 10_000]
@@ -911,6 +1043,13 @@ ROWS = [
      "", 1),
     ("S7", "hits", f"S7 backend killed every {S7_INTERVAL} s: kills that hit traffic (of "
      f"{S7_KILLS})", "", 0),
+    ("S8", "mps", "S8 WebSocket echo: messages/s ↑", "hi", 0),
+    ("S8", "p50", "S8 WebSocket echo: p50 round trip ms ↓", "lo", 2),
+    ("S8", "p99", "S8 WebSocket echo: p99 round trip ms ↓", "lo", 2),
+    ("S8", "cpu", "S8 WebSocket echo: LB CPU µs/message ↓", "lo", 1),
+    ("S8", "lbcore", f"S8 WebSocket echo: core {LB_CPU} (LB) busy %", "", 0),
+    ("S8", "loadcore", f"S8 WebSocket echo: core {LOAD_CPU} (client, echo servers) busy %", "", 0),
+    ("S8", "rss", "S8 WebSocket echo: LB peak RSS MiB ↓", "lo", 1),
 ]
 
 
@@ -1067,7 +1206,7 @@ def main():
         bench.procs.stop_all()
     elapsed = time.monotonic() - started
 
-    for scenario in ("S1", "S4"):
+    for scenario in ("S1", "S4", "S8"):
         direct = bench.raw.get(scenario, {}).get("direct")
         if direct and direct["lb_core_busy"] > 10:
             bench.note(f"{scenario}: core {LB_CPU} was {direct['lb_core_busy']:.0f} % busy during "
@@ -1089,7 +1228,8 @@ def main():
         f"requests over {S2_CONCURRENCY} connections with hey; S5 {S5_CONNECTIONS:,} "
         f"connections; S7 {S7_CONNECTIONS} connections for {S7_DURATION} s, backend b2 "
         f"SIGKILLed {S7_KILLS} times (every {S7_INTERVAL} s, down {S7_DOWN} s, then restarted); "
-        f"nginx RSS is its worker's (the master adds {master_hwm(bench)}).",
+        f"S8 {S8_CONNECTIONS} WebSocket connections echoing {S8_SIZE} B binary messages one at a "
+        f"time each (examples/ws_bench.rs); nginx RSS is its worker's (the master adds {master_hwm(bench)}).",
     ]
     notes = ["", "Notes from this run:", ""] + [f"- {n}" for n in bench.notes] if bench.notes \
         else ["", "Notes from this run: none (no errors, no failed contender)."]
@@ -1131,7 +1271,7 @@ Ratios are alb's figure divided by the peer's from the same run: above 1 is bett
 marked ↑, below 1 for those marked ↓. The figures are absolute for this machine only; the ratios
 and S2's instruction counts travel better.
 
-Re-run: `bench/run.sh` (about 4 minutes of scenarios, plus 2 to 3 minutes of build when the source
+Re-run: `bench/run.sh` (about 5 minutes of scenarios, plus 2 to 3 minutes of build when the source
 changed; `bench/run.sh --quick` checks the script in about 2).
 
 {doc}"""

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # alb's benchmark suite in one command: installs the tools it needs, builds alb (which is also the
-# test backend, `alb backend`), then runs scenarios S1-S7 against direct, alb, nginx and HAProxy
-# and writes a markdown table to bench/results/ (and, after a full run, BENCHMARKS.md).
+# test backend, `alb backend`; S8's WebSocket echo server and client are examples/ws_bench.rs),
+# then runs scenarios S1-S8 against direct, alb, nginx and HAProxy and writes a markdown table to
+# bench/results/ (and, after a full run, BENCHMARKS.md).
 #
 #   bench/run.sh              full run, about 5 minutes (plus the build when the source changed)
 #   bench/run.sh --quick      2 s per scenario, small counts: checks the script (BENCH_QUICK=1 too)
 #   BENCH_ONLY=S1,S2 BENCH_CONTENDERS=alb,nginx bench/run.sh    a subset (no BENCHMARKS.md update)
+#   BENCH_ONLY=S8 bench/run.sh   WebSocket echo messages/s through each proxy (builds ws_bench)
 #   ALB_BIN=/path/to/alb bench/run.sh   that binary instead of building this tree (S6 still uses
 #                                       the tree: it is a criterion bench of the library)
 #
@@ -17,7 +19,7 @@ cd "$(dirname "$0")/.."
 for arg in "$@"; do
     case "$arg" in
         --quick) export BENCH_QUICK=1 ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -74,6 +76,11 @@ if [[ -z ${BENCH_ONLY:-} || ${BENCH_ONLY^^} == *S6* ]]; then
     built=$(cargo bench --bench select --no-run 2>&1) || { printf '%s\n' "$built" >&2; exit 1; }
     BENCH_SELECT_EXE=$(sed -n 's/^ *Executable .*(\(.*\))$/\1/p' <<<"$built" | tail -1)
     export BENCH_SELECT_EXE
+fi
+if [[ -z ${BENCH_ONLY:-} || ${BENCH_ONLY^^} == *S8* ]]; then
+    log "building the WebSocket echo server and client (S8: examples/ws_bench.rs, release)"
+    cargo build --release --quiet --example ws_bench
+    export BENCH_WS_BIN="${CARGO_TARGET_DIR:-target}/release/examples/ws_bench"
 fi
 
 # --- run -----------------------------------------------------------------------------------------

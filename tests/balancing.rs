@@ -47,7 +47,7 @@ async fn least_conn_prefers_the_fast_backend() {
     let fast = TestBackend::start("fast").await;
     let slow = TestBackend::start("slow").await;
     fast.set_delay(Duration::from_millis(1));
-    slow.set_delay(Duration::from_millis(50));
+    slow.set_delay(Duration::from_millis(100));
     let lb =
         TestBalancer::start(&format!("{}{QUIET_HEALTH}", backends_line(&[&fast, &slow]))).await;
     let counts = spread(&lb, 16, 1600).await;
