@@ -911,6 +911,7 @@ class Bench:
             self.put("S8", "loadcore", contender, res["load_core_busy"])
             if lb:
                 self.put("S8", "cpu", contender, res["cpu_us_per_msg"])
+                self.put("S8", "lbshare", contender, 100.0 * res["cpu_share"])
                 self.put("S8", "rss", contender, res["hwm_kib"] / 1024)
             log(f"S8 {contender}: {res['msgs_per_s']:,.0f} messages/s, p50 {res['p50_ms']:.2f} "
                 f"ms, p99 {res['p99_ms']:.2f} ms, max {res['max_ms']:.1f} ms"
@@ -1047,6 +1048,7 @@ ROWS = [
     ("S8", "p50", "S8 WebSocket echo: p50 round trip ms ↓", "lo", 2),
     ("S8", "p99", "S8 WebSocket echo: p99 round trip ms ↓", "lo", 2),
     ("S8", "cpu", "S8 WebSocket echo: LB CPU µs/message ↓", "lo", 1),
+    ("S8", "lbshare", "S8 WebSocket echo: LB CPU time, % of a core", "", 0),
     ("S8", "lbcore", f"S8 WebSocket echo: core {LB_CPU} (LB) busy %", "", 0),
     ("S8", "loadcore", f"S8 WebSocket echo: core {LOAD_CPU} (client, echo servers) busy %", "", 0),
     ("S8", "rss", "S8 WebSocket echo: LB peak RSS MiB ↓", "lo", 1),
