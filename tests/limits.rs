@@ -329,3 +329,55 @@ async fn a_reload_applies_max_header_bytes() {
     lb.stop().await;
     b.stop().await;
 }
+
+/// The listening socket of the real binary queues `limits.listen_backlog` connections (as the
+/// kernel reports it: `ss` shows a listener's backlog as its Send-Q), capped by somaxconn.
+#[tokio::test]
+async fn the_client_listener_has_the_configured_backlog() {
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(4096);
+    let backend = TestBackend::start("b").await;
+    let dir = TempDir::new("backlog");
+    for (configured, expected) in [
+        (None, 4096.min(somaxconn)),
+        (Some(1000), 1000.min(somaxconn)),
+    ] {
+        let extra = configured.map_or(String::new(), |n| {
+            format!("[limits]\nlisten_backlog = {n}\n")
+        });
+        let path = dir.write(
+            "alb.toml",
+            &format!(
+                "listen = \"127.0.0.1:0\"\n{}{extra}[admin]\nlisten = \"off\"\n",
+                backends_line(&[&backend])
+            ),
+        );
+        let mut alb = binary::LoggedProcess::alb(&path);
+        let line = alb
+            .wait_line("alb listening on ", 1, Duration::from_secs(10))
+            .await;
+        let addr = line
+            .split("alb listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("the address")
+            .to_string();
+        let port = addr.rsplit(':').next().unwrap();
+        let out = std::process::Command::new("ss")
+            .args(["-ltnH", &format!("sport = :{port}")])
+            .output()
+            .expect("run ss (iproute2)");
+        let table = String::from_utf8_lossy(&out.stdout).into_owned();
+        // State, Recv-Q, Send-Q (the backlog), local address, peer.
+        let backlog: u32 = table
+            .split_whitespace()
+            .nth(2)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no listener on {port}: {table:?}"));
+        assert_eq!(backlog, expected, "listen_backlog {configured:?}: {table}");
+        alb.kill().await;
+    }
+    backend.stop().await;
+}

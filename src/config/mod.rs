@@ -315,6 +315,9 @@ pub struct Limits {
     pub max_body_bytes: Option<u64>,
     /// Client connections open at once; alb stops accepting while at the limit.
     pub max_client_connections: usize,
+    /// Connections the kernel completes and queues for the client listener before alb accepts
+    /// them (capped by `net.core.somaxconn`): room for a burst of reconnections.
+    pub listen_backlog: u32,
     /// Requests that may wait for a backend at its `max_connections`; 503 beyond.
     pub backend_queue: usize,
     /// How long a request may wait in that queue; 503 after.
@@ -328,6 +331,7 @@ impl Default for Limits {
             max_uri_bytes: 8 * 1024,
             max_body_bytes: None,
             max_client_connections: 20_000,
+            listen_backlog: 4096,
             backend_queue: 128,
             backend_queue_timeout: Duration::from_secs(5),
         }

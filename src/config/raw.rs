@@ -111,6 +111,7 @@ pub struct RawLimits {
     pub max_uri_bytes: Option<RawSize>,
     pub max_body_bytes: Option<RawSize>,
     pub max_client_connections: Option<i64>,
+    pub listen_backlog: Option<i64>,
     pub backend_max_connections: Option<i64>,
     pub backend_queue: Option<i64>,
     pub backend_queue_timeout: Option<String>,

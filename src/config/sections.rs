@@ -260,7 +260,16 @@ pub(super) fn limits(raw: RawLimits, problems: &mut Problems) -> (Limits, Option
             problems,
         )
     });
+    let listen_backlog = count(
+        &key("listen_backlog"),
+        raw.listen_backlog,
+        d.listen_backlog,
+        1,
+        65_535,
+        problems,
+    );
     let limits = Limits {
+        listen_backlog,
         max_header_bytes: max_header_bytes.min(u32::MAX as u64) as usize,
         max_uri_bytes: max_uri_bytes.min(u32::MAX as u64) as usize,
         max_body_bytes,

@@ -207,6 +207,9 @@ fn diff(old: &Snapshot, new: &Snapshot) -> ChangeReport {
     if a.limits.max_client_connections != b.limits.max_client_connections {
         needs_restart.push("limits.max_client_connections".to_string());
     }
+    if a.limits.listen_backlog != b.limits.listen_backlog {
+        needs_restart.push("limits.listen_backlog".to_string());
+    }
     if a.admin != b.admin {
         needs_restart.push("admin".to_string());
     }

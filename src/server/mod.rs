@@ -77,12 +77,26 @@ pub struct Server {
     inherited: Option<Inherited>,
 }
 
+/// A listening socket on `addr` with room for `backlog` connections the kernel has completed
+/// and alb not yet accepted (tokio's `bind` leaves 1024 or less, and a burst of reconnecting
+/// clients, WebSocket ones after a deploy, would then wait out SYN retransmissions).
+pub fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std and tokio do on Unix: a restart is not refused by connections in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 impl Server {
     /// Binds `config.listen`.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         let addr = config.listen;
-        let listener = TcpListener::bind(addr)
-            .await
+        let listener = listen(addr, config.limits.listen_backlog)
             .map_err(|source| ServerError::Bind { addr, source })?;
         Server::from_listener(listener, config)
     }
