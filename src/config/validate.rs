@@ -179,7 +179,8 @@ fn backends(
             continue;
         };
         spec.max_connections = max_connections;
-        if !seen.insert(spec.url.clone()) {
+        // One address is one backend, whatever the scheme: a port speaks TLS or it does not.
+        if !seen.insert(spec.authority.clone()) {
             problems.add(key, format!("duplicate backend {}", spec.url));
             continue;
         }
