@@ -288,12 +288,17 @@ fn bad_backend_urls_are_rejected() {
 }
 
 #[test]
-fn non_http_schemes_are_rejected() {
-    for url in ["https://127.0.0.1:8443", "ftp://127.0.0.1:21"] {
+fn schemes_other_than_http_and_https_are_rejected() {
+    for url in ["ws://127.0.0.1:8443", "ftp://127.0.0.1:21"] {
         let text = format!("backends = [\"http://127.0.0.1:8081\", \"{url}\"]\n");
         let problem = reject_one(&text, "backends[1]");
         assert!(problem.reason.contains("scheme"), "{url}: {problem:?}");
     }
+    // https:// is TLS to the backend, on port 443 unless given.
+    let config = parse("backends = [\"https://127.0.0.1\", \"HTTPS://127.0.0.1:8443\"]\n");
+    let urls: Vec<&str> = config.backends.iter().map(|b| b.url.as_str()).collect();
+    assert_eq!(urls, ["https://127.0.0.1:443", "https://127.0.0.1:8443"]);
+    assert!(config.backends.iter().all(|b| b.tls.is_some()));
 }
 
 #[test]
@@ -522,7 +527,7 @@ fn every_problem_in_a_file_is_reported_at_once() {
 listen = "nowhere"
 algorithm = "fastest"
 backends = [
-    "https://127.0.0.1:8081",
+    "ftp://127.0.0.1:8081",
     "http://127.0.0.1:8082/api",
     "http://127.0.0.1:8083",
     "http://127.0.0.1:8083/",

@@ -494,8 +494,14 @@ fn check_config_result(text: &str) -> Result<(), TestCaseError> {
             let mut addrs = HashSet::new();
             for b in &c.backends {
                 prop_assert!((1..=MAX_WEIGHT).contains(&b.weight), "weight {}", b.weight);
-                prop_assert!(b.url.starts_with("http://"), "url {:?}", b.url);
-                prop_assert!(b.url.len() > "http://".len(), "url {:?}", b.url);
+                // TLS exactly for https:// backends.
+                let scheme = if b.tls.is_some() { "https" } else { "http" };
+                prop_assert!(
+                    b.url.starts_with(&format!("{scheme}://")),
+                    "url {:?}",
+                    b.url
+                );
+                prop_assert!(b.url.len() > "https://".len(), "url {:?}", b.url);
                 prop_assert!(urls.insert(b.url.clone()), "duplicate url {:?}", b.url);
                 // The URL is the normalised form of the address, so that two spellings of one
                 // backend are caught as duplicates.
@@ -506,7 +512,7 @@ fn check_config_result(text: &str) -> Result<(), TestCaseError> {
                         format!("{host}:{port}")
                     }
                 };
-                prop_assert_eq!(&b.url, &format!("http://{normal}"));
+                prop_assert_eq!(&b.url, &format!("{scheme}://{normal}"));
                 prop_assert!(addrs.insert(normal), "one backend twice: {:?}", b.url);
             }
             prop_assert!(!c.health_check.interval.is_zero());

@@ -99,6 +99,7 @@ mod tests {
                     weight,
                     max_connections: None,
                     dns_name: None,
+                    tls: None,
                 }))
             })
             .collect()

@@ -5,6 +5,7 @@ mod error;
 mod ipnet;
 mod raw;
 mod sections;
+mod upstream_tls;
 mod validate;
 mod values;
 
@@ -17,6 +18,7 @@ use crate::http1::Underscores;
 
 pub use error::{ConfigError, Problem};
 pub use ipnet::IpNet;
+pub use upstream_tls::{UpstreamTls, provider as tls_provider};
 
 /// A validated configuration. Build one with [`Config::load`] or [`Config::from_toml`].
 #[derive(Debug, Clone)]
@@ -40,6 +42,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub discovery: DiscoveryConfig,
     pub proxy_protocol: ProxyProtocolConfig,
+    /// `[upstream_tls]`, built when a backend is `https://` or the section is written.
+    pub upstream_tls: Option<std::sync::Arc<UpstreamTls>>,
 }
 
 /// How backends given by a DNS name are found: one backend per address the name resolves to,
@@ -171,6 +175,16 @@ pub struct BackendSpec {
     pub max_connections: Option<u32>,
     /// For one address of a name found by DNS: the `name:port` it was found through.
     pub dns_name: Option<String>,
+    /// For an `https://` backend: how its TLS is spoken.
+    pub tls: Option<BackendTls>,
+}
+
+/// How an `https://` backend is reached: the TLS client of its config, and the name its
+/// certificate must carry (sent as SNI when it is a DNS name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendTls {
+    pub client: std::sync::Arc<UpstreamTls>,
+    pub server_name: rustls::pki_types::ServerName<'static>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -348,16 +362,23 @@ impl Config {
             origin: origin.clone(),
             source,
         })?;
-        Config::from_toml(&text, &origin)
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, &origin, base)
     }
 
     /// Validates config text; `origin` names where it came from in error messages.
+    /// Files it names are read relative to the working directory.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, origin, Path::new("."))
+    }
+
+    /// Validates config text whose relative file names are relative to `base`.
+    fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigError> {
         let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             origin: origin.to_string(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        validate::validate(raw).map_err(|problems| ConfigError::Invalid {
+        validate::validate(raw, base).map_err(|problems| ConfigError::Invalid {
             origin: origin.to_string(),
             problems,
         })
@@ -370,7 +391,7 @@ impl Config {
             backends: Some(urls.to_vec()),
             ..Default::default()
         };
-        validate::validate(raw).map_err(|problems| ConfigError::Invalid {
+        validate::validate(raw, Path::new(".")).map_err(|problems| ConfigError::Invalid {
             origin: "(built-in)".into(),
             problems,
         })

@@ -23,6 +23,17 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     pub discovery: Option<RawDiscovery>,
     pub proxy_protocol: Option<RawProxyProtocol>,
+    pub upstream_tls: Option<RawUpstreamTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    pub ca: Option<String>,
+    pub server_name: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub verify: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -3,22 +3,31 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use rustls::pki_types::ServerName;
 
 use super::raw::RawConfig;
 use super::sections;
 use super::values::{Problems, count};
-use super::{Algorithm, BackendAddr, BackendSpec, Config, MAX_WEIGHT, Problem};
+use super::{Algorithm, BackendAddr, BackendSpec, BackendTls, Config, MAX_WEIGHT, Problem};
 use crate::http1::Underscores;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
-pub(super) fn validate(mut raw: RawConfig) -> Result<Config, Vec<Problem>> {
+pub(super) fn validate(mut raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
     let mut problems = Problems::default();
     let listen = listen(raw.listen.as_deref(), &mut problems);
     let algorithm = algorithm(raw.algorithm.as_deref(), &mut problems);
     let (limits, backend_max) =
         sections::limits(raw.limits.take().unwrap_or_default(), &mut problems);
-    let backends = backends(&raw, backend_max, &mut problems);
+    let mut backends = backends(&raw, backend_max, &mut problems);
+    let any_https = backends.iter().any(|b| b.url.starts_with("https://"));
+    let upstream_tls =
+        super::upstream_tls::upstream_tls(raw.upstream_tls.take(), any_https, base, &mut problems);
+    if let Some(client) = &upstream_tls {
+        attach_tls(&mut backends, client);
+    }
     let health_check = sections::health_check(raw.health_check.unwrap_or_default(), &mut problems);
     let timeouts = sections::timeouts(raw.timeouts.unwrap_or_default(), &mut problems);
     let retry = sections::retry(raw.retry.unwrap_or_default(), &mut problems);
@@ -47,7 +56,31 @@ pub(super) fn validate(mut raw: RawConfig) -> Result<Config, Vec<Problem>> {
         admin,
         discovery,
         proxy_protocol,
+        upstream_tls,
     })
+}
+
+/// Gives every `https://` backend the TLS client and the name its certificate must carry.
+fn attach_tls(backends: &mut [BackendSpec], client: &std::sync::Arc<super::UpstreamTls>) {
+    for spec in backends
+        .iter_mut()
+        .filter(|b| b.url.starts_with("https://"))
+    {
+        let server_name = match (&client.server_name, &spec.addr) {
+            (Some(name), _) => name.clone(),
+            (None, BackendAddr::Ip(sa)) => ServerName::IpAddress(sa.ip().into()),
+            (None, BackendAddr::Name { host, .. }) => match ServerName::try_from(host.clone()) {
+                Ok(name) => name,
+                // A host the URL parser took is a valid DNS name; should one not be, the
+                // backend is reached without TLS rather than never: refuse it instead.
+                Err(_) => continue,
+            },
+        };
+        spec.tls = Some(BackendTls {
+            client: client.clone(),
+            server_name,
+        });
+    }
 }
 
 fn listen(value: Option<&str>, problems: &mut Problems) -> SocketAddr {
@@ -146,7 +179,8 @@ fn backends(
             continue;
         };
         spec.max_connections = max_connections;
-        if !seen.insert(spec.url.clone()) {
+        // One address is one backend, whatever the scheme: a port speaks TLS or it does not.
+        if !seen.insert(spec.authority.clone()) {
             problems.add(key, format!("duplicate backend {}", spec.url));
             continue;
         }
@@ -169,8 +203,8 @@ fn backend_weight(key: &str, weight: Option<i64>, problems: &mut Problems) -> u3
     }
 }
 
-/// Accepts `http://host[:port][/]` only: no path prefix, query, user info or other scheme, since alb
-/// would otherwise silently drop them.
+/// Accepts `http://host[:port][/]` and `https://...` only: no path prefix, query, user info or
+/// other scheme, since alb would otherwise silently drop them.
 fn backend_url(key: &str, url: &str, weight: u32, problems: &mut Problems) -> Option<BackendSpec> {
     let mut fail = |reason: String| {
         problems.add(key, format!("{url:?}: {reason}"));
@@ -183,11 +217,16 @@ fn backend_url(key: &str, url: &str, weight: u32, problems: &mut Problems) -> Op
         Ok(uri) => uri,
         Err(e) => return fail(format!("not a valid URL ({e})")),
     };
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some(other) => return fail(format!("scheme {other:?} is not supported, use http://")),
+    let (scheme, default_port) = match uri.scheme_str() {
+        Some("http") => ("http", 80),
+        Some("https") => ("https", 443),
+        Some(other) => {
+            return fail(format!(
+                "scheme {other:?} is not supported, use http:// or https://"
+            ));
+        }
         None => return fail("missing scheme, write it as http://host:port".into()),
-    }
+    };
     let Some(authority) = uri.authority() else {
         return fail("missing host".into());
     };
@@ -206,7 +245,7 @@ fn backend_url(key: &str, url: &str, weight: u32, problems: &mut Problems) -> Op
         .strip_prefix(':')
         .unwrap_or("");
     let port = match port_text {
-        "" => 80,
+        "" => default_port,
         text => match text.parse::<u16>() {
             Ok(0) | Err(_) => return fail(format!("port {text:?} is not between 1 and 65535")),
             Ok(port) => port,
@@ -226,11 +265,12 @@ fn backend_url(key: &str, url: &str, weight: u32, problems: &mut Problems) -> Op
         }
     };
     Some(BackendSpec {
-        url: format!("http://{authority}"),
+        url: format!("{scheme}://{authority}"),
         authority,
         addr,
         weight,
         max_connections: None,
         dns_name: None,
+        tls: None,
     })
 }

@@ -29,7 +29,7 @@ pub async fn probe(backend: &Backend, config: &HealthCheckConfig) -> Result<(), 
 }
 
 async fn probe_once(backend: &Backend, config: &HealthCheckConfig) -> Result<(), ProbeError> {
-    let mut conn = UpstreamConn::open(backend.addr(), config.timeout).await?;
+    let mut conn = UpstreamConn::open(backend.addr(), backend.tls(), config.timeout).await?;
     let mut request = BytesMut::with_capacity(128 + config.path.len());
     request.put_slice(b"GET ");
     request.put_slice(config.path.as_bytes());

@@ -56,6 +56,9 @@ impl ProxyError {
     /// The one place a failure becomes a status code.
     pub fn status(&self) -> StatusCode {
         match self {
+            // The backend answered, but not with the TLS alb was told to expect (its
+            // certificate, its protocol): a gateway fault, not a passing unavailability.
+            ProxyError::Connect(ConnectError::Handshake(_)) => StatusCode::BAD_GATEWAY,
             // A backend that could not be reached never saw the request: the service is
             // unavailable (HAProxy and Envoy say 503 too), and the client may simply try again.
             ProxyError::NoHealthyBackend | ProxyError::Queue(_) | ProxyError::Connect(_) => {
@@ -78,6 +81,7 @@ impl ProxyError {
     /// own failures count, never the client's.
     pub fn passive_failure(&self) -> Option<&'static str> {
         match self {
+            ProxyError::Connect(ConnectError::Handshake(_)) => Some("TLS handshake failed"),
             ProxyError::Connect(_) => Some("connect failed"),
             ProxyError::Upstream(_) => Some("connection broke before the response"),
             ProxyError::ResponseTimeout(_) => Some("response timeout"),
@@ -90,6 +94,9 @@ impl ProxyError {
     fn message(&self) -> &'static str {
         match self {
             ProxyError::NoHealthyBackend => "no healthy backend is available, try again later",
+            ProxyError::Connect(ConnectError::Handshake(_)) => {
+                "the backend's TLS could not be verified"
+            }
             ProxyError::Connect(_) => "no backend could be reached, try again later",
             ProxyError::Upstream(_) | ProxyError::UpstreamStatus(_) => {
                 "the backend failed to answer"

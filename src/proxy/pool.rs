@@ -20,8 +20,9 @@ pub struct BackendPool {
 
 impl BackendPool {
     /// The pool of `specs`, balanced as `config` says. Backends of `previous` that are unchanged
-    /// (same URL, weight and connection limit) are kept as they are, with their health, counters
-    /// and pooled connections.
+    /// (same URL, weight, connection limit and TLS identity: settings and the files' contents)
+    /// are kept as they are, with their health, counters and pooled connections; a rotated
+    /// client certificate or CA makes new ones, whose connections use it.
     pub fn new(config: &Config, specs: &[BackendSpec], previous: &[Arc<Backend>]) -> BackendPool {
         let slots: Vec<Result<Arc<Backend>, Backend>> = specs
             .iter()
@@ -32,6 +33,7 @@ impl BackendPool {
                         b.url() == spec.url
                             && b.weight() == spec.weight
                             && b.max_connections() == spec.max_connections
+                            && b.tls() == spec.tls.as_ref()
                     })
                     .cloned()
                     .ok_or_else(|| Backend::with_queue(spec, config.limits.backend_queue))

@@ -8,13 +8,15 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
-use crate::config::BackendAddr;
+use super::stream::UpstreamStream;
+use crate::config::{BackendAddr, BackendTls};
 use crate::deadline::Deadline;
 use crate::http1::{PartialWrite, poll_fill, poll_write_within, write_all_within};
 
@@ -27,11 +29,16 @@ pub enum ConnectError {
     Io(#[from] io::Error),
     #[error("connect timed out after {0:?}")]
     Timeout(Duration),
+    /// The TLS handshake failed: a certificate not trusted or not for this name, no common
+    /// protocol, a client certificate refused. The backend is up; its TLS is not what alb
+    /// was told to expect.
+    #[error("TLS handshake with the backend failed: {0}")]
+    Handshake(io::Error),
 }
 
 #[derive(Debug)]
 pub struct UpstreamConn {
-    stream: TcpStream,
+    stream: UpstreamStream,
     /// Read from the backend, not yet consumed (a response head in progress, body bytes).
     pub buf: BytesMut,
     /// Requests sent on this connection so far.
@@ -42,13 +49,28 @@ pub struct UpstreamConn {
 }
 
 impl UpstreamConn {
-    /// Connects within `timeout`.
-    pub async fn open(addr: &BackendAddr, timeout: Duration) -> Result<UpstreamConn, ConnectError> {
-        let stream = tokio::time::timeout(timeout, tcp_connect(addr))
+    /// Connects (and, for an `https://` backend, completes the TLS handshake) within `timeout`.
+    pub async fn open(
+        addr: &BackendAddr,
+        tls: Option<&BackendTls>,
+        timeout: Duration,
+    ) -> Result<UpstreamConn, ConnectError> {
+        let connecting = async {
+            let tcp = tcp_connect(addr).await?;
+            // Heads and bodies are written whole; Nagle would only add latency.
+            tcp.set_nodelay(true)?;
+            let Some(tls) = tls else {
+                return Ok(UpstreamStream::Plain(tcp));
+            };
+            let connector = TlsConnector::from(tls.client.client.clone());
+            match connector.connect(tls.server_name.clone(), tcp).await {
+                Ok(stream) => Ok(UpstreamStream::Tls(Box::new(stream))),
+                Err(e) => Err(ConnectError::Handshake(e)),
+            }
+        };
+        let stream = tokio::time::timeout(timeout, connecting)
             .await
             .map_err(|_| ConnectError::Timeout(timeout))??;
-        // Heads and bodies are written whole; Nagle would only add latency.
-        stream.set_nodelay(true)?;
         Ok(UpstreamConn {
             stream,
             buf: BytesMut::new(),
@@ -66,35 +88,16 @@ impl UpstreamConn {
     /// Whether an idle connection can no longer carry a request: the backend closed it, or sent
     /// bytes nobody asked for. Costs no system call unless the reactor saw the socket become
     /// readable, which an idle healthy connection never does.
-    pub fn is_stale(&self) -> bool {
-        if !self.buf.is_empty() {
-            return true;
-        }
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
-            Poll::Pending => false,
-            Poll::Ready(Err(_)) => true,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                !matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+    pub fn is_stale(&mut self) -> bool {
+        !self.buf.is_empty() || self.stream.is_stale(false)
     }
 
-    /// [`Self::is_stale`], and then one non-blocking peek at the socket: a close the backend sent
-    /// an instant ago, that the reactor has not reported yet, is seen too. For requests that
+    /// [`Self::is_stale`], and then one non-blocking look at the socket: a close the backend
+    /// sent an instant ago, that the reactor has not reported yet, is seen too. For requests that
     /// must not be sent twice, where a connection that turns out dead after the request was
     /// written means a failed request rather than a retry: one system call, for those only.
-    pub fn is_closed_now(&self) -> bool {
-        if self.is_stale() {
-            return true;
-        }
-        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-        match socket2::SockRef::from(&self.stream).peek(&mut probe) {
-            Err(e) => e.kind() != io::ErrorKind::WouldBlock,
-            // End of stream, or bytes nobody asked for.
-            Ok(_) => true,
-        }
+    pub fn is_closed_now(&mut self) -> bool {
+        !self.buf.is_empty() || self.stream.is_stale(true)
     }
 
     /// Writes all of `parts` (a head and a kept body) with as few system calls as the kernel
@@ -116,7 +119,7 @@ impl UpstreamConn {
 
     /// The socket and what was read from it but not used: for a connection that switched
     /// protocols, whose bytes are no longer HTTP's to parse.
-    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+    pub fn into_parts(self) -> (UpstreamStream, BytesMut) {
         (self.stream, self.buf)
     }
 
@@ -164,7 +167,7 @@ mod tests {
     async fn a_fresh_close_is_seen_at_once() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = BackendAddr::Ip(listener.local_addr().unwrap());
-        let conn = UpstreamConn::open(&addr, Duration::from_secs(1))
+        let mut conn = UpstreamConn::open(&addr, None, Duration::from_secs(1))
             .await
             .unwrap();
         let (server, _) = listener.accept().unwrap();

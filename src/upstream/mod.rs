@@ -11,6 +11,7 @@ mod pool;
 mod request_body;
 mod session;
 mod stats;
+mod stream;
 mod upload;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use http::HeaderValue;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 
-use crate::config::{BackendAddr, BackendSpec};
+use crate::config::{BackendAddr, BackendSpec, BackendTls};
 
 pub use conn::{ConnectError, UpstreamConn};
 pub use limit::{ConnectionLimit, QueueError};
@@ -30,6 +31,7 @@ pub use session::{Answer, Progress, SessionError, SessionRequest, Unanswered, ex
 pub use stats::{
     BackendStats, Histogram, LATENCY_BUCKETS, METHOD_CLASSES, STATUS_CLASSES, method_class,
 };
+pub use stream::UpstreamStream;
 pub use upload::{Upload, UploadError};
 
 /// What an operator asked of a backend through the admin API.
@@ -100,6 +102,8 @@ struct Cold {
     /// The DNS name this address was found through, if any.
     dns_name: Option<String>,
     addr: BackendAddr,
+    /// For an `https://` backend: its TLS client and the name its certificate must carry.
+    tls: Option<BackendTls>,
     host_header: HeaderValue,
     /// Last probe: passed, and why not.
     last_probe: std::sync::Mutex<Option<(bool, String)>>,
@@ -141,6 +145,7 @@ impl Backend {
                 url: spec.url.clone(),
                 dns_name: spec.dns_name.clone(),
                 addr: spec.addr.clone(),
+                tls: spec.tls.clone(),
                 host_header: HeaderValue::from_str(&spec.authority)
                     .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
                 last_probe: std::sync::Mutex::new(None),
@@ -182,6 +187,10 @@ impl Backend {
     }
 
     /// `host:port`, the Host header for requests that came without one and for health checks.
+    pub fn tls(&self) -> Option<&BackendTls> {
+        self.cold.tls.as_ref()
+    }
+
     pub fn host_header(&self) -> &HeaderValue {
         &self.cold.host_header
     }

@@ -26,7 +26,7 @@ impl ConnectionPool {
     pub fn checkout(&self, certain: bool) -> Option<UpstreamConn> {
         for _ in 0..MAX_SCAN {
             // Popped under the lock, looked at outside it: the peek is a system call.
-            let conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
+            let mut conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
             let closed = if certain {
                 conn.is_closed_now()
             } else {

@@ -108,7 +108,13 @@ pub async fn exchange(
             Some(conn) => conn,
             // Boxed: opening a connection (a name lookup included) is a large future and a
             // rare one; inline, it would enlarge every request's state.
-            None => match Box::pin(UpstreamConn::open(backend.addr(), timeouts.connect)).await {
+            None => match Box::pin(UpstreamConn::open(
+                backend.addr(),
+                backend.tls(),
+                timeouts.connect,
+            ))
+            .await
+            {
                 Ok(conn) => conn,
                 Err(e) => {
                     backend.request_recheck();
