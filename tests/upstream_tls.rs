@@ -466,3 +466,36 @@ fn tls_problems_name_their_key_and_file() {
     };
     assert!(said.contains("https://"), "{said}");
 }
+
+/// The real binary: a backend whose certificate another CA signed is taken out by its first
+/// probe, and the log line says which backend and why (the 502 a request meets on a handshake
+/// that fails is checked in-process above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_logs_why_a_backend_certificate_was_refused() {
+    use common::binary::LoggedProcess;
+    let (good, other) = (Pki::new("test CA"), Pki::new("another CA"));
+    let (cert, key) = other.leaf(&["127.0.0.1"]);
+    let backend = TlsBackend::start(&cert, &key, None, false).await;
+    let dir = TempDir::new("upstream-tls-binary");
+    let ca = path(&dir, "ca.pem", &good.ca_pem);
+    let config = dir.write(
+        "alb.toml",
+        &format!(
+            "listen = \"127.0.0.1:0\"\nbackends = [\"https://{}\"]\n\
+             [health_check]\ninterval = \"60s\"\n[upstream_tls]\nca = \"{ca}\"\n\
+             [admin]\nlisten = \"off\"\n",
+            backend.addr
+        ),
+    );
+    let alb = LoggedProcess::alb(&config);
+    let down = alb.wait_line("is DOWN", 1, Duration::from_secs(10)).await;
+    assert!(
+        down.contains(&format!("https://{}", backend.addr)),
+        "{down}"
+    );
+    assert!(
+        down.contains("TLS handshake") && down.contains("UnknownIssuer"),
+        "{down}"
+    );
+    assert_eq!(backend.count(|s| &s.requests), 0, "nothing was sent to it");
+}
