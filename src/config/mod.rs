@@ -5,6 +5,7 @@ mod error;
 mod ipnet;
 mod raw;
 mod sections;
+mod tls;
 mod validate;
 mod values;
 
@@ -17,6 +18,9 @@ use crate::http1::Underscores;
 
 pub use error::{ConfigError, Problem};
 pub use ipnet::IpNet;
+pub use tls::{
+    CertificateSet, EXPIRY_WARNING_DAYS, LoadedCertificate, TlsConfig, crypto_provider, date,
+};
 
 /// A validated configuration. Build one with [`Config::load`] or [`Config::from_toml`].
 #[derive(Debug, Clone)]
@@ -40,6 +44,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub discovery: DiscoveryConfig,
     pub proxy_protocol: ProxyProtocolConfig,
+    /// The TLS listener (`[tls]`); none: plain HTTP only.
+    pub tls: Option<TlsConfig>,
 }
 
 /// How backends given by a DNS name are found: one backend per address the name resolves to,
@@ -344,16 +350,23 @@ impl Config {
             origin: origin.clone(),
             source,
         })?;
-        Config::from_toml(&text, &origin)
+        // Certificate files are named relative to the config file.
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, &origin, base)
     }
 
     /// Validates config text; `origin` names where it came from in error messages.
+    /// Files it names are relative to the current directory.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, origin, Path::new("."))
+    }
+
+    fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigError> {
         let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             origin: origin.to_string(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        validate::validate(raw).map_err(|problems| ConfigError::Invalid {
+        validate::validate(raw, base).map_err(|problems| ConfigError::Invalid {
             origin: origin.to_string(),
             problems,
         })
@@ -366,7 +379,7 @@ impl Config {
             backends: Some(urls.to_vec()),
             ..Default::default()
         };
-        validate::validate(raw).map_err(|problems| ConfigError::Invalid {
+        validate::validate(raw, Path::new(".")).map_err(|problems| ConfigError::Invalid {
             origin: "(built-in)".into(),
             problems,
         })

@@ -23,6 +23,25 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     pub discovery: Option<RawDiscovery>,
     pub proxy_protocol: Option<RawProxyProtocol>,
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub listen: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub redirect_http: Option<bool>,
+    pub certificate: Option<Vec<RawCertificate>>,
+}
+
+/// A certificate chain and its key, both PEM files.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

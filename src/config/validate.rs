@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 
 use super::raw::RawConfig;
 use super::sections;
@@ -12,7 +13,7 @@ use crate::http1::Underscores;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
-pub(super) fn validate(mut raw: RawConfig) -> Result<Config, Vec<Problem>> {
+pub(super) fn validate(mut raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
     let mut problems = Problems::default();
     let listen = listen(raw.listen.as_deref(), &mut problems);
     let algorithm = algorithm(raw.algorithm.as_deref(), &mut problems);
@@ -30,6 +31,18 @@ pub(super) fn validate(mut raw: RawConfig) -> Result<Config, Vec<Problem>> {
     let discovery = sections::discovery(raw.discovery.take().unwrap_or_default(), &mut problems);
     let proxy_protocol =
         sections::proxy_protocol(raw.proxy_protocol.take().unwrap_or_default(), &mut problems);
+    let tls = raw
+        .tls
+        .take()
+        .and_then(|section| super::tls::tls(section, base, &mut problems));
+    if let Some(tls) = &tls
+        && tls.listen == listen
+    {
+        problems.add(
+            "tls.listen",
+            format!("{} is the plain `listen` address", tls.listen),
+        );
+    }
     problems.into_result()?;
     Ok(Config {
         listen,
@@ -47,6 +60,7 @@ pub(super) fn validate(mut raw: RawConfig) -> Result<Config, Vec<Problem>> {
         admin,
         discovery,
         proxy_protocol,
+        tls,
     })
 }
 
