@@ -36,7 +36,18 @@ pub(super) fn validate(mut raw: RawConfig, base: &Path) -> Result<Config, Vec<Pr
         .take()
         .and_then(|section| super::tls::tls(section, base, &mut problems));
     if let Some(tls) = &tls
+        && tls.redirect_http
+        && tls.listen.port() == 0
+    {
+        problems.add(
+            "tls.redirect_http",
+            "needs a fixed tls.listen port: the redirect names it",
+        );
+    }
+    // Port 0 (any free port) twice is two listeners.
+    if let Some(tls) = &tls
         && tls.listen == listen
+        && listen.port() != 0
     {
         problems.add(
             "tls.listen",
