@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{Request as WsRequest, Response};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use common::binary::LoggedProcess;
+use common::binary::{LoggedProcess, Replacement};
 use common::{TempDir, TestBackend, TestBalancer, backends_line};
 
 /// A test certificate authority; curl and the in-test clients trust it alone.
@@ -731,12 +731,7 @@ async fn the_real_binary_serves_tls_and_reloads_certificates_on_sighup() {
     let line = alb
         .wait_line("alb listening for TLS on ", 1, Duration::from_secs(10))
         .await;
-    let port = line
-        .split("alb listening for TLS on 127.0.0.1:")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|port| port.parse::<u16>().ok())
-        .unwrap_or_else(|| panic!("no TLS port in {line}"));
+    let port = port_after(&line, "alb listening for TLS on ");
     let ca = dir.0.join("ca.pem").display().to_string();
     let resolve = format!("site.test:{port}:127.0.0.1");
     let url = format!("https://site.test:{port}/");
@@ -755,6 +750,63 @@ async fn the_real_binary_serves_tls_and_reloads_certificates_on_sighup() {
     let (ok, _, err) = curl(&["-v", "--cacert", &ca, "--resolve", &resolve, &url]).await;
     assert!(ok && subject(&err).contains("CN=renewed"), "{err}");
     alb.kill().await;
+}
+
+/// The port in a log line `... on 127.0.0.1:PORT ...` after `marker`.
+fn port_after(line: &str, marker: &str) -> u16 {
+    line.split(marker)
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|addr| addr.rsplit(':').next())
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("no port after {marker:?} in {line}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_upgrade_hands_the_tls_listener_over() {
+    let backend = TestBackend::start("b1").await;
+    let dir = TempDir::new("tls-upgrade");
+    let pki = Pki::new();
+    write_leaf(&dir, "site", &pki.leaf("site.test", &["site.test"], None));
+    dir.write("ca.pem", &pki.ca_pem());
+    let config = dir.write(
+        "alb.toml",
+        &format!(
+            "listen = \"127.0.0.1:0\"\n{}[admin]\nlisten = \"off\"\n\
+             [tls]\nlisten = \"127.0.0.1:0\"\ncert = \"site.pem\"\nkey = \"site.key\"\n",
+            backends_line(&[&backend])
+        ),
+    );
+    let mut old = LoggedProcess::alb(&config);
+    let wait = Duration::from_secs(40);
+    let port = port_after(
+        &old.wait_line("alb listening for TLS on ", 1, wait).await,
+        "alb listening for TLS on ",
+    );
+    let ca = dir.0.join("ca.pem").display().to_string();
+    let resolve = format!("site.test:{port}:127.0.0.1");
+    let url = format!("https://site.test:{port}/");
+    let (ok, out, err) = curl(&["--cacert", &ca, "--resolve", &resolve, &url]).await;
+    assert!(ok && out == "b1", "{out}{err}");
+    LoggedProcess::signal(old.pid, "-USR2");
+    let serving = old
+        .wait_line("upgrade: serving on the listeners", 1, wait)
+        .await;
+    let new_pid = serving
+        .split("this is pid ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {serving}"));
+    let new = Replacement(new_pid);
+    let exit = old.exit_status(wait).await;
+    assert!(exit.success(), "old alb: {exit}\n{}", old.log());
+    // Only the new process is left, on the same TLS port (it could not have bound it anew while
+    // the old one listened).
+    assert!(new.running());
+    let (ok, out, err) = curl(&["--cacert", &ca, "--resolve", &resolve, &url]).await;
+    assert!(ok && out == "b1", "{out}{err}");
+    new.stop().await;
 }
 
 /// A loopback port free now, for a listener whose port must be known before it is bound.

@@ -42,11 +42,7 @@ impl ClientStream {
         }
     }
 
-    /// Whether the client came over TLS (X-Forwarded-Proto `https`).
-    pub fn is_tls(&self) -> bool {
-        matches!(self, ClientStream::Tls(_))
-    }
-
+    /// The TCP connection under it (socket options).
     pub fn tcp(&self) -> &TcpStream {
         match self {
             ClientStream::Plain(stream) => stream,

@@ -96,8 +96,11 @@ pub async fn serve_tls(
     let handshake = handshake(Prefixed::new(early, stream), server, &proxy);
     let session = match tokio::time::timeout(settings.header_timeout, handshake).await {
         Ok(Ok(session)) => session,
-        Ok(Err(reason)) => return failed(&proxy, &client, reason),
-        Err(_) => return failed(&proxy, &client, TlsFailure::Timeout),
+        Ok(Err((reason, detail))) => return failed(&proxy, &client, reason, &detail),
+        Err(_) => {
+            let detail = format!("not done within {:?}", settings.header_timeout);
+            return failed(&proxy, &client, TlsFailure::Timeout, &detail);
+        }
     };
     let settings = ConnSettings {
         proxy_header: false,
@@ -156,31 +159,35 @@ async fn proxy_header(
 }
 
 /// Reads the ClientHello, refuses an SNI name no certificate has, and completes the handshake.
+/// A failure comes with its reason and what rustls said.
 async fn handshake(
     io: Prefixed,
     server: Arc<ServerConfig>,
     proxy: &Proxy,
-) -> Result<crate::http1::TlsClientStream, TlsFailure> {
+) -> Result<crate::http1::TlsClientStream, (TlsFailure, String)> {
+    let why = |e: std::io::Error| (classify(&e), e.to_string());
     let start = LazyConfigAcceptor::new(Acceptor::default(), io)
         .await
-        .map_err(|e| classify(&e))?;
-    let known = {
+        .map_err(why)?;
+    let (known, name) = {
         let hello = start.client_hello();
         let snapshot = proxy.snapshot.load();
-        snapshot
+        let known = snapshot
             .config()
             .tls
             .as_ref()
-            .is_some_and(|tls| tls.certificates.choose(hello.server_name()).is_some())
+            .is_some_and(|tls| tls.certificates.choose(hello.server_name()).is_some());
+        (known, hello.server_name().map(str::to_string))
     };
     let accepting = start.into_stream(server);
     if !known {
         // Let rustls refuse it (its resolver finds nothing either), so that the client gets an
         // alert and not a bare close; the reason counted is the name.
         let _ = accepting.await;
-        return Err(TlsFailure::UnknownName);
+        let detail = format!("no certificate for {:?}", name.unwrap_or_default());
+        return Err((TlsFailure::UnknownName, detail));
     }
-    accepting.await.map_err(|e| classify(&e))
+    accepting.await.map_err(why)
 }
 
 /// The metric's reason for a failed handshake.
@@ -216,7 +223,12 @@ fn classify(error: &std::io::Error) -> TlsFailure {
     }
 }
 
-fn failed(proxy: &Proxy, client: &ClientInfo, reason: TlsFailure) {
+/// Counts a failed handshake; logged at debug: on a public port, scanners fail handshakes all day.
+fn failed(proxy: &Proxy, client: &ClientInfo, reason: TlsFailure, detail: &str) {
     proxy.stats().record_tls_failure(reason);
-    tracing::debug!(peer = %client.addr, reason = reason.name(), "TLS handshake failed: connection closed");
+    tracing::debug!(
+        peer = %client.addr,
+        reason = reason.name(),
+        "TLS handshake failed, connection closed: {detail}"
+    );
 }
