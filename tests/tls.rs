@@ -814,3 +814,39 @@ async fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     listener.local_addr().unwrap().port()
 }
+
+#[test]
+fn config_problems_name_the_key_and_the_file() {
+    let dir = TempDir::new("tls-config");
+    let pki = Pki::new();
+    write_leaf(&dir, "site", &pki.leaf("site.test", &["site.test"], None));
+    // Relative paths are read next to the config file, wherever alb runs from.
+    let good =
+        "backends = [\"http://127.0.0.1:9\"]\n[tls]\ncert = \"site.pem\"\nkey = \"site.key\"\n";
+    let path = dir.write("alb.toml", good);
+    let config = alb::Config::load(&path).expect("valid");
+    let tls = config.tls.expect("[tls]");
+    assert_eq!(tls.listen.to_string(), "127.0.0.1:8443");
+    assert!(!tls.redirect_http);
+
+    let path = dir.write(
+        "alb.toml",
+        &format!("{good}[[tls.certificate]]\ncert = \"site.pem\"\nkey = \"missing.key\"\n[[tls.certificate]]\ncert = \"site.pem\"\n"),
+    );
+    let problems = alb::Config::load(&path).expect_err("invalid").to_string();
+    assert!(
+        problems.contains("tls.certificate[0].key: ")
+            && problems.contains("missing.key: cannot read"),
+        "{problems}"
+    );
+    assert!(
+        problems.contains("tls.certificate[1]: needs both `cert`"),
+        "{problems}"
+    );
+
+    let path = dir.write("alb.toml", &format!("{good}ciphers = \"RC4\"\n"));
+    let problems = alb::Config::load(&path)
+        .expect_err("unknown key")
+        .to_string();
+    assert!(problems.contains("ciphers"), "{problems}");
+}

@@ -123,7 +123,7 @@ impl CertificateSet {
 
 /// Validates `[tls]`, loading every certificate; paths are relative to `base` (the config
 /// file's directory).
-pub(super) fn tls(raw: RawTls, base: &Path, problems: &mut Problems) -> Option<TlsConfig> {
+pub(super) fn tls(raw: RawTls, base: &Path, problems: &mut Problems) -> TlsConfig {
     let text = raw.listen.as_deref().unwrap_or(DEFAULT_TLS_LISTEN);
     let listen = match text.parse() {
         Ok(addr) => addr,
@@ -176,11 +176,11 @@ pub(super) fn tls(raw: RawTls, base: &Path, problems: &mut Problems) -> Option<T
             set.push(loaded);
         }
     }
-    Some(TlsConfig {
+    TlsConfig {
         listen,
         redirect_http: raw.redirect_http.unwrap_or(false),
         certificates: Arc::new(set),
-    })
+    }
 }
 
 /// Loads one certificate chain and its key; every problem names `key` and the file.

@@ -34,7 +34,7 @@ pub(super) fn validate(mut raw: RawConfig, base: &Path) -> Result<Config, Vec<Pr
     let tls = raw
         .tls
         .take()
-        .and_then(|section| super::tls::tls(section, base, &mut problems));
+        .map(|section| super::tls::tls(section, base, &mut problems));
     if let Some(tls) = &tls
         && tls.redirect_http
         && tls.listen.port() == 0
