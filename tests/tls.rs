@@ -1,22 +1,19 @@
-//! TLS termination, seen from the wire: curl and `openssl s_client` as clients, test backends
-//! that record what reached them, certificates made here with rcgen (a test CA and its leaves,
-//! written next to the config, whose paths are relative to it).
+//! TLS termination, seen from the wire: curl, `openssl s_client` and rustls clients, test
+//! backends that record what reached them, certificates from a test CA (`common::pki`) written
+//! next to the config, whose paths are relative to it. The real binary: `tls_binary.rs`.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,57 +24,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{Request as WsRequest, Response};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use common::binary::{LoggedProcess, Replacement};
+use common::pki::{Pki, curl, free_port, write_leaf};
 use common::{TempDir, TestBackend, TestBalancer, backends_line};
-
-/// A test certificate authority; curl and the in-test clients trust it alone.
-struct Pki {
-    ca: CertifiedIssuer<'static, KeyPair>,
-}
-
-/// A leaf certificate (PEM chain: leaf, then the CA) and its key.
-struct Leaf {
-    chain: String,
-    key: String,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "alb test CA");
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        Pki { ca }
-    }
-
-    fn ca_pem(&self) -> String {
-        self.ca.pem()
-    }
-
-    /// A leaf named `cn` for the DNS `names`, valid until `not_after` (a year by default).
-    fn leaf(&self, cn: &str, names: &[&str], not_after: Option<SystemTime>) -> Leaf {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        let now = SystemTime::now();
-        params.not_before = (now - Duration::from_secs(3 * 365 * 86_400)).into();
-        params.not_after = not_after
-            .unwrap_or(now + Duration::from_secs(365 * 86_400))
-            .into();
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        Leaf {
-            chain: format!("{}{}", cert.pem(), self.ca.pem()),
-            key: key.serialize_pem(),
-        }
-    }
-}
 
 /// A balancer with a TLS listener, its config file and certificates in `dir`.
 struct Site {
@@ -112,11 +60,6 @@ async fn start_site(name: &str, backends: &[&TestBackend], extra: &str, tls_extr
     let path = dir.write("alb.toml", &config);
     let balancer = TestBalancer::start_file(&path).await;
     Site { dir, pki, balancer }
-}
-
-fn write_leaf(dir: &TempDir, name: &str, leaf: &Leaf) {
-    dir.write(&format!("{name}.pem"), &leaf.chain);
-    dir.write(&format!("{name}.key"), &leaf.key);
 }
 
 impl Site {
@@ -192,22 +135,6 @@ fn peer_cn(stream: &TlsStream<TcpStream>) -> String {
         .and_then(|cn| cn.as_str().ok())
         .unwrap_or_default()
         .to_string()
-}
-
-/// Runs curl; returns whether it succeeded, its stdout and its stderr.
-async fn curl(args: &[&str]) -> (bool, String, String) {
-    let output = tokio::process::Command::new("curl")
-        .args(["-sS", "--max-time", "10"])
-        .args(args)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("curl runs");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 /// Runs `openssl s_client` against 127.0.0.1:`port` with nothing to send; returns whether the
@@ -646,207 +573,4 @@ async fn the_proxy_protocol_header_comes_before_the_handshake() {
     drop(sender);
     let _ = conn.await;
     site.balancer.stop().await;
-}
-
-/// `alb check` on a config whose `[tls] cert` is `leaf` (key `key`): exit code and output.
-async fn check(dir: &TempDir, leaf: &str, key: &str) -> (bool, String, String) {
-    dir.write("site.pem", leaf);
-    dir.write("site.key", key);
-    let config = dir.write(
-        "alb.toml",
-        "backends = [\"http://127.0.0.1:9\"]\n[tls]\ncert = \"site.pem\"\nkey = \"site.key\"\n",
-    );
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_alb"))
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .await
-        .expect("alb runs");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
-#[tokio::test]
-async fn alb_check_lists_certificates_warns_near_expiry_and_refuses_expired_or_mismatched() {
-    let dir = TempDir::new("check");
-    let pki = Pki::new();
-    let good = pki.leaf("site.test", &["site.test", "*.site.test"], None);
-    let (ok, out, err) = check(&dir, &good.chain, &good.key).await;
-    assert!(ok, "{out}{err}");
-    assert!(out.contains("site.test, *.site.test"), "{out}");
-    assert!(out.contains("expires") && !out.contains("warning"), "{out}");
-
-    let soon = SystemTime::now() + Duration::from_secs(5 * 86_400 + 3600);
-    let closing = pki.leaf("site.test", &["site.test"], Some(soon));
-    let (ok, out, err) = check(&dir, &closing.chain, &closing.key).await;
-    assert!(ok, "{out}{err}");
-    assert!(
-        out.contains("warning: tls:") && out.contains("expires in 5 days"),
-        "{out}"
-    );
-
-    let past = SystemTime::now() - Duration::from_secs(86_400);
-    let expired = pki.leaf("site.test", &["site.test"], Some(past));
-    let (ok, out, err) = check(&dir, &expired.chain, &expired.key).await;
-    assert!(!ok, "{out}");
-    assert!(
-        err.contains("tls.cert") && err.contains("site.pem") && err.contains("expired"),
-        "{err}"
-    );
-
-    let (ok, out, err) = check(&dir, &good.chain, &closing.key).await;
-    assert!(!ok, "{out}");
-    assert!(
-        err.contains("tls.key") && err.contains("site.key") && err.contains("does not match"),
-        "{err}"
-    );
-
-    let (ok, _, err) = check(&dir, "garbage\n", &good.key).await;
-    assert!(!ok);
-    assert!(
-        err.contains("tls.cert") && err.contains("holds no PEM CERTIFICATE"),
-        "{err}"
-    );
-}
-
-#[tokio::test]
-async fn the_real_binary_serves_tls_and_reloads_certificates_on_sighup() {
-    let backend = TestBackend::start("b1").await;
-    let dir = TempDir::new("binary");
-    let pki = Pki::new();
-    write_leaf(&dir, "site", &pki.leaf("site.test", &["site.test"], None));
-    dir.write("ca.pem", &pki.ca_pem());
-    let config = dir.write(
-        "alb.toml",
-        &format!(
-            "listen = \"127.0.0.1:0\"\n{}[admin]\nlisten = \"off\"\n\
-             [tls]\nlisten = \"127.0.0.1:0\"\ncert = \"site.pem\"\nkey = \"site.key\"\n",
-            backends_line(&[&backend])
-        ),
-    );
-    let mut alb = LoggedProcess::alb(&config);
-    let line = alb
-        .wait_line("alb listening for TLS on ", 1, Duration::from_secs(10))
-        .await;
-    let port = port_after(&line, "alb listening for TLS on ");
-    let ca = dir.0.join("ca.pem").display().to_string();
-    let resolve = format!("site.test:{port}:127.0.0.1");
-    let url = format!("https://site.test:{port}/");
-    let subject = |err: &str| {
-        err.lines()
-            .find(|l| l.contains("subject:"))
-            .unwrap_or_default()
-            .to_string()
-    };
-    let (ok, _, err) = curl(&["-v", "--cacert", &ca, "--resolve", &resolve, &url]).await;
-    assert!(ok && subject(&err).contains("CN=site.test"), "{err}");
-    write_leaf(&dir, "site", &pki.leaf("renewed", &["site.test"], None));
-    LoggedProcess::signal(alb.pid, "-HUP");
-    alb.wait_line("configuration applied", 1, Duration::from_secs(10))
-        .await;
-    let (ok, _, err) = curl(&["-v", "--cacert", &ca, "--resolve", &resolve, &url]).await;
-    assert!(ok && subject(&err).contains("CN=renewed"), "{err}");
-    alb.kill().await;
-}
-
-/// The port in a log line `... on 127.0.0.1:PORT ...` after `marker`.
-fn port_after(line: &str, marker: &str) -> u16 {
-    line.split(marker)
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|addr| addr.rsplit(':').next())
-        .and_then(|port| port.parse().ok())
-        .unwrap_or_else(|| panic!("no port after {marker:?} in {line}"))
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_binary_upgrade_hands_the_tls_listener_over() {
-    let backend = TestBackend::start("b1").await;
-    let dir = TempDir::new("tls-upgrade");
-    let pki = Pki::new();
-    write_leaf(&dir, "site", &pki.leaf("site.test", &["site.test"], None));
-    dir.write("ca.pem", &pki.ca_pem());
-    let config = dir.write(
-        "alb.toml",
-        &format!(
-            "listen = \"127.0.0.1:0\"\n{}[admin]\nlisten = \"off\"\n\
-             [tls]\nlisten = \"127.0.0.1:0\"\ncert = \"site.pem\"\nkey = \"site.key\"\n",
-            backends_line(&[&backend])
-        ),
-    );
-    let mut old = LoggedProcess::alb(&config);
-    let wait = Duration::from_secs(40);
-    let port = port_after(
-        &old.wait_line("alb listening for TLS on ", 1, wait).await,
-        "alb listening for TLS on ",
-    );
-    let ca = dir.0.join("ca.pem").display().to_string();
-    let resolve = format!("site.test:{port}:127.0.0.1");
-    let url = format!("https://site.test:{port}/");
-    let (ok, out, err) = curl(&["--cacert", &ca, "--resolve", &resolve, &url]).await;
-    assert!(ok && out == "b1", "{out}{err}");
-    LoggedProcess::signal(old.pid, "-USR2");
-    let serving = old
-        .wait_line("upgrade: serving on the listeners", 1, wait)
-        .await;
-    let new_pid = serving
-        .split("this is pid ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|pid| pid.parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {serving}"));
-    let new = Replacement(new_pid);
-    let exit = old.exit_status(wait).await;
-    assert!(exit.success(), "old alb: {exit}\n{}", old.log());
-    // Only the new process is left, on the same TLS port (it could not have bound it anew while
-    // the old one listened).
-    assert!(new.running());
-    let (ok, out, err) = curl(&["--cacert", &ca, "--resolve", &resolve, &url]).await;
-    assert!(ok && out == "b1", "{out}{err}");
-    new.stop().await;
-}
-
-/// A loopback port free now, for a listener whose port must be known before it is bound.
-async fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-#[test]
-fn config_problems_name_the_key_and_the_file() {
-    let dir = TempDir::new("tls-config");
-    let pki = Pki::new();
-    write_leaf(&dir, "site", &pki.leaf("site.test", &["site.test"], None));
-    // Relative paths are read next to the config file, wherever alb runs from.
-    let good =
-        "backends = [\"http://127.0.0.1:9\"]\n[tls]\ncert = \"site.pem\"\nkey = \"site.key\"\n";
-    let path = dir.write("alb.toml", good);
-    let config = alb::Config::load(&path).expect("valid");
-    let tls = config.tls.expect("[tls]");
-    assert_eq!(tls.listen.to_string(), "127.0.0.1:8443");
-    assert!(!tls.redirect_http);
-
-    let path = dir.write(
-        "alb.toml",
-        &format!("{good}[[tls.certificate]]\ncert = \"site.pem\"\nkey = \"missing.key\"\n[[tls.certificate]]\ncert = \"site.pem\"\n"),
-    );
-    let problems = alb::Config::load(&path).expect_err("invalid").to_string();
-    assert!(
-        problems.contains("tls.certificate[0].key: ")
-            && problems.contains("missing.key: cannot read"),
-        "{problems}"
-    );
-    assert!(
-        problems.contains("tls.certificate[1]: needs both `cert`"),
-        "{problems}"
-    );
-
-    let path = dir.write("alb.toml", &format!("{good}ciphers = \"RC4\"\n"));
-    let problems = alb::Config::load(&path)
-        .expect_err("unknown key")
-        .to_string();
-    assert!(problems.contains("ciphers"), "{problems}");
 }

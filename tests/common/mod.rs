@@ -7,6 +7,7 @@
 pub mod binary;
 pub mod dns;
 mod load;
+pub mod pki;
 pub mod recorder;
 #[allow(unused_imports)]
 pub use load::SteadyLoad;
