@@ -1,8 +1,9 @@
 //! alb: an asynchronous HTTP/1.1 load balancer.
 //!
 //! # Layout, in the order a request travels
-//! - [`config`]: the TOML file, parsed into raw structs, validated into a typed [`config::Config`].
-//! - [`server`]: listener, client connections, graceful shutdown.
+//! - [`config`]: the TOML file, parsed into raw structs, validated into a typed [`config::Config`]
+//!   (TLS certificates loaded and checked with it).
+//! - [`server`]: listeners (plain and TLS), client connections, graceful shutdown.
 //! - [`proxy`]: one request: pick a backend, forward, stream back, header hygiene, error statuses.
 //! - [`balance`]: the [`balance::Selector`] trait and one file per algorithm.
 //! - [`upstream`]: backends, their live counters and health flag, pooled connections.

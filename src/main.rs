@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
+use alb::config::EXPIRY_WARNING_DAYS;
 use alb::demo::{DemoBackend, backend_addrs};
 use alb::server::handover::SOCKET_ENV;
 use alb::server::{Inherited, Program, upgrade};
@@ -144,11 +145,52 @@ fn check(path: &std::path::Path) -> ExitCode {
                 config.algorithm.name(),
                 config.listen
             );
+            if let Some(tls) = &config.tls {
+                print_tls(tls);
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("{e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// What `alb check` says of `[tls]`: each certificate with its names and expiry, and a warning
+/// for one that expires within [`EXPIRY_WARNING_DAYS`] (an expired one failed the check above).
+fn print_tls(tls: &alb::config::TlsConfig) {
+    println!(
+        "TLS on {}{}",
+        tls.listen,
+        if tls.redirect_http {
+            ", plain HTTP redirected to https"
+        } else {
+            ""
+        }
+    );
+    for cert in tls.certificates.certificates() {
+        let names = if cert.names.is_empty() {
+            "(no DNS names: only for clients without SNI)".to_string()
+        } else {
+            cert.names.join(", ")
+        };
+        let days = cert.days_left();
+        println!(
+            "  {}: {} (key {}): {}; subject {}; expires {} ({days} days)",
+            cert.key,
+            cert.cert_file.display(),
+            cert.key_file.display(),
+            names,
+            cert.subject,
+            alb::config::date(cert.not_after),
+        );
+        if days < EXPIRY_WARNING_DAYS {
+            println!(
+                "  warning: {}: {}: expires in {days} days",
+                cert.key,
+                cert.cert_file.display()
+            );
         }
     }
 }

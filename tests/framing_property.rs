@@ -11,7 +11,8 @@
 mod wire;
 
 use alb::http1::{
-    BodyFraming, Framing, RequestRules, Underscores, encode_request_head, parse_client_request,
+    BodyFraming, Framing, RequestRules, Scheme, Underscores, encode_request_head,
+    parse_client_request,
 };
 use bytes::BytesMut;
 use http::HeaderValue;
@@ -211,7 +212,7 @@ proptest! {
         };
         let mut parts = request.parts;
         alb::proxy::remove_hop_by_hop(&mut parts.headers);
-        let head = encode_request_head(&parts, &HeaderValue::from_static("192.0.2.1"), framing, None);
+        let head = encode_request_head(&parts, &HeaderValue::from_static("192.0.2.1"), Scheme::Http, framing, None);
         let mut wire_bytes = head
             .for_backend(&HeaderValue::from_static("backend.example:9000"))
             .to_vec();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use alb::Config;
 use alb::balance::{Exclude, selector_for};
 use alb::config::{Algorithm, BackendAddr, BackendSpec, MAX_WEIGHT};
-use alb::http1::{BodyFraming, encode_request_head, parse_response_head};
+use alb::http1::{BodyFraming, Scheme, encode_request_head, parse_response_head};
 use alb::proxy::remove_hop_by_hop;
 use alb::upstream::{Backend, InFlightGuard};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -878,6 +878,7 @@ proptest! {
         xff in proptest::collection::vec(header_value(), 0..3),
         xfp in proptest::collection::vec(select(&["http", "https", "", "http, https"][..]), 0..3),
         xfh in proptest::collection::vec(header_value(), 0..3),
+        scheme in select(&[Scheme::Http, Scheme::Https][..]),
         ip in prop_oneof![
             4 => ip_value(),
             1 => header_value()
@@ -901,7 +902,7 @@ proptest! {
         // On the wire a field value has no leading or trailing whitespace (RFC 9110 §5.5): what
         // a client sends arrives trimmed, as here.
         let original = trimmed(&original);
-        let after = forwarded_upstream(&original, &ip);
+        let after = forwarded_upstream(&original, &ip, scheme);
 
         let xff_name = HeaderName::from_static("x-forwarded-for");
         let xfp_name = HeaderName::from_static("x-forwarded-proto");
@@ -922,7 +923,10 @@ proptest! {
 
         // X-Forwarded-Proto and -Host say what this hop received, alone: a client's values never
         // come first (frameworks read the first element).
-        prop_assert_eq!(values(&after, &xfp_name), vec![HeaderValue::from_static("http")]);
+        prop_assert_eq!(
+            values(&after, &xfp_name),
+            vec![HeaderValue::from_static(scheme.as_str())]
+        );
         match original.get(http::header::HOST) {
             Some(host) => prop_assert_eq!(values(&after, &xfh_name), vec![host.clone()]),
             None => prop_assert!(values(&after, &xfh_name).is_empty()),
@@ -960,12 +964,12 @@ fn trimmed(headers: &HeaderMap) -> HeaderMap {
 
 /// Encodes a GET with `headers` for the upstream hop and parses the fields back; a Host that alb
 /// had to add (the client sent none) is checked and left out.
-fn forwarded_upstream(headers: &HeaderMap, ip: &HeaderValue) -> HeaderMap {
+fn forwarded_upstream(headers: &HeaderMap, ip: &HeaderValue, scheme: Scheme) -> HeaderMap {
     let mut request = http::Request::get("/").body(()).unwrap();
     *request.headers_mut() = headers.clone();
     let (parts, ()) = request.into_parts();
     let backend = HeaderValue::from_static("backend.test:8080");
-    let head = encode_request_head(&parts, ip, BodyFraming::None, None);
+    let head = encode_request_head(&parts, ip, scheme, BodyFraming::None, None);
     let bytes = head.for_backend(&backend);
     let mut fields = [httparse::EMPTY_HEADER; 256];
     let mut parsed = httparse::Request::new(&mut fields);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::binary::LoggedProcess;
+use common::binary::{LoggedProcess, Replacement};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -17,39 +17,6 @@ use tokio::task::JoinHandle;
 
 /// Every wait on the processes is bounded by this.
 const WAIT: Duration = Duration::from_secs(40);
-
-/// The process an upgrade started: not a child of the test, so stopped by pid.
-struct Replacement(u32);
-
-impl Replacement {
-    fn running(&self) -> bool {
-        // Reparented to whatever reaps orphans here, it may linger as a zombie: that is gone.
-        std::fs::read_to_string(format!("/proc/{}/stat", self.0)).is_ok_and(|stat| {
-            !stat
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .starts_with('Z')
-        })
-    }
-
-    /// SIGTERM, then waits until it is gone.
-    async fn stop(&self) {
-        LoggedProcess::signal(self.0, "-TERM");
-        wait_until(WAIT, || !self.running())
-            .await
-            .expect("the new alb exits on SIGTERM");
-    }
-}
-
-impl Drop for Replacement {
-    fn drop(&mut self) {
-        if self.running() {
-            LoggedProcess::signal(self.0, "-KILL");
-        }
-    }
-}
 
 /// The word after `marker` in `line`, without a URL scheme.
 fn word_after(line: &str, marker: &str) -> String {

@@ -11,7 +11,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::proxy::{HeaderRefusal, Proxy};
+use crate::proxy::{HeaderRefusal, Proxy, TlsFailure};
 use crate::upstream::{Histogram, METHOD_CLASSES, STATUS_CLASSES};
 
 /// Renders every metric in the Prometheus text format.
@@ -277,6 +277,21 @@ impl Collector for ProxyCollector {
             "proxy_protocol_rejected",
             "Client connections closed for want of a good PROXY protocol header, by reason",
             &refused,
+        )?;
+        let tls: Vec<_> = TlsFailure::ALL
+            .iter()
+            .map(|&r| {
+                (
+                    vec![("reason", r.name().to_string())],
+                    stats.tls_failures(r),
+                )
+            })
+            .collect();
+        counter(
+            &mut encoder,
+            "tls_handshake_failures",
+            "TLS handshakes that failed (the connection closed), by reason",
+            &tls,
         )?;
         Ok(())
     }

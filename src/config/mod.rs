@@ -5,6 +5,7 @@ mod error;
 mod ipnet;
 mod raw;
 mod sections;
+mod tls;
 mod upstream_tls;
 mod validate;
 mod values;
@@ -18,7 +19,10 @@ use crate::http1::Underscores;
 
 pub use error::{ConfigError, Problem};
 pub use ipnet::IpNet;
-pub use upstream_tls::{UpstreamTls, provider as tls_provider};
+pub use tls::{
+    CertificateSet, EXPIRY_WARNING_DAYS, LoadedCertificate, TlsConfig, crypto_provider, date,
+};
+pub use upstream_tls::UpstreamTls;
 
 /// A validated configuration. Build one with [`Config::load`] or [`Config::from_toml`].
 #[derive(Debug, Clone)]
@@ -44,6 +48,8 @@ pub struct Config {
     pub proxy_protocol: ProxyProtocolConfig,
     /// `[upstream_tls]`, built when a backend is `https://` or the section is written.
     pub upstream_tls: Option<std::sync::Arc<UpstreamTls>>,
+    /// The TLS listener (`[tls]`); none: plain HTTP only.
+    pub tls: Option<TlsConfig>,
 }
 
 /// How backends given by a DNS name are found: one backend per address the name resolves to,
@@ -362,6 +368,7 @@ impl Config {
             origin: origin.clone(),
             source,
         })?;
+        // Certificate files are named relative to the config file.
         let base = path.parent().unwrap_or(Path::new("."));
         Config::parse(&text, &origin, base)
     }

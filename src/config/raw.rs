@@ -24,6 +24,7 @@ pub struct RawConfig {
     pub discovery: Option<RawDiscovery>,
     pub proxy_protocol: Option<RawProxyProtocol>,
     pub upstream_tls: Option<RawUpstreamTls>,
+    pub tls: Option<RawTls>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -34,6 +35,24 @@ pub struct RawUpstreamTls {
     pub cert: Option<String>,
     pub key: Option<String>,
     pub verify: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub listen: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub redirect_http: Option<bool>,
+    pub certificate: Option<Vec<RawCertificate>>,
+}
+
+/// A certificate chain and its key, both PEM files.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -13,12 +13,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use super::raw::RawUpstreamTls;
+use super::tls::crypto_provider;
 use super::values::Problems;
 
 /// The TLS client side of every `https://` backend of one config.
@@ -53,13 +54,6 @@ impl std::fmt::Debug for UpstreamTls {
     }
 }
 
-/// The crypto provider of both TLS sides: rustls' default, aws-lc-rs (the fastest handshakes of
-/// rustls' providers). Named here rather than taken from the process default, which is ambiguous
-/// as soon as a dependency enables another provider.
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
 /// Builds `[upstream_tls]` when a backend is `https://` or the section is written; `base` is the
 /// directory relative file names are read from.
 pub(super) fn upstream_tls(
@@ -90,7 +84,7 @@ pub(super) fn upstream_tls(
     });
     let roots = roots(raw.ca.as_deref(), base, &mut fingerprint, problems);
     let client_auth = client_auth(&raw, base, &mut fingerprint, problems);
-    let builder = ClientConfig::builder_with_provider(provider())
+    let builder = ClientConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .ok()?;
     let builder = if verify {
@@ -100,7 +94,7 @@ pub(super) fn upstream_tls(
             "upstream_tls.verify = false: backend certificates are not verified; whoever is on \
              the path to a backend can read and change its traffic"
         );
-        let algorithms = provider().signature_verification_algorithms;
+        let algorithms = crypto_provider().signature_verification_algorithms;
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(Unverified(algorithms)))

@@ -39,6 +39,29 @@ pub(super) fn validate(mut raw: RawConfig, base: &Path) -> Result<Config, Vec<Pr
     let discovery = sections::discovery(raw.discovery.take().unwrap_or_default(), &mut problems);
     let proxy_protocol =
         sections::proxy_protocol(raw.proxy_protocol.take().unwrap_or_default(), &mut problems);
+    let tls = raw
+        .tls
+        .take()
+        .map(|section| super::tls::tls(section, base, &mut problems));
+    if let Some(tls) = &tls
+        && tls.redirect_http
+        && tls.listen.port() == 0
+    {
+        problems.add(
+            "tls.redirect_http",
+            "needs a fixed tls.listen port: the redirect names it",
+        );
+    }
+    // Port 0 (any free port) twice is two listeners.
+    if let Some(tls) = &tls
+        && tls.listen == listen
+        && listen.port() != 0
+    {
+        problems.add(
+            "tls.listen",
+            format!("{} is the plain `listen` address", tls.listen),
+        );
+    }
     problems.into_result()?;
     Ok(Config {
         listen,
@@ -57,6 +80,7 @@ pub(super) fn validate(mut raw: RawConfig, base: &Path) -> Result<Config, Vec<Pr
         discovery,
         proxy_protocol,
         upstream_tls,
+        tls,
     })
 }
 

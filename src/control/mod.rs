@@ -213,6 +213,11 @@ fn diff(old: &Snapshot, new: &Snapshot) -> ChangeReport {
     if a.admin != b.admin {
         needs_restart.push("admin".to_string());
     }
+    // The certificates follow the snapshot; the listener is bound once.
+    let tls_listen = |c: &Config| c.tls.as_ref().map(|tls| tls.listen);
+    if tls_listen(a) != tls_listen(b) {
+        needs_restart.push("tls.listen".to_string());
+    }
     ChangeReport {
         added: after
             .iter()

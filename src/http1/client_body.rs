@@ -10,8 +10,8 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use tokio::net::tcp::OwnedReadHalf;
 
+use super::client_io::ClientReadHalf;
 use super::poll_fill_from;
 use super::{BodyDecoder, Decoded, WireError};
 
@@ -22,7 +22,7 @@ const CLIENT_READ: usize = 2 * 1024;
 /// The reading side of a client connection.
 #[derive(Debug)]
 pub struct ReadSide {
-    pub half: OwnedReadHalf,
+    pub half: ClientReadHalf,
     /// Read from the client, not yet used.
     pub buf: BytesMut,
 }
@@ -32,7 +32,7 @@ impl ReadSide {
     pub fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<std::io::Result<usize>> {
         if self.buf.capacity() == 0 {
             // No buffer until there is something to read into it.
-            ready!(self.half.as_ref().poll_read_ready(cx))?;
+            ready!(self.half.poll_read_ready(cx))?;
         }
         poll_fill_from(
             Pin::new(&mut self.half),

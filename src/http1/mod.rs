@@ -14,6 +14,7 @@
 mod body;
 mod chunked;
 mod client_body;
+mod client_io;
 mod client_request;
 mod client_response;
 mod io;
@@ -24,12 +25,15 @@ mod upgrade;
 
 pub use body::{BodyDecoder, Decoded};
 pub use client_body::{ClientBody, ClientBodyError, ReadSide, ReadSlot};
+pub use client_io::{
+    ClientReadHalf, ClientStream, ClientWriteHalf, NotAPair, Prefixed, TlsClientStream,
+};
 pub use client_request::{
     ClientRequest, Rejected, RequestRules, Underscores, parse_client_request,
 };
 pub use client_response::{BodyWrite, ResponsePlan, encode_response_head};
 pub use io::{PartialWrite, poll_fill, poll_fill_from, poll_write_within, write_all_within};
-pub use request_head::{BodyFraming, RequestHead, encode_request_head};
+pub use request_head::{BodyFraming, RequestHead, Scheme, encode_request_head};
 pub use response_head::{Framing, MAX_HEAD_BYTES, RawFields, ResponseHead, parse_response_head};
 pub use upgrade::requested_upgrade;
 

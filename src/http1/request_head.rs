@@ -31,6 +31,24 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// The scheme a client used to reach alb: what X-Forwarded-Proto tells the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scheme {
+    #[default]
+    Http,
+    /// The client came over the TLS listener.
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
 /// An encoded request head.
 #[derive(Debug, Clone)]
 pub struct RequestHead {
@@ -54,7 +72,8 @@ impl RequestHead {
     }
 }
 
-/// Encodes the head of `parts` for the upstream hop. `client_ip` joins X-Forwarded-For.
+/// Encodes the head of `parts` for the upstream hop. `client_ip` joins X-Forwarded-For; `scheme`
+/// is how the client reached alb (X-Forwarded-Proto).
 /// `upgrade`: the protocols this request asks the backend to switch to (see
 /// [`super::requested_upgrade`]), written with `Connection: upgrade`; otherwise no Connection.
 ///
@@ -64,6 +83,7 @@ impl RequestHead {
 pub fn encode_request_head(
     parts: &request::Parts,
     client_ip: &HeaderValue,
+    scheme: Scheme,
     framing: BodyFraming,
     upgrade: Option<&HeaderValue>,
 ) -> RequestHead {
@@ -111,7 +131,11 @@ pub fn encode_request_head(
         forwarded_for,
         client_ip.as_bytes(),
     );
-    put_field(&mut out, X_FORWARDED_PROTO.as_str().as_bytes(), b"http");
+    put_field(
+        &mut out,
+        X_FORWARDED_PROTO.as_str().as_bytes(),
+        scheme.as_str().as_bytes(),
+    );
     if let Some(host) = host {
         put_field(
             &mut out,
@@ -166,8 +190,13 @@ mod tests {
 
     fn encode(request: http::Request<()>, framing: BodyFraming) -> String {
         let (parts, ()) = request.into_parts();
-        let head =
-            encode_request_head(&parts, &HeaderValue::from_static("10.0.0.1"), framing, None);
+        let head = encode_request_head(
+            &parts,
+            &HeaderValue::from_static("10.0.0.1"),
+            Scheme::Http,
+            framing,
+            None,
+        );
         let bytes = head.for_backend(&HeaderValue::from_static("backend:81"));
         String::from_utf8(bytes.to_vec()).unwrap()
     }

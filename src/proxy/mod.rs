@@ -9,6 +9,7 @@ mod headers;
 mod live;
 mod pool;
 mod prepare;
+mod redirect;
 mod response_body;
 mod retry;
 mod stats;
@@ -29,14 +30,14 @@ pub use prepare::ClientInfo;
 use prepare::{Outbound, Replay};
 pub use response_body::{ResponseBody, ResponseBodyError, UpstreamBody, UpstreamParts};
 pub use retry::{RetryBudget, RetryPolicy, is_idempotent};
-pub use stats::{HeaderRefusal, ProxyStats};
+pub use stats::{HeaderRefusal, ProxyStats, TlsFailure};
 use tunnel::TunnelParts;
 pub use tunnel::{HALF_CLOSED_IDLE, Tunnel};
 
 use crate::balance::Exclude;
 use crate::config::{BackendSpec, Config, Limits, Timeouts};
 use crate::health::OutlierDetector;
-use crate::http1::{BodyDecoder, ResponseHead};
+use crate::http1::{BodyDecoder, ResponseHead, Scheme};
 use crate::upstream::{
     self, Answer, Backend, InFlightGuard, Progress, SessionRequest, Unanswered, method_class,
 };
@@ -154,6 +155,20 @@ impl Snapshot {
                 started,
             ))
         });
+        if client.scheme == Scheme::Http
+            && let Some(tls) = self.config.tls.as_ref().filter(|tls| tls.redirect_http)
+        {
+            return match redirect::to_https(&req, tls.listen.port()) {
+                Ok(response) => {
+                    self.stats.record_local(method, response.status().as_u16());
+                    if let Some(log) = log {
+                        log.finish(response.status().as_u16(), None, 0, Outcome::Complete);
+                    }
+                    response
+                }
+                Err(error) => self.local_response(&error, None, log, method),
+            };
+        }
         let pool = self.route(&req);
         let outbound = match self.prepare(req, client).await {
             Ok(outbound) => outbound,

@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use super::headers::{hop_scan, strip_hop_by_hop};
 use super::retry::is_idempotent;
 use super::{ProxyError, Snapshot};
-use crate::http1::{BodyFraming, RequestHead, encode_request_head, requested_upgrade};
+use crate::http1::{BodyFraming, RequestHead, Scheme, encode_request_head, requested_upgrade};
 use crate::upstream::{BodyError, BodyLimits, RequestBody};
 
 /// The client connection a request arrived on, computed once per connection.
@@ -21,13 +21,24 @@ pub struct ClientInfo {
     pub addr: SocketAddr,
     /// The client's IP as an X-Forwarded-For element.
     pub ip_header: HeaderValue,
+    /// Which listener it came to: X-Forwarded-Proto, and whether `tls.redirect_http` applies.
+    pub scheme: Scheme,
 }
 
 impl ClientInfo {
     pub fn new(addr: SocketAddr) -> ClientInfo {
         let ip_header = HeaderValue::from_str(&addr.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        ClientInfo { addr, ip_header }
+        ClientInfo {
+            addr,
+            ip_header,
+            scheme: Scheme::Http,
+        }
+    }
+
+    /// The same client, come over `scheme`.
+    pub fn over(self, scheme: Scheme) -> ClientInfo {
+        ClientInfo { scheme, ..self }
     }
 }
 
@@ -86,7 +97,13 @@ impl Snapshot {
             (RequestBody::client(body, limits), framing)
         };
         Ok(Outbound {
-            head: encode_request_head(&parts, &client.ip_header, framing, upgrade.as_ref()),
+            head: encode_request_head(
+                &parts,
+                &client.ip_header,
+                client.scheme,
+                framing,
+                upgrade.as_ref(),
+            ),
             head_request: parts.method == Method::HEAD,
             // Once sent, an upgrade may have switched the backend's connection to a protocol
             // alb knows nothing of: never sent twice.

@@ -26,6 +26,51 @@ pub struct ProxyStats {
     pub reload_failures: AtomicU64,
     /// Connections closed before their PROXY protocol header was taken, by [`HeaderRefusal`].
     proxy_header_refused: [AtomicU64; HeaderRefusal::ALL.len()],
+    /// TLS handshakes that failed, by [`TlsFailure`].
+    tls_failures: [AtomicU64; TlsFailure::ALL.len()],
+}
+
+/// Why a TLS handshake failed (label `reason` of `alb_tls_handshake_failures_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// No complete handshake within `timeouts.client_header`.
+    Timeout,
+    /// The client closed (or reset) before the handshake was done.
+    Closed,
+    /// The first bytes are not a TLS record: plain HTTP sent to the TLS port, most often.
+    NotTls,
+    /// The SNI name matches no certificate.
+    UnknownName,
+    /// The client offers only protocol versions alb refuses (SSL 3, TLS 1.0, 1.1).
+    ProtocolVersion,
+    /// Nothing in common besides the version: cipher suites, groups, signature schemes, ALPN.
+    Incompatible,
+    /// A malformed or misbehaving handshake.
+    BadHello,
+}
+
+impl TlsFailure {
+    pub const ALL: [TlsFailure; 7] = [
+        TlsFailure::Timeout,
+        TlsFailure::Closed,
+        TlsFailure::NotTls,
+        TlsFailure::UnknownName,
+        TlsFailure::ProtocolVersion,
+        TlsFailure::Incompatible,
+        TlsFailure::BadHello,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsFailure::Timeout => "timeout",
+            TlsFailure::Closed => "closed",
+            TlsFailure::NotTls => "not_tls",
+            TlsFailure::UnknownName => "unknown_sni",
+            TlsFailure::ProtocolVersion => "protocol_version",
+            TlsFailure::Incompatible => "incompatible",
+            TlsFailure::BadHello => "bad_handshake",
+        }
+    }
 }
 
 /// Why a connection was closed for want of a good PROXY protocol header (label `reason` of
@@ -82,6 +127,15 @@ impl ProxyStats {
     /// Connections closed for want of a good PROXY protocol header, for `reason`.
     pub fn header_refused(&self, reason: HeaderRefusal) -> u64 {
         self.proxy_header_refused[reason as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn record_tls_failure(&self, reason: TlsFailure) {
+        self.tls_failures[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// TLS handshakes failed for `reason`.
+    pub fn tls_failures(&self, reason: TlsFailure) -> u64 {
+        self.tls_failures[reason as usize].load(Ordering::Relaxed)
     }
 
     pub fn retries(&self) -> u64 {

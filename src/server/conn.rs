@@ -22,14 +22,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::deadline::Deadline;
 use crate::http1::{
-    BodyDecoder, BodyWrite, ClientBody, ClientRequest, Framing, ReadSide, ReadSlot, Rejected,
-    RequestRules, encode_response_head, parse_client_request,
+    BodyDecoder, BodyWrite, ClientBody, ClientRequest, ClientStream, ClientWriteHalf, Framing,
+    ReadSide, ReadSlot, Rejected, RequestRules, encode_response_head, parse_client_request,
 };
 use crate::http1::{poll_write_within, write_all_within};
 use crate::proxy::{ClientInfo, Proxy, ProxyStats, ResponseBody};
@@ -95,9 +93,9 @@ enum NoRequest {
     Rejected(Rejected),
 }
 
-/// Serves one client connection until it closes.
+/// Serves one client connection, plain or TLS (its handshake done), until it closes.
 pub async fn serve_connection(
-    stream: TcpStream,
+    stream: ClientStream,
     proxy: Arc<Proxy>,
     client: ClientInfo,
     settings: ConnSettings,
@@ -105,8 +103,8 @@ pub async fn serve_connection(
     _seat: Seat,
 ) {
     // Responses are written whole; Nagle would only delay the last segment.
-    let _ = stream.set_nodelay(true);
-    let (read, mut write) = stream.into_split();
+    let _ = stream.tcp().set_nodelay(true);
+    let (read, mut write) = stream.split();
     let mut side = Some(ReadSide {
         half: read,
         buf: BytesMut::new(),
@@ -127,7 +125,7 @@ pub async fn serve_connection(
             );
             match header.await {
                 Ok(header) => match header.source {
-                    Source::Client(addr) => ClientInfo::new(addr),
+                    Source::Client(addr) => ClientInfo::new(addr).over(client.scheme),
                     Source::Peer => client,
                 },
                 Err(failure) => return refuse_header(&proxy, &client, &failure),
@@ -290,7 +288,7 @@ pub async fn serve_connection(
 
 /// Counts and logs a connection closed for want of a good PROXY protocol header. Logged at
 /// info: the source is a trusted balancer, so this is a misconfiguration worth seeing.
-fn refuse_header(proxy: &Proxy, client: &ClientInfo, failure: &HeaderFailure) {
+pub(super) fn refuse_header(proxy: &Proxy, client: &ClientInfo, failure: &HeaderFailure) {
     if let Some(reason) = failure.refusal() {
         proxy.stats().record_header_refused(reason);
         tracing::info!(peer = %client.addr, reason = reason.name(), "connection closed: {failure}");
@@ -299,7 +297,7 @@ fn refuse_header(proxy: &Proxy, client: &ClientInfo, failure: &HeaderFailure) {
 
 /// The writing side of a client connection, with its write deadline.
 struct ClientWrite<'a> {
-    half: &'a mut OwnedWriteHalf,
+    half: &'a mut ClientWriteHalf,
     /// The connection's one timer: head reads and writes never wait at the same time.
     deadline: &'a mut Deadline,
     limit: Duration,
@@ -567,7 +565,7 @@ fn refusal(rejected: Rejected) -> Vec<u8> {
 
 /// Closes after a last answer: the write side first, then what the client still sends is read
 /// and dropped for a moment, so the answer is not lost to a reset.
-async fn linger(mut write: OwnedWriteHalf, side: Option<ReadSide>) {
+async fn linger(mut write: ClientWriteHalf, side: Option<ReadSide>) {
     let _ = write.shutdown().await;
     let Some(mut side) = side else {
         return;

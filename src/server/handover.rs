@@ -32,7 +32,7 @@ use tokio::net::{TcpListener, UnixStream};
 /// arguments as they are, and it passes on to the next upgrade unchanged.
 pub const SOCKET_ENV: &str = "ALB_UPGRADE_SOCKET";
 /// At most this many listeners cross (the client listener and the admin listener).
-const MAX_LISTENERS: usize = 2;
+const MAX_LISTENERS: usize = 3;
 /// The description line is a few dozen bytes; anything longer is not from an alb.
 const MAX_LINE: u64 = 4096;
 /// How long the new process waits for the old one to send its listeners.
@@ -64,6 +64,8 @@ pub enum Role {
     Client,
     /// The admin listener (`admin.listen`).
     Admin,
+    /// The TLS listener (`tls.listen`).
+    Tls,
 }
 
 /// The line that travels with the descriptors.
@@ -139,6 +141,7 @@ pub struct Inherited {
     old_pid: u32,
     client: Option<TcpListener>,
     admin: Option<TcpListener>,
+    tls: Option<TcpListener>,
 }
 
 impl Inherited {
@@ -179,12 +182,14 @@ impl Inherited {
             old_pid: description.pid,
             client: None,
             admin: None,
+            tls: None,
         };
         for (role, fd) in description.listeners.into_iter().zip(fds) {
             let listener = Some(listener_from(fd)?);
             match role {
                 Role::Client => inherited.client = listener,
                 Role::Admin => inherited.admin = listener,
+                Role::Tls => inherited.tls = listener,
             }
         }
         Ok(inherited)
@@ -200,6 +205,11 @@ impl Inherited {
     /// new config moved the address, and the caller binds the new one.
     pub(super) fn take_client(&mut self, configured: SocketAddr) -> Option<TcpListener> {
         fitting(self.client.take(), configured, "client")
+    }
+
+    /// The TLS listener, on the same terms as [`Inherited::take_client`].
+    pub(super) fn take_tls(&mut self, configured: SocketAddr) -> Option<TcpListener> {
+        fitting(self.tls.take(), configured, "TLS")
     }
 
     /// The admin listener, on the same terms as [`Inherited::take_client`].

@@ -3,11 +3,14 @@
 //! finish within the drain timeout). With `proxy_protocol` on, only trusted sources are served,
 //! and each must start with a PROXY protocol header ([`proxy_protocol`]). A binary upgrade hands
 //! the listeners to a new process ([`upgrade`], [`handover`]) and then drains the same way.
+//! With `[tls]`, a second listener takes TLS connections ([`tls`]): same connection limit,
+//! PROXY protocol setting and drain; after the handshake a connection is served like a plain one.
 
 mod conn;
 pub mod handover;
 pub mod proxy_protocol;
 mod shutdown;
+pub mod tls;
 pub mod upgrade;
 
 use std::future::Future;
@@ -17,7 +20,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -28,7 +31,7 @@ pub use upgrade::{Program, Upgrade, UpgradeError};
 
 use crate::admin::{AdminServer, Lifecycle};
 use crate::config::Config;
-use crate::http1::RequestRules;
+use crate::http1::{ClientStream, RequestRules};
 use crate::proxy::{ClientInfo, HeaderRefusal, Proxy};
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
@@ -50,6 +53,8 @@ pub enum ServerError {
     LocalAddr(#[source] std::io::Error),
     #[error("cannot offer the listeners for an upgrade: {0}")]
     Duplicate(#[source] std::io::Error),
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[source] rustls::Error),
 }
 
 /// Why the accept loop ended.
@@ -66,6 +71,8 @@ enum Stop {
 pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// The `[tls]` listener and its address.
+    tls: Option<(TcpListener, SocketAddr)>,
     proxy: Arc<Proxy>,
     config: Config,
     admin_addr: Arc<std::sync::OnceLock<SocketAddr>>,
@@ -101,12 +108,38 @@ impl Server {
         Server::from_listener(listener, config)
     }
 
-    /// Uses an already bound listener (tests bind port 0 and read the address back).
+    /// Uses an already bound listener (tests bind port 0 and read the address back); binds
+    /// `tls.listen` when configured. Called within the tokio runtime.
     pub fn from_listener(listener: TcpListener, config: Config) -> Result<Server, ServerError> {
+        Server::with_listeners(listener, None, config)
+    }
+
+    /// `tls`: the TLS listener handed over by an upgrade, if any (otherwise bound here).
+    fn with_listeners(
+        listener: TcpListener,
+        tls: Option<TcpListener>,
+        config: Config,
+    ) -> Result<Server, ServerError> {
         let local_addr = listener.local_addr().map_err(ServerError::LocalAddr)?;
+        let tls = match (&config.tls, tls) {
+            (None, _) => None,
+            (Some(_), Some(inherited)) => Some(inherited),
+            (Some(section), None) => {
+                let addr = section.listen;
+                Some(tls::listen(addr).map_err(|source| ServerError::Bind { addr, source })?)
+            }
+        };
+        let tls = match tls {
+            Some(listener) => {
+                let addr = listener.local_addr().map_err(ServerError::LocalAddr)?;
+                Some((listener, addr))
+            }
+            None => None,
+        };
         Ok(Server {
             listener,
             local_addr,
+            tls,
             proxy: Arc::new(Proxy::with_source(&config, None)),
             config,
             admin_addr: Arc::default(),
@@ -123,10 +156,20 @@ impl Server {
         config: Config,
         mut inherited: Inherited,
     ) -> Result<Server, ServerError> {
-        let mut server = match inherited.take_client(config.listen) {
-            Some(listener) => Server::from_listener(listener, config)?,
-            None => Server::bind(config).await?,
+        let tls = config
+            .tls
+            .as_ref()
+            .and_then(|section| inherited.take_tls(section.listen));
+        let listener = match inherited.take_client(config.listen) {
+            Some(listener) => listener,
+            None => {
+                let addr = config.listen;
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Bind { addr, source })?
+            }
         };
+        let mut server = Server::with_listeners(listener, tls, config)?;
         server.inherited = Some(inherited);
         Ok(server)
     }
@@ -187,6 +230,11 @@ impl Server {
         self.local_addr
     }
 
+    /// The TLS listener's address, when `[tls]` is configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().map(|(_, addr)| *addr)
+    }
+
     pub fn proxy(&self) -> &Arc<Proxy> {
         &self.proxy
     }
@@ -201,6 +249,10 @@ impl Server {
         self.proxy.start_health();
         let admin = self.start_admin().await?;
         self.offer_listeners(admin.as_ref())?;
+        let tls_server = match &self.tls {
+            Some(_) => Some(tls::server_config(self.proxy.clone()).map_err(ServerError::Tls)?),
+            None => None,
+        };
         let slots = Arc::new(Semaphore::new(self.config.limits.max_client_connections));
         let stop = Arc::new(Shutdown::default());
         let mut connections = JoinSet::new();
@@ -220,6 +272,9 @@ impl Server {
             pid = std::process::id(),
             "alb listening on {}", self.local_addr
         );
+        if let Some(addr) = self.tls_addr() {
+            tracing::info!(%addr, "alb listening for TLS on {addr}");
+        }
         if let Some(inherited) = self.inherited.take() {
             let old = inherited.old_pid();
             match inherited.report_serving().await {
@@ -243,48 +298,48 @@ impl Server {
                     Err(_) => break Stop::Shutdown,
                 },
             };
-            tokio::select! {
+            let (accepted, over_tls) = tokio::select! {
                 reason = &mut stopping => break reason,
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        while connections.try_join_next().is_some() {}
-                        // Settings as configured now: a reload applies to new connections.
-                        let snapshot = self.proxy.snapshot();
-                        let proxy_protocol = &snapshot.config().proxy_protocol;
-                        if proxy_protocol.enabled && !proxy_protocol.trusts(peer.ip()) {
-                            // Only a balancer may say who the client is; anyone else could
-                            // choose the address alb logs and forwards.
-                            self.proxy.stats().record_header_refused(HeaderRefusal::Untrusted);
-                            tracing::debug!(%peer, "connection closed: not a trusted PROXY protocol source");
-                            continue;
-                        }
-                        let timeouts = &snapshot.config().timeouts;
-                        let settings = ConnSettings {
-                            header_timeout: timeouts.client_header,
-                            keepalive_timeout: timeouts.keepalive_idle,
-                            write_timeout: timeouts.write,
-                            rules: RequestRules {
-                                max_head: snapshot.config().limits.max_header_bytes,
-                                underscores: snapshot.config().underscores_in_headers,
-                            },
-                            proxy_header: proxy_protocol.enabled,
-                        };
-                        let seat = Seat::new(slot, self.proxy.stats().clone());
-                        // Spawned as is: wrapped in another async block, the connection's state
-                        // would be stored twice in its task.
-                        connections.spawn(serve_connection(
-                            stream,
-                            self.proxy.clone(),
-                            ClientInfo::new(peer),
-                            settings,
-                            stop.clone(),
-                            seat,
-                        ));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    }
+                accepted = self.listener.accept() => (accepted, false),
+                accepted = accept_tls(self.tls.as_ref()) => (accepted, true),
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            while connections.try_join_next().is_some() {}
+            let Some(settings) = self.settings_for(peer) else {
+                continue;
+            };
+            let seat = Seat::new(slot, self.proxy.stats().clone());
+            let client = ClientInfo::new(peer);
+            // Spawned as is: wrapped in another async block, the connection's state would be
+            // stored twice in its task.
+            match (&tls_server, over_tls) {
+                (Some(server), true) => {
+                    connections.spawn(tls::serve_tls(
+                        stream,
+                        server.clone(),
+                        self.proxy.clone(),
+                        client,
+                        settings,
+                        stop.clone(),
+                        seat,
+                    ));
+                }
+                _ => {
+                    connections.spawn(serve_connection(
+                        ClientStream::Plain(stream),
+                        self.proxy.clone(),
+                        client,
+                        settings,
+                        stop.clone(),
+                        seat,
+                    ));
                 }
             }
         };
@@ -292,6 +347,7 @@ impl Server {
         // Accepting stopped above; only now is this process's hold on the socket let go.
         self.upgrade.withdraw();
         drop(self.listener);
+        drop(self.tls.take());
         let drain = self.proxy.snapshot().config().timeouts.drain;
         let mut admin = admin;
         let admin_gone = match reason {
@@ -332,6 +388,34 @@ impl Server {
         Ok(())
     }
 
+    /// A new connection's settings as configured now (a reload applies to new connections), or
+    /// none when it must be closed: PROXY protocol is on and `peer` is not a trusted source.
+    fn settings_for(&self, peer: SocketAddr) -> Option<ConnSettings> {
+        let snapshot = self.proxy.snapshot();
+        let config = snapshot.config();
+        let proxy_protocol = &config.proxy_protocol;
+        if proxy_protocol.enabled && !proxy_protocol.trusts(peer.ip()) {
+            // Only a balancer may say who the client is; anyone else could choose the address
+            // alb logs and forwards.
+            self.proxy
+                .stats()
+                .record_header_refused(HeaderRefusal::Untrusted);
+            tracing::debug!(%peer, "connection closed: not a trusted PROXY protocol source");
+            return None;
+        }
+        let timeouts = &config.timeouts;
+        Some(ConnSettings {
+            header_timeout: timeouts.client_header,
+            keepalive_timeout: timeouts.keepalive_idle,
+            write_timeout: timeouts.write,
+            rules: RequestRules {
+                max_head: config.limits.max_header_bytes,
+                underscores: config.underscores_in_headers,
+            },
+            proxy_header: proxy_protocol.enabled,
+        })
+    }
+
     /// Hands duplicates of the bound listeners to the upgrade handle.
     fn offer_listeners(&self, admin: Option<&AdminServer>) -> Result<(), ServerError> {
         let mut listeners = vec![(
@@ -345,7 +429,24 @@ impl Server {
             let fd = admin.listener_fd().map_err(ServerError::Duplicate)?;
             listeners.push((handover::Role::Admin, fd));
         }
+        if let Some((listener, _)) = &self.tls {
+            let fd = listener
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(ServerError::Duplicate)?;
+            listeners.push((handover::Role::Tls, fd));
+        }
         self.upgrade.offer(listeners);
         Ok(())
+    }
+}
+
+/// The next connection on the TLS listener; never, without one.
+async fn accept_tls(
+    listener: Option<&(TcpListener, SocketAddr)>,
+) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some((listener, _)) => listener.accept().await,
+        None => std::future::pending().await,
     }
 }

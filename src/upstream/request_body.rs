@@ -109,7 +109,7 @@ impl Streamed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http1::{BodyDecoder, Framing, ReadSide, ReadSlot};
+    use crate::http1::{BodyDecoder, ClientStream, Framing, ReadSide, ReadSlot};
     use bytes::BytesMut;
     use std::future::poll_fn;
     use tokio::io::AsyncWriteExt;
@@ -129,7 +129,7 @@ mod tests {
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let (half, _write) = server.into_split();
+        let (half, _write) = ClientStream::Plain(server).split();
         let side = ReadSide {
             half,
             buf: BytesMut::new(),

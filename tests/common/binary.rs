@@ -137,3 +137,36 @@ impl Drop for LoggedProcess {
         }
     }
 }
+
+/// The process an upgrade started: not a child of the test, so stopped by pid.
+pub struct Replacement(pub u32);
+
+impl Replacement {
+    pub fn running(&self) -> bool {
+        // Reparented to whatever reaps orphans here, it may linger as a zombie: that is gone.
+        std::fs::read_to_string(format!("/proc/{}/stat", self.0)).is_ok_and(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .starts_with('Z')
+        })
+    }
+
+    /// SIGTERM, then waits (up to 40 s: it drains first) until it is gone.
+    pub async fn stop(&self) {
+        LoggedProcess::signal(self.0, "-TERM");
+        wait_until(Duration::from_secs(40), || !self.running())
+            .await
+            .expect("the new alb exits on SIGTERM");
+    }
+}
+
+impl Drop for Replacement {
+    fn drop(&mut self) {
+        if self.running() {
+            LoggedProcess::signal(self.0, "-KILL");
+        }
+    }
+}

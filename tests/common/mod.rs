@@ -7,6 +7,7 @@
 pub mod binary;
 pub mod dns;
 mod load;
+pub mod pki;
 pub mod recorder;
 #[allow(unused_imports)]
 pub use load::SteadyLoad;
@@ -369,6 +370,8 @@ pub async fn read_pattern(mut body: Incoming) -> u64 {
 /// A balancer running in-process on 127.0.0.1 port 0.
 pub struct TestBalancer {
     pub addr: SocketAddr,
+    /// The `[tls]` listener's address, when configured.
+    pub tls_addr: Option<SocketAddr>,
     pub proxy: Arc<alb::proxy::Proxy>,
     admin: Arc<std::sync::OnceLock<SocketAddr>>,
     stop: Option<oneshot::Sender<()>>,
@@ -392,11 +395,25 @@ impl TestBalancer {
     }
 
     pub async fn start_config(config: Config) -> TestBalancer {
+        TestBalancer::start_server(config, None).await
+    }
+
+    /// Starts a balancer from a config file, which a reload re-reads.
+    pub async fn start_file(path: &std::path::Path) -> TestBalancer {
+        let config = Config::load(path).expect("valid test config file");
+        TestBalancer::start_server(config, Some(path.to_path_buf())).await
+    }
+
+    async fn start_server(config: Config, source: Option<std::path::PathBuf>) -> TestBalancer {
         let listener = TcpListener::bind(config.listen)
             .await
             .expect("bind balancer");
-        let server = Server::from_listener(listener, config).expect("server");
+        let mut server = Server::from_listener(listener, config).expect("server");
+        if let Some(path) = source {
+            server = server.with_source(path);
+        }
         let addr = server.local_addr();
+        let tls_addr = server.tls_addr();
         let proxy = server.proxy().clone();
         let admin = server.admin_addr();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -410,6 +427,7 @@ impl TestBalancer {
         });
         TestBalancer {
             addr,
+            tls_addr,
             proxy,
             admin,
             stop: Some(stop),

@@ -1,0 +1,278 @@
+//! The one place where a client connection's transport is chosen: plain TCP or TLS. Everything
+//! above reads a [`ClientReadHalf`] and writes a [`ClientWriteHalf`] and does not know which.
+//!
+//! A plain connection splits with `TcpStream::into_split` (two owned halves, no lock: what alb
+//! did before TLS, and as fast); a TLS session has one state for both directions, so it splits
+//! with `tokio::io::split`, whose halves share it behind a small lock. Either pair joins back
+//! into a [`ClientStream`] for an upgraded connection's tunnel.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// A TLS session over TCP. The TCP side may carry bytes read before the handshake (the rest of
+/// a PROXY protocol header's packet: the start of the ClientHello).
+pub type TlsClientStream = tokio_rustls::server::TlsStream<Prefixed>;
+
+/// A client connection.
+#[derive(Debug)]
+pub enum ClientStream {
+    Plain(TcpStream),
+    /// Boxed: a TLS session's state is large, and most connections of a mixed load are plain.
+    Tls(Box<TlsClientStream>),
+}
+
+impl ClientStream {
+    /// Splits into the halves the connection reads and writes through.
+    pub fn split(self) -> (ClientReadHalf, ClientWriteHalf) {
+        match self {
+            ClientStream::Plain(stream) => {
+                let (read, write) = stream.into_split();
+                (ClientReadHalf::Plain(read), ClientWriteHalf::Plain(write))
+            }
+            ClientStream::Tls(stream) => {
+                let (read, write) = tokio::io::split(*stream);
+                (ClientReadHalf::Tls(read), ClientWriteHalf::Tls(write))
+            }
+        }
+    }
+
+    /// The TCP connection under it (socket options).
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            ClientStream::Plain(stream) => stream,
+            ClientStream::Tls(stream) => &stream.get_ref().0.inner,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum ClientReadHalf {
+    Plain(OwnedReadHalf),
+    Tls(ReadHalf<TlsClientStream>),
+}
+
+#[derive(Debug)]
+pub enum ClientWriteHalf {
+    Plain(OwnedWriteHalf),
+    Tls(WriteHalf<TlsClientStream>),
+}
+
+/// Two halves of different connections, or of different kinds: never joined.
+#[derive(Debug, thiserror::Error)]
+#[error("the two halves are not of the same connection")]
+pub struct NotAPair;
+
+impl ClientReadHalf {
+    /// Joins the halves back into the connection.
+    pub fn reunite(self, write: ClientWriteHalf) -> Result<ClientStream, NotAPair> {
+        match (self, write) {
+            (ClientReadHalf::Plain(read), ClientWriteHalf::Plain(write)) => read
+                .reunite(write)
+                .map(ClientStream::Plain)
+                .map_err(|_| NotAPair),
+            (ClientReadHalf::Tls(read), ClientWriteHalf::Tls(write)) => {
+                if read.is_pair_of(&write) {
+                    Ok(ClientStream::Tls(Box::new(read.unsplit(write))))
+                } else {
+                    Err(NotAPair)
+                }
+            }
+            _ => Err(NotAPair),
+        }
+    }
+
+    /// Waits until the socket has something to read, where that can be known without reading:
+    /// an idle plain connection then holds no buffer. A TLS session may hold decrypted bytes
+    /// the socket does not show, so it is always ready (and reads into a buffer).
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            ClientReadHalf::Plain(half) => half.as_ref().poll_read_ready(cx),
+            ClientReadHalf::Tls(_) => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl AsyncRead for ClientReadHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientReadHalf::Plain(half) => Pin::new(half).poll_read(cx, buf),
+            ClientReadHalf::Tls(half) => Pin::new(half).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientWriteHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientWriteHalf::Plain(half) => Pin::new(half).poll_write(cx, buf),
+            ClientWriteHalf::Tls(half) => Pin::new(half).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientWriteHalf::Plain(half) => Pin::new(half).poll_write_vectored(cx, bufs),
+            ClientWriteHalf::Tls(half) => Pin::new(half).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientWriteHalf::Plain(half) => half.is_write_vectored(),
+            ClientWriteHalf::Tls(half) => half.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientWriteHalf::Plain(half) => Pin::new(half).poll_flush(cx),
+            ClientWriteHalf::Tls(half) => Pin::new(half).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientWriteHalf::Plain(half) => Pin::new(half).poll_shutdown(cx),
+            ClientWriteHalf::Tls(half) => Pin::new(half).poll_shutdown(cx),
+        }
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            ClientStream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            ClientStream::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            ClientStream::Tls(stream) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientStream::Plain(stream) => stream.is_write_vectored(),
+            ClientStream::Tls(stream) => stream.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            ClientStream::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            ClientStream::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A TCP connection with bytes already read from it in front: what the TLS session reads first.
+#[derive(Debug)]
+pub struct Prefixed {
+    prefix: BytesMut,
+    inner: TcpStream,
+}
+
+impl Prefixed {
+    pub fn new(prefix: BytesMut, inner: TcpStream) -> Prefixed {
+        Prefixed { prefix, inner }
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            if this.prefix.is_empty() {
+                this.prefix = BytesMut::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

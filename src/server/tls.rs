@@ -1,0 +1,234 @@
+//! TLS termination for the `[tls]` listener: the rustls server configuration, the certificate
+//! resolver (by SNI), and each connection's handshake before it is served like a plain one.
+//!
+//! The certificates live in the config snapshot (loaded by `config::tls`), and the resolver
+//! reads the snapshot current at each handshake: a reload swaps the snapshot whole (arc-swap), so
+//! new handshakes get the new certificates at once, a handshake never waits on a reload, and
+//! open connections keep the session they have.
+
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use rustls::server::{Acceptor, ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
+use rustls::sign::CertifiedKey;
+use rustls::{PeerIncompatible, ServerConfig};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::LazyConfigAcceptor;
+
+use super::conn::{ConnSettings, Seat, refuse_header, serve_connection};
+use super::proxy_protocol::{Source, read_header};
+use super::shutdown::Shutdown;
+use crate::config::crypto_provider;
+use crate::deadline::Deadline;
+use crate::http1::{ClientStream, Prefixed, ReadSide, Scheme};
+use crate::proxy::{ClientInfo, Proxy, TlsFailure};
+
+/// Sessions remembered for resumption by session ID (TLS 1.2 clients that do not take tickets).
+/// An entry is a few hundred bytes; this many cover a busy minute of new clients.
+const SESSION_CACHE_ENTRIES: usize = 16 * 1024;
+/// Listen backlog of the TLS listener, as tokio gives the plain one.
+const BACKLOG: i32 = 1024;
+
+/// The server side of every TLS handshake: TLS 1.2 and 1.3 with rustls' default cipher suites
+/// (AEAD only, forward secret), resumption by tickets (keys rotated by rustls every 6 hours) and
+/// by a session cache, and ALPN `http/1.1` alone (alb speaks no h2 yet: a client offering only
+/// h2 is refused rather than misled).
+pub fn server_config(proxy: Arc<Proxy>) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let mut config = ServerConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver { proxy }));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    Ok(Arc::new(config))
+}
+
+/// Binds the TLS listener (without a runtime's help: `Server::from_listener` is not async).
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // As tokio does for the plain listener: a restart need not wait out TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Chooses the certificate by the client's SNI from the current snapshot's set.
+#[derive(Debug)]
+struct SniResolver {
+    proxy: Arc<Proxy>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let snapshot = self.proxy.snapshot.load();
+        let tls = snapshot.config().tls.as_ref()?;
+        tls.certificates.choose(hello.server_name()).cloned()
+    }
+}
+
+/// Takes a connection accepted on the TLS listener through its PROXY protocol header (when
+/// required) and its handshake, both within `timeouts.client_header`, then serves it. A failed
+/// handshake is counted by reason and the connection closed (after rustls' alert, where the
+/// client is owed one).
+pub async fn serve_tls(
+    stream: TcpStream,
+    server: Arc<ServerConfig>,
+    proxy: Arc<Proxy>,
+    client: ClientInfo,
+    settings: ConnSettings,
+    shutdown: Arc<Shutdown>,
+    seat: Seat,
+) {
+    let (stream, early, client) = if settings.proxy_header {
+        match proxy_header(stream, &proxy, client, &settings, &shutdown).await {
+            Some(taken) => taken,
+            None => return,
+        }
+    } else {
+        (stream, BytesMut::new(), client)
+    };
+    let handshake = handshake(Prefixed::new(early, stream), server, &proxy);
+    let session = match tokio::time::timeout(settings.header_timeout, handshake).await {
+        Ok(Ok(session)) => session,
+        Ok(Err((reason, detail))) => return failed(&proxy, &client, reason, &detail),
+        Err(_) => {
+            let detail = format!("not done within {:?}", settings.header_timeout);
+            return failed(&proxy, &client, TlsFailure::Timeout, &detail);
+        }
+    };
+    let settings = ConnSettings {
+        proxy_header: false,
+        ..settings
+    };
+    serve_connection(
+        ClientStream::Tls(Box::new(session)),
+        proxy,
+        client.over(Scheme::Https),
+        settings,
+        shutdown,
+        seat,
+    )
+    .await;
+}
+
+/// Reads the PROXY protocol header in front of the TLS session; gives back the socket, the
+/// bytes that followed the header (the start of the ClientHello) and the client it names.
+async fn proxy_header(
+    stream: TcpStream,
+    proxy: &Proxy,
+    client: ClientInfo,
+    settings: &ConnSettings,
+    shutdown: &Shutdown,
+) -> Option<(TcpStream, BytesMut, ClientInfo)> {
+    let (read, write) = ClientStream::Plain(stream).split();
+    let mut reader = ReadSide {
+        half: read,
+        buf: BytesMut::new(),
+    };
+    let mut timer = Deadline::default();
+    let mut stopping = pin!(shutdown.notified());
+    stopping.as_mut().enable();
+    let header = read_header(
+        &mut reader,
+        &mut timer,
+        settings.header_timeout,
+        shutdown,
+        stopping,
+    )
+    .await;
+    let client = match header {
+        Ok(header) => match header.source {
+            Source::Client(addr) => ClientInfo::new(addr),
+            Source::Peer => client,
+        },
+        Err(failure) => {
+            refuse_header(proxy, &client, &failure);
+            return None;
+        }
+    };
+    match reader.half.reunite(write) {
+        Ok(ClientStream::Plain(stream)) => Some((stream, reader.buf, client)),
+        _ => None,
+    }
+}
+
+/// Reads the ClientHello, refuses an SNI name no certificate has, and completes the handshake.
+/// A failure comes with its reason and what rustls said.
+async fn handshake(
+    io: Prefixed,
+    server: Arc<ServerConfig>,
+    proxy: &Proxy,
+) -> Result<crate::http1::TlsClientStream, (TlsFailure, String)> {
+    let why = |e: std::io::Error| (classify(&e), e.to_string());
+    let start = LazyConfigAcceptor::new(Acceptor::default(), io)
+        .await
+        .map_err(why)?;
+    let (known, name) = {
+        let hello = start.client_hello();
+        let snapshot = proxy.snapshot.load();
+        let known = snapshot
+            .config()
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.certificates.choose(hello.server_name()).is_some());
+        (known, hello.server_name().map(str::to_string))
+    };
+    let accepting = start.into_stream(server);
+    if !known {
+        // Let rustls refuse it (its resolver finds nothing either), so that the client gets an
+        // alert and not a bare close; the reason counted is the name.
+        let _ = accepting.await;
+        let detail = format!("no certificate for {:?}", name.unwrap_or_default());
+        return Err((TlsFailure::UnknownName, detail));
+    }
+    accepting.await.map_err(why)
+}
+
+/// The metric's reason for a failed handshake.
+fn classify(error: &std::io::Error) -> TlsFailure {
+    use std::io::ErrorKind;
+    if let Some(tls) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        return match tls {
+            rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)
+            | rustls::Error::InvalidMessage(rustls::InvalidMessage::UnknownProtocolVersion) => {
+                TlsFailure::NotTls
+            }
+            // A ClientHello without signature_algorithms is from before TLS 1.2 (the extension
+            // came with it): rustls refuses it on that before it looks at the version.
+            rustls::Error::PeerIncompatible(
+                PeerIncompatible::Tls12NotOffered
+                | PeerIncompatible::Tls12NotOfferedOrEnabled
+                | PeerIncompatible::SupportedVersionsExtensionRequired
+                | PeerIncompatible::SignatureAlgorithmsExtensionRequired,
+            ) => TlsFailure::ProtocolVersion,
+            rustls::Error::PeerIncompatible(_) => TlsFailure::Incompatible,
+            rustls::Error::NoApplicationProtocol => TlsFailure::Incompatible,
+            _ => TlsFailure::BadHello,
+        };
+    }
+    match error.kind() {
+        ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe => {
+            TlsFailure::Closed
+        }
+        _ => TlsFailure::BadHello,
+    }
+}
+
+/// Counts a failed handshake; logged at debug: on a public port, scanners fail handshakes all day.
+fn failed(proxy: &Proxy, client: &ClientInfo, reason: TlsFailure, detail: &str) {
+    proxy.stats().record_tls_failure(reason);
+    tracing::debug!(
+        peer = %client.addr,
+        reason = reason.name(),
+        "TLS handshake failed, connection closed: {detail}"
+    );
+}
