@@ -574,3 +574,49 @@ async fn the_proxy_protocol_header_comes_before_the_handshake() {
     let _ = conn.await;
     site.balancer.stop().await;
 }
+
+/// A client slow to start reading a large answer over TLS: the socket is full when alb writes
+/// the body's last piece, and rustls keeps what the socket did not take. That tail must still
+/// leave (alb waits for the socket, not for the client's next request): the whole body arrives
+/// on a connection kept alive, long before `keepalive_idle`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_end_of_a_large_answer_leaves_even_when_the_client_reads_late() {
+    let backend = TestBackend::start("b1").await;
+    let site = start_site("tls-tail", &[&backend], "", "").await;
+    let mut tls = site.connect("site.test").await;
+    let size = 32 * 1024 * 1024;
+    tls.write_all(format!("GET /bytes/{size} HTTP/1.1\r\nhost: site.test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // Let every buffer between alb and this client fill up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The backend streams it, so it comes chunked: read to the last chunk, then count.
+    let read_all = async {
+        let mut got = Vec::with_capacity(size + 1024);
+        let mut chunk = vec![0u8; 64 * 1024];
+        while !got.ends_with(b"\r\n0\r\n\r\n") {
+            // Slower than alb writes: its socket stays full to the end.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let n = tls.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed after {} bytes", got.len());
+            got.extend_from_slice(&chunk[..n]);
+        }
+        got
+    };
+    let got = tokio::time::timeout(Duration::from_secs(10), read_all)
+        .await
+        .expect("the whole body within 10 s (keepalive_idle is 60 s)");
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let (mut rest, mut body) = (&got[head_end..], 0);
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+        let n = usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap(), 16).unwrap();
+        if n == 0 {
+            break;
+        }
+        body += n;
+        rest = &rest[line_end + 2 + n + 2..];
+    }
+    assert_eq!(body, size);
+    backend.stop().await;
+}

@@ -39,7 +39,9 @@ impl From<PartialWrite> for io::Error {
 }
 
 /// Writes all of `parts`, as many at once as the socket takes, each write within `limit` of
-/// the last progress (see the module docs).
+/// the last progress (see the module docs), then flushes: a TLS stream may keep the tail of a
+/// write when the socket is full, and after a whole message alb goes on to read, which would
+/// leave that tail where it is. Returning means the bytes are the kernel's.
 pub async fn write_all_within<W: AsyncWrite + Unpin>(
     writer: &mut W,
     mut parts: &mut [io::IoSlice<'_>],
@@ -60,7 +62,20 @@ pub async fn write_all_within<W: AsyncWrite + Unpin>(
                 Poll::Pending => return Poll::Pending,
             }
         }
-        Poll::Ready(Ok(()))
+        match Pin::new(&mut *writer).poll_flush(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(error)) => Poll::Ready(Err(PartialWrite { error, written })),
+            Poll::Pending if deadline.waited_too_long(limit, cx) => {
+                Poll::Ready(Err(PartialWrite {
+                    error: io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the peer took nothing for {limit:?}"),
+                    ),
+                    written,
+                }))
+            }
+            Poll::Pending => Poll::Pending,
+        }
     })
     .await
 }

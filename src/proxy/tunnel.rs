@@ -224,6 +224,8 @@ struct Flow {
     eof: bool,
     /// The close was passed on: this direction is over.
     done: bool,
+    /// Written since the last flush (a TLS stream may hold back the tail of a write).
+    unflushed: bool,
     moved: u64,
     /// `timeouts.write`, counted while a write waits.
     write_wait: Deadline,
@@ -240,6 +242,7 @@ impl Flow {
             len: pending.len(),
             eof: false,
             done: false,
+            unflushed: false,
             moved: 0,
             write_wait: Deadline::default(),
         }
@@ -269,9 +272,21 @@ impl Flow {
                     Poll::Ready(Ok(n)) => {
                         self.pos += n;
                         self.moved += n as u64;
+                        self.unflushed = true;
                         self.write_wait.progress();
                         continue;
                     }
+                    Poll::Pending if self.write_wait.waited_too_long(write_limit, cx) => {
+                        return Poll::Ready(Err(FlowFailure::WriteStalled));
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            // All written: out of alb before waiting on the source again.
+            if self.unflushed {
+                match Pin::new(&mut *to).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.unflushed = false,
+                    Poll::Ready(Err(_)) => return Poll::Ready(Err(FlowFailure::Write)),
                     Poll::Pending if self.write_wait.waited_too_long(write_limit, cx) => {
                         return Poll::Ready(Err(FlowFailure::WriteStalled));
                     }
