@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The driver behind bench/run.sh: runs scenarios S1-S8 against direct, alb, nginx and HAProxy and
+"""The driver behind bench/run.sh: runs scenarios S1-S10 against direct, alb, nginx and HAProxy and
 writes a markdown table (bench/README.md explains every figure).
 
 run.sh installs the tools and builds alb first; this script only runs things. It starts every
@@ -12,10 +12,11 @@ Environment (all optional):
   BENCH_ONLY=S1,S3       run only these scenarios
   BENCH_CONTENDERS=alb,nginx   only these contenders (direct is always cheap and kept if listed)
   BENCH_DURATION=10      seconds of load per scenario and contender (S1, S3, S4, S8)
-  BENCH_PORT=18080       balancer port; the backends take the next two
+  BENCH_PORT=18080       balancer port; the backends take the next two, TLS (S9, S10) the third
   BENCH_LB_CPU=0 BENCH_LOAD_CPU=1   cores for the balancer, and for the backends and load tools
   ALB_BIN=target/release/alb
   BENCH_WS_BIN=target/release/examples/ws_bench   S8's WebSocket echo server and client
+  BENCH_TLS_ROUNDS=3     rounds of S9 and S10 (1 in quick mode); the table holds the medians
 """
 
 import datetime
@@ -26,6 +27,7 @@ import re
 import resource
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,9 +46,10 @@ S2_CONCURRENCY = 8
 ALB_BIN = Path(os.environ.get("ALB_BIN", ROOT / "target" / "release" / "alb"))
 LB_PORT = int(os.environ.get("BENCH_PORT", "18080"))
 B1_PORT, B2_PORT = LB_PORT + 1, LB_PORT + 2
+TLS_PORT = LB_PORT + 3  # S9 and S10: each balancer's TLS listener, next to its plain one
 LB_CPU = os.environ.get("BENCH_LB_CPU", "0")
 LOAD_CPU = os.environ.get("BENCH_LOAD_CPU", "1")
-ALL_SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8"]
+ALL_SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10"]
 ONLY = [s.strip().upper() for s in os.environ.get("BENCH_ONLY", "").split(",") if s.strip()]
 SCENARIOS = [s for s in ALL_SCENARIOS if not ONLY or s in ONLY]
 ALL_CONTENDERS = ["direct", "alb", "nginx", "haproxy"]
@@ -86,10 +89,28 @@ S8_SIZE = 64
 # After the client's close handshakes, how long the backends may take to see every WebSocket
 # connection closed (the proxies pass the close frames and then close their upstream side).
 S8_CLOSE_WAIT = 5.0
+# S9 and S10: TLS termination. One ECDSA P-256 certificate made with openssl for each run (in the
+# work dir), the same file for every balancer; TLS 1.2 and 1.3 offered, backends plain HTTP.
+# S9: wrk over https with S9_CONNECTIONS keep-alive connections (S1's load, encrypted), after the
+# same balancer process served S1's plain load back to back. S10: S10_CLIENTS `openssl s_time
+# -new` processes, each one sequential loop of new connection, full handshake (no session offered,
+# so never resumed), `GET / HTTP/1.0`, answer read to the close, for DURATION seconds.
+TLS_SCENARIOS = ("S9", "S10")
+S9_CONNECTIONS = 64
+S10_CLIENTS = 16
+# S9 and S10 run in rounds, every balancer once per round (fresh process, order rotated), and the
+# table holds each figure's median over the rounds: on a shared machine one 10 s run can land on
+# a quiet or a busy moment, and interleaving spreads that over every contender alike.
+TLS_ROUNDS = int(os.environ.get("BENCH_TLS_ROUNDS", "1" if QUICK else "3"))
+NO_TLS = "n/a (alb has no TLS listener in this build)"
 
 
 class BenchError(Exception):
     pass
+
+
+class NoTls(BenchError):
+    """alb refused the [tls] section: a build from before TLS termination."""
 
 
 def log(msg):
@@ -164,11 +185,11 @@ class Processes:
             self.stop(proc, timeout=5.0)
 
 
-def wrk_cmd(port, connections, duration, latency=True):
+def wrk_cmd(port, connections, duration, latency=True, scheme="http"):
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s"]
     if latency:
         cmd.append("--latency")
-    return cmd + [f"http://127.0.0.1:{port}/"]
+    return cmd + [f"{scheme}://127.0.0.1:{port}/"]
 
 
 def run_tool(cmd, timeout, cpu=LOAD_CPU):
@@ -220,6 +241,39 @@ def wait_http(port, path, proc, timeout):
             last = str(e)
         time.sleep(0.1)
     raise BenchError(f"port {port} not answering 200 on {path} after {timeout:.0f} s ({last})")
+
+
+def https_get(port, cafile, path="/", timeout=2.0):
+    """GET over TLS, verifying the certificate against the run's own (its SAN holds 127.0.0.1)."""
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=ctx)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def wait_https(port, cafile, proc, timeout):
+    """As wait_http, over TLS."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(f"{proc.bench_name} exited with {proc.returncode} while starting; "
+                             f"see {proc.bench_log}")
+        try:
+            status, _ = https_get(port, cafile, timeout=min(5.0, timeout))
+            if status == 200:
+                return
+            last = f"status {status}"
+        except OSError as e:  # ssl.SSLError is an OSError
+            last = str(e)
+        time.sleep(0.1)
+    raise BenchError(f"port {port} not answering 200 over TLS after {timeout:.0f} s ({last})")
 
 
 def ensure_free(*ports):
@@ -294,8 +348,20 @@ def requests_served(port):
 # Contenders
 
 
-def fill(template, out, **values):
-    text = (BENCH / template).read_text()
+def fill(template, out, tls=False, **values):
+    """Fills in the @KEY@ placeholders. The lines from `@TLS_BEGIN@` to `@TLS_END@` (the TLS
+    listener of S9 and S10) are kept only with `tls`, less their markers."""
+    lines, skipping = [], False
+    for line in (BENCH / template).read_text().splitlines(keepends=True):
+        if "@TLS_BEGIN@" in line:
+            skipping = not tls
+            line = line.replace("@TLS_BEGIN@ ", "")
+        elif "@TLS_END@" in line:
+            skipping = False
+            continue
+        if not skipping:
+            lines.append(line)
+    text = "".join(lines)
     for key, value in values.items():
         text = text.replace(f"@{key}@", str(value))
     leftover = re.findall(r"@[A-Z_]+@", text)
@@ -306,9 +372,10 @@ def fill(template, out, **values):
 
 
 class Balancer:
-    def __init__(self, name, proc, cpu_pids, rss_pid):
+    def __init__(self, name, proc, cpu_pids, rss_pid, tls=False):
         self.name = name
         self.proc = proc
+        self.tls = tls  # also listens on TLS_PORT
         self.cpu_pids = cpu_pids  # whose CPU time counts
         self.rss_pid = rss_pid  # whose memory counts (nginx: the worker)
 
@@ -322,6 +389,8 @@ class Bench:
         self.results = {}  # (scenario, metric, contender) -> number
         self.notes = []  # free-text remarks gathered on the way
         self.raw = {}  # scenario -> contender -> raw dict, for the JSON next to the table
+        self.tls_files = None  # (cert, key, cert+key bundle) once make_certificate ran
+        self.alb_no_tls = None  # why alb cannot run S9/S10, once its check refused [tls]
 
     def note(self, text):
         log("NOTE: " + text)
@@ -329,6 +398,17 @@ class Bench:
 
     def put(self, scenario, metric, contender, value):
         self.results[(scenario, metric, contender)] = value
+
+    def not_applicable(self, scenario, contender, text, why):
+        """A contender that cannot run a scenario at all: `text` in its headline cell, "n/a" in
+        its other rows, and a note saying why."""
+        metrics = [m for s, m, _, better, _ in ROWS if s == scenario and better]
+        if self.results.get((scenario, metrics[0], contender)) == text:
+            return  # said once (S9 and S10 run in rounds)
+        for i, metric in enumerate(metrics):
+            self.put(scenario, metric, contender, text if i == 0 else "n/a")
+        self.raw.setdefault(scenario, {})[contender] = text
+        self.note(f"{scenario} {contender}: {text}: {why}")
 
     # -- backends ----------------------------------------------------------------------------
 
@@ -370,28 +450,37 @@ class Bench:
 
     # -- balancers ---------------------------------------------------------------------------
 
-    def start_lb(self, name, callgrind_out=None, connections=1_024, algorithm="least_conn"):
+    def start_lb(self, name, callgrind_out=None, connections=1_024, algorithm="least_conn",
+                 tls=False):
         """Starts a balancer sized for `connections` client connections (nginx and HAProxy
-        preallocate per-connection structures for their limit, so it is not set sky-high)."""
-        ensure_free(LB_PORT)
+        preallocate per-connection structures for their limit, so it is not set sky-high). With
+        `tls` it also terminates TLS on TLS_PORT with the run's certificate (S9, S10)."""
+        ensure_free(LB_PORT, *([TLS_PORT] if tls else []))
         check_inter = "1h" if callgrind_out else "5s"
         env = {}
+        cert, key, bundle = self.tls_files if tls else ("-", "-", "-")
+        tls_values = dict(tls=tls, TLS_PORT=TLS_PORT, CERT=cert, KEY=key, CERT_BUNDLE=bundle)
         if name == "alb":
             cfg = fill("alb.toml", self.work / "alb.toml", LB_PORT=LB_PORT, B1=B1_PORT,
-                       B2=B2_PORT, CHECK_INTER=check_inter, ALGORITHM=algorithm)
+                       B2=B2_PORT, CHECK_INTER=check_inter, ALGORITHM=algorithm, **tls_values)
+            if tls:
+                if self.alb_no_tls:
+                    raise NoTls(self.alb_no_tls)
+                self.alb_check(cfg)
             cmd = [ALB_BIN, "run", "--config", cfg]
             env["RUST_LOG"] = "warn"
         elif name == "nginx":
             cfg = fill("nginx.conf", self.work / "nginx.conf", LB_PORT=LB_PORT, B1=B1_PORT,
                        B2=B2_PORT, DIR=self.work, NOFILE=FD_LIMIT,
-                       WORKER_CONNECTIONS=min(FD_LIMIT - 100, connections + 1_000))
+                       WORKER_CONNECTIONS=min(FD_LIMIT - 100, connections + 1_000),
+                       **tls_values)
             master = "off" if callgrind_out else "on"
             cmd = ["nginx", "-p", self.work, "-c", cfg, "-g",
                    f"daemon off; master_process {master};"]
         elif name == "haproxy":
             cfg = fill("haproxy.cfg", self.work / "haproxy.cfg", LB_PORT=LB_PORT, B1=B1_PORT,
                        B2=B2_PORT, MAXCONN=min(HAPROXY_MAXCONN, connections),
-                       CHECK_INTER=check_inter)
+                       CHECK_INTER=check_inter, **tls_values)
             cmd = ["haproxy", "-f", cfg, "-db"]
         else:
             raise ValueError(name)
@@ -400,6 +489,8 @@ class Bench:
         proc = self.procs.spawn(name + ("-callgrind" if callgrind_out else ""), cmd, LB_CPU,
                                 env=env)
         wait_http(LB_PORT, "/", proc, 120 if callgrind_out else 15)
+        if tls:
+            wait_https(TLS_PORT, cert, proc, 15)
         pids = [proc.pid]
         rss_pid = proc.pid
         if name == "nginx" and not callgrind_out:
@@ -411,27 +502,72 @@ class Bench:
                 raise BenchError(f"nginx: expected one worker, found {workers}")
             pids += workers
             rss_pid = workers[0]
-        return Balancer(name, proc, pids, rss_pid)
+        return Balancer(name, proc, pids, rss_pid, tls=tls)
 
     def stop_lb(self, lb, timeout=10.0):
         code = self.procs.stop(lb.proc, timeout=timeout)
         wait_free(LB_PORT)
+        if lb.tls:
+            wait_free(TLS_PORT)
         return code
+
+    def alb_check(self, cfg):
+        """`alb check` on a config with [tls]: NoTls when this build does not know the section
+        (serde rejects the unknown field), BenchError for any other refusal."""
+        try:
+            out = subprocess.run([str(ALB_BIN), "check", "--config", str(cfg)],
+                                 capture_output=True, text=True, timeout=30)
+        except subprocess.TimeoutExpired as e:
+            raise BenchError("alb check ran past 30 s") from e
+        text = (out.stdout + out.stderr).strip()
+        (self.work / "alb-check.log").write_text(f"$ {ALB_BIN} check --config {cfg}\n{text}\n"
+                                                 f"exit {out.returncode}\n")
+        if out.returncode == 0:
+            return
+        if re.search(r"unknown field `tls`", text):
+            self.alb_no_tls = (f"`alb check` refused the [tls] section (exit {out.returncode}: "
+                               f"unknown field `tls`; see alb-check.log in the work dir)")
+            raise NoTls(self.alb_no_tls)
+        raise BenchError(f"alb check refused the TLS config (exit {out.returncode}): "
+                         f"{text[-500:]}")
+
+    def make_certificate(self):
+        """One self-signed ECDSA P-256 certificate for the run (SAN 127.0.0.1 and localhost),
+        shared by every balancer: site.pem (the chain: just the leaf), site.key (PKCS#8), and
+        site-bundle.pem (both in one file, as HAProxy's `crt` wants)."""
+        if self.tls_files:
+            return self.tls_files
+        cert, key, bundle = (self.work / n for n in ("site.pem", "site.key", "site-bundle.pem"))
+        cmd = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+               "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key), "-out", str(cert),
+               "-days", "2", "-subj", "/CN=localhost", "-addext",
+               "subjectAltName=IP:127.0.0.1,DNS:localhost"]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        if out.returncode != 0:
+            raise BenchError(f"openssl req exited {out.returncode}: {out.stderr.strip()[-500:]}")
+        bundle.write_text(cert.read_text() + key.read_text())
+        key.chmod(0o600)
+        bundle.chmod(0o600)
+        self.tls_files = (cert, key, bundle)
+        log(f"certificate: {cert} (ECDSA P-256, SAN 127.0.0.1 and localhost)")
+        return self.tls_files
 
     # -- load --------------------------------------------------------------------------------
 
-    def wrk(self, port, connections, duration, latency=True):
-        out = run_tool(wrk_cmd(port, connections, duration, latency), timeout=duration + 30)
+    def wrk(self, port, connections, duration, latency=True, scheme="http"):
+        out = run_tool(wrk_cmd(port, connections, duration, latency, scheme),
+                       timeout=duration + 30)
         return parse_wrk(out)
 
-    def load_run(self, scenario, contender, connections, lb=None):
+    def load_run(self, scenario, contender, connections, lb=None, port=None, scheme="http"):
         """Warm-up, then a timed wrk run with CPU, memory and backend counters read around it."""
-        port = B1_PORT if contender == "direct" else LB_PORT
-        self.wrk(port, connections, WARMUP, latency=False)
+        if port is None:
+            port = B1_PORT if contender == "direct" else LB_PORT
+        self.wrk(port, connections, WARMUP, latency=False, scheme=scheme)
         before = self.counters()
         cpu0 = cpu_ticks(lb.cpu_pids) if lb else None
         cores0 = core_times(LB_CPU), core_times(LOAD_CPU)
-        res = self.wrk(port, connections, DURATION)
+        res = self.wrk(port, connections, DURATION, scheme=scheme)
         cores1 = core_times(LB_CPU), core_times(LOAD_CPU)
         cpu1 = cpu_ticks(lb.cpu_pids) if lb else None
         res["lb_core_busy"] = busy_percent(cores0[0], cores1[0])
@@ -466,13 +602,15 @@ class Bench:
             + f", backends {res['served']}")
         return res
 
-    def each_contender(self, scenario, contenders, fn, connections=1_024):
+    def each_contender(self, scenario, contenders, fn, connections=1_024, tls=False):
         for contender in contenders:
             lb = None
             try:
                 if contender != "direct":
-                    lb = self.start_lb(contender, connections=connections)
+                    lb = self.start_lb(contender, connections=connections, tls=tls)
                 fn(contender, lb)
+            except NoTls as e:
+                self.not_applicable(scenario, contender, NO_TLS, str(e))
             except BenchError as e:
                 self.note(f"{scenario} {contender} FAILED: {e}")
             finally:
@@ -924,6 +1062,196 @@ class Bench:
         self.each_contender("S8", CONTENDERS, one)
         self.stop_backends()
 
+    # -- S9, S10: TLS termination ----------------------------------------------------------------
+
+    def tls_probe(self, scenario, contender):
+        """What a default OpenSSL client negotiates with this balancer (version, cipher, key
+        exchange group, signature), and whether TLS 1.2 alone is accepted too; one short
+        `openssl s_client` each, logged and kept in results.json."""
+        found = {}
+        for label, extra in (("default", []), ("tls1.2", ["-tls1_2"])):
+            cmd = ["openssl", "s_client", "-connect", f"127.0.0.1:{TLS_PORT}", "-brief"] + extra
+            try:
+                out = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
+                                     text=True, timeout=10)
+                text = out.stdout + out.stderr
+            except subprocess.TimeoutExpired:
+                text = "timed out"
+            fields = dict(re.findall(r"^(Protocol version|Ciphersuite|Signature type|"
+                                     r"(?:Server|Peer) Temp Key|Negotiated TLS1\.3 group):"
+                                     r"\s*(.+)$", text, re.M))
+            found[label] = {k: v.strip() for k, v in fields.items()} or text.strip()[-300:]
+        self.raw.setdefault(scenario + "-tls", {})[contender] = found
+        log(f"{scenario} {contender} negotiates: {found}")
+        return found
+
+    def check_negotiated(self, scenario):
+        """A note when the balancers did not all negotiate the same parameters."""
+        probes = self.raw.get(scenario + "-tls", {})
+        seen = {json.dumps(v, sort_keys=True) for v in probes.values()}
+        if len(seen) > 1:
+            self.note(f"{scenario}: the balancers negotiated different TLS parameters with "
+                      f"openssl s_client: " + "; ".join(f"{c}: {v}" for c, v in probes.items()))
+
+    def s9(self):
+        log(f"S9: {SMALL_BODY} B GETs over TLS keep-alive, {S9_CONNECTIONS} connections, "
+            f"{DURATION} s each, after the same load in plain HTTP")
+        self.make_certificate()
+        self.start_backends(body=SMALL_BODY)
+
+        def one(contender, lb):
+            # Plain HTTP first, from the same process: the TLS cost per request is the
+            # difference of two runs back to back, which moves less than either run.
+            plain = self.load_run("S9-plain", contender, S9_CONNECTIONS, lb)
+            if not lb:  # direct: the backends speak plain HTTP only
+                return {"plain_rps": plain["rps"], "lbcore": plain["lb_core_busy"],
+                        "loadcore": plain["load_core_busy"]}
+            self.tls_probe("S9", contender)
+            res = self.load_run("S9", contender, S9_CONNECTIONS, lb, port=TLS_PORT,
+                                scheme="https")
+            return {
+                "rps": res["rps"], "p50": res["p50_ms"], "p99": res["p99_ms"],
+                "cpu": res["cpu_us_per_req"], "plain_rps": plain["rps"],
+                "plain_cpu": plain["cpu_us_per_req"],
+                "tls_cpu": res["cpu_us_per_req"] - plain["cpu_us_per_req"],
+                "lbcore": res["lb_core_busy"], "loadcore": res["load_core_busy"],
+                "rss": res["hwm_kib"] / 1024,
+            }
+
+        self.tls_rounds("S9", CONTENDERS, one, ("rps", "cpu", "tls_cpu"))
+        self.check_negotiated("S9")
+        self.stop_backends()
+
+    def tls_rounds(self, scenario, contenders, one, spread_of):
+        """TLS_ROUNDS rounds of `one(contender, lb)` (which returns {metric: value}) over every
+        contender, each balancer started fresh with its TLS listener; the order of the balancers
+        rotates from round to round (direct stays first). Puts each figure's median in the table
+        and notes the per-round values of the metrics in `spread_of`."""
+        samples = {}  # contender -> metric -> [value of each round]
+        lbs = [c for c in contenders if c != "direct"]
+        for r in range(TLS_ROUNDS):
+            k = r % max(1, len(lbs))
+            order = [c for c in contenders if c == "direct"] + lbs[k:] + lbs[:k]
+            log(f"{scenario} round {r + 1} of {TLS_ROUNDS}: {', '.join(order)}")
+
+            def collect(contender, lb):
+                for metric, value in one(contender, lb).items():
+                    samples.setdefault(contender, {}).setdefault(metric, []).append(value)
+
+            self.each_contender(scenario, order, collect, tls=True)
+        for contender, metrics in samples.items():
+            for metric, values in metrics.items():
+                self.put(scenario, metric, contender, statistics.median(values))
+        self.raw.setdefault(scenario + "-rounds", {}).update(samples)
+        if TLS_ROUNDS > 1:
+            labels = {m: label.split(": ", 1)[-1] for s, m, label, _, _ in ROWS if s == scenario}
+            parts = []
+            for metric in spread_of:
+                per = [f"{c} " + " / ".join(f"{v:,.1f}" for v in samples[c][metric])
+                       for c in contenders if metric in samples.get(c, {})]
+                if per:
+                    parts.append(f"{labels[metric]}: " + "; ".join(per))
+            if parts:
+                self.note(f"{scenario}, each of the {TLS_ROUNDS} rounds (the table has the "
+                          f"medians): " + ". ".join(parts))
+
+    def s_time(self, name, clients, seconds):
+        """`clients` openssl s_time -new processes on the load core for `seconds`, at once.
+        Returns (connections, bytes read, wall seconds from the first start to the last exit)."""
+        procs, outs = [], []
+        started = time.monotonic()
+        try:
+            for i in range(clients):
+                out = self.work / f"{name}.{i}.out"
+                f = open(out, "wb")
+                outs.append(out)
+                procs.append(self.procs.spawn(
+                    f"{name}.{i}",
+                    ["openssl", "s_time", "-connect", f"127.0.0.1:{TLS_PORT}", "-new",
+                     "-time", seconds, "-www", "/"], LOAD_CPU, stdout=f))
+                f.close()
+            deadline = started + seconds + 30
+            for proc in procs:
+                try:
+                    proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired as e:
+                    raise BenchError(f"openssl s_time ran past its {seconds + 30} s "
+                                     f"timeout") from e
+            wall = time.monotonic() - started
+        finally:
+            for proc in procs:
+                self.procs.stop(proc, timeout=2.0)
+        connections = read = 0
+        for proc, out in zip(procs, outs):
+            text = out.read_text(errors="replace")
+            m = re.search(r"(\d+) connections in [\d.]+s; [\d.]+ connections/user sec, bytes "
+                          r"read (\d+)", text)
+            if proc.returncode != 0 or not m:
+                raise BenchError(f"openssl s_time exited {proc.returncode}: "
+                                 f"{text.strip()[-300:]!r}; see {proc.bench_log}")
+            connections += int(m.group(1))
+            read += int(m.group(2))
+        return connections, read, wall
+
+    def s10(self):
+        log(f"S10: TLS handshakes, a new connection per request: {S10_CLIENTS} openssl s_time "
+            f"-new clients, {DURATION} s each")
+        self.make_certificate()
+        self.start_backends(body=SMALL_BODY)
+
+        def one(contender, lb):
+            self.tls_probe("S10", contender)
+            self.s_time(f"s10-warm-{contender}", S10_CLIENTS, WARMUP)
+            before = self.counters()
+            cpu0 = cpu_ticks(lb.cpu_pids)
+            cores0 = core_times(LB_CPU), core_times(LOAD_CPU)
+            handshakes, read, wall = self.s_time(f"s10-{contender}", S10_CLIENTS, DURATION)
+            cores1 = core_times(LB_CPU), core_times(LOAD_CPU)
+            cpu1 = cpu_ticks(lb.cpu_pids)
+            after = self.counters()
+            if lb.proc.poll() is not None:
+                raise BenchError(f"{contender} died during S10")
+            if handshakes == 0:
+                raise BenchError("no handshake completed")
+            cpu_s = (cpu1 - cpu0) / CLK_TCK
+            res = {
+                "handshakes": handshakes, "seconds": wall, "hps": handshakes / wall,
+                "bytes_per_connection": read / handshakes, "cpu_s": cpu_s,
+                "cpu_us_per_handshake": cpu_s * 1e6 / handshakes,
+                "handshakes_per_cpu_s": handshakes / cpu_s if cpu_s else None,
+                "cpu_share": cpu_s / wall,
+                "lb_core_busy": busy_percent(cores0[0], cores1[0]),
+                "load_core_busy": busy_percent(cores0[1], cores1[1]),
+                "served": [a - b for a, b in zip(after, before)],
+                "hwm_kib": status_kib(lb.rss_pid, "VmHWM"),
+            }
+            self.raw.setdefault("S10", {})[contender] = res
+            served = sum(res["served"])
+            if abs(served - handshakes) > max(0.02 * handshakes, S10_CLIENTS + 10):
+                self.note(f"S10 {contender}: s_time counted {handshakes:,} connections, the "
+                          f"backends {served:,} requests")
+            # An answer is a status line, headers and the 100 B body: s_time reads what the
+            # balancer sends until it closes. Less than the body means errors or empty closes.
+            if res["bytes_per_connection"] < SMALL_BODY:
+                self.note(f"S10 {contender}: only {res['bytes_per_connection']:.0f} bytes read per "
+                          f"connection: answers missing (see {contender}.log)")
+            log(f"S10 {contender}: {handshakes:,} handshakes in {wall:.1f} s = "
+                f"{res['hps']:,.0f}/s, "
+                f"{res['cpu_us_per_handshake']:.0f} CPU us/handshake ({res['cpu_share']:.0%} of a "
+                f"core), {res['bytes_per_connection']:.0f} B read per connection, cores busy "
+                f"{res['lb_core_busy']:.0f}% / {res['load_core_busy']:.0f}%, backends "
+                f"{res['served']}, HWM {res['hwm_kib'] / 1024:.1f} MiB")
+            return {
+                "hps": res["hps"], "cpu": res["cpu_us_per_handshake"],
+                "per_cpu_s": res["handshakes_per_cpu_s"], "lbshare": 100.0 * res["cpu_share"],
+                "lbcore": res["lb_core_busy"], "loadcore": res["load_core_busy"],
+                "rss": res["hwm_kib"] / 1024,
+            }
+
+        self.tls_rounds("S10", LBS, one, ("hps", "cpu"))
+        self.check_negotiated("S10")
+        self.stop_backends()
+
 
 S6_ALGORITHMS = ["least_conn", "round_robin", "random", "p2c", "least_time"]
 S6_SIZES = [10, 1_000, 10_000]
@@ -1052,6 +1380,26 @@ ROWS = [
     ("S8", "lbcore", f"S8 WebSocket echo: core {LB_CPU} (LB) busy %", "", 0),
     ("S8", "loadcore", f"S8 WebSocket echo: core {LOAD_CPU} (client, echo servers) busy %", "", 0),
     ("S8", "rss", "S8 WebSocket echo: LB peak RSS MiB ↓", "lo", 1),
+    ("S9", "rps", "S9 TLS small GETs, keep-alive: req/s ↑", "hi", 0),
+    ("S9", "p50", "S9 TLS small GETs, keep-alive: p50 ms ↓", "lo", 2),
+    ("S9", "p99", "S9 TLS small GETs, keep-alive: p99 ms ↓", "lo", 2),
+    ("S9", "cpu", "S9 TLS small GETs, keep-alive: LB CPU µs/request ↓", "lo", 1),
+    ("S9", "plain_rps", "S9 same load in plain HTTP, same process just before: req/s ↑", "hi", 0),
+    ("S9", "plain_cpu", "S9 same load in plain HTTP, same process just before: LB CPU "
+     "µs/request ↓", "lo", 1),
+    ("S9", "tls_cpu", "S9 TLS cost: LB CPU µs/request, TLS minus plain ↓", "lo", 1),
+    ("S9", "lbcore", f"S9 TLS small GETs: core {LB_CPU} (LB) busy %", "", 0),
+    ("S9", "loadcore", f"S9 TLS small GETs: core {LOAD_CPU} (wrk, backends) busy %", "", 0),
+    ("S9", "rss", "S9 TLS small GETs: LB peak RSS MiB ↓", "lo", 1),
+    ("S10", "hps", "S10 TLS full handshakes, new connection per request: handshakes/s ↑", "hi",
+     0),
+    ("S10", "cpu", "S10 TLS full handshakes: LB CPU µs/handshake ↓", "lo", 0),
+    ("S10", "per_cpu_s", "S10 TLS full handshakes: handshakes per LB CPU-second ↑", "hi", 0),
+    ("S10", "lbshare", "S10 TLS full handshakes: LB CPU time, % of a core", "", 0),
+    ("S10", "lbcore", f"S10 TLS full handshakes: core {LB_CPU} (LB) busy %", "", 0),
+    ("S10", "loadcore", f"S10 TLS full handshakes: core {LOAD_CPU} (s_time, backends) busy %", "",
+     0),
+    ("S10", "rss", "S10 TLS full handshakes: LB peak RSS MiB ↓", "lo", 1),
 ]
 
 
@@ -1096,11 +1444,13 @@ def target_for(scenario, metric, get):
 def fmt(value, decimals):
     if value is None:
         return "—"
+    if isinstance(value, str):  # "n/a (...)": the contender could not run the scenario
+        return value
     return f"{value:,.{decimals}f}"
 
 
 def ratio(a, b):
-    if a is None or b is None or b == 0:
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or a < 0 or b <= 0:
         return "—"
     return f"{a / b:.2f}×"
 
@@ -1157,6 +1507,8 @@ def versions():
     m = re.search(r'name = "criterion"\nversion = "([^"]+)"', lock)
     haproxy = re.search(r"version (\S+)", sh("haproxy -v | head -1"))
     wrk = re.search(r"wrk (\S+)", sh("wrk -v 2>&1 | head -1"))
+    rustls = re.search(r'name = "rustls"\nversion = "([^"]+)"', lock)
+    aws_lc = re.search(r'name = "aws-lc-rs"\nversion = "([^"]+)"', lock)
     return {
         "alb": commit + (" + uncommitted changes in src/" if dirty else ""),
         "rustc": sh("rustc -V").removeprefix("rustc "),
@@ -1164,6 +1516,10 @@ def versions():
         "HAProxy": haproxy.group(1) if haproxy else "?",
         "wrk": wrk.group(1) if wrk else "?",
         "hey": sh("dpkg-query -W -f '${Version}' hey"),
+        # wrk, s_time, nginx and HAProxy all use the system's libssl; alb links rustls.
+        "OpenSSL": sh("openssl version").removeprefix("OpenSSL ").split(" (")[0],
+        "alb's rustls": (rustls.group(1) + (f" with aws-lc-rs {aws_lc.group(1)}" if aws_lc else "")
+                         if rustls else "none (no TLS in this build)"),
         "valgrind": sh("valgrind --version").removeprefix("valgrind-"),
         "criterion": m.group(1) if m else "?",
         "Python": sh(f"{sys.executable} --version").removeprefix("Python "),
@@ -1188,6 +1544,7 @@ def main():
     vers = versions()  # now: the tree may change while the scenarios run
     if "ALB_BIN" in os.environ:
         vers["alb"] = f"{ALB_BIN} (ALB_BIN; the tree is at {vers['alb']})"
+        vers["alb's rustls"] += " in the tree's Cargo.lock (ALB_BIN may differ)"
 
     def on_signal(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -1195,7 +1552,8 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     try:
-        ensure_free(LB_PORT, B1_PORT, B2_PORT)
+        ensure_free(LB_PORT, B1_PORT, B2_PORT,
+                    *([TLS_PORT] if set(TLS_SCENARIOS) & set(SCENARIOS) else []))
         for scenario in SCENARIOS:
             t0 = time.monotonic()
             try:
@@ -1208,7 +1566,7 @@ def main():
         bench.procs.stop_all()
     elapsed = time.monotonic() - started
 
-    for scenario in ("S1", "S4", "S8"):
+    for scenario in ("S1", "S4", "S8", "S9-plain"):
         direct = bench.raw.get(scenario, {}).get("direct")
         if direct and direct["lb_core_busy"] > 10:
             bench.note(f"{scenario}: core {LB_CPU} was {direct['lb_core_busy']:.0f} % busy during "
@@ -1231,7 +1589,10 @@ def main():
         f"connections; S7 {S7_CONNECTIONS} connections for {S7_DURATION} s, backend b2 "
         f"SIGKILLed {S7_KILLS} times (every {S7_INTERVAL} s, down {S7_DOWN} s, then restarted); "
         f"S8 {S8_CONNECTIONS} WebSocket connections echoing {S8_SIZE} B binary messages one at a "
-        f"time each (examples/ws_bench.rs); nginx RSS is its worker's (the master adds {master_hwm(bench)}).",
+        f"time each (examples/ws_bench.rs); S9 {S9_CONNECTIONS} keep-alive connections over "
+        f"TLS (wrk https), S10 {S10_CLIENTS} `openssl s_time -new` clients (full handshakes, "
+        f"no resumption), one ECDSA P-256 certificate, TLS 1.2 and 1.3 offered; nginx RSS is its "
+        f"worker's (the master adds {master_hwm(bench)}).",
     ]
     notes = ["", "Notes from this run:", ""] + [f"- {n}" for n in bench.notes] if bench.notes \
         else ["", "Notes from this run: none (no errors, no failed contender)."]
@@ -1255,8 +1616,10 @@ def main():
 
 
 def master_hwm(bench):
-    for scenario in ("S1", "S4"):
+    for scenario in ("S1", "S4", "S9"):
         r = bench.raw.get(scenario, {}).get("nginx", {})
+        if not isinstance(r, dict):
+            continue
         if "master_hwm_kib" in r:
             return f"{r['master_hwm_kib'] / 1024:.1f} MiB peak"
     return "its own RSS, not counted"
@@ -1273,7 +1636,7 @@ Ratios are alb's figure divided by the peer's from the same run: above 1 is bett
 marked ↑, below 1 for those marked ↓. The figures are absolute for this machine only; the ratios
 and S2's instruction counts travel better.
 
-Re-run: `bench/run.sh` (about 5 minutes of scenarios, plus 2 to 3 minutes of build when the source
+Re-run: `bench/run.sh` (about 11 minutes of scenarios, plus 2 to 3 minutes of build when the source
 changed; `bench/run.sh --quick` checks the script in about 2).
 
 {doc}"""

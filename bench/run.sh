@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # alb's benchmark suite in one command: installs the tools it needs, builds alb (which is also the
 # test backend, `alb backend`; S8's WebSocket echo server and client are examples/ws_bench.rs),
-# then runs scenarios S1-S8 against direct, alb, nginx and HAProxy and writes a markdown table to
+# then runs scenarios S1-S10 against direct, alb, nginx and HAProxy and writes a markdown table to
 # bench/results/ (and, after a full run, BENCHMARKS.md).
 #
-#   bench/run.sh              full run, about 5 minutes (plus the build when the source changed)
+#   bench/run.sh              full run, about 11 minutes (S9 and S10 take 6 of them; plus the build)
 #   bench/run.sh --quick      2 s per scenario, small counts: checks the script (BENCH_QUICK=1 too)
 #   BENCH_ONLY=S1,S2 BENCH_CONTENDERS=alb,nginx bench/run.sh    a subset (no BENCHMARKS.md update)
 #   BENCH_ONLY=S8 bench/run.sh   WebSocket echo messages/s through each proxy (builds ws_bench)
+#   BENCH_ONLY=S9,S10 bench/run.sh   TLS termination: keep-alive GETs, then full handshakes/s
 #   ALB_BIN=/path/to/alb bench/run.sh   that binary instead of building this tree (S6 still uses
 #                                       the tree: it is a criterion bench of the library)
 #
@@ -19,7 +20,7 @@ cd "$(dirname "$0")/.."
 for arg in "$@"; do
     case "$arg" in
         --quick) export BENCH_QUICK=1 ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -32,6 +33,9 @@ declare -A PACKAGES=(
     [nginx]=nginx-light [haproxy]=haproxy [wrk]=wrk [valgrind]=valgrind
     [callgrind_annotate]=valgrind [hey]=hey [taskset]=util-linux [curl]=curl [python3]=python3
     [lscpu]=util-linux [getconf]=libc-bin
+    # S9/S10: the certificate (openssl req), the handshake load (openssl s_time) and the probe of
+    # what each balancer negotiates (openssl s_client). Debian's wrk links libssl: it speaks https.
+    [openssl]=openssl
 )
 missing=()
 for cmd in "${!PACKAGES[@]}"; do
