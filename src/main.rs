@@ -138,13 +138,33 @@ fn check(path: &std::path::Path) -> ExitCode {
             } else {
                 String::new()
             };
+            let pools = config.all_pools();
+            let backends: usize = pools.iter().map(|p| p.backends.len()).sum();
+            let shape = if pools.len() == 1 && config.routes.is_empty() {
+                format!("{backends} backend(s), {}", pools[0].algorithm.name())
+            } else {
+                format!(
+                    "{backends} backend(s) in {} pools, {} route(s)",
+                    pools.len(),
+                    config.routes.len()
+                )
+            };
             println!(
-                "{}: OK: {} backend(s), {}, listening on {}{trusted}",
+                "{}: OK: {shape}, listening on {}{trusted}",
                 path.display(),
-                config.backends.len(),
-                config.algorithm.name(),
                 config.listen
             );
+            for pool in pools.iter().filter(|_| pools.len() > 1) {
+                println!(
+                    "  pool {}: {} backend(s), {}",
+                    pool.name,
+                    pool.backends.len(),
+                    pool.algorithm.name()
+                );
+            }
+            for warning in &config.warnings {
+                println!("  warning: {warning}");
+            }
             if let Some(tls) = &config.tls {
                 print_tls(tls);
             }
@@ -234,6 +254,9 @@ async fn run(launch: Launch) -> anyhow::Result<()> {
     let shutdown = shutdown_signal()?;
     let command = match launch {
         Launch::Balancer(config, path, no_access_log, program) => {
+            for warning in &config.warnings {
+                tracing::warn!("{}: {warning}", path.display());
+            }
             // Started by an upgrade: take the old process's listeners instead of binding.
             let server = match std::env::var_os(SOCKET_ENV) {
                 Some(socket) => {

@@ -971,3 +971,45 @@ async fn json_log_format_also_covers_start_up_errors() {
         );
     }
 }
+
+#[tokio::test]
+async fn check_lists_pools_refuses_a_shadowed_route_and_warns_of_an_unused_pool() {
+    let dir = TempDir::new("check-routes");
+    let good = dir.write(
+        "routes.toml",
+        "backends = [\"http://127.0.0.1:8081\"]\n\
+         [pools.api]\nbackends = [\"http://127.0.0.1:9001\", \"http://127.0.0.1:9002\"]\n\
+         algorithm = \"p2c\"\n\
+         [pools.spare]\nbackends = [\"http://127.0.0.1:9101\"]\n\
+         [[route]]\nhost = \"api.example.com\"\npool = \"api\"\n",
+    );
+    let (status, stdout, stderr) = alb_output(&["check", "--config", good.to_str().unwrap()]).await;
+    assert_eq!(status.code(), Some(0), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stdout.contains("OK: 4 backend(s) in 3 pools, 1 route(s)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("pool api: 2 backend(s), p2c"), "{stdout}");
+    assert!(
+        stdout.contains("warning: pools.spare: no route sends requests to this pool"),
+        "{stdout}"
+    );
+    let bad = dir.write(
+        "shadowed.toml",
+        "backends = [\"http://127.0.0.1:8081\"]\n\
+         [pools.api]\nbackends = [\"http://127.0.0.1:9001\"]\n\
+         [[route]]\npath_prefix = \"/api\"\npool = \"api\"\n\
+         [[route]]\npath_prefix = \"/api/v2/\"\nmethods = [\"GET\"]\npool = \"api\"\n\
+         [[route]]\npool = \"nope\"\n",
+    );
+    let (status, _, stderr) = alb_output(&["check", "--config", bad.to_str().unwrap()]).await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("route[1]: can never match: route[0] comes first"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("route[2].pool: no pool \"nope\" (there are: api, default)"),
+        "{stderr}"
+    );
+}

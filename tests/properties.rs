@@ -1140,8 +1140,12 @@ proptest! {
                 *counts.entry(i.unwrap()).or_default() += 1;
             }
             let tolerance = match algorithm {
-                // Without latency samples least_time ties everywhere and rotates by weight.
-                Algorithm::RoundRobin | Algorithm::LeastConn | Algorithm::LeastTime => 0.01,
+                // Without latency samples least_time ties everywhere and rotates by weight; hash
+                // without a request key balances as least_conn does.
+                Algorithm::RoundRobin
+                | Algorithm::LeastConn
+                | Algorithm::LeastTime
+                | Algorithm::Hash => 0.01,
                 Algorithm::Random | Algorithm::P2c => 0.05,
             };
             for (i, &w) in weights.iter().enumerate() {

@@ -13,6 +13,8 @@ use crate::upstream::{AdminState, Backend};
 
 #[derive(Debug, Serialize)]
 pub struct BackendView {
+    /// The pool it serves in (`default` for the top-level backends).
+    pub pool: String,
     pub url: String,
     /// `name:port` for an address found by DNS discovery.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -35,7 +37,7 @@ pub struct CheckView {
     pub detail: String,
 }
 
-pub fn view(b: &Backend) -> BackendView {
+pub fn view(pool: &str, b: &Backend) -> BackendView {
     let admin = b.admin_state();
     let state = match admin {
         AdminState::Draining => "draining",
@@ -45,6 +47,7 @@ pub fn view(b: &Backend) -> BackendView {
         AdminState::Enabled => "up",
     };
     BackendView {
+        pool: pool.to_string(),
         url: b.url().to_string(),
         dns_name: b.dns_name().map(str::to_string),
         state,
@@ -63,14 +66,79 @@ pub fn view(b: &Backend) -> BackendView {
 
 #[derive(Debug, Serialize)]
 pub struct Snapshot {
+    /// Pool after pool.
     pub backends: Vec<BackendView>,
+    pub routes: Vec<RouteView>,
     pub client_connections: i64,
     pub retries: u64,
 }
 
+/// A route as the config gives it, and the requests it took since the last reload.
+#[derive(Debug, Serialize)]
+pub struct RouteView {
+    /// Its conditions in a line (`host=api.example.com path_prefix=/v1/`); `*` for none.
+    pub matches: String,
+    /// The pools it sends to, with their weights when it splits.
+    pub pools: Vec<(String, u32)>,
+    pub hits: u64,
+}
+
+fn route_view(route: &crate::config::RouteConfig, hits: u64) -> RouteView {
+    use crate::config::{HeaderTest, HostPattern};
+    let mut matches = Vec::new();
+    match &route.host {
+        Some(HostPattern::Exact(name)) => matches.push(format!("host={name}")),
+        Some(HostPattern::Suffix(suffix)) => matches.push(format!("host=*{suffix}")),
+        None => {}
+    }
+    if let Some(prefix) = &route.path_prefix {
+        matches.push(format!("path_prefix={prefix}"));
+    }
+    if let Some(path) = &route.path {
+        matches.push(format!("path={path}"));
+    }
+    if !route.methods.is_empty() {
+        let methods: Vec<&str> = route.methods.iter().map(http::Method::as_str).collect();
+        matches.push(format!("methods={}", methods.join(",")));
+    }
+    for h in &route.headers {
+        matches.push(match &h.test {
+            HeaderTest::Equals(v) => format!("{}={v}", h.name),
+            HeaderTest::Present => format!("{} present", h.name),
+            HeaderTest::Absent => format!("{} absent", h.name),
+        });
+    }
+    RouteView {
+        matches: if matches.is_empty() {
+            "*".into()
+        } else {
+            matches.join(" ")
+        },
+        pools: route
+            .targets
+            .iter()
+            .map(|t| (t.pool.clone(), t.weight))
+            .collect(),
+        hits,
+    }
+}
+
 pub fn snapshot(proxy: &Proxy) -> Snapshot {
+    let current = proxy.snapshot();
+    let hits = current.route_hits();
     Snapshot {
-        backends: proxy.backends().iter().map(|b| view(b)).collect(),
+        backends: current
+            .pools()
+            .iter()
+            .flat_map(|pool| pool.backends().iter().map(|b| view(pool.name(), b)))
+            .collect(),
+        routes: current
+            .config()
+            .routes
+            .iter()
+            .zip(hits)
+            .map(|(route, hits)| route_view(route, hits))
+            .collect(),
         client_connections: proxy
             .stats()
             .client_connections
@@ -109,13 +177,24 @@ fn change_error(e: &ChangeError) -> Answer {
     error(status, &e.to_string())
 }
 
+/// The backend of that URL (in its first pool, when it serves in several).
+fn find(proxy: &Proxy, url: &str) -> Option<BackendView> {
+    let current = proxy.snapshot();
+    current.pools().iter().find_map(|pool| {
+        pool.backends()
+            .iter()
+            .find(|b| b.url() == url)
+            .map(|b| view(pool.name(), b))
+    })
+}
+
 /// Handles `/api/...` once authorisation is settled. `path` is without the `/api` prefix.
 pub fn handle(proxy: &Arc<Proxy>, method: &Method, path: &str, body: &Bytes) -> Answer {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, parts.as_slice()) {
         (&Method::GET, ["backends"]) => json(StatusCode::OK, &snapshot(proxy)),
-        (&Method::GET, ["backends", id]) => match proxy.backend(&format!("http://{id}")) {
-            Some(b) => json(StatusCode::OK, &view(&b)),
+        (&Method::GET, ["backends", id]) => match find(proxy, &format!("http://{id}")) {
+            Some(found) => json(StatusCode::OK, &found),
             None => error(StatusCode::NOT_FOUND, "no such backend"),
         },
         (&Method::POST, ["backends"]) => match serde_json::from_slice::<NewBackend>(body) {
@@ -148,8 +227,8 @@ pub fn handle(proxy: &Arc<Proxy>, method: &Method, path: &str, body: &Bytes) -> 
             };
             let url = format!("http://{id}");
             match proxy.set_admin_state(&url, state) {
-                Ok(()) => match proxy.backend(&url) {
-                    Some(b) => json(StatusCode::OK, &view(&b)),
+                Ok(()) => match find(proxy, &url) {
+                    Some(found) => json(StatusCode::OK, &found),
                     None => error(StatusCode::NOT_FOUND, "no such backend"),
                 },
                 Err(e) => change_error(&e),

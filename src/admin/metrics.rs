@@ -72,17 +72,25 @@ fn histogram(
 impl Collector for ProxyCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let proxy = &self.0;
-        let backends = proxy.backends();
+        let snapshot = proxy.snapshot();
+        // Each backend with its pool: one URL may serve in two pools, as two backends.
+        let backends: Vec<(&str, &crate::upstream::Backend)> = snapshot
+            .pools()
+            .iter()
+            .flat_map(|pool| pool.backends().iter().map(move |b| (pool.name(), &**b)))
+            .collect();
         let stats = proxy.stats();
-        let by = |url: &str| vec![("backend", url.to_string())];
+        let by =
+            |pool: &str, url: &str| vec![("pool", pool.to_string()), ("backend", url.to_string())];
 
         let mut requests = Vec::new();
-        for b in &backends {
+        for (pool, b) in &backends {
             for (m, method) in METHOD_CLASSES.iter().enumerate() {
                 for (c, class) in STATUS_CLASSES.iter().enumerate() {
                     let n = b.stats().responses(m, c);
                     if n > 0 {
                         let labels = vec![
+                            ("pool", pool.to_string()),
                             ("backend", b.url().to_string()),
                             ("method", method.to_string()),
                             ("status", class.to_string()),
@@ -108,13 +116,37 @@ impl Collector for ProxyCollector {
         counter(
             &mut encoder,
             "requests",
-            "Responses by backend (none: answered by alb itself), method and status class",
+            "Responses by pool, backend (none: answered by alb itself), method and status class",
             &requests,
+        )?;
+        let routes: Vec<_> = snapshot
+            .route_hits()
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| (vec![("route", i.to_string())], n))
+            .collect();
+        counter(
+            &mut encoder,
+            "route_requests",
+            "Requests each route matched (by its place in the config, from 0), since the last reload",
+            &routes,
+        )?;
+        counter(
+            &mut encoder,
+            "no_route_requests",
+            "Requests no route matched with no pool \"default\" to take them (answered 404)",
+            &[(vec![], stats.no_route.load(Ordering::Relaxed))],
+        )?;
+        counter(
+            &mut encoder,
+            "rate_limited_requests",
+            "Requests refused with 429 by a route's rate limit",
+            &[(vec![], stats.rate_limited.load(Ordering::Relaxed))],
         )?;
 
         let upstream: Vec<_> = backends
             .iter()
-            .map(|b| (by(b.url()), &b.stats().upstream_latency))
+            .map(|(pool, b)| (by(pool, b.url()), &b.stats().upstream_latency))
             .collect();
         histogram(
             &mut encoder,
@@ -130,7 +162,10 @@ impl Collector for ProxyCollector {
         )?;
 
         let per = |f: &dyn Fn(&crate::upstream::Backend) -> i64| -> Vec<_> {
-            backends.iter().map(|b| (by(b.url()), f(b))).collect()
+            backends
+                .iter()
+                .map(|(pool, b)| (by(pool, b.url()), f(b)))
+                .collect()
         };
         gauge(
             &mut encoder,
@@ -157,7 +192,10 @@ impl Collector for ProxyCollector {
             &per(&|b| i64::from(b.is_ejected())),
         )?;
         let load = |f: &dyn Fn(&crate::upstream::Backend) -> u64| -> Vec<_> {
-            backends.iter().map(|b| (by(b.url()), f(b))).collect()
+            backends
+                .iter()
+                .map(|(pool, b)| (by(pool, b.url()), f(b)))
+                .collect()
         };
         counter(
             &mut encoder,

@@ -26,6 +26,18 @@ pub trait Selector: Send + Sync + std::fmt::Debug {
     /// Returns the index into `backends` of the chosen backend, or `None` when every backend is
     /// unhealthy or excluded.
     fn select(&self, backends: &[Arc<Backend>], exclude: &Exclude) -> Option<usize>;
+
+    /// Picks for a request that carries a key (`algorithm = "hash"`); algorithms that ignore
+    /// request keys keep this default.
+    fn select_keyed(
+        &self,
+        backends: &[Arc<Backend>],
+        exclude: &Exclude,
+        key: u64,
+    ) -> Option<usize> {
+        let _ = key;
+        self.select(backends, exclude)
+    }
 }
 
 /// Backends a request must not go to again (the ones its earlier attempts failed on).
@@ -74,6 +86,7 @@ pub fn selector_for(algorithm: Algorithm, backends: &[Arc<Backend>]) -> Box<dyn 
         Algorithm::Random => Box::new(WeightedRandom::new(backends)),
         Algorithm::P2c => Box::new(PowerOfTwoChoices::new(backends)),
         Algorithm::LeastTime => Box::new(LeastTime),
+        Algorithm::Hash => Box::new(LeastConn::new()),
     }
 }
 

@@ -3,7 +3,9 @@
 
 mod error;
 mod ipnet;
+mod pools;
 mod raw;
+mod routes;
 mod sections;
 mod tls;
 mod upstream_tls;
@@ -19,6 +21,11 @@ use crate::http1::Underscores;
 
 pub use error::{ConfigError, Problem};
 pub use ipnet::IpNet;
+pub use pools::{DEFAULT_POOL, HashConfig, HashKey, PoolConfig, StickyConfig};
+pub use routes::{
+    HeaderCondition, HeaderTest, HostPattern, RateKey, RateLimitConfig, RouteConfig, RouteTarget,
+    prefix_matches,
+};
 pub use tls::{
     CertificateSet, EXPIRY_WARNING_DAYS, LoadedCertificate, TlsConfig, crypto_provider, date,
 };
@@ -28,8 +35,18 @@ pub use upstream_tls::UpstreamTls;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// How the top-level pool (`default`) balances; the other pools have their own.
     pub algorithm: Algorithm,
+    pub hash: HashConfig,
+    pub sticky: Option<StickyConfig>,
+    /// The top-level backends: the pool `default` (none when only named pools are given).
     pub backends: Vec<BackendSpec>,
+    /// `[pools.NAME]`, by name, every setting resolved.
+    pub pools: Vec<PoolConfig>,
+    /// `[[route]]`, in file order: the first that matches a request chooses its pool.
+    pub routes: Vec<RouteConfig>,
+    /// What is odd but not wrong (a pool no route uses): `alb check` and start-up say it.
+    pub warnings: Vec<Problem>,
     pub health_check: HealthCheckConfig,
     pub timeouts: Timeouts,
     pub retry: RetryConfig,
@@ -130,10 +147,12 @@ pub enum Algorithm {
     Random,
     P2c,
     LeastTime,
+    /// Consistent hashing of a request key with bounded load (`hash_key`, `hash_balance`).
+    Hash,
 }
 
 impl Algorithm {
-    pub const NAMES: &'static str = "least_conn, round_robin, random, p2c, least_time";
+    pub const NAMES: &'static str = "least_conn, round_robin, random, p2c, least_time, hash";
 
     pub fn name(self) -> &'static str {
         match self {
@@ -142,6 +161,7 @@ impl Algorithm {
             Algorithm::Random => "random",
             Algorithm::P2c => "p2c",
             Algorithm::LeastTime => "least_time",
+            Algorithm::Hash => "hash",
         }
     }
 }
@@ -156,6 +176,7 @@ impl FromStr for Algorithm {
             "random" => Ok(Algorithm::Random),
             "p2c" => Ok(Algorithm::P2c),
             "least_time" => Ok(Algorithm::LeastTime),
+            "hash" => Ok(Algorithm::Hash),
             _ => Err(()),
         }
     }
@@ -361,6 +382,28 @@ impl Default for Limits {
 pub const MAX_WEIGHT: u32 = 10_000;
 
 impl Config {
+    /// Every pool: `default` from the top-level settings first (when it has backends), then the
+    /// named ones.
+    pub fn all_pools(&self) -> Vec<PoolConfig> {
+        let mut pools = Vec::with_capacity(self.pools.len() + 1);
+        if !self.backends.is_empty() {
+            pools.push(PoolConfig {
+                name: DEFAULT_POOL.to_string(),
+                algorithm: self.algorithm,
+                hash: self.hash.clone(),
+                backends: self.backends.clone(),
+                health_check: self.health_check.clone(),
+                passive_health: self.passive_health.clone(),
+                retry: self.retry.clone(),
+                backend_queue: self.limits.backend_queue,
+                backend_queue_timeout: self.limits.backend_queue_timeout,
+                sticky: self.sticky.clone(),
+            });
+        }
+        pools.extend(self.pools.iter().cloned());
+        pools
+    }
+
     /// Reads and validates a config file; the error lists every problem found, each naming its key.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let origin = path.display().to_string();

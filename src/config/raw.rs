@@ -25,6 +25,77 @@ pub struct RawConfig {
     pub proxy_protocol: Option<RawProxyProtocol>,
     pub upstream_tls: Option<RawUpstreamTls>,
     pub tls: Option<RawTls>,
+    pub hash_key: Option<String>,
+    pub hash_balance: Option<f64>,
+    pub sticky: Option<RawSticky>,
+    /// Named pools besides the top-level one (`default`), by name.
+    pub pools: Option<std::collections::BTreeMap<String, RawPool>>,
+    pub route: Option<Vec<RawRoute>>,
+}
+
+/// `[pools.NAME]`: a pool of backends with its own balancing; every section it does not give is
+/// the top-level one, key by key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub backends: Option<Vec<String>>,
+    pub backend: Option<Vec<RawBackend>>,
+    pub algorithm: Option<String>,
+    pub hash_key: Option<String>,
+    pub hash_balance: Option<f64>,
+    pub health_check: Option<RawHealthCheck>,
+    pub passive_health: Option<RawPassiveHealth>,
+    pub retry: Option<RawRetry>,
+    pub limits: Option<RawLimits>,
+    pub sticky: Option<RawSticky>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSticky {
+    pub cookie: Option<String>,
+    pub ttl: Option<String>,
+    pub secret: Option<String>,
+}
+
+/// `[[route]]`: conditions (all given must hold) and what to do with a request that meets them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub path: Option<String>,
+    pub methods: Option<Vec<String>>,
+    pub headers: Option<std::collections::BTreeMap<String, RawHeaderMatch>>,
+    pub pool: Option<String>,
+    pub split: Option<Vec<RawSplit>>,
+    pub strip_prefix: Option<bool>,
+    pub timeouts: Option<RawTimeouts>,
+    pub retry: Option<RawRetry>,
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+/// A header condition: a value the field must have, or `true` (present) / `false` (absent).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawHeaderMatch {
+    Value(String),
+    Present(bool),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSplit {
+    pub pool: String,
+    pub weight: i64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub per_second: Option<i64>,
+    pub burst: Option<i64>,
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -77,7 +148,7 @@ pub struct RawAdmin {
     pub token: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBackend {
     pub url: String,
@@ -85,7 +156,7 @@ pub struct RawBackend {
     pub max_connections: Option<i64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealthCheck {
     pub path: Option<String>,
@@ -96,7 +167,7 @@ pub struct RawHealthCheck {
     pub slow_start: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTimeouts {
     pub connect: Option<String>,
@@ -111,7 +182,7 @@ pub struct RawTimeouts {
     pub tunnel_idle: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRetry {
     pub attempts: Option<i64>,
@@ -122,7 +193,7 @@ pub struct RawRetry {
     pub max_body_buffer: Option<RawSize>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPassiveHealth {
     pub enabled: Option<bool>,
@@ -134,7 +205,7 @@ pub struct RawPassiveHealth {
     pub max_ejected_percent: Option<i64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub max_header_bytes: Option<RawSize>,
@@ -153,4 +224,33 @@ pub struct RawLimits {
 pub enum RawSize {
     Bytes(i64),
     Text(String),
+}
+
+/// `section.over(&base)`: the section with every key it leaves out taken from `base`, so that a
+/// pool or a route writes only what differs from the top level.
+macro_rules! inherit {
+    ($($ty:ident { $($field:ident),* $(,)? })*) => {$(
+        impl $ty {
+            pub fn over(self, base: &$ty) -> $ty {
+                $ty { $($field: self.$field.or_else(|| base.$field.clone())),* }
+            }
+        }
+    )*};
+}
+
+inherit! {
+    RawHealthCheck { path, interval, timeout, rise, fall, slow_start }
+    RawTimeouts {
+        connect, response, upstream_idle, client_header, client_body_idle, keepalive_idle, write,
+        request, drain, tunnel_idle,
+    }
+    RawRetry { attempts, budget_percent, budget_min_per_second, on_status, on_timeout, max_body_buffer }
+    RawPassiveHealth {
+        enabled, consecutive_failures, count_5xx, failure_statuses, ejection_time,
+        max_ejection_time, max_ejected_percent,
+    }
+    RawLimits {
+        max_header_bytes, max_uri_bytes, max_body_bytes, max_client_connections, listen_backlog,
+        backend_max_connections, backend_queue, backend_queue_timeout,
+    }
 }

@@ -7,7 +7,11 @@ use std::path::Path;
 
 use rustls::pki_types::ServerName;
 
-use super::raw::RawConfig;
+use std::collections::BTreeMap;
+
+use super::pools::{self, DEFAULT_POOL};
+use super::raw::{RawBackend, RawConfig, RawRetry};
+use super::routes;
 use super::sections;
 use super::values::{Problems, count};
 use super::{Algorithm, BackendAddr, BackendSpec, BackendTls, Config, MAX_WEIGHT, Problem};
@@ -18,21 +22,86 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub(super) fn validate(mut raw: RawConfig, base: &Path) -> Result<Config, Vec<Problem>> {
     let mut problems = Problems::default();
     let listen = listen(raw.listen.as_deref(), &mut problems);
-    let algorithm = algorithm(raw.algorithm.as_deref(), &mut problems);
-    let (limits, backend_max) =
-        sections::limits(raw.limits.take().unwrap_or_default(), &mut problems);
-    let mut backends = backends(&raw, backend_max, &mut problems);
-    let any_https = backends.iter().any(|b| b.url.starts_with("https://"));
+    let algorithm = algorithm("", raw.algorithm.as_deref(), &mut problems);
+    let hash = pools::hash(
+        "",
+        algorithm,
+        raw.hash_key.as_deref(),
+        raw.hash_balance,
+        &mut problems,
+    );
+    let sticky = raw
+        .sticky
+        .take()
+        .map(|s| pools::sticky("", s, &mut problems));
+    let top = pools::Inherited {
+        health_check: raw.health_check.take().unwrap_or_default(),
+        passive_health: raw.passive_health.take().unwrap_or_default(),
+        retry: raw.retry.take().unwrap_or_default(),
+        limits: raw.limits.take().unwrap_or_default(),
+    };
+    let top_timeouts = raw.timeouts.take().unwrap_or_default();
+    let (limits, backend_max) = sections::limits(top.limits.clone(), &mut problems);
+    let mut backends = backend_list("", &raw.backends, &raw.backend, backend_max, &mut problems);
+    let raw_pools = raw.pools.take().unwrap_or_default();
+    let written = |list: &Option<Vec<String>>| list.as_ref().is_some_and(|l| !l.is_empty());
+    let top_written = written(&raw.backends) || raw.backend.as_ref().is_some_and(|b| !b.is_empty());
+    if !top_written && raw_pools.is_empty() {
+        problems.add(
+            "backends",
+            "no backends configured: give at least one, e.g. backends = [\"http://127.0.0.1:8081\"]",
+        );
+    }
+    if top_written && raw_pools.contains_key(DEFAULT_POOL) {
+        problems.add(
+            "pools.default",
+            "the top-level backends are the pool \"default\" already: move them here or rename it",
+        );
+    }
+    // Each pool's retry as it resolves, for routes that give their own over it.
+    let mut pool_retry: BTreeMap<String, RawRetry> = raw_pools
+        .iter()
+        .map(|(name, pool)| {
+            let retry = pool.retry.clone().unwrap_or_default().over(&top.retry);
+            (name.clone(), retry)
+        })
+        .collect();
+    if top_written {
+        pool_retry.insert(DEFAULT_POOL.to_string(), top.retry.clone());
+    }
+    let mut named = pools::named(raw_pools, &top, &mut problems);
+    let any_https = backends
+        .iter()
+        .chain(named.iter().flat_map(|p| &p.backends))
+        .any(|b| b.url.starts_with("https://"));
     let upstream_tls =
         super::upstream_tls::upstream_tls(raw.upstream_tls.take(), any_https, base, &mut problems);
     if let Some(client) = &upstream_tls {
         attach_tls(&mut backends, client);
+        for pool in &mut named {
+            attach_tls(&mut pool.backends, client);
+        }
     }
-    let health_check = sections::health_check(raw.health_check.unwrap_or_default(), &mut problems);
-    let timeouts = sections::timeouts(raw.timeouts.unwrap_or_default(), &mut problems);
-    let retry = sections::retry(raw.retry.unwrap_or_default(), &mut problems);
-    let passive_health =
-        sections::passive_health(raw.passive_health.unwrap_or_default(), &mut problems);
+    let routes = routes::routes(
+        raw.route.take().unwrap_or_default(),
+        &pool_retry,
+        &top_timeouts,
+        &mut problems,
+    );
+    let mut warnings = routes::unused_pools(&routes, named.iter().map(|p| p.name.as_str()));
+    let has_default = top_written || pool_retry.contains_key(DEFAULT_POOL);
+    if !has_default && !routes.iter().any(routes::RouteConfig::is_catch_all) {
+        warnings.push(Problem {
+            key: "route".into(),
+            reason: "no pool \"default\" and no route without conditions: requests no route \
+                     matches get 404"
+                .into(),
+        });
+    }
+    let health_check = sections::health_check(top.health_check, &mut problems);
+    let timeouts = sections::timeouts(top_timeouts, &mut problems);
+    let retry = sections::retry(top.retry, &mut problems);
+    let passive_health = sections::passive_health(top.passive_health, &mut problems);
     let workers = count("workers", raw.workers, 0, 0, 1024, &mut problems) as usize;
     let admin = sections::admin(raw.admin.take().unwrap_or_default(), &mut problems);
     let underscores_in_headers = underscores(raw.underscores_in_headers.as_deref(), &mut problems);
@@ -66,7 +135,12 @@ pub(super) fn validate(mut raw: RawConfig, base: &Path) -> Result<Config, Vec<Pr
     Ok(Config {
         listen,
         algorithm,
+        hash,
+        sticky,
         backends,
+        pools: named,
+        routes,
+        warnings,
         health_check,
         timeouts,
         retry,
@@ -133,13 +207,13 @@ fn underscores(value: Option<&str>, problems: &mut Problems) -> Underscores {
     }
 }
 
-fn algorithm(value: Option<&str>, problems: &mut Problems) -> Algorithm {
+pub(super) fn algorithm(prefix: &str, value: Option<&str>, problems: &mut Problems) -> Algorithm {
     let Some(text) = value else {
         return Algorithm::default();
     };
     text.parse().unwrap_or_else(|()| {
         problems.add(
-            "algorithm",
+            format!("{prefix}algorithm"),
             format!(
                 "unknown algorithm {text:?}, expected one of {}",
                 Algorithm::NAMES
@@ -149,16 +223,20 @@ fn algorithm(value: Option<&str>, problems: &mut Problems) -> Algorithm {
     })
 }
 
-fn backends(
-    raw: &RawConfig,
+/// The backends of one pool (`prefix` "" for the top level, `pools.NAME.` for a named one),
+/// given as `backends = [...]` or `[[backend]]` tables.
+pub(super) fn backend_list(
+    prefix: &str,
+    urls: &Option<Vec<String>>,
+    tables: &Option<Vec<RawBackend>>,
     default_max: Option<u32>,
     problems: &mut Problems,
 ) -> Vec<BackendSpec> {
     type Entry<'a> = (String, &'a str, Option<i64>, Option<i64>);
-    let entries: Vec<Entry> = match (&raw.backends, &raw.backend) {
+    let entries: Vec<Entry> = match (urls, tables) {
         (Some(_), Some(_)) => {
             problems.add(
-                "backend",
+                format!("{prefix}backend"),
                 "use either `backends = [...]` or `[[backend]]` tables, not both",
             );
             return Vec::new();
@@ -166,24 +244,18 @@ fn backends(
         (Some(urls), None) => urls
             .iter()
             .enumerate()
-            .map(|(i, url)| (format!("backends[{i}]"), url.as_str(), None, None))
+            .map(|(i, url)| (format!("{prefix}backends[{i}]"), url.as_str(), None, None))
             .collect(),
         (None, Some(tables)) => tables
             .iter()
             .enumerate()
             .map(|(i, b)| {
-                let key = format!("backend[{i}]");
+                let key = format!("{prefix}backend[{i}]");
                 (key, b.url.as_str(), b.weight, b.max_connections)
             })
             .collect(),
         (None, None) => Vec::new(),
     };
-    if entries.is_empty() {
-        problems.add(
-            "backends",
-            "no backends configured: give at least one, e.g. backends = [\"http://127.0.0.1:8081\"]",
-        );
-    }
     let mut seen = HashSet::new();
     let mut specs = Vec::with_capacity(entries.len());
     for (key, url, weight, max_connections) in entries {

@@ -21,6 +21,21 @@ impl Problems {
         });
     }
 
+    /// Runs `validate` on a section found under `prefix` (`pools.api.`, `route[2].`): the
+    /// section's own checks name their keys from its top, this puts the path in front.
+    pub(super) fn scoped<T>(
+        &mut self,
+        prefix: &str,
+        validate: impl FnOnce(&mut Problems) -> T,
+    ) -> T {
+        let mut inner = Problems::default();
+        let value = validate(&mut inner);
+        for problem in inner.0 {
+            self.add(format!("{prefix}{}", problem.key), problem.reason);
+        }
+        value
+    }
+
     pub(super) fn into_result(self) -> Result<(), Vec<Problem>> {
         if self.0.is_empty() {
             Ok(())

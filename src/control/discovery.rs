@@ -175,7 +175,12 @@ impl Proxy {
         let snapshot = self.snapshot();
         let config = snapshot.config();
         let bounds = (config.discovery.min_interval, config.discovery.max_interval);
-        let names = names_in(&config.backends);
+        let specs: Vec<BackendSpec> = config
+            .all_pools()
+            .into_iter()
+            .flat_map(|pool| pool.backends)
+            .collect();
+        let names = names_in(&specs);
         schedule.retain(|name, _| names.contains(name));
         // The due names are looked up at once: one that times out does not hold up the others
         // (nor, at start, the first request by the sum of every timeout).

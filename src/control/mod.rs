@@ -49,12 +49,14 @@ impl Proxy {
     /// Starts (or restarts) the health checks of the current backends.
     pub fn start_health(&self) {
         let routing = self.snapshot.load();
-        let config = routing.config();
-        let checker = HealthChecker::start(
-            routing.backends(),
-            &config.health_check,
-            &config.passive_health,
-        );
+        let mut checker = HealthChecker::default();
+        for (pool, config) in routing.pools().iter().zip(routing.config().all_pools()) {
+            checker.spawn(
+                pool.backends(),
+                &config.health_check,
+                &config.passive_health,
+            );
+        }
         // Replacing the old checker drops it, which aborts its tasks.
         *lock(&self.health) = Some(checker);
     }
@@ -81,15 +83,25 @@ impl Proxy {
 
     fn apply_locked(&self, config: &Config) -> ChangeReport {
         let old = self.snapshot.load_full();
-        let backends = lock(&self.discovered).expand(&config.backends);
-        let new = Snapshot::new(config, &backends, self.stats.clone(), old.backends());
+        let new = {
+            let discovered = lock(&self.discovered);
+            Snapshot::new(
+                config,
+                &|specs| discovered.expand(specs),
+                self.stats.clone(),
+                Some(&old),
+            )
+        };
         let report = diff(&old, &new);
-        let new_backends = config.backends != old.config().backends;
-        // A backend whose URL is gone is retired: its tunnels drain (a changed weight makes a
+        let new_backends = config.all_pools() != old.config().all_pools();
+        // A backend whose URL is gone from its pool is retired: its tunnels drain (a changed weight makes a
         // new `Backend` for the same URL, and is no reason to cut one).
-        for gone in old.backends() {
-            if !new.backends().iter().any(|b| b.url() == gone.url()) {
-                gone.retire();
+        for pool in old.pools() {
+            let stays = new.pool(pool.name()).map_or(&[][..], |p| p.backends());
+            for gone in pool.backends() {
+                if !stays.iter().any(|b| b.url() == gone.url()) {
+                    gone.retire();
+                }
             }
         }
         self.snapshot.store(Arc::new(new));
@@ -127,6 +139,9 @@ impl Proxy {
                 self.stats
                     .reloads
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                for warning in &config.warnings {
+                    tracing::warn!("{}: {warning}", path.display());
+                }
                 Ok(self.apply(&config))
             }
             Err(e) => {
@@ -139,7 +154,7 @@ impl Proxy {
         }
     }
 
-    /// Adds a backend (validated like one in the config file).
+    /// Adds a backend (validated like one in the config file) to the pool `default`.
     pub fn add_backend(&self, url: &str, weight: Option<u32>) -> Result<ChangeReport, ChangeError> {
         let _serial = lock(&self.changes);
         let mut config = self.snapshot.load().config().clone();
@@ -152,32 +167,44 @@ impl Proxy {
             )?;
             spec.weight = checked.backends[0].weight;
         }
-        if config.backends.iter().any(|b| b.url == spec.url) {
+        let backends = default_backends(&mut config);
+        if backends.iter().any(|b| b.url == spec.url) {
             return Err(ChangeError::Duplicate(spec.url));
         }
-        config.backends.push(spec);
+        backends.push(spec);
         Ok(self.apply_locked(&config))
     }
 
+    /// Removes a backend from the pool `default`.
     pub fn remove_backend(&self, url: &str) -> Result<ChangeReport, ChangeError> {
         let _serial = lock(&self.changes);
         let mut config = self.snapshot.load().config().clone();
-        let before = config.backends.len();
-        config.backends.retain(|b| b.url != url);
-        if config.backends.len() == before {
+        let backends = default_backends(&mut config);
+        let before = backends.len();
+        backends.retain(|b| b.url != url);
+        if backends.len() == before {
             return Err(ChangeError::UnknownBackend(url.to_string()));
         }
-        if config.backends.is_empty() {
+        if backends.is_empty() {
             return Err(ChangeError::LastBackend);
         }
         Ok(self.apply_locked(&config))
     }
 
+    /// Drains, disables or enables the backend of that URL, in every pool it serves in.
     pub fn set_admin_state(&self, url: &str, state: AdminState) -> Result<(), ChangeError> {
-        let backend = self
-            .backend(url)
-            .ok_or_else(|| ChangeError::UnknownBackend(url.to_string()))?;
-        backend.set_admin_state(state);
+        let snapshot = self.snapshot.load();
+        let matching: Vec<_> = snapshot
+            .backends()
+            .iter()
+            .filter(|b| b.url() == url)
+            .collect();
+        if matching.is_empty() {
+            return Err(ChangeError::UnknownBackend(url.to_string()));
+        }
+        for backend in matching {
+            backend.set_admin_state(state);
+        }
         tracing::info!(
             backend = url,
             state = state.name(),
@@ -185,6 +212,18 @@ impl Proxy {
             state.name()
         );
         Ok(())
+    }
+}
+
+/// The backends of the pool `default`: the top-level ones, or a `[pools.default]` section's.
+fn default_backends(config: &mut Config) -> &mut Vec<crate::config::BackendSpec> {
+    let named = config
+        .pools
+        .iter()
+        .position(|p| p.name == crate::config::DEFAULT_POOL);
+    match named {
+        Some(i) if config.backends.is_empty() => &mut config.pools[i].backends,
+        _ => &mut config.backends,
     }
 }
 

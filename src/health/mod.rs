@@ -35,7 +35,7 @@ const MIN_GAP: Duration = Duration::from_millis(100);
 const CONFIRM_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs the health checks of a set of backends until dropped or shut down.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct HealthChecker {
     tasks: JoinSet<()>,
 }
@@ -47,12 +47,23 @@ impl HealthChecker {
         config: &HealthCheckConfig,
         passive: &PassiveHealthConfig,
     ) -> HealthChecker {
-        let mut tasks = JoinSet::new();
+        let mut checker = HealthChecker::default();
+        checker.spawn(backends, config, passive);
+        checker
+    }
+
+    /// Adds the checks of one pool's backends, with that pool's settings.
+    pub fn spawn(
+        &mut self,
+        backends: &[Arc<Backend>],
+        config: &HealthCheckConfig,
+        passive: &PassiveHealthConfig,
+    ) {
         for backend in backends {
             let forgive_after = passive.max_ejection_time;
-            tasks.spawn(check_loop(backend.clone(), config.clone(), forgive_after));
+            self.tasks
+                .spawn(check_loop(backend.clone(), config.clone(), forgive_after));
         }
-        HealthChecker { tasks }
     }
 
     /// Stops every probing task.

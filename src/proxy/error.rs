@@ -37,6 +37,11 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("method not allowed: {0}")]
     MethodNotAllowed(&'static str),
+    #[error("no route matches the request and there is no pool \"default\"")]
+    NoRoute,
+    /// Over its route's `rate_limit`; the next request is allowed in this long.
+    #[error("over the rate limit, next allowed in {0:?}")]
+    RateLimited(Duration),
 }
 
 impl From<SessionError> for ProxyError {
@@ -74,6 +79,8 @@ impl ProxyError {
             ProxyError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -115,6 +122,8 @@ impl ProxyError {
             ProxyError::UriTooLong(_) => "the request target is too long",
             ProxyError::UpstreamFraming(_) => "the backend sent a response alb cannot forward",
             ProxyError::BadRequest(m) | ProxyError::MethodNotAllowed(m) => m,
+            ProxyError::NoRoute => "no route for this request",
+            ProxyError::RateLimited(_) => "too many requests, slow down",
         }
     }
 
@@ -139,8 +148,12 @@ impl ProxyError {
             headers.insert(header::RETRY_AFTER, retry_after.clone());
         }
         // After a client error the rest of the connection cannot be trusted (an unread body, a
-        // stalled upload): answer and close.
-        if status.is_client_error() {
+        // stalled upload): answer and close. A request that was merely routed nowhere or
+        // limited was read like any other (an unread body still closes, see `server::conn`).
+        if let ProxyError::RateLimited(wait) = self {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        } else if status.is_client_error() && !matches!(self, ProxyError::NoRoute) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let ProxyError::MethodNotAllowed(_) = self {

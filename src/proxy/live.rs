@@ -43,9 +43,9 @@ impl Proxy {
         Proxy {
             snapshot: ArcSwap::from_pointee(Snapshot::new(
                 config,
-                &config.backends,
+                &|specs| specs.to_vec(),
                 stats.clone(),
-                &[],
+                None,
             )),
             discovered: Mutex::default(),
             rediscover: tokio::sync::Notify::new(),

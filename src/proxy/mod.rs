@@ -12,6 +12,7 @@ mod prepare;
 mod redirect;
 mod response_body;
 mod retry;
+mod route;
 mod stats;
 mod tunnel;
 
@@ -25,36 +26,64 @@ pub use access_log::{AccessRecord, Outcome};
 pub use error::ProxyError;
 pub use headers::{HopScan, hop_scan, remove_hop_by_hop, strip_hop_by_hop};
 pub use live::Proxy;
-use pool::BackendPool;
+pub use pool::BackendPool;
 pub use prepare::ClientInfo;
 use prepare::{Outbound, Replay};
 pub use response_body::{ResponseBody, ResponseBodyError, UpstreamBody, UpstreamParts};
 pub use retry::{RetryBudget, RetryPolicy, is_idempotent};
+use route::{RequestKey, RouteTable};
 pub use stats::{HeaderRefusal, ProxyStats, TlsFailure};
 use tunnel::TunnelParts;
 pub use tunnel::{HALF_CLOSED_IDLE, Tunnel};
 
 use crate::balance::Exclude;
-use crate::config::{BackendSpec, Config, Limits, Timeouts};
+use crate::config::{BackendSpec, Config, DEFAULT_POOL, Limits, Timeouts};
 use crate::health::OutlierDetector;
 use crate::http1::{BodyDecoder, ResponseHead, Scheme};
 use crate::upstream::{
     self, Answer, Backend, InFlightGuard, Progress, SessionRequest, Unanswered, method_class,
 };
 
-/// The data plane as one config made it: its pools of backends and the settings requests are
-/// handled by, swapped whole on reload: requests that started on the old snapshot finish on it.
+/// The data plane as one config made it: its pools of backends, the routes to them and the
+/// settings requests are handled by, swapped whole on reload: requests that started on the old
+/// snapshot finish on it.
 #[derive(Debug)]
 pub struct Snapshot {
     config: Config,
-    pool: BackendPool,
+    pools: Vec<BackendPool>,
+    routes: RouteTable,
+    /// Each route's pools (indices into `pools`), by weight, with the route's retry rules.
+    route_targets: Vec<Vec<Target>>,
+    /// Where requests no route takes go; none: 404.
+    default_pool: Option<usize>,
+    /// Every backend of every pool, pool after pool.
+    backends: Vec<Arc<Backend>>,
     timeouts: Timeouts,
     limits: Limits,
-    retry: RetryPolicy,
     access_log: bool,
     retry_after: HeaderValue,
     explain: bool,
     stats: Arc<ProxyStats>,
+}
+
+/// One pool a route sends to.
+#[derive(Debug)]
+struct Target {
+    pool: usize,
+    weight: u32,
+    /// The route's `retry` for this pool, over the pool's budget; none: the pool's policy.
+    retry: Option<RetryPolicy>,
+}
+
+/// Where one request goes and by which rules, once routing chose.
+struct Plan<'a> {
+    pool: &'a BackendPool,
+    retry: &'a RetryPolicy,
+    timeouts: &'a Timeouts,
+    /// The route that matched, if any (explain headers).
+    route: Option<usize>,
+    /// The request's hash for `algorithm = "hash"`.
+    key: Option<u64>,
 }
 
 /// When a request arrived and its method class: what the dispatch keeps of it for statistics.
@@ -96,23 +125,62 @@ impl Rejection {
 }
 
 impl Snapshot {
-    /// Builds the snapshot for `config` with `backends`: the config's, with each DNS name
-    /// replaced by the addresses it resolved to (see `control::discovery`). Backends of `previous`
-    /// that are unchanged (same URL, weight and connection limit) are kept as they are, with
-    /// their health, counters and pooled connections.
+    /// Builds the snapshot for `config`, each pool's backends passed through `expand` (which
+    /// replaces a DNS name by the addresses it resolved to, see `control::discovery`). Backends
+    /// of the same pool in `previous` that are unchanged (same URL, weight and connection limit)
+    /// are kept as they are, with their health, counters and pooled connections.
     pub fn new(
         config: &Config,
-        backends: &[BackendSpec],
+        expand: &dyn Fn(&[BackendSpec]) -> Vec<BackendSpec>,
         stats: Arc<ProxyStats>,
-        previous: &[Arc<Backend>],
+        previous: Option<&Snapshot>,
     ) -> Snapshot {
         let retry_after = config.health_check.interval.as_secs_f64().ceil().max(1.0) as u64;
+        let pools: Vec<BackendPool> = config
+            .all_pools()
+            .iter()
+            .map(|pool| {
+                let before = previous
+                    .and_then(|p| p.pool(&pool.name))
+                    .map_or(&[][..], BackendPool::backends);
+                BackendPool::new(pool, &expand(&pool.backends), before, stats.clone())
+            })
+            .collect();
+        let index = |name: &str| pools.iter().position(|p| p.name() == name);
+        let route_targets = config
+            .routes
+            .iter()
+            .map(|route| {
+                route
+                    .targets
+                    .iter()
+                    .filter_map(|t| {
+                        let pool = index(&t.pool)?;
+                        let retry = t
+                            .retry
+                            .as_ref()
+                            .map(|r| RetryPolicy::sharing_budget(r, &pools[pool].retry));
+                        Some(Target {
+                            pool,
+                            weight: t.weight,
+                            retry,
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
         Snapshot {
             config: config.clone(),
-            pool: BackendPool::new(config, backends, previous),
+            routes: RouteTable::new(&config.routes),
+            route_targets,
+            default_pool: index(DEFAULT_POOL),
+            backends: pools
+                .iter()
+                .flat_map(|p| p.backends().iter().cloned())
+                .collect(),
+            pools,
             timeouts: config.timeouts.clone(),
             limits: config.limits.clone(),
-            retry: RetryPolicy::new(&config.retry, stats.clone()),
             access_log: config.access_log,
             retry_after: HeaderValue::from(retry_after),
             explain: config.explain,
@@ -126,17 +194,65 @@ impl Snapshot {
 
     /// Every backend, of every pool.
     pub fn backends(&self) -> &[Arc<Backend>] {
-        self.pool.backends()
+        &self.backends
     }
 
+    pub fn pools(&self) -> &[BackendPool] {
+        &self.pools
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&BackendPool> {
+        self.pools.iter().find(|p| p.name() == name)
+    }
+
+    /// Requests each route took, in route order, since this snapshot began.
+    pub fn route_hits(&self) -> Vec<u64> {
+        self.routes.hits()
+    }
+
+    /// The first pool's passive health (the only pool's, in a config without pools).
     pub fn outliers(&self) -> &Arc<OutlierDetector> {
-        self.pool.outliers()
+        self.pools[0].outliers()
     }
 
-    /// The pool a request goes to. One pool today; routes by host and path choose among several
-    /// here.
-    fn route<B>(&self, _request: &Request<B>) -> &BackendPool {
-        &self.pool
+    /// Where `request` goes: the first route that matches it, else the pool `default`.
+    fn plan<B>(&self, request: &Request<B>) -> Option<Plan<'_>> {
+        let (route, target) = if self.routes.is_empty() {
+            (None, None)
+        } else {
+            let route = self.routes.find(&RequestKey::of(request));
+            (route, route.and_then(|r| self.split(r)))
+        };
+        let pool_index = match (route, target) {
+            (Some(_), Some(target)) => target.pool,
+            (Some(_), None) => return None,
+            (None, _) => self.default_pool?,
+        };
+        let pool = &self.pools[pool_index];
+        Some(Plan {
+            pool,
+            retry: target.and_then(|t| t.retry.as_ref()).unwrap_or(&pool.retry),
+            timeouts: route
+                .and_then(|r| self.routes.get(r).timeouts.as_ref())
+                .unwrap_or(&self.timeouts),
+            route,
+            key: None,
+        })
+    }
+
+    /// The pool of `route` for this request: by weight when the route splits.
+    fn split(&self, route: usize) -> Option<&Target> {
+        let targets = &self.route_targets[route];
+        if targets.len() <= 1 {
+            return targets.first();
+        }
+        let total: u64 = targets.iter().map(|t| u64::from(t.weight)).sum();
+        let mut ticket = fastrand::u64(..total.max(1));
+        targets.iter().find(|t| {
+            let hit = ticket < u64::from(t.weight);
+            ticket = ticket.saturating_sub(u64::from(t.weight));
+            hit
+        })
     }
 
     /// Proxies one request. Never fails: every error becomes a response.
@@ -169,15 +285,25 @@ impl Snapshot {
                 Err(error) => self.local_response(&error, None, log, method),
             };
         }
-        let pool = self.route(&req);
-        let outbound = match self.prepare(req, client).await {
+        let Some(plan) = self.plan(&req) else {
+            self.stats.no_route.fetch_add(1, Ordering::Relaxed);
+            return self.local_response(&ProxyError::NoRoute, None, log, method);
+        };
+        let mut req = req;
+        if let Some(route) = plan.route.map(|r| self.routes.get(r))
+            && route.strip_prefix
+            && let Some(prefix) = &route.path_prefix
+        {
+            route::strip_prefix(&mut req, prefix);
+        }
+        let outbound = match self.prepare(req, client, plan.retry.max_body_buffer).await {
             Ok(outbound) => outbound,
             Err(error) => return self.local_response(&error, None, log, method),
         };
         let arrival = Arrival { started, method };
-        let result = match self.timeouts.request {
+        let result = match plan.timeouts.request {
             Some(limit) => {
-                tokio::time::timeout(limit, self.dispatch(pool, outbound, &mut log, arrival))
+                tokio::time::timeout(limit, self.dispatch(&plan, outbound, &mut log, arrival))
                     .await
                     .unwrap_or_else(|_| {
                         Err(Rejection {
@@ -187,7 +313,7 @@ impl Snapshot {
                         })
                     })
             }
-            None => self.dispatch(pool, outbound, &mut log, arrival).await,
+            None => self.dispatch(&plan, outbound, &mut log, arrival).await,
         };
         match result {
             Ok(response) => response,
@@ -207,7 +333,7 @@ impl Snapshot {
     /// which bounds those too.
     async fn dispatch(
         &self,
-        pool: &BackendPool,
+        plan: &Plan<'_>,
         outbound: Outbound,
         log: &mut Option<Box<AccessRecord>>,
         arrival: Arrival,
@@ -219,16 +345,22 @@ impl Snapshot {
             upgrade,
             mut body,
         } = outbound;
-        self.retry.note_request(arrival.started);
-        let replay = (self.retry.enabled() && idempotent)
+        let Plan {
+            pool,
+            retry,
+            timeouts,
+            ..
+        } = *plan;
+        retry.note_request(arrival.started);
+        let replay = (retry.enabled() && idempotent)
             .then(|| Replay::of(&body))
             .flatten();
         let mut exclude = Exclude::default();
         let mut last = None;
         // Every try (for logs) and the tries that count against `retry.attempts`.
         let (mut attempt, mut counted) = (0, 0);
-        while counted < self.retry.attempts {
-            let Some(index) = pool.pick(&exclude) else {
+        while counted < retry.attempts {
+            let Some(index) = pool.pick(&exclude, plan.key) else {
                 break;
             };
             attempt += 1;
@@ -240,18 +372,20 @@ impl Snapshot {
                 idempotent,
                 upgrade: upgrade.as_ref(),
             };
-            let reason = self.explain.then(|| pool.explain_pick(index, attempt));
+            let reason = self
+                .explain
+                .then(|| self.explain_pick(plan, index, attempt));
             let mut guard = InFlightGuard::new(backend.clone());
             let sent_at = Instant::now();
-            let sent = match guard.acquire_slot(self.limits.backend_queue_timeout).await {
+            let sent = match guard.acquire_slot(pool.queue_timeout).await {
                 Err(e) => Err(Unanswered {
                     error: e.into(),
                     progress: Progress::Unsent(body),
                 }),
-                Ok(()) => upstream::exchange(backend, &request, body, &self.timeouts).await,
+                Ok(()) => upstream::exchange(backend, &request, body, timeouts).await,
             };
             // Whether another try may follow this one once it counts.
-            let more = counted + 1 < self.retry.attempts;
+            let more = counted + 1 < retry.attempts;
             let Unanswered { error, progress } = match sent {
                 Ok(answer) => {
                     let status = answer.response.status.as_u16();
@@ -263,11 +397,11 @@ impl Snapshot {
                         outliers.record_success(backend);
                     }
                     let retry_status = more
-                        && self.retry.retries_status(status)
+                        && retry.retries_status(status)
                         && pool.has_other(&exclude)
                         && replay.is_some();
                     match replay.as_ref() {
-                        Some(replay) if retry_status && self.retry.allow_retry() => {
+                        Some(replay) if retry_status && retry.allow_retry() => {
                             tracing::info!(
                                 backend = backend.url(),
                                 attempt,
@@ -289,7 +423,7 @@ impl Snapshot {
                     if let Some(log) = log.as_mut() {
                         log.set_attempts(attempt);
                     }
-                    let mut response = self.respond(pool, answer, guard, log.take(), arrival);
+                    let mut response = self.respond(plan, answer, guard, log.take(), arrival);
                     if let Some(reason) = reason {
                         explain_headers(response.headers_mut(), backend.url(), &reason);
                     }
@@ -307,7 +441,7 @@ impl Snapshot {
             let (again, free) = match progress {
                 Progress::Unsent(body) => (Some(body), true),
                 Progress::NoAnswer => (replay.as_ref().map(Replay::rebuild), false),
-                Progress::NoAnswerInTime if self.retry.on_timeout => {
+                Progress::NoAnswerInTime if retry.on_timeout => {
                     (replay.as_ref().map(Replay::rebuild), false)
                 }
                 Progress::NoAnswerInTime | Progress::Final => (None, false),
@@ -319,9 +453,7 @@ impl Snapshot {
             }
             .or_earlier(last.take());
             match again {
-                Some(next)
-                    if (free && self.retry.enabled()) || (more && self.retry.allow_retry()) =>
-                {
+                Some(next) if (free && retry.enabled()) || (more && retry.allow_retry()) => {
                     tracing::info!(backend = backend.url(), attempt, error = %rejection.error, "retrying on another backend");
                     self.count_retry(backend);
                     counted += u32::from(!free);
@@ -341,6 +473,15 @@ impl Snapshot {
         }))
     }
 
+    /// Why `index` was picked: the route, then the pool's account of its pick.
+    fn explain_pick(&self, plan: &Plan<'_>, index: usize, attempt: u32) -> String {
+        let route = match plan.route {
+            Some(r) => format!("route[{r}]"),
+            None => "route=none".to_string(),
+        };
+        format!("{route} {}", plan.pool.explain_pick(index, attempt))
+    }
+
     fn count_retry(&self, backend: &Backend) {
         self.stats.retries.fetch_add(1, Ordering::Relaxed);
         backend.stats().retries.fetch_add(1, Ordering::Relaxed);
@@ -351,7 +492,7 @@ impl Snapshot {
     /// the connection until it ends.
     fn respond(
         &self,
-        pool: &BackendPool,
+        plan: &Plan<'_>,
         answer: Answer,
         guard: InFlightGuard,
         log: Option<Box<AccessRecord>>,
@@ -370,7 +511,7 @@ impl Snapshot {
             switched,
         } = response;
         if let Some(protocol) = switched {
-            return self.switch_protocols(conn, fields, protocol, guard, log);
+            return self.switch_protocols(plan.timeouts, conn, fields, protocol, guard, log);
         }
         let upstream = UpstreamParts {
             conn,
@@ -378,8 +519,8 @@ impl Snapshot {
             fields: Some(fields),
             guard,
             log,
-            outliers: pool.outliers().clone(),
-            idle_limit: self.timeouts.upstream_idle,
+            outliers: plan.pool.outliers().clone(),
+            idle_limit: plan.timeouts.upstream_idle,
             reusable,
             started: arrival.started,
             stats: self.stats.clone(),
@@ -393,6 +534,7 @@ impl Snapshot {
     /// The `101` for the client, carrying the backend's side of the tunnel it opens.
     fn switch_protocols(
         &self,
+        timeouts: &Timeouts,
         conn: upstream::UpstreamConn,
         fields: crate::http1::RawFields,
         protocol: bytes::Bytes,
@@ -405,9 +547,9 @@ impl Snapshot {
             guard,
             log,
             stats: self.stats.clone(),
-            idle_limit: self.timeouts.tunnel_idle,
-            write_limit: self.timeouts.write,
-            drain: self.timeouts.drain,
+            idle_limit: timeouts.tunnel_idle,
+            write_limit: timeouts.write,
+            drain: timeouts.drain,
         });
         let mut response = Response::new(ResponseBody::Tunnel(Box::new(tunnel)));
         *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;

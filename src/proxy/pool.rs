@@ -1,21 +1,28 @@
 //! One pool of backends: the backends a request may go to, the algorithm that picks among them,
-//! and their passive health. A snapshot holds its pools; a route (one today) chooses the pool.
+//! their passive health and the pool's retry policy. A snapshot holds its pools; a route chooses
+//! the pool.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::{ProxyStats, RetryPolicy};
 use crate::balance::{Exclude, Selector, selector_for};
-use crate::config::{BackendSpec, Config};
+use crate::config::{BackendSpec, HashKey, PoolConfig};
 use crate::health::OutlierDetector;
 use crate::upstream::Backend;
 
 #[derive(Debug)]
 pub struct BackendPool {
+    name: String,
     backends: Vec<Arc<Backend>>,
     selector: Box<dyn Selector>,
     outliers: Arc<OutlierDetector>,
     slow_start: Duration,
     algorithm: &'static str,
+    /// What `algorithm = "hash"` hashes; none for the other algorithms.
+    hash_key: Option<HashKey>,
+    pub(super) retry: RetryPolicy,
+    pub(super) queue_timeout: Duration,
 }
 
 impl BackendPool {
@@ -23,7 +30,12 @@ impl BackendPool {
     /// (same URL, weight, connection limit and TLS identity: settings and the files' contents)
     /// are kept as they are, with their health, counters and pooled connections; a rotated
     /// client certificate or CA makes new ones, whose connections use it.
-    pub fn new(config: &Config, specs: &[BackendSpec], previous: &[Arc<Backend>]) -> BackendPool {
+    pub fn new(
+        config: &PoolConfig,
+        specs: &[BackendSpec],
+        previous: &[Arc<Backend>],
+        stats: Arc<ProxyStats>,
+    ) -> BackendPool {
         let slots: Vec<Result<Arc<Backend>, Backend>> = specs
             .iter()
             .map(|spec| {
@@ -36,7 +48,7 @@ impl BackendPool {
                             && b.tls() == spec.tls.as_ref()
                     })
                     .cloned()
-                    .ok_or_else(|| Backend::with_queue(spec, config.limits.backend_queue))
+                    .ok_or_else(|| Backend::with_queue(spec, config.backend_queue))
             })
             .collect();
         // The new backends go into their `Arc`s only now that all of them are built, so that the
@@ -60,12 +72,25 @@ impl BackendPool {
             })
             .collect();
         BackendPool {
+            name: config.name.clone(),
             selector: selector_for(config.algorithm, &backends),
             outliers: Arc::new(OutlierDetector::new(&config.passive_health, &backends)),
             backends,
             slow_start: config.health_check.slow_start,
             algorithm: config.algorithm.name(),
+            hash_key: (config.algorithm == crate::config::Algorithm::Hash)
+                .then(|| config.hash.key.clone()),
+            retry: RetryPolicy::new(&config.retry, stats),
+            queue_timeout: config.backend_queue_timeout,
         }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn hash_key(&self) -> Option<&HashKey> {
+        self.hash_key.as_ref()
     }
 
     pub fn backends(&self) -> &[Arc<Backend>] {
@@ -78,8 +103,11 @@ impl BackendPool {
 
     /// Picks a backend; during slow start a recovering backend is passed over in proportion to
     /// how far its ramp still has to go.
-    pub fn pick(&self, exclude: &Exclude) -> Option<usize> {
-        let index = self.selector.select(&self.backends, exclude)?;
+    pub fn pick(&self, exclude: &Exclude, key: Option<u64>) -> Option<usize> {
+        let index = match key {
+            Some(key) => self.selector.select_keyed(&self.backends, exclude, key)?,
+            None => self.selector.select(&self.backends, exclude)?,
+        };
         if self.slow_start.is_zero() {
             return Some(index);
         }
@@ -105,7 +133,10 @@ impl BackendPool {
     /// Why `index` was picked, in a line: the algorithm and the load it saw (for `explain`).
     pub fn explain_pick(&self, index: usize, attempt: u32) -> String {
         use std::fmt::Write;
-        let mut reason = format!("{} attempt={attempt} candidates:", self.algorithm);
+        let mut reason = format!(
+            "pool={} {} attempt={attempt} candidates:",
+            self.name, self.algorithm
+        );
         for (i, b) in self.backends.iter().enumerate().take(16) {
             let mark = if i == index { "*" } else { "" };
             let state = if b.is_available() { "up" } else { "out" };

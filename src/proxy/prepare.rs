@@ -52,6 +52,7 @@ impl Snapshot {
         &self,
         req: Request<ClientBody>,
         client: &ClientInfo,
+        max_body_buffer: u64,
     ) -> Result<Outbound, ProxyError> {
         let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
             + req.uri().authority().map_or(0, |a| a.as_str().len());
@@ -78,10 +79,10 @@ impl Snapshot {
         if hop.any {
             strip_hop_by_hop(&mut parts.headers);
         }
-        // A body of known length up to `max_body_buffer` is read whole before a backend is
+        // A body of known length up to the route's `retry.max_body_buffer` is read whole before a backend is
         // picked, whatever the method: a client trickling it holds alb's memory (bounded) and
         // not a backend's connection slot; an idempotent request can also be replayed with it.
-        let keep = length.is_some_and(|n| n <= self.retry.max_body_buffer);
+        let keep = length.is_some_and(|n| n <= max_body_buffer);
         let (body, framing) = if http_body::Body::is_end_stream(&body) {
             (RequestBody::Empty, BodyFraming::None)
         } else if keep {

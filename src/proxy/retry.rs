@@ -30,7 +30,9 @@ pub struct RetryPolicy {
     pub on_status: Vec<u16>,
     pub on_timeout: bool,
     pub max_body_buffer: u64,
-    budget: RetryBudget,
+    /// Shared by the pool's policy and the routes' own policies for it: a route's `retry` changes
+    /// when a request is retried, not how much extra work the pool's backends take.
+    budget: std::sync::Arc<RetryBudget>,
     stats: std::sync::Arc<super::ProxyStats>,
 }
 
@@ -41,8 +43,19 @@ impl RetryPolicy {
             on_status: config.on_status.clone(),
             on_timeout: config.on_timeout,
             max_body_buffer: config.max_body_buffer,
-            budget: RetryBudget::new(config.budget_percent, config.budget_min_per_second),
+            budget: std::sync::Arc::new(RetryBudget::new(
+                config.budget_percent,
+                config.budget_min_per_second,
+            )),
             stats,
+        }
+    }
+
+    /// A route's policy for a pool: its own rules, the pool's budget.
+    pub fn sharing_budget(config: &RetryConfig, pool: &RetryPolicy) -> RetryPolicy {
+        RetryPolicy {
+            budget: pool.budget.clone(),
+            ..RetryPolicy::new(config, pool.stats.clone())
         }
     }
 

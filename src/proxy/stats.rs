@@ -22,6 +22,10 @@ pub struct ProxyStats {
     /// Bytes carried by tunnels, each way.
     pub tunnel_bytes_to_backends: AtomicU64,
     pub tunnel_bytes_to_clients: AtomicU64,
+    /// Requests no route matched, answered 404 (no pool `default`).
+    pub no_route: AtomicU64,
+    /// Requests refused with 429 by a route's rate limit.
+    pub rate_limited: AtomicU64,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
     /// Connections closed before their PROXY protocol header was taken, by [`HeaderRefusal`].

@@ -1,0 +1,272 @@
+//! Choosing a request's pool: the routes of the config, first match wins, found through a host
+//! table rather than a scan of every route, so that a thousand routes cost what ten do.
+//!
+//! Routes are indexed by their host condition: exact names in one map, `*.example.com` patterns
+//! in another (looked up once per dot of the request's host), and routes without a host in a
+//! list. A request's candidates are those three lists, each in file order; walking them merged
+//! by route number and testing each candidate's other conditions gives the first route of the
+//! file that matches, as a linear scan would, without looking at routes for other hosts.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::{HeaderMap, Method, Request};
+
+use crate::config::{HeaderTest, HostPattern, RouteConfig, prefix_matches};
+
+/// The routes of one snapshot.
+#[derive(Debug, Default)]
+pub(super) struct RouteTable {
+    routes: Vec<RouteConfig>,
+    /// Requests each route took since this snapshot began (the admin API shows them).
+    hits: Vec<AtomicU64>,
+    exact: HashMap<String, Vec<u32>>,
+    suffixes: HashMap<String, Vec<u32>>,
+    hostless: Vec<u32>,
+}
+
+/// What routing reads of a request, taken once.
+pub(super) struct RequestKey<'a> {
+    /// Lower case, without port or trailing dot.
+    host: Option<Cow<'a, str>>,
+    /// Dot segments resolved and unreserved characters decoded, as a backend will read it.
+    path: Cow<'a, str>,
+    method: &'a Method,
+    headers: &'a HeaderMap,
+}
+
+impl<'a> RequestKey<'a> {
+    pub(super) fn of<B>(request: &'a Request<B>) -> RequestKey<'a> {
+        RequestKey {
+            host: request
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(host_of),
+            path: normalize_path(request.uri().path()),
+            method: request.method(),
+            headers: request.headers(),
+        }
+    }
+}
+
+impl RouteTable {
+    pub(super) fn new(routes: &[RouteConfig]) -> RouteTable {
+        let mut table = RouteTable {
+            routes: routes.to_vec(),
+            hits: routes.iter().map(|_| AtomicU64::new(0)).collect(),
+            ..RouteTable::default()
+        };
+        for (i, route) in routes.iter().enumerate() {
+            let i = i as u32;
+            match &route.host {
+                None => table.hostless.push(i),
+                Some(HostPattern::Exact(name)) => {
+                    table.exact.entry(name.clone()).or_default().push(i)
+                }
+                Some(HostPattern::Suffix(suffix)) => {
+                    table.suffixes.entry(suffix.clone()).or_default().push(i)
+                }
+            }
+        }
+        table
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    pub(super) fn get(&self, index: usize) -> &RouteConfig {
+        &self.routes[index]
+    }
+
+    pub(super) fn hits(&self) -> Vec<u64> {
+        self.hits
+            .iter()
+            .map(|h| h.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// The first route, in file order, whose conditions all hold, counted as a hit.
+    pub(super) fn find(&self, request: &RequestKey<'_>) -> Option<usize> {
+        let mut lists: smallvec::SmallVec<[&[u32]; 4]> = smallvec::SmallVec::new();
+        if let Some(host) = request.host.as_deref() {
+            if let Some(list) = self.exact.get(host) {
+                lists.push(list);
+            }
+            if !self.suffixes.is_empty() {
+                for (dot, _) in host.match_indices('.') {
+                    if let Some(list) = self.suffixes.get(&host[dot..]) {
+                        lists.push(list);
+                    }
+                }
+            }
+        }
+        lists.push(&self.hostless);
+        let found = merged(&mut lists, |i| self.rest_matches(&self.routes[i], request))?;
+        self.hits[found].fetch_add(1, Ordering::Relaxed);
+        Some(found)
+    }
+
+    /// Every condition but the host one (the table already matched it).
+    fn rest_matches(&self, route: &RouteConfig, request: &RequestKey<'_>) -> bool {
+        if let Some(prefix) = &route.path_prefix
+            && !prefix_matches(prefix, &request.path)
+        {
+            return false;
+        }
+        if let Some(path) = &route.path
+            && *path != request.path
+        {
+            return false;
+        }
+        if !route.methods.is_empty() && !route.methods.contains(request.method) {
+            return false;
+        }
+        route.headers.iter().all(|condition| {
+            let mut values = request.headers.get_all(&condition.name).iter();
+            match &condition.test {
+                HeaderTest::Present => values.next().is_some(),
+                HeaderTest::Absent => values.next().is_none(),
+                HeaderTest::Equals(want) => values.any(|v| v.as_bytes() == want.as_bytes()),
+            }
+        })
+    }
+}
+
+/// Forwards `request` without `prefix` at the front of its path: `/api/users?x` under
+/// `path_prefix = "/api/"` goes on as `/users?x`. The path the prefix matched is the normalised
+/// one, so that is the one cut and sent.
+pub(super) fn strip_prefix<B>(request: &mut Request<B>, prefix: &str) {
+    let path = normalize_path(request.uri().path());
+    let Some(rest) = path.strip_prefix(prefix.trim_end_matches('/')) else {
+        return;
+    };
+    let query = request
+        .uri()
+        .query()
+        .map_or(String::new(), |q| format!("?{q}"));
+    let slash = if rest.starts_with('/') { "" } else { "/" };
+    let mut parts = request.uri().clone().into_parts();
+    match format!("{slash}{rest}{query}").parse() {
+        Ok(path_and_query) => parts.path_and_query = Some(path_and_query),
+        Err(_) => return,
+    }
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *request.uri_mut() = uri;
+    }
+}
+
+/// Walks sorted lists of route numbers in increasing order (each list is in file order) and
+/// returns the first number `matches` accepts.
+fn merged(lists: &mut [&[u32]], mut matches: impl FnMut(usize) -> bool) -> Option<usize> {
+    loop {
+        let (which, &next) = lists
+            .iter()
+            .enumerate()
+            .filter_map(|(k, list)| list.first().map(|first| (k, first)))
+            .min_by_key(|(_, first)| **first)?;
+        lists[which] = &lists[which][1..];
+        if matches(next as usize) {
+            return Some(next as usize);
+        }
+    }
+}
+
+/// The host a request names, as routes compare it: lower case, without port or trailing dot.
+fn host_of(value: &str) -> Cow<'_, str> {
+    let without_port = match value.rfind(':') {
+        // `[::1]:8080` or `[::1]`: the colons inside brackets are the address's.
+        Some(colon) if !value[colon..].contains(']') => &value[..colon],
+        _ => value,
+    };
+    let host = without_port.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
+}
+
+/// The path as a backend resolves it (RFC 3986 §6.2.2): percent-encoded unreserved characters
+/// decoded and dot segments removed, so that `/%73tatic/x` and `/api/../static/x` match the
+/// routes of `/static/`, as the backend will serve them. An encoded `/` stays encoded: it is not
+/// a segment boundary to the backend either. Most paths need none of this and are borrowed.
+pub(super) fn normalize_path(path: &str) -> Cow<'_, str> {
+    if !path.contains('%') && !path.contains("/.") {
+        return Cow::Borrowed(path);
+    }
+    let decoded = decode_unreserved(path);
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = decoded.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    for (k, segment) in segments.iter().enumerate() {
+        match *segment {
+            "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+        // `/a/.` and `/a/b/..` name a directory: keep the trailing slash.
+        if k == last && matches!(*segment, "." | "..") {
+            out.push("");
+        }
+    }
+    Cow::Owned(format!("/{}", out.join("/")))
+}
+
+fn decode_unreserved(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(byte) = path
+                .get(i + 1..i + 3)
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            && (byte.is_ascii_alphanumeric() || b"-._~".contains(&byte))
+        {
+            out.push(byte as char);
+            i += 3;
+            continue;
+        }
+        // Not a decodable unreserved character: copied as it is, up to the next byte boundary.
+        let len = path[i..].chars().next().map_or(1, char::len_utf8);
+        out.push_str(&path[i..i + len]);
+        i += len;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_read_as_a_backend_resolves_them() {
+        for (raw, want) in [
+            ("/static/x", "/static/x"),
+            ("/%73tatic/x", "/static/x"),
+            ("/%7Eu/x", "/~u/x"),
+            ("/api/../static/x", "/static/x"),
+            ("/./static/./x", "/static/x"),
+            ("/a/b/..", "/a/"),
+            ("/..", "/"),
+            ("/a%2Fb", "/a%2Fb"),
+            ("/%2e%2e/static/x", "/static/x"),
+            ("/.well-known/x", "/.well-known/x"),
+        ] {
+            assert_eq!(normalize_path(raw), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn hosts_lose_port_case_and_trailing_dot() {
+        assert_eq!(host_of("API.Example.com:8080"), "api.example.com");
+        assert_eq!(host_of("example.com."), "example.com");
+        assert_eq!(host_of("[::1]:80"), "[::1]");
+        assert_eq!(host_of("[::1]"), "[::1]");
+    }
+}
