@@ -65,38 +65,52 @@ async fn metrics_count_known_traffic() {
     let (ua, ub) = (a.url(), b.url());
     let gets = metric(
         &text,
-        &format!("alb_requests_total{{backend=\"{ua}\",method=\"GET\",status=\"2xx\"}}"),
+        &format!(
+            "alb_requests_total{{pool=\"default\",backend=\"{ua}\",method=\"GET\",status=\"2xx\"}}"
+        ),
     ) + metric(
         &text,
-        &format!("alb_requests_total{{backend=\"{ub}\",method=\"GET\",status=\"2xx\"}}"),
+        &format!(
+            "alb_requests_total{{pool=\"default\",backend=\"{ub}\",method=\"GET\",status=\"2xx\"}}"
+        ),
     );
     assert_eq!(gets, 6.0);
     let errors = metric(
         &text,
-        &format!("alb_requests_total{{backend=\"{ua}\",method=\"GET\",status=\"5xx\"}}"),
+        &format!(
+            "alb_requests_total{{pool=\"default\",backend=\"{ua}\",method=\"GET\",status=\"5xx\"}}"
+        ),
     ) + metric(
         &text,
-        &format!("alb_requests_total{{backend=\"{ub}\",method=\"GET\",status=\"5xx\"}}"),
+        &format!(
+            "alb_requests_total{{pool=\"default\",backend=\"{ub}\",method=\"GET\",status=\"5xx\"}}"
+        ),
     );
     assert_eq!(errors, 2.0);
     assert!(text.contains("method=\"POST\",status=\"2xx\"} 1"), "{text}");
     assert_eq!(
         metric(
             &text,
-            &format!("alb_upstream_latency_seconds_count{{backend=\"{ua}\"}}")
+            &format!("alb_upstream_latency_seconds_count{{pool=\"default\",backend=\"{ua}\"}}")
         ) + metric(
             &text,
-            &format!("alb_upstream_latency_seconds_count{{backend=\"{ub}\"}}")
+            &format!("alb_upstream_latency_seconds_count{{pool=\"default\",backend=\"{ub}\"}}")
         ),
         9.0
     );
     assert_eq!(metric(&text, "alb_request_duration_seconds_count"), 9.0);
     assert_eq!(
-        metric(&text, &format!("alb_backend_up{{backend=\"{ua}\"}}")),
+        metric(
+            &text,
+            &format!("alb_backend_up{{pool=\"default\",backend=\"{ua}\"}}")
+        ),
         1.0
     );
     assert_eq!(
-        metric(&text, &format!("alb_backend_in_flight{{backend=\"{ua}\"}}")),
+        metric(
+            &text,
+            &format!("alb_backend_in_flight{{pool=\"default\",backend=\"{ua}\"}}")
+        ),
         0.0
     );
     assert_eq!(metric(&text, "alb_retries_total"), 0.0);

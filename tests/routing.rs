@@ -330,3 +330,18 @@ async fn a_reload_changes_routes_under_load_without_failing_a_request() {
     assert_eq!(b.fallback.hits(), 0);
     lb.stop().await;
 }
+
+#[tokio::test]
+async fn explain_names_the_route_and_pool_that_took_the_request() {
+    let b = Three::start().await;
+    let lb = TestBalancer::start(&format!(
+        "explain = true\n{}",
+        b.config("[[route]]\npath_prefix = \"/a\"\npool = \"api\"\n")
+    ))
+    .await;
+    let (_, headers, _) = get(&client(), &lb.url("/a")).await;
+    assert_eq!(headers["x-alb-route"], "route[0] pool=api");
+    let (_, headers, _) = get(&client(), &lb.url("/b")).await;
+    assert_eq!(headers["x-alb-route"], "none pool=default");
+    lb.stop().await;
+}

@@ -95,6 +95,7 @@ struct Arrival {
 
 static X_ALB_BACKEND: HeaderName = HeaderName::from_static("x-alb-backend");
 static X_ALB_REASON: HeaderName = HeaderName::from_static("x-alb-reason");
+static X_ALB_ROUTE: HeaderName = HeaderName::from_static("x-alb-route");
 
 fn explain_headers(headers: &mut http::HeaderMap, backend: &str, reason: &str) {
     if let Ok(v) = HeaderValue::from_str(backend) {
@@ -426,6 +427,7 @@ impl Snapshot {
                     let mut response = self.respond(plan, answer, guard, log.take(), arrival);
                     if let Some(reason) = reason {
                         explain_headers(response.headers_mut(), backend.url(), &reason);
+                        Self::explain_route(plan, response.headers_mut());
                     }
                     return Ok(response);
                 }
@@ -473,13 +475,20 @@ impl Snapshot {
         }))
     }
 
-    /// Why `index` was picked: the route, then the pool's account of its pick.
+    /// Why `index` was picked: the pool's account of its pick.
     fn explain_pick(&self, plan: &Plan<'_>, index: usize, attempt: u32) -> String {
-        let route = match plan.route {
-            Some(r) => format!("route[{r}]"),
-            None => "route=none".to_string(),
-        };
-        format!("{route} {}", plan.pool.explain_pick(index, attempt))
+        plan.pool.explain_pick(index, attempt)
+    }
+
+    /// `x-alb-route`: the route that matched (`route[2]`, or `none` when the pool `default`
+    /// took the request) and the pool it chose.
+    fn explain_route(plan: &Plan<'_>, headers: &mut http::HeaderMap) {
+        let route = plan
+            .route
+            .map_or("none".to_string(), |r| format!("route[{r}]"));
+        if let Ok(value) = HeaderValue::from_str(&format!("{route} pool={}", plan.pool.name())) {
+            headers.insert(&X_ALB_ROUTE, value);
+        }
     }
 
     fn count_retry(&self, backend: &Backend) {

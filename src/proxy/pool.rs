@@ -133,10 +133,7 @@ impl BackendPool {
     /// Why `index` was picked, in a line: the algorithm and the load it saw (for `explain`).
     pub fn explain_pick(&self, index: usize, attempt: u32) -> String {
         use std::fmt::Write;
-        let mut reason = format!(
-            "pool={} {} attempt={attempt} candidates:",
-            self.name, self.algorithm
-        );
+        let mut reason = format!("{} attempt={attempt} candidates:", self.algorithm);
         for (i, b) in self.backends.iter().enumerate().take(16) {
             let mark = if i == index { "*" } else { "" };
             let state = if b.is_available() { "up" } else { "out" };
