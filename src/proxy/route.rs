@@ -3,9 +3,12 @@
 //!
 //! Routes are indexed by their host condition: exact names in one map, `*.example.com` patterns
 //! in another (looked up once per dot of the request's host), and routes without a host in a
-//! list. A request's candidates are those three lists, each in file order; walking them merged
-//! by route number and testing each candidate's other conditions gives the first route of the
-//! file that matches, as a linear scan would, without looking at routes for other hosts.
+//! bucket of their own; within each, by the first segment of their path condition (`/api/v1/`
+//! files under `api`; `/` and no path condition under "any"). Path prefixes match on whole
+//! segments, so a route can only match requests whose first segment is its own. A request's
+//! candidates are a few lists, each in file order; walking them merged by route number and
+//! testing each candidate's other conditions gives the first route of the file that matches, as
+//! a linear scan would, without looking at routes for other hosts or other first segments.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -17,13 +20,57 @@ use crate::config::{HeaderTest, HostPattern, RouteConfig, prefix_matches};
 
 /// The routes of one snapshot.
 #[derive(Debug, Default)]
-pub(super) struct RouteTable {
+pub struct RouteTable {
     routes: Vec<RouteConfig>,
     /// Requests each route took since this snapshot began (the admin API shows them).
     hits: Vec<AtomicU64>,
-    exact: HashMap<String, Vec<u32>>,
-    suffixes: HashMap<String, Vec<u32>>,
-    hostless: Vec<u32>,
+    exact: HashMap<String, Bucket>,
+    suffixes: HashMap<String, Bucket>,
+    hostless: Bucket,
+}
+
+/// The routes of one host condition, by the first segment of their path condition.
+#[derive(Debug, Default)]
+struct Bucket {
+    by_segment: HashMap<String, Vec<u32>>,
+    /// Routes with no path condition, or `/`: any first segment.
+    any: Vec<u32>,
+}
+
+impl Bucket {
+    fn add(&mut self, index: u32, route: &RouteConfig) {
+        match route
+            .path
+            .as_deref()
+            .or(route.path_prefix.as_deref())
+            .filter(|p| *p != "/")
+        {
+            Some(path) => self
+                .by_segment
+                .entry(first_segment(path).to_string())
+                .or_default()
+                .push(index),
+            None => self.any.push(index),
+        }
+    }
+
+    /// The lists a request with this first path segment must look at.
+    fn candidates<'a>(&'a self, segment: &str, lists: &mut Lists<'a>) {
+        if let Some(list) = self.by_segment.get(segment) {
+            lists.push(list);
+        }
+        if !self.any.is_empty() {
+            lists.push(&self.any);
+        }
+    }
+}
+
+type Lists<'a> = smallvec::SmallVec<[&'a [u32]; 6]>;
+
+/// `api` of `/api/v1/users` and of `/api`; empty for `/`.
+fn first_segment(path: &str) -> &str {
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    rest.split('/').next().unwrap_or("")
 }
 
 /// What routing reads of a request, taken once.
@@ -52,23 +99,21 @@ impl<'a> RequestKey<'a> {
 }
 
 impl RouteTable {
-    pub(super) fn new(routes: &[RouteConfig]) -> RouteTable {
+    pub fn new(routes: &[RouteConfig]) -> RouteTable {
         let mut table = RouteTable {
             routes: routes.to_vec(),
             hits: routes.iter().map(|_| AtomicU64::new(0)).collect(),
             ..RouteTable::default()
         };
         for (i, route) in routes.iter().enumerate() {
-            let i = i as u32;
-            match &route.host {
-                None => table.hostless.push(i),
-                Some(HostPattern::Exact(name)) => {
-                    table.exact.entry(name.clone()).or_default().push(i)
-                }
+            let bucket = match &route.host {
+                None => &mut table.hostless,
+                Some(HostPattern::Exact(name)) => table.exact.entry(name.clone()).or_default(),
                 Some(HostPattern::Suffix(suffix)) => {
-                    table.suffixes.entry(suffix.clone()).or_default().push(i)
+                    table.suffixes.entry(suffix.clone()).or_default()
                 }
-            }
+            };
+            bucket.add(i as u32, route);
         }
         table
     }
@@ -88,22 +133,28 @@ impl RouteTable {
             .collect()
     }
 
+    /// The first route, in file order, that `request` meets (counted as a hit).
+    pub fn route_of<B>(&self, request: &Request<B>) -> Option<usize> {
+        self.find(&RequestKey::of(request))
+    }
+
     /// The first route, in file order, whose conditions all hold, counted as a hit.
     pub(super) fn find(&self, request: &RequestKey<'_>) -> Option<usize> {
-        let mut lists: smallvec::SmallVec<[&[u32]; 4]> = smallvec::SmallVec::new();
+        let segment = first_segment(&request.path);
+        let mut lists = Lists::new();
         if let Some(host) = request.host.as_deref() {
-            if let Some(list) = self.exact.get(host) {
-                lists.push(list);
+            if let Some(bucket) = self.exact.get(host) {
+                bucket.candidates(segment, &mut lists);
             }
             if !self.suffixes.is_empty() {
                 for (dot, _) in host.match_indices('.') {
-                    if let Some(list) = self.suffixes.get(&host[dot..]) {
-                        lists.push(list);
+                    if let Some(bucket) = self.suffixes.get(&host[dot..]) {
+                        bucket.candidates(segment, &mut lists);
                     }
                 }
             }
         }
-        lists.push(&self.hostless);
+        self.hostless.candidates(segment, &mut lists);
         let found = merged(&mut lists, |i| self.rest_matches(&self.routes[i], request))?;
         self.hits[found].fetch_add(1, Ordering::Relaxed);
         Some(found)
