@@ -1,8 +1,10 @@
 //! Choosing a backend for a request. Each algorithm is one [`Selector`] in its own file.
 //!
 //! Selection is a plain synchronous function over a slice of backends: no I/O, no await, no lock.
-//! Shared state is limited to per-backend atomics and, for round robin, one counter.
+//! Shared state is limited to per-backend atomics and, for round robin, one counter (for consistent
+//! hashing, a load estimate that large pools refresh now and then).
 
+mod hash;
 mod least_conn;
 mod least_time;
 mod p2c;
@@ -12,6 +14,7 @@ mod weights;
 
 use std::sync::Arc;
 
+pub use hash::{ConsistentHash, DEFAULT_BALANCE, key_hash};
 pub use least_conn::LeastConn;
 pub use least_time::LeastTime;
 pub use p2c::PowerOfTwoChoices;
@@ -26,6 +29,18 @@ pub trait Selector: Send + Sync + std::fmt::Debug {
     /// Returns the index into `backends` of the chosen backend, or `None` when every backend is
     /// unhealthy or excluded.
     fn select(&self, backends: &[Arc<Backend>], exclude: &Exclude) -> Option<usize>;
+
+    /// Like [`Selector::select`] for a request that carries an affinity key ([`key_hash`] of a
+    /// client address, header, cookie…). Algorithms that ignore request keys keep this default.
+    fn select_keyed(
+        &self,
+        backends: &[Arc<Backend>],
+        exclude: &Exclude,
+        key: u64,
+    ) -> Option<usize> {
+        let _ = key;
+        self.select(backends, exclude)
+    }
 }
 
 /// Backends a request must not go to again (the ones its earlier attempts failed on).

@@ -9,10 +9,12 @@ mod headers;
 mod live;
 mod pool;
 mod prepare;
+mod rate_limit;
 mod redirect;
 mod response_body;
 mod retry;
 mod stats;
+mod sticky;
 mod tunnel;
 
 use std::sync::Arc;
@@ -28,9 +30,11 @@ pub use live::Proxy;
 use pool::BackendPool;
 pub use prepare::ClientInfo;
 use prepare::{Outbound, Replay};
+pub use rate_limit::{DEFAULT_MAX_KEYS, RateLimiter};
 pub use response_body::{ResponseBody, ResponseBodyError, UpstreamBody, UpstreamParts};
 pub use retry::{RetryBudget, RetryPolicy, is_idempotent};
 pub use stats::{HeaderRefusal, ProxyStats, TlsFailure};
+pub use sticky::{StickyCookies, StickyError, derive_secret, process_secret};
 use tunnel::TunnelParts;
 pub use tunnel::{HALF_CLOSED_IDLE, Tunnel};
 
