@@ -1,6 +1,8 @@
 //! S6 of the benchmark suite (bench/README.md): the cost of picking one backend among 10, 1,000
-//! and 10,000, for every algorithm. Run with `cargo bench --bench select`; `bench/run.sh` reads the
-//! means from `target/criterion/select_<algorithm>/<backends>/new/estimates.json`.
+//! and 10,000, for every algorithm, and for consistent hashing by request key (`select_hash`) and
+//! finding a sticky-session cookie's backend (`select_sticky`). Run with `cargo bench --bench
+//! select`; `bench/run.sh` reads the means from
+//! `target/criterion/select_<algorithm>/<backends>/new/estimates.json`.
 //!
 //! Criterion's times are kept short (1 s per case) so that the whole bench takes well under a
 //! minute; pass `-- --measurement-time 5` for steadier figures.
@@ -10,8 +12,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alb::balance::{Exclude, selector_for};
+use alb::balance::{ConsistentHash, DEFAULT_BALANCE, Exclude, Selector, key_hash, selector_for};
 use alb::config::Algorithm;
+use alb::proxy::{StickyCookies, process_secret};
 use alb::upstream::Backend;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
@@ -52,6 +55,59 @@ fn select(c: &mut Criterion) {
     }
 }
 
+/// Keys cycled through by the keyed benches: distinct clients, hashed outside the timed loop.
+const KEYS: usize = 4096;
+
+fn select_hash(c: &mut Criterion) {
+    let keys: Vec<u64> = (0..KEYS)
+        .map(|i| key_hash(format!("198.51.{}.{}", i / 256, i % 256).as_bytes()))
+        .collect();
+    let mut group = c.benchmark_group("select_hash");
+    for n in SIZES {
+        let pool = backends(n);
+        let selector = ConsistentHash::new(&pool, DEFAULT_BALANCE);
+        let exclude = Exclude::default();
+        let mut next = 0;
+        group.bench_with_input(BenchmarkId::from_parameter(n), &pool, |b, pool| {
+            b.iter(|| {
+                next = (next + 1) % KEYS;
+                selector.select_keyed(black_box(pool), black_box(&exclude), keys[next])
+            })
+        });
+    }
+    group.finish();
+}
+
+/// The sticky pick: finding the pool's cookie among a browser's usual few and mapping it to its
+/// backend.
+fn select_sticky(c: &mut Criterion) {
+    let mut group = c.benchmark_group("select_sticky");
+    for n in SIZES {
+        let pool = backends(n);
+        let urls: Vec<&str> = pool.iter().map(|b| b.url()).collect();
+        let sticky = StickyCookies::new("alb_srv", None, &process_secret(), &urls)
+            .expect("a valid cookie name");
+        let requests: Vec<http::HeaderMap> = (0..KEYS.min(n * 4))
+            .map(|i| {
+                let set = sticky.set_cookie(i % n, false).expect("a backend");
+                let pair = set.to_str().ok().and_then(|s| s.split(';').next());
+                let field = format!("_ga=GA1.2.3; {}; theme=dark", pair.unwrap_or(""));
+                let mut headers = http::HeaderMap::new();
+                headers.insert(http::header::COOKIE, field.parse().expect("a cookie field"));
+                headers
+            })
+            .collect();
+        let mut next = 0;
+        group.bench_with_input(BenchmarkId::from_parameter(n), &requests, |b, requests| {
+            b.iter(|| {
+                next = (next + 1) % requests.len();
+                sticky.backend_for(black_box(&requests[next]))
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     // Short by default; command-line options (`-- --measurement-time 5`) override these.
@@ -59,6 +115,6 @@ criterion_group! {
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1))
         .sample_size(20);
-    targets = select
+    targets = select, select_hash, select_sticky
 }
 criterion_main!(benches);

@@ -1,8 +1,10 @@
 //! Choosing a backend for a request. Each algorithm is one [`Selector`] in its own file.
 //!
 //! Selection is a plain synchronous function over a slice of backends: no I/O, no await, no lock.
-//! Shared state is limited to per-backend atomics and, for round robin, one counter.
+//! Shared state is limited to per-backend atomics and, for round robin, one counter (for consistent
+//! hashing, a load estimate that large pools refresh now and then).
 
+mod hash;
 mod least_conn;
 mod least_time;
 mod p2c;
@@ -12,6 +14,7 @@ mod weights;
 
 use std::sync::Arc;
 
+pub use hash::{ConsistentHash, DEFAULT_BALANCE, key_hash};
 pub use least_conn::LeastConn;
 pub use least_time::LeastTime;
 pub use p2c::PowerOfTwoChoices;
@@ -27,8 +30,8 @@ pub trait Selector: Send + Sync + std::fmt::Debug {
     /// unhealthy or excluded.
     fn select(&self, backends: &[Arc<Backend>], exclude: &Exclude) -> Option<usize>;
 
-    /// Picks for a request that carries a key (`algorithm = "hash"`); algorithms that ignore
-    /// request keys keep this default.
+    /// Like [`Selector::select`] for a request that carries an affinity key ([`key_hash`] of a
+    /// client address, header, cookie…). Algorithms that ignore request keys keep this default.
     fn select_keyed(
         &self,
         backends: &[Arc<Backend>],
@@ -86,7 +89,7 @@ pub fn selector_for(algorithm: Algorithm, backends: &[Arc<Backend>]) -> Box<dyn 
         Algorithm::Random => Box::new(WeightedRandom::new(backends)),
         Algorithm::P2c => Box::new(PowerOfTwoChoices::new(backends)),
         Algorithm::LeastTime => Box::new(LeastTime),
-        Algorithm::Hash => Box::new(LeastConn::new()),
+        Algorithm::Hash => Box::new(ConsistentHash::new(backends, hash::DEFAULT_BALANCE)),
     }
 }
 

@@ -96,6 +96,7 @@ pub struct RawRateLimit {
     pub per_second: Option<i64>,
     pub burst: Option<i64>,
     pub key: Option<String>,
+    pub max_keys: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

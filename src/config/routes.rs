@@ -85,6 +85,9 @@ pub struct RateLimitConfig {
     pub per_second: u32,
     pub burst: u32,
     pub key: RateKey,
+    /// Keys tracked at once (16 bytes each, taken as keys arrive); past it the key nearest to
+    /// being forgotten anyway gives up its place.
+    pub max_keys: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -388,10 +391,19 @@ fn rate_limit(prefix: &str, raw: RawRateLimit, problems: &mut Problems) -> RateL
             }
         },
     };
+    let max_keys = count(
+        &key("max_keys"),
+        raw.max_keys,
+        1_000_000,
+        1_000,
+        100_000_000,
+        problems,
+    ) as usize;
     RateLimitConfig {
         per_second,
         burst,
         key: rate_key,
+        max_keys,
     }
 }
 

@@ -4,16 +4,19 @@
 //! what the client did wrong). Retries follow [`retry`]; failures feed passive health.
 
 mod access_log;
+mod affinity;
 mod error;
 mod headers;
 mod live;
 mod pool;
 mod prepare;
+mod rate_limit;
 mod redirect;
 mod response_body;
 mod retry;
 mod route;
 mod stats;
+mod sticky;
 mod tunnel;
 
 use std::sync::Arc;
@@ -29,11 +32,13 @@ pub use live::Proxy;
 pub use pool::BackendPool;
 pub use prepare::ClientInfo;
 use prepare::{Outbound, Replay};
+pub use rate_limit::{DEFAULT_MAX_KEYS, RateLimiter};
 pub use response_body::{ResponseBody, ResponseBodyError, UpstreamBody, UpstreamParts};
 pub use retry::{RetryBudget, RetryPolicy, is_idempotent};
 use route::RequestKey;
 pub use route::RouteTable;
 pub use stats::{HeaderRefusal, ProxyStats, TlsFailure};
+pub use sticky::{StickyCookies, StickyError, derive_secret, process_secret};
 use tunnel::TunnelParts;
 pub use tunnel::{HALF_CLOSED_IDLE, Tunnel};
 
@@ -57,6 +62,9 @@ pub struct Snapshot {
     route_targets: Vec<Vec<Target>>,
     /// Where requests no route takes go; none: 404.
     default_pool: Option<usize>,
+    /// Each route's rate limiter, if it has a `rate_limit` (kept across reloads that leave the
+    /// route's limit as it was, so a reload is no way to reset a client's bucket).
+    route_limits: Vec<Option<Arc<RateLimiter>>>,
     /// Every backend of every pool, pool after pool.
     backends: Vec<Arc<Backend>>,
     timeouts: Timeouts,
@@ -85,6 +93,10 @@ struct Plan<'a> {
     route: Option<usize>,
     /// The request's hash for `algorithm = "hash"`.
     key: Option<u64>,
+    /// The backend (index in the pool) the request's sticky cookie names.
+    sticky: Option<usize>,
+    /// The client came over TLS: a sticky cookie is set `Secure`.
+    secure: bool,
 }
 
 /// When a request arrived and its method class: what the dispatch keeps of it for statistics.
@@ -171,8 +183,31 @@ impl Snapshot {
                     .collect()
             })
             .collect();
+        let route_limits = config
+            .routes
+            .iter()
+            .map(|route| {
+                let limit = route.rate_limit.as_ref()?;
+                let kept = previous.and_then(|p| {
+                    p.config
+                        .routes
+                        .iter()
+                        .zip(&p.route_limits)
+                        .find(|(r, l)| r.rate_limit.as_ref() == Some(limit) && l.is_some())
+                        .and_then(|(_, l)| l.clone())
+                });
+                Some(kept.unwrap_or_else(|| {
+                    Arc::new(RateLimiter::new(
+                        f64::from(limit.per_second),
+                        limit.burst,
+                        limit.max_keys,
+                    ))
+                }))
+            })
+            .collect();
         Snapshot {
             config: config.clone(),
+            route_limits,
             routes: RouteTable::new(&config.routes),
             route_targets,
             default_pool: index(DEFAULT_POOL),
@@ -218,7 +253,7 @@ impl Snapshot {
     }
 
     /// Where `request` goes: the first route that matches it, else the pool `default`.
-    fn plan<B>(&self, request: &Request<B>) -> Option<Plan<'_>> {
+    fn plan<B>(&self, request: &Request<B>, client: &ClientInfo) -> Option<Plan<'_>> {
         let (route, target) = if self.routes.is_empty() {
             (None, None)
         } else {
@@ -238,8 +273,29 @@ impl Snapshot {
                 .and_then(|r| self.routes.get(r).timeouts.as_ref())
                 .unwrap_or(&self.timeouts),
             route,
-            key: None,
+            key: pool
+                .hash_key()
+                .and_then(|key| affinity::hash_of(key, request, client)),
+            sticky: pool
+                .sticky
+                .as_ref()
+                .and_then(|sticky| sticky.backend_for(request.headers())),
+            secure: client.scheme == Scheme::Https,
         })
+    }
+
+    /// Takes one request from the route's rate limit; the wait until the next is allowed when
+    /// it is spent.
+    fn over_limit<B>(
+        &self,
+        route: usize,
+        request: &Request<B>,
+        client: &ClientInfo,
+    ) -> Option<std::time::Duration> {
+        let limiter = self.route_limits[route].as_ref()?;
+        let limit = self.routes.get(route).rate_limit.as_ref()?;
+        let key = affinity::rate_key(&limit.key, request, client);
+        limiter.check(&key, Instant::now()).err()
     }
 
     /// The pool of `route` for this request: by weight when the route splits.
@@ -287,10 +343,14 @@ impl Snapshot {
                 Err(error) => self.local_response(&error, None, log, method),
             };
         }
-        let Some(plan) = self.plan(&req) else {
+        let Some(plan) = self.plan(&req, client) else {
             self.stats.no_route.fetch_add(1, Ordering::Relaxed);
             return self.local_response(&ProxyError::NoRoute, None, log, method);
         };
+        if let Some(wait) = plan.route.and_then(|r| self.over_limit(r, &req, client)) {
+            self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            return self.local_response(&ProxyError::RateLimited(wait), None, log, method);
+        }
         let mut req = req;
         if let Some(route) = plan.route.map(|r| self.routes.get(r))
             && route.strip_prefix
@@ -362,7 +422,12 @@ impl Snapshot {
         // Every try (for logs) and the tries that count against `retry.attempts`.
         let (mut attempt, mut counted) = (0, 0);
         while counted < retry.attempts {
-            let Some(index) = pool.pick(&exclude, plan.key) else {
+            // A sticky request goes back to its backend while that one takes requests; a retry
+            // goes elsewhere like any other.
+            let stuck = plan.sticky.filter(|&i| {
+                attempt == 0 && pool.backends().get(i).is_some_and(|b| b.is_available())
+            });
+            let Some(index) = stuck.or_else(|| pool.pick(&exclude, plan.key)) else {
                 break;
             };
             attempt += 1;
@@ -426,6 +491,16 @@ impl Snapshot {
                         log.set_attempts(attempt);
                     }
                     let mut response = self.respond(plan, answer, guard, log.take(), arrival);
+                    if plan.sticky != Some(index)
+                        && let Some(cookie) = pool
+                            .sticky
+                            .as_ref()
+                            .and_then(|sticky| sticky.set_cookie(index, plan.secure))
+                    {
+                        response
+                            .headers_mut()
+                            .append(http::header::SET_COOKIE, cookie);
+                    }
                     if let Some(reason) = reason {
                         explain_headers(response.headers_mut(), backend.url(), &reason);
                         Self::explain_route(plan, response.headers_mut());

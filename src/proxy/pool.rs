@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ProxyStats, RetryPolicy};
-use crate::balance::{Exclude, Selector, selector_for};
-use crate::config::{BackendSpec, HashKey, PoolConfig};
+use super::{ProxyStats, RetryPolicy, StickyCookies};
+use crate::balance::{ConsistentHash, Exclude, Selector, selector_for};
+use crate::config::{Algorithm, BackendSpec, HashKey, PoolConfig};
 use crate::health::OutlierDetector;
 use crate::upstream::Backend;
 
@@ -23,6 +23,8 @@ pub struct BackendPool {
     hash_key: Option<HashKey>,
     pub(super) retry: RetryPolicy,
     pub(super) queue_timeout: Duration,
+    /// `[pools.NAME.sticky]`: the cookie naming each backend.
+    pub(super) sticky: Option<StickyCookies>,
 }
 
 impl BackendPool {
@@ -71,15 +73,30 @@ impl BackendPool {
                 })
             })
             .collect();
+        let selector: Box<dyn Selector> = match config.algorithm {
+            Algorithm::Hash => Box::new(ConsistentHash::new(&backends, config.hash.balance)),
+            other => selector_for(other, &backends),
+        };
         BackendPool {
             name: config.name.clone(),
-            selector: selector_for(config.algorithm, &backends),
+            sticky: config.sticky.as_ref().and_then(|sticky| {
+                let secret = match &sticky.secret {
+                    Some(text) => super::derive_secret(text),
+                    None => super::process_secret(),
+                };
+                let urls: Vec<&str> = backends.iter().map(|b| b.url()).collect();
+                StickyCookies::new(&sticky.cookie, sticky.ttl, &secret, &urls)
+                    .inspect_err(|e| {
+                        tracing::error!(pool = config.name, "sticky sessions off: {e}")
+                    })
+                    .ok()
+            }),
+            selector,
             outliers: Arc::new(OutlierDetector::new(&config.passive_health, &backends)),
             backends,
             slow_start: config.health_check.slow_start,
             algorithm: config.algorithm.name(),
-            hash_key: (config.algorithm == crate::config::Algorithm::Hash)
-                .then(|| config.hash.key.clone()),
+            hash_key: (config.algorithm == Algorithm::Hash).then(|| config.hash.key.clone()),
             retry: RetryPolicy::new(&config.retry, stats),
             queue_timeout: config.backend_queue_timeout,
         }
