@@ -95,10 +95,13 @@ fn cookie_of(headers: &HeaderMap) -> Option<String> {
 
 #[tokio::test]
 async fn a_sticky_cookie_holds_a_client_to_its_backend_through_its_death_and_return() {
-    let backends = four().await;
-    let refs: Vec<&TestBackend> = backends[..2].iter().collect();
+    let mut backends = vec![
+        TestBackend::start("b0").await,
+        TestBackend::start("b1").await,
+    ];
+    let refs: Vec<&TestBackend> = backends.iter().collect();
     let lb = TestBalancer::start(&format!(
-        "{}{QUIET}[sticky]\ncookie = \"srv\"\nttl = \"1h\"\n",
+        "{}[health_check]\ninterval = \"1s\"\n[sticky]\ncookie = \"srv\"\nttl = \"1h\"\n",
         backends_line(&refs)
     ))
     .await;
@@ -112,7 +115,7 @@ async fn a_sticky_cookie_holds_a_client_to_its_backend_through_its_death_and_ret
         "{set}"
     );
     assert!(set.contains("; Max-Age=3600"), "{set}");
-    for backend in &backends[..2] {
+    for backend in &backends {
         let port = backend.addr.port().to_string();
         assert!(!set.contains(&port), "the cookie names no address: {set}");
     }
@@ -130,22 +133,20 @@ async fn a_sticky_cookie_holds_a_client_to_its_backend_through_its_death_and_ret
     )
     .await;
     assert!(cookie_of(&headers).is_some());
-    // Its backend dies: the client goes to the other one, which sets its own cookie.
+    // Its backend dies: the client is answered by the other one, which sets its own cookie.
     let index = if first == "b0" { 0 } else { 1 };
-    let url = backends[index].url();
-    lb.proxy
-        .set_admin_state(&url, alb::upstream::AdminState::Disabled)
-        .unwrap();
+    let addr = backends.remove(index).stop().await;
     let (status, headers) = ask(&lb, "/", &[("cookie", &cookie)]).await;
     assert_eq!(status, 200);
     let second = backend_of(&headers);
     assert_ne!(second, first);
     let new_cookie = cookie_of(&headers).expect("a new cookie");
     assert_ne!(new_cookie, cookie);
-    // It comes back: the new cookie keeps the client where it went, the old one leads home.
-    lb.proxy
-        .set_admin_state(&url, alb::upstream::AdminState::Enabled)
-        .unwrap();
+    lb.wait_health(&addr, false, Duration::from_secs(10)).await;
+    // It comes back on its address: the new cookie keeps the client where it went, the old one
+    // leads home again.
+    let back = TestBackend::start_on(addr, &first).await;
+    lb.wait_health(&addr, true, Duration::from_secs(10)).await;
     for _ in 0..10 {
         assert_eq!(
             backend_of(&ask(&lb, "/", &[("cookie", &new_cookie)]).await.1),
@@ -156,6 +157,7 @@ async fn a_sticky_cookie_holds_a_client_to_its_backend_through_its_death_and_ret
             first
         );
     }
+    assert!(back.hits() >= 10);
     lb.stop().await;
 }
 

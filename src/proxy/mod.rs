@@ -15,6 +15,7 @@ mod redirect;
 mod response_body;
 mod retry;
 mod route;
+mod snapshot;
 mod stats;
 mod sticky;
 mod tunnel;
@@ -35,69 +36,20 @@ use prepare::{Outbound, Replay};
 pub use rate_limit::{DEFAULT_MAX_KEYS, RateLimiter};
 pub use response_body::{ResponseBody, ResponseBodyError, UpstreamBody, UpstreamParts};
 pub use retry::{RetryBudget, RetryPolicy, is_idempotent};
-use route::RequestKey;
 pub use route::RouteTable;
+use snapshot::Plan;
+pub use snapshot::Snapshot;
 pub use stats::{HeaderRefusal, ProxyStats, TlsFailure};
 pub use sticky::{StickyCookies, StickyError, derive_secret, process_secret};
 use tunnel::TunnelParts;
 pub use tunnel::{HALF_CLOSED_IDLE, Tunnel};
 
 use crate::balance::Exclude;
-use crate::config::{BackendSpec, Config, DEFAULT_POOL, Limits, Timeouts};
-use crate::health::OutlierDetector;
+use crate::config::Timeouts;
 use crate::http1::{BodyDecoder, ResponseHead, Scheme};
 use crate::upstream::{
     self, Answer, Backend, InFlightGuard, Progress, SessionRequest, Unanswered, method_class,
 };
-
-/// The data plane as one config made it: its pools of backends, the routes to them and the
-/// settings requests are handled by, swapped whole on reload: requests that started on the old
-/// snapshot finish on it.
-#[derive(Debug)]
-pub struct Snapshot {
-    config: Config,
-    pools: Vec<BackendPool>,
-    routes: RouteTable,
-    /// Each route's pools (indices into `pools`), by weight, with the route's retry rules.
-    route_targets: Vec<Vec<Target>>,
-    /// Where requests no route takes go; none: 404.
-    default_pool: Option<usize>,
-    /// Each route's rate limiter, if it has a `rate_limit` (kept across reloads that leave the
-    /// route's limit as it was, so a reload is no way to reset a client's bucket).
-    route_limits: Vec<Option<Arc<RateLimiter>>>,
-    /// Every backend of every pool, pool after pool.
-    backends: Vec<Arc<Backend>>,
-    timeouts: Timeouts,
-    limits: Limits,
-    access_log: bool,
-    retry_after: HeaderValue,
-    explain: bool,
-    stats: Arc<ProxyStats>,
-}
-
-/// One pool a route sends to.
-#[derive(Debug)]
-struct Target {
-    pool: usize,
-    weight: u32,
-    /// The route's `retry` for this pool, over the pool's budget; none: the pool's policy.
-    retry: Option<RetryPolicy>,
-}
-
-/// Where one request goes and by which rules, once routing chose.
-struct Plan<'a> {
-    pool: &'a BackendPool,
-    retry: &'a RetryPolicy,
-    timeouts: &'a Timeouts,
-    /// The route that matched, if any (explain headers).
-    route: Option<usize>,
-    /// The request's hash for `algorithm = "hash"`.
-    key: Option<u64>,
-    /// The backend (index in the pool) the request's sticky cookie names.
-    sticky: Option<usize>,
-    /// The client came over TLS: a sticky cookie is set `Secure`.
-    secure: bool,
-}
 
 /// When a request arrived and its method class: what the dispatch keeps of it for statistics.
 #[derive(Debug, Clone, Copy)]
@@ -139,180 +91,6 @@ impl Rejection {
 }
 
 impl Snapshot {
-    /// Builds the snapshot for `config`, each pool's backends passed through `expand` (which
-    /// replaces a DNS name by the addresses it resolved to, see `control::discovery`). Backends
-    /// of the same pool in `previous` that are unchanged (same URL, weight and connection limit)
-    /// are kept as they are, with their health, counters and pooled connections.
-    pub fn new(
-        config: &Config,
-        expand: &dyn Fn(&[BackendSpec]) -> Vec<BackendSpec>,
-        stats: Arc<ProxyStats>,
-        previous: Option<&Snapshot>,
-    ) -> Snapshot {
-        let retry_after = config.health_check.interval.as_secs_f64().ceil().max(1.0) as u64;
-        let pools: Vec<BackendPool> = config
-            .all_pools()
-            .iter()
-            .map(|pool| {
-                let before = previous
-                    .and_then(|p| p.pool(&pool.name))
-                    .map_or(&[][..], BackendPool::backends);
-                BackendPool::new(pool, &expand(&pool.backends), before, stats.clone())
-            })
-            .collect();
-        let index = |name: &str| pools.iter().position(|p| p.name() == name);
-        let route_targets = config
-            .routes
-            .iter()
-            .map(|route| {
-                route
-                    .targets
-                    .iter()
-                    .filter_map(|t| {
-                        let pool = index(&t.pool)?;
-                        let retry = t
-                            .retry
-                            .as_ref()
-                            .map(|r| RetryPolicy::sharing_budget(r, &pools[pool].retry));
-                        Some(Target {
-                            pool,
-                            weight: t.weight,
-                            retry,
-                        })
-                    })
-                    .collect()
-            })
-            .collect();
-        let route_limits = config
-            .routes
-            .iter()
-            .map(|route| {
-                let limit = route.rate_limit.as_ref()?;
-                let kept = previous.and_then(|p| {
-                    p.config
-                        .routes
-                        .iter()
-                        .zip(&p.route_limits)
-                        .find(|(r, l)| r.rate_limit.as_ref() == Some(limit) && l.is_some())
-                        .and_then(|(_, l)| l.clone())
-                });
-                Some(kept.unwrap_or_else(|| {
-                    Arc::new(RateLimiter::new(
-                        f64::from(limit.per_second),
-                        limit.burst,
-                        limit.max_keys,
-                    ))
-                }))
-            })
-            .collect();
-        Snapshot {
-            config: config.clone(),
-            route_limits,
-            routes: RouteTable::new(&config.routes),
-            route_targets,
-            default_pool: index(DEFAULT_POOL),
-            backends: pools
-                .iter()
-                .flat_map(|p| p.backends().iter().cloned())
-                .collect(),
-            pools,
-            timeouts: config.timeouts.clone(),
-            limits: config.limits.clone(),
-            access_log: config.access_log,
-            retry_after: HeaderValue::from(retry_after),
-            explain: config.explain,
-            stats,
-        }
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
-    /// Every backend, of every pool.
-    pub fn backends(&self) -> &[Arc<Backend>] {
-        &self.backends
-    }
-
-    pub fn pools(&self) -> &[BackendPool] {
-        &self.pools
-    }
-
-    pub fn pool(&self, name: &str) -> Option<&BackendPool> {
-        self.pools.iter().find(|p| p.name() == name)
-    }
-
-    /// Requests each route took, in route order, since this snapshot began.
-    pub fn route_hits(&self) -> Vec<u64> {
-        self.routes.hits()
-    }
-
-    /// The first pool's passive health (the only pool's, in a config without pools).
-    pub fn outliers(&self) -> &Arc<OutlierDetector> {
-        self.pools[0].outliers()
-    }
-
-    /// Where `request` goes: the first route that matches it, else the pool `default`.
-    fn plan<B>(&self, request: &Request<B>, client: &ClientInfo) -> Option<Plan<'_>> {
-        let (route, target) = if self.routes.is_empty() {
-            (None, None)
-        } else {
-            let route = self.routes.find(&RequestKey::of(request));
-            (route, route.and_then(|r| self.split(r)))
-        };
-        let pool_index = match (route, target) {
-            (Some(_), Some(target)) => target.pool,
-            (Some(_), None) => return None,
-            (None, _) => self.default_pool?,
-        };
-        let pool = &self.pools[pool_index];
-        Some(Plan {
-            pool,
-            retry: target.and_then(|t| t.retry.as_ref()).unwrap_or(&pool.retry),
-            timeouts: route
-                .and_then(|r| self.routes.get(r).timeouts.as_ref())
-                .unwrap_or(&self.timeouts),
-            route,
-            key: pool
-                .hash_key()
-                .and_then(|key| affinity::hash_of(key, request, client)),
-            sticky: pool
-                .sticky
-                .as_ref()
-                .and_then(|sticky| sticky.backend_for(request.headers())),
-            secure: client.scheme == Scheme::Https,
-        })
-    }
-
-    /// Takes one request from the route's rate limit; the wait until the next is allowed when
-    /// it is spent.
-    fn over_limit<B>(
-        &self,
-        route: usize,
-        request: &Request<B>,
-        client: &ClientInfo,
-    ) -> Option<std::time::Duration> {
-        let limiter = self.route_limits[route].as_ref()?;
-        let limit = self.routes.get(route).rate_limit.as_ref()?;
-        let key = affinity::rate_key(&limit.key, request, client);
-        limiter.check(&key, Instant::now()).err()
-    }
-
-    /// The pool of `route` for this request: by weight when the route splits.
-    fn split(&self, route: usize) -> Option<&Target> {
-        let targets = &self.route_targets[route];
-        if targets.len() <= 1 {
-            return targets.first();
-        }
-        let total: u64 = targets.iter().map(|t| u64::from(t.weight)).sum();
-        let mut ticket = fastrand::u64(..total.max(1));
-        targets.iter().find(|t| {
-            let hit = ticket < u64::from(t.weight);
-            ticket = ticket.saturating_sub(u64::from(t.weight));
-            hit
-        })
-    }
-
     /// Proxies one request. Never fails: every error becomes a response.
     pub async fn handle(
         &self,

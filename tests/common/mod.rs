@@ -100,7 +100,7 @@ impl TestBackend {
             mode: AtomicU8::new(Mode::Normal as u8),
             last: Mutex::new(None),
         });
-        let listener = TcpListener::bind(addr).await.expect("bind test backend");
+        let listener = bind_again(addr).await;
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(serve(listener, state.clone(), stopped));
@@ -305,6 +305,27 @@ fn text(status: StatusCode, body: &str, name: &str) -> Response<TestBody> {
         .headers_mut()
         .insert("x-backend", name.parse().unwrap());
     response
+}
+
+/// Binds `addr`. A port given back by a stopped backend may be held for a moment by another
+/// test's short-lived connection that the kernel gave it as its local port (listeners and
+/// outgoing connections share the ephemeral range): that one ends soon, so the bind is tried
+/// again for a few seconds before the test fails.
+async fn bind_again(addr: SocketAddr) -> TcpListener {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return listener,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && addr.port() != 0
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("bind test backend on {addr}: {e}"),
+        }
+    }
 }
 
 pub fn full(body: impl Into<Bytes>) -> TestBody {
