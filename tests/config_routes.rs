@@ -101,6 +101,10 @@ fn each_mistake_is_named_by_its_key() {
             "route[0].timeouts",
         ),
         (
+            "[[route]]\npool = \"default\"\n[route.retry]\nbudget_percent = 50\n",
+            "route[0].retry",
+        ),
+        (
             "[[route]]\npool = \"default\"\nrate_limit = { burst = 5 }\n",
             "route[0].rate_limit.per_second",
         ),

@@ -135,6 +135,7 @@ async fn path_prefixes_match_whole_segments_as_the_backend_resolves_the_path() {
         ("/%73tatic/app.js", "web"),
         ("/api/../static/app.js", "web"),
         ("/static/../private", "fallback"),
+        ("//static//app.js", "web"),
     ] {
         assert_eq!(backend_for(&lb, path, &[]).await, want, "{path}");
     }

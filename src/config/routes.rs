@@ -328,6 +328,15 @@ fn targets(
                 .collect()
         }
     };
+    if let Some(r) = &retry
+        && (r.budget_percent.is_some() || r.budget_min_per_second.is_some())
+    {
+        problems.add(
+            format!("{prefix}retry"),
+            "budget_percent and budget_min_per_second belong to the pool: its backends take the \
+             retries of every route",
+        );
+    }
     if !named.is_empty() && named.iter().all(|(_, _, w)| *w == 0) {
         problems.add(format!("{prefix}split"), "every weight is 0");
     }

@@ -241,11 +241,11 @@ fn host_of(value: &str) -> Cow<'_, str> {
 }
 
 /// The path as a backend resolves it (RFC 3986 §6.2.2): percent-encoded unreserved characters
-/// decoded and dot segments removed, so that `/%73tatic/x` and `/api/../static/x` match the
+/// decoded, dot segments removed and repeated slashes merged, so that `/%73tatic/x` and `/api/../static/x` match the
 /// routes of `/static/`, as the backend will serve them. An encoded `/` stays encoded: it is not
 /// a segment boundary to the backend either. Most paths need none of this and are borrowed.
 pub(super) fn normalize_path(path: &str) -> Cow<'_, str> {
-    if !path.contains('%') && !path.contains("/.") {
+    if !path.contains('%') && !path.contains("/.") && !path.contains("//") {
         return Cow::Borrowed(path);
     }
     let decoded = decode_unreserved(path);
@@ -254,6 +254,9 @@ pub(super) fn normalize_path(path: &str) -> Cow<'_, str> {
     let last = segments.len().saturating_sub(1);
     for (k, segment) in segments.iter().enumerate() {
         match *segment {
+            // `//` is one `/` to most servers (nginx merges slashes by default): `//api/x`
+            // must not pass the `/api` route's limit by reaching its backend another way.
+            "" if k != last => {}
             "." => {}
             ".." => {
                 out.pop();
@@ -308,6 +311,9 @@ mod tests {
             ("/a%2Fb", "/a%2Fb"),
             ("/%2e%2e/static/x", "/static/x"),
             ("/.well-known/x", "/.well-known/x"),
+            ("//api/x", "/api/x"),
+            ("/api//x/", "/api/x/"),
+            ("/a/", "/a/"),
         ] {
             assert_eq!(normalize_path(raw), want, "{raw}");
         }
