@@ -51,6 +51,10 @@ enum Command {
     Check {
         #[arg(long, short, default_value = "alb.toml")]
         config: PathBuf,
+        /// Then resolve every backend name, probe each address with its pool's health check and
+        /// print what was found; exit 1 if a pool would have no healthy backend.
+        #[arg(long)]
+        live: bool,
     },
     /// Run the balancer with two built-in demo backends.
     Demo {
@@ -82,7 +86,7 @@ fn main() -> ExitCode {
     let program = Program::current();
     let cli = Cli::parse();
     match &cli.command {
-        Command::Check { config } => return check(config),
+        Command::Check { config, live } => return check(config, *live),
         Command::Upgrade { pid, wait } => return request_upgrade(*pid, *wait),
         _ => {}
     }
@@ -124,56 +128,107 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn check(path: &std::path::Path, live: bool) -> ExitCode {
     match Config::load(path) {
+        Ok(config) if live => {
+            print_check(path, &config);
+            check_live(&config)
+        }
         Ok(config) => {
-            let proxy_protocol = &config.proxy_protocol;
-            let trusted = if proxy_protocol.enabled {
-                let nets: Vec<String> = proxy_protocol
-                    .trusted
-                    .iter()
-                    .map(|n| n.to_string())
-                    .collect();
-                format!(", PROXY protocol required from {}", nets.join(", "))
-            } else {
-                String::new()
-            };
-            let pools = config.all_pools();
-            let backends: usize = pools.iter().map(|p| p.backends.len()).sum();
-            let shape = if pools.len() == 1 && config.routes.is_empty() {
-                format!("{backends} backend(s), {}", pools[0].algorithm.name())
-            } else {
-                format!(
-                    "{backends} backend(s) in {} pools, {} route(s)",
-                    pools.len(),
-                    config.routes.len()
-                )
-            };
-            println!(
-                "{}: OK: {shape}, listening on {}{trusted}",
-                path.display(),
-                config.listen
-            );
-            for pool in pools.iter().filter(|_| pools.len() > 1) {
-                println!(
-                    "  pool {}: {} backend(s), {}",
-                    pool.name,
-                    pool.backends.len(),
-                    pool.algorithm.name()
-                );
-            }
-            for warning in &config.warnings {
-                println!("  warning: {warning}");
-            }
-            if let Some(tls) = &config.tls {
-                print_tls(tls);
-            }
+            print_check(path, &config);
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `alb check --live`: one line per backend address, then the verdict.
+fn check_live(config: &Config) -> ExitCode {
+    let runtime = match alb::runtime::build(1) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let results = runtime.block_on(alb::control::live_check(config));
+    println!(
+        "{:<12} {:<28} {:<28} {:<9} {:<8} {:>10}  detail",
+        "pool", "backend", "found as", "reachable", "healthy", "latency"
+    );
+    for r in &results {
+        let tls = r
+            .tls_name
+            .as_ref()
+            .map_or(String::new(), |name| format!(" (TLS, verified as {name})"));
+        println!(
+            "{:<12} {:<28} {:<28} {:<9} {:<8} {:>8.1}ms  {}{tls}",
+            r.pool,
+            r.url,
+            r.dns_name.as_deref().unwrap_or("-"),
+            if r.reachable { "yes" } else { "no" },
+            if r.healthy { "yes" } else { "no" },
+            r.latency.as_secs_f64() * 1000.0,
+            r.detail
+        );
+    }
+    let empty = alb::control::pools_without_healthy(config, &results);
+    if empty.is_empty() {
+        println!("every pool has a healthy backend");
+        ExitCode::SUCCESS
+    } else {
+        for pool in &empty {
+            eprintln!("pool {pool}: no healthy backend: its requests would get 503");
+        }
+        ExitCode::FAILURE
+    }
+}
+
+/// What `alb check` prints of a valid config.
+fn print_check(path: &std::path::Path, config: &Config) {
+    let proxy_protocol = &config.proxy_protocol;
+    let trusted = if proxy_protocol.enabled {
+        let nets: Vec<String> = proxy_protocol
+            .trusted
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        format!(", PROXY protocol required from {}", nets.join(", "))
+    } else {
+        String::new()
+    };
+    let pools = config.all_pools();
+    let backends: usize = pools.iter().map(|p| p.backends.len()).sum();
+    let shape = if pools.len() == 1 && config.routes.is_empty() {
+        format!("{backends} backend(s), {}", pools[0].algorithm.name())
+    } else {
+        format!(
+            "{backends} backend(s) in {} pools, {} route(s)",
+            pools.len(),
+            config.routes.len()
+        )
+    };
+    println!(
+        "{}: OK: {shape}, listening on {}{trusted}",
+        path.display(),
+        config.listen
+    );
+    for pool in pools.iter().filter(|_| pools.len() > 1) {
+        println!(
+            "  pool {}: {} backend(s), {}",
+            pool.name,
+            pool.backends.len(),
+            pool.algorithm.name()
+        );
+    }
+    for warning in &config.warnings {
+        println!("  warning: {warning}");
+    }
+    if let Some(tls) = &config.tls {
+        print_tls(tls);
     }
 }
 

@@ -1013,3 +1013,67 @@ async fn check_lists_pools_refuses_a_shadowed_route_and_warns_of_an_unused_pool(
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn check_live_probes_every_backend_and_fails_when_a_pool_has_no_healthy_one() {
+    let up = TestBackend::start("up").await;
+    let failing = TestBackend::start("failing").await;
+    failing.set_mode(Mode::Fail);
+    let gone = TestBackend::start("gone").await.stop().await;
+    let dir = TempDir::new("check-live");
+    let good = dir.write(
+        "good.toml",
+        &format!(
+            "backends = [\"{}\", \"{}\"]\n[health_check]\npath = \"/health\"\n",
+            up.url(),
+            failing.url()
+        ),
+    );
+    let (status, stdout, stderr) =
+        alb_output(&["check", "--live", "--config", good.to_str().unwrap()]).await;
+    assert_eq!(status.code(), Some(0), "stdout: {stdout}\nstderr: {stderr}");
+    let row = |url: &str| row_of(&stdout, url);
+    let ok = row(&up.url());
+    assert_eq!(ok[0], "default");
+    assert_eq!((ok[3].as_str(), ok[4].as_str()), ("yes", "yes"), "{ok:?}");
+    assert_eq!(ok.last().unwrap(), "200", "{ok:?}");
+    let bad = row(&failing.url());
+    assert_eq!((bad[3].as_str(), bad[4].as_str()), ("yes", "no"), "{bad:?}");
+    assert!(stdout.contains("answered with status 500"), "{stdout}");
+    assert!(
+        stdout.contains("every pool has a healthy backend"),
+        "{stdout}"
+    );
+    assert_eq!(up.probes(), 1, "one probe each");
+
+    let broken = dir.write(
+        "broken.toml",
+        &format!(
+            "backends = [\"{}\"]\n[pools.dead]\nbackends = [\"http://{gone}\"]\n\
+             [[route]]\nhost = \"dead.example\"\npool = \"dead\"\n",
+            up.url()
+        ),
+    );
+    let (status, stdout, stderr) =
+        alb_output(&["check", "--live", "--config", broken.to_str().unwrap()]).await;
+    assert_eq!(status.code(), Some(1), "stdout: {stdout}\nstderr: {stderr}");
+    let dead = row_of(&stdout, &format!("http://{gone}"));
+    assert_eq!(
+        (dead[0].as_str(), dead[3].as_str()),
+        ("dead", "no"),
+        "{dead:?}"
+    );
+    assert!(stderr.contains("pool dead: no healthy backend"), "{stderr}");
+    up.stop().await;
+    failing.stop().await;
+}
+
+fn row_of(stdout: &str, url: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .find(|l| l.contains(url))
+        .unwrap_or_else(|| panic!("no row for {url}:\n{stdout}"))
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}

@@ -346,3 +346,30 @@ async fn explain_names_the_route_and_pool_that_took_the_request() {
     assert_eq!(headers["x-alb-route"], "none pool=default");
     lb.stop().await;
 }
+
+#[tokio::test]
+async fn wildcard_hosts_match_at_any_depth_and_a_host_of_many_labels_is_still_routed() {
+    let b = Three::start().await;
+    let lb = TestBalancer::start(&b.config(
+        "[[route]]\nhost = \"*.a.example\"\npool = \"api\"\n\
+         [[route]]\nhost = \"*.example\"\npool = \"web\"\n",
+    ))
+    .await;
+    assert_eq!(
+        backend_for(&lb, "/", &[("host", "x.a.example")]).await,
+        "api"
+    );
+    assert_eq!(
+        backend_for(&lb, "/", &[("host", "x.y.z.a.example")]).await,
+        "api"
+    );
+    assert_eq!(backend_for(&lb, "/", &[("host", "a.example")]).await, "web");
+    assert_eq!(
+        backend_for(&lb, "/", &[("host", "x.b.example")]).await,
+        "web"
+    );
+    // 4,000 labels: looked up under its last two suffixes only.
+    let long = format!("{}a.example", "x.".repeat(4_000));
+    assert_eq!(backend_for(&lb, "/", &[("host", &long)]).await, "api");
+    lb.stop().await;
+}

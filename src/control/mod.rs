@@ -5,6 +5,7 @@
 //! request's path: a request loads the snapshot once and never waits on a change.
 
 mod discovery;
+mod live_check;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -16,6 +17,7 @@ use crate::proxy::{Proxy, Snapshot};
 use crate::upstream::AdminState;
 
 pub use discovery::{Discovered, DiscoveryTask, MAX_ADDRESSES_PER_NAME, NameRecord};
+pub use live_check::{LiveResult, live_check, pools_without_healthy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeError {

@@ -142,7 +142,7 @@ async fn check_loop(backend: Arc<Backend>, config: HealthCheckConfig, forgive_af
         let result = probe(&backend, &config).await;
         let passed = result.is_ok();
         let detail = match &result {
-            Ok(()) => "passed".to_string(),
+            Ok(_) => "passed".to_string(),
             Err(e) => e.to_string(),
         };
         backend.record_probe(passed, detail);

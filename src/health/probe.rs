@@ -20,15 +20,16 @@ pub enum ProbeError {
     Status(u16),
 }
 
-/// Probes `backend` once within `config.timeout` (connection set-up included).
-pub async fn probe(backend: &Backend, config: &HealthCheckConfig) -> Result<(), ProbeError> {
+/// Probes `backend` once within `config.timeout` (connection set-up included); the status it
+/// answered when it passed.
+pub async fn probe(backend: &Backend, config: &HealthCheckConfig) -> Result<u16, ProbeError> {
     match tokio::time::timeout(config.timeout, probe_once(backend, config)).await {
         Ok(result) => result,
         Err(_) => Err(ProbeError::Timeout(config.timeout)),
     }
 }
 
-async fn probe_once(backend: &Backend, config: &HealthCheckConfig) -> Result<(), ProbeError> {
+async fn probe_once(backend: &Backend, config: &HealthCheckConfig) -> Result<u16, ProbeError> {
     let mut conn = UpstreamConn::open(backend.addr(), backend.tls(), config.timeout).await?;
     let mut request = BytesMut::with_capacity(128 + config.path.len());
     request.put_slice(b"GET ");
@@ -52,7 +53,7 @@ async fn probe_once(backend: &Backend, config: &HealthCheckConfig) -> Result<(),
     };
     let status = head.status;
     if status.is_success() || status.is_redirection() {
-        Ok(())
+        Ok(status.as_u16())
     } else {
         Err(ProbeError::Status(status.as_u16()))
     }

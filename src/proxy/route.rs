@@ -26,6 +26,10 @@ pub struct RouteTable {
     hits: Vec<AtomicU64>,
     exact: HashMap<String, Bucket>,
     suffixes: HashMap<String, Bucket>,
+    /// Dots in the longest `*.` pattern (`.example.com`: 2): a request's host is looked up
+    /// under its last that many suffixes only, so a host of a thousand labels costs what a
+    /// short one does.
+    suffix_dots: usize,
     hostless: Bucket,
 }
 
@@ -115,6 +119,12 @@ impl RouteTable {
             };
             bucket.add(i as u32, route);
         }
+        table.suffix_dots = table
+            .suffixes
+            .keys()
+            .map(|suffix| suffix.matches('.').count())
+            .max()
+            .unwrap_or(0);
         table
     }
 
@@ -147,7 +157,7 @@ impl RouteTable {
                 bucket.candidates(segment, &mut lists);
             }
             if !self.suffixes.is_empty() {
-                for (dot, _) in host.match_indices('.') {
+                for (dot, _) in host.rmatch_indices('.').take(self.suffix_dots) {
                     if let Some(bucket) = self.suffixes.get(&host[dot..]) {
                         bucket.candidates(segment, &mut lists);
                     }
