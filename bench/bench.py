@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The driver behind bench/run.sh: runs scenarios S1-S10 against direct, alb, nginx and HAProxy and
+"""The driver behind bench/run.sh: runs scenarios S1-S11 against direct, alb, nginx and HAProxy and
 writes a markdown table (bench/README.md explains every figure).
 
 run.sh installs the tools and builds alb first; this script only runs things. It starts every
@@ -17,6 +17,8 @@ Environment (all optional):
   ALB_BIN=target/release/alb
   BENCH_WS_BIN=target/release/examples/ws_bench   S8's WebSocket echo server and client
   BENCH_TLS_ROUNDS=3     rounds of S9 and S10 (1 in quick mode); the table holds the medians
+  BENCH_ROUTE_ROUNDS=4   rounds of S11 (1 in quick mode); the table holds medians (costs: means)
+  BENCH_ROUTES_EXE       S6's route matching bench (benches/routes.rs), built by run.sh
 """
 
 import datetime
@@ -43,13 +45,15 @@ DURATION = int(os.environ.get("BENCH_DURATION", "2" if QUICK else "10"))
 WARMUP = 1  # seconds (wrk takes whole seconds)
 S2_COUNTS = (400, 2_000) if QUICK else (5_000, 25_000)  # multiples of S2_CONCURRENCY (hey)
 S2_CONCURRENCY = 8
-ALB_BIN = Path(os.environ.get("ALB_BIN", ROOT / "target" / "release" / "alb"))
+# run.sh builds into $CARGO_TARGET_DIR when it is set (cargo's own rule), else into target/.
+TARGET = ROOT / os.environ.get("CARGO_TARGET_DIR", "target")
+ALB_BIN = Path(os.environ.get("ALB_BIN", TARGET / "release" / "alb"))
 LB_PORT = int(os.environ.get("BENCH_PORT", "18080"))
 B1_PORT, B2_PORT = LB_PORT + 1, LB_PORT + 2
 TLS_PORT = LB_PORT + 3  # S9 and S10: each balancer's TLS listener, next to its plain one
 LB_CPU = os.environ.get("BENCH_LB_CPU", "0")
 LOAD_CPU = os.environ.get("BENCH_LOAD_CPU", "1")
-ALL_SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10"]
+ALL_SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S11"]
 ONLY = [s.strip().upper() for s in os.environ.get("BENCH_ONLY", "").split(",") if s.strip()]
 SCENARIOS = [s for s in ALL_SCENARIOS if not ONLY or s in ONLY]
 ALL_CONTENDERS = ["direct", "alb", "nginx", "haproxy"]
@@ -103,6 +107,17 @@ S10_CLIENTS = 16
 # a quiet or a busy moment, and interleaving spreads that over every contender alike.
 TLS_ROUNDS = int(os.environ.get("BENCH_TLS_ROUNDS", "1" if QUICK else "3"))
 NO_TLS = "n/a (alb has no TLS listener in this build)"
+# S11: what routing costs. S1's load (64 keep-alive connections, 100 B answers) through each
+# balancer configured with S11_ROUTES path-prefix routes (/r0/ to /r99/), the request (S11_PATH)
+# taking the last one, against the same balancer with only that route. Every route goes to the
+# same two backends (alb: one pool), so only the routing differs. Each config runs in a fresh
+# process, the two back to back; S11_ROUNDS rounds, the order of the two configs swapped every
+# round and the balancers' order rotated; the table holds medians, and the means of the per-round
+# costs. Then each config under callgrind, counted as in S2.
+S11_ROUTES = 100
+S11_PATH = f"/r{S11_ROUTES - 1}/x"
+S11_CONNECTIONS = 64
+S11_ROUNDS = int(os.environ.get("BENCH_ROUTE_ROUNDS", "1" if QUICK else "4"))
 
 
 class BenchError(Exception):
@@ -185,11 +200,11 @@ class Processes:
             self.stop(proc, timeout=5.0)
 
 
-def wrk_cmd(port, connections, duration, latency=True, scheme="http"):
+def wrk_cmd(port, connections, duration, latency=True, scheme="http", path="/"):
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s"]
     if latency:
         cmd.append("--latency")
-    return cmd + [f"{scheme}://127.0.0.1:{port}/"]
+    return cmd + [f"{scheme}://127.0.0.1:{port}{path}"]
 
 
 def run_tool(cmd, timeout, cpu=LOAD_CPU):
@@ -371,6 +386,59 @@ def fill(template, out, tls=False, **values):
     return out
 
 
+def route_indices(routes):
+    """S11: the routes a config with `routes` routes holds: always the one the request takes
+    (the last, /r{S11_ROUTES - 1}/), and the ones before it when there are more."""
+    return list(range(S11_ROUTES - routes, S11_ROUTES))
+
+
+def with_routes(name, cfg, routes):
+    """S11: rewrites a balancer's filled-in config (S1's, with its one catch-all) so that requests
+    are routed by path prefix: `routes` routes /rI/, every one to the same two backends, in file
+    order, the request's (/r99/) the last. No catch-all is left: a request no route takes is
+    refused (alb 404, nginx 404, HAProxy 503), so wrk's non-2xx count shows a routing mistake.
+    Returns the path of the new config, next to the old one."""
+    text = cfg.read_text()
+    indices = route_indices(routes)
+    if name == "alb":
+        # The top-level backends (the pool "default") become one named pool that every route
+        # names: one pool, so health checks and balancing are the same with 1 or 100 routes.
+        m = re.search(r"^backends = (\[.*\])\n", text, re.M)
+        algo = re.search(r'^algorithm = "([^"]+)"', text, re.M)
+        if not m or not algo:
+            raise BenchError(f"{cfg}: no top-level backends or algorithm line to route to")
+        text = text[:m.start()] + text[m.end():]
+        text += (f"\n# S11: {routes} route(s) to one pool; the request takes the last.\n"
+                 f"[pools.app]\nbackends = {m.group(1)}\nalgorithm = \"{algo.group(1)}\"\n")
+        text += "".join(f'\n[[route]]\npath_prefix = "/r{i}/"\npool = "app"\n' for i in indices)
+    elif name == "nginx":
+        # The catch-all `location /` becomes one prefix location per route, each with its body
+        # (comments left out). nginx finds prefix locations in a tree it builds at start-up.
+        m = re.search(r"^( +)location / \{\n(.*?)^\1\}\n", text, re.M | re.S)
+        if not m:
+            raise BenchError(f"{cfg}: no `location / {{ ... }}` block to replace")
+        indent = m.group(1)
+        body = "".join(line for line in m.group(2).splitlines(keepends=True)
+                       if not line.lstrip().startswith("#"))
+        blocks = "".join(f"{indent}location /r{i}/ {{\n{body}{indent}}}\n" for i in indices)
+        text = text[:m.start()] + blocks + text[m.end():]
+    elif name == "haproxy":
+        # `default_backend` becomes one `use_backend` per route, each with an anonymous ACL:
+        # HAProxy evaluates them in order, a linear scan, as a config written this way gets.
+        m = re.search(r"^( +)default_backend (\S+)\n", text, re.M)
+        if not m:
+            raise BenchError(f"{cfg}: no default_backend line to replace")
+        indent, backend = m.group(1), m.group(2)
+        lines = "".join(f"{indent}use_backend {backend} if {{ path_beg /r{i}/ }}\n"
+                        for i in indices)
+        text = text[:m.start()] + lines + text[m.end():]
+    else:
+        raise ValueError(name)
+    out = cfg.with_name(f"{cfg.stem}-routes{routes}{cfg.suffix}")
+    out.write_text(text)
+    return out
+
+
 class Balancer:
     def __init__(self, name, proc, cpu_pids, rss_pid, tls=False):
         self.name = name
@@ -451,10 +519,11 @@ class Bench:
     # -- balancers ---------------------------------------------------------------------------
 
     def start_lb(self, name, callgrind_out=None, connections=1_024, algorithm="least_conn",
-                 tls=False):
+                 tls=False, routes=None):
         """Starts a balancer sized for `connections` client connections (nginx and HAProxy
         preallocate per-connection structures for their limit, so it is not set sky-high). With
-        `tls` it also terminates TLS on TLS_PORT with the run's certificate (S9, S10)."""
+        `tls` it also terminates TLS on TLS_PORT with the run's certificate (S9, S10). With
+        `routes` (S11) its config routes by path prefix instead (`with_routes`)."""
         ensure_free(LB_PORT, *([TLS_PORT] if tls else []))
         check_inter = "1h" if callgrind_out else "5s"
         env = {}
@@ -463,6 +532,9 @@ class Bench:
         if name == "alb":
             cfg = fill("alb.toml", self.work / "alb.toml", LB_PORT=LB_PORT, B1=B1_PORT,
                        B2=B2_PORT, CHECK_INTER=check_inter, ALGORITHM=algorithm, **tls_values)
+            if routes:
+                cfg = with_routes(name, cfg, routes)
+                self.alb_check(cfg, what=f"the config with {routes} route(s)")
             if tls:
                 if self.alb_no_tls:
                     raise NoTls(self.alb_no_tls)
@@ -474,6 +546,8 @@ class Bench:
                        B2=B2_PORT, DIR=self.work, NOFILE=FD_LIMIT,
                        WORKER_CONNECTIONS=min(FD_LIMIT - 100, connections + 1_000),
                        **tls_values)
+            if routes:
+                cfg = with_routes(name, cfg, routes)
             master = "off" if callgrind_out else "on"
             cmd = ["nginx", "-p", self.work, "-c", cfg, "-g",
                    f"daemon off; master_process {master};"]
@@ -481,6 +555,8 @@ class Bench:
             cfg = fill("haproxy.cfg", self.work / "haproxy.cfg", LB_PORT=LB_PORT, B1=B1_PORT,
                        B2=B2_PORT, MAXCONN=min(HAPROXY_MAXCONN, connections),
                        CHECK_INTER=check_inter, **tls_values)
+            if routes:
+                cfg = with_routes(name, cfg, routes)
             cmd = ["haproxy", "-f", cfg, "-db"]
         else:
             raise ValueError(name)
@@ -488,7 +564,8 @@ class Bench:
             cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={callgrind_out}"] + cmd
         proc = self.procs.spawn(name + ("-callgrind" if callgrind_out else ""), cmd, LB_CPU,
                                 env=env)
-        wait_http(LB_PORT, "/", proc, 120 if callgrind_out else 15)
+        # With routes nothing takes `/`: poll the path the load asks for.
+        wait_http(LB_PORT, S11_PATH if routes else "/", proc, 120 if callgrind_out else 15)
         if tls:
             wait_https(TLS_PORT, cert, proc, 15)
         pids = [proc.pid]
@@ -511,25 +588,25 @@ class Bench:
             wait_free(TLS_PORT)
         return code
 
-    def alb_check(self, cfg):
+    def alb_check(self, cfg, what="the TLS config"):
         """`alb check` on a config with [tls]: NoTls when this build does not know the section
-        (serde rejects the unknown field), BenchError for any other refusal."""
+        (serde rejects the unknown field), BenchError for any other refusal (S11 checks its
+        routed configs the same way)."""
         try:
             out = subprocess.run([str(ALB_BIN), "check", "--config", str(cfg)],
                                  capture_output=True, text=True, timeout=30)
         except subprocess.TimeoutExpired as e:
             raise BenchError("alb check ran past 30 s") from e
         text = (out.stdout + out.stderr).strip()
-        (self.work / "alb-check.log").write_text(f"$ {ALB_BIN} check --config {cfg}\n{text}\n"
-                                                 f"exit {out.returncode}\n")
+        with open(self.work / "alb-check.log", "a") as f:
+            f.write(f"$ {ALB_BIN} check --config {cfg}\n{text}\nexit {out.returncode}\n")
         if out.returncode == 0:
             return
         if re.search(r"unknown field `tls`", text):
             self.alb_no_tls = (f"`alb check` refused the [tls] section (exit {out.returncode}: "
                                f"unknown field `tls`; see alb-check.log in the work dir)")
             raise NoTls(self.alb_no_tls)
-        raise BenchError(f"alb check refused the TLS config (exit {out.returncode}): "
-                         f"{text[-500:]}")
+        raise BenchError(f"alb check refused {what} (exit {out.returncode}): {text[-500:]}")
 
     def make_certificate(self):
         """One self-signed ECDSA P-256 certificate for the run (SAN 127.0.0.1 and localhost),
@@ -554,20 +631,21 @@ class Bench:
 
     # -- load --------------------------------------------------------------------------------
 
-    def wrk(self, port, connections, duration, latency=True, scheme="http"):
-        out = run_tool(wrk_cmd(port, connections, duration, latency, scheme),
+    def wrk(self, port, connections, duration, latency=True, scheme="http", path="/"):
+        out = run_tool(wrk_cmd(port, connections, duration, latency, scheme, path),
                        timeout=duration + 30)
         return parse_wrk(out)
 
-    def load_run(self, scenario, contender, connections, lb=None, port=None, scheme="http"):
+    def load_run(self, scenario, contender, connections, lb=None, port=None, scheme="http",
+                 path="/"):
         """Warm-up, then a timed wrk run with CPU, memory and backend counters read around it."""
         if port is None:
             port = B1_PORT if contender == "direct" else LB_PORT
-        self.wrk(port, connections, WARMUP, latency=False, scheme=scheme)
+        self.wrk(port, connections, WARMUP, latency=False, scheme=scheme, path=path)
         before = self.counters()
         cpu0 = cpu_ticks(lb.cpu_pids) if lb else None
         cores0 = core_times(LB_CPU), core_times(LOAD_CPU)
-        res = self.wrk(port, connections, DURATION, scheme=scheme)
+        res = self.wrk(port, connections, DURATION, scheme=scheme, path=path)
         cores1 = core_times(LB_CPU), core_times(LOAD_CPU)
         cpu1 = cpu_ticks(lb.cpu_pids) if lb else None
         res["lb_core_busy"] = busy_percent(cores0[0], cores1[0])
@@ -765,22 +843,26 @@ class Bench:
                 self.note(f"S2 {contender} FAILED: {e}")
         self.stop_backends()
 
-    def callgrind_run(self, contender, n):
-        out = self.work / f"callgrind.{contender}.{n}.out"
+    def callgrind_run(self, contender, n, routes=None, scenario="S2"):
+        """Total Ir of one balancer process under callgrind that served `n` requests (hey, keep-
+        alive); with `routes` (S11) its routed config, on S11's path."""
+        tag = f".routes{routes}" if routes else ""
+        out = self.work / f"callgrind.{contender}{tag}.{n}.out"
         if out.exists():
             out.unlink()
         started = time.monotonic()
-        lb = self.start_lb(contender, callgrind_out=out)
+        lb = self.start_lb(contender, callgrind_out=out, routes=routes)
         t_up = time.monotonic()
+        path = S11_PATH if routes else "/"
         try:
             text = run_tool(["hey", "-n", n, "-c", S2_CONCURRENCY, "-t", 60,
-                             f"http://127.0.0.1:{LB_PORT}/"], timeout=300)
+                             f"http://127.0.0.1:{LB_PORT}{path}"], timeout=300)
         except BenchError:
             self.stop_lb(lb, timeout=60)
             raise
         ok = sum(int(m) for m in re.findall(r"\[200\]\s+(\d+) responses", text))
         if ok != n // S2_CONCURRENCY * S2_CONCURRENCY:  # hey sends n / c per connection
-            (self.work / f"hey.{contender}.{n}.txt").write_text(text)
+            (self.work / f"hey.{contender}{tag}.{n}.txt").write_text(text)
             self.stop_lb(lb, timeout=60)
             raise BenchError(f"hey: {ok} of {n} requests answered 200 (see work dir)")
         t_load = time.monotonic()
@@ -802,45 +884,51 @@ class Bench:
         if not out.exists():
             raise BenchError(f"callgrind wrote no {out.name} (exit {code})")
         ir = callgrind_total(out)
-        log(f"S2 {contender} n={n:,}: Ir {ir:,} (start {t_up - started:.0f} s, load "
+        log(f"{scenario} {contender}{tag} n={n:,}: Ir {ir:,} (start {t_up - started:.0f} s, load "
             f"{t_load - t_up:.0f} s, stop {t_down - t_load:.0f} s)")
         return ir
 
     def s6(self):
-        log("S6: criterion, picking a backend among 10, 1,000 and 10,000")
-        exe = os.environ.get("BENCH_SELECT_EXE", "")
-        if exe and not os.path.isabs(exe):
-            exe = str(ROOT / exe)
-        if exe and os.path.exists(exe):
-            cmd = ["taskset", "-c", LB_CPU, exe, "--bench"]
-        else:
-            cmd = ["taskset", "-c", LB_CPU, "cargo", "bench", "--quiet", "--bench", "select", "--"]
-        if QUICK:
-            cmd += ["--warm-up-time", "0.1", "--measurement-time", "0.3"]
-        started = time.time()
-        base = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "criterion"
-        with open(self.work / "criterion.log", "w") as f:
-            f.write(f"$ {' '.join(cmd)}\n")
-            f.flush()
-            try:
-                code = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                                      env={**os.environ, "CRITERION_HOME": str(base)},
-                                      timeout=300).returncode
-            except subprocess.TimeoutExpired:
-                self.note("S6 FAILED: cargo bench ran past 300 s")
-                return
-        if code != 0:
-            self.note(f"S6 FAILED: cargo bench exited {code}; see {self.work / 'criterion.log'}")
-            return
-        for algo in S6_ALGORITHMS:
-            for size in S6_SIZES:
-                est = base / f"select_{algo}" / str(size) / "new" / "estimates.json"
-                if not est.exists() or est.stat().st_mtime < started - 1:
-                    self.note(f"S6: no fresh {est}")
+        log("S6: criterion, picking a backend among 10, 1,000 and 10,000 (benches/select.rs), "
+            "and finding the route among 1 to 1,000 (benches/routes.rs)")
+        base = TARGET / "criterion"
+        for bench_name, env_var in (("select", "BENCH_SELECT_EXE"), ("routes", "BENCH_ROUTES_EXE")):
+            exe = os.environ.get(env_var, "")
+            if exe and not os.path.isabs(exe):
+                exe = str(ROOT / exe)
+            if exe and os.path.exists(exe):
+                cmd = ["taskset", "-c", LB_CPU, exe, "--bench"]
+            else:
+                cmd = ["taskset", "-c", LB_CPU, "cargo", "bench", "--quiet", "--bench",
+                       bench_name, "--"]
+            if QUICK:
+                cmd += ["--warm-up-time", "0.1", "--measurement-time", "0.3"]
+            started = time.time()
+            with open(self.work / "criterion.log", "a") as f:
+                f.write(f"$ {' '.join(cmd)}\n")
+                f.flush()
+                try:
+                    code = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                          env={**os.environ, "CRITERION_HOME": str(base)},
+                                          timeout=300).returncode
+                except subprocess.TimeoutExpired:
+                    self.note(f"S6 FAILED: the {bench_name} bench ran past 300 s")
                     continue
-                ns = json.loads(est.read_text())["mean"]["point_estimate"]
-                self.put("S6", f"{algo}/{size}", "alb", ns)
-                self.raw.setdefault("S6", {})[f"{algo}/{size}"] = ns
+            if code != 0:
+                self.note(f"S6 FAILED: the {bench_name} bench exited {code}; see "
+                          f"{self.work / 'criterion.log'}")
+                continue
+            for group, key, sizes in S6_CASES:
+                if group.startswith("route_") != (bench_name == "routes"):
+                    continue
+                for size in sizes:
+                    est = base / group / str(size) / "new" / "estimates.json"
+                    if not est.exists() or est.stat().st_mtime < started - 1:
+                        self.note(f"S6: no fresh {est}")
+                        continue
+                    ns = json.loads(est.read_text())["mean"]["point_estimate"]
+                    self.put("S6", f"{key}/{size}", "alb", ns)
+                    self.raw.setdefault("S6", {})[f"{key}/{size}"] = ns
 
     def s7(self):
         log(f"S7: a backend dying under load: {S7_CONNECTIONS} connections for {S7_DURATION} s, "
@@ -1252,9 +1340,151 @@ class Bench:
         self.check_negotiated("S10")
         self.stop_backends()
 
+    # -- S11: routing ----------------------------------------------------------------------------
 
-S6_ALGORITHMS = ["least_conn", "round_robin", "random", "p2c", "least_time"]
+    def s11(self):
+        log(f"S11: {SMALL_BODY} B GETs of {S11_PATH}, {S11_CONNECTIONS} connections, {DURATION} s "
+            f"each, through each balancer with 1 and with {S11_ROUTES} path-prefix routes; "
+            f"{S11_ROUNDS} round(s)")
+        self.start_backends(body=SMALL_BODY)
+        if "direct" in CONTENDERS:
+            # No balancer, no routes: the load core's ceiling, and core 0's background noise.
+            try:
+                res = self.load_run("S11-direct", "direct", S11_CONNECTIONS, path=S11_PATH)
+                self.put("S11", "rps1", "direct", res["rps"])
+                self.put("S11", "p99_1", "direct", res["p99_ms"])
+                self.put("S11", "lbcore", "direct", res["lb_core_busy"])
+                self.put("S11", "loadcore", "direct", res["load_core_busy"])
+            except BenchError as e:
+                self.note(f"S11 direct FAILED: {e}")
+        samples = {}  # contender -> metric -> [value of each round]
+        configs = (1, S11_ROUTES)
+        for r in range(S11_ROUNDS):
+            k = r % max(1, len(LBS))
+            order = LBS[k:] + LBS[:k]
+            # Which config runs first alternates: a drift of the machine over a round then falls
+            # on each config alike over two rounds.
+            first = configs if r % 2 == 0 else configs[::-1]
+            log(f"S11 round {r + 1} of {S11_ROUNDS}: {', '.join(order)}; routes "
+                f"{first[0]} then {first[1]}")
+            for contender in order:
+                got = {}
+                for routes in first:
+                    lb = None
+                    try:
+                        lb = self.start_lb(contender, routes=routes)
+                        res = self.load_run(f"S11-{routes}", contender, S11_CONNECTIONS, lb,
+                                            path=S11_PATH)
+                        if res["non2xx"] > 0.01 * res["requests"]:
+                            raise BenchError(f"{res['non2xx']} of {res['requests']} answers "
+                                             f"non-2xx with {routes} route(s): the request did "
+                                             f"not take its route (see {lb.proc.bench_log})")
+                        got[routes] = res
+                    except BenchError as e:
+                        self.note(f"S11 {contender} with {routes} route(s), round {r + 1} "
+                                  f"FAILED: {e}")
+                    finally:
+                        if lb:
+                            self.stop_lb(lb)
+                if len(got) != 2:
+                    continue
+                one, many = got[1], got[S11_ROUTES]
+                figures = {
+                    "rps1": one["rps"], "rps100": many["rps"],
+                    "rps_loss": 100.0 * (1.0 - many["rps"] / one["rps"]),
+                    "cpu1": one["cpu_us_per_req"], "cpu100": many["cpu_us_per_req"],
+                    "cpu_more": 100.0 * (many["cpu_us_per_req"] / one["cpu_us_per_req"] - 1.0),
+                    "p99_1": one["p99_ms"], "p99_100": many["p99_ms"],
+                    "lbcore": many["lb_core_busy"], "loadcore": many["load_core_busy"],
+                    "rss1": one["hwm_kib"] / 1024, "rss100": many["hwm_kib"] / 1024,
+                }
+                for metric, value in figures.items():
+                    samples.setdefault(contender, {}).setdefault(metric, []).append(value)
+                log(f"S11 {contender} round {r + 1}: {figures['rps1']:,.0f} -> "
+                    f"{figures['rps100']:,.0f} req/s ({figures['rps_loss']:+.1f} % fewer), "
+                    f"{figures['cpu1']:.2f} -> {figures['cpu100']:.2f} CPU us/req "
+                    f"({figures['cpu_more']:+.1f} %)")
+        # The costs are per round (two runs a few seconds apart: a pair shares the machine's state
+        # of the moment) and their mean is taken, not the cost of the medians: half the rounds
+        # ran each config first, so the mean cancels whatever the first run of a pair pays more
+        # (seen for alb: the first run the slower in 10 of 12 rounds). The others are medians.
+        for contender, metrics in samples.items():
+            for metric, values in metrics.items():
+                mean = metric in ("rps_loss", "cpu_more")
+                self.put("S11", metric, contender,
+                         statistics.fmean(values) if mean else statistics.median(values))
+        self.raw.setdefault("S11-rounds", {}).update(samples)
+        parts = []
+        for metric, label in (("rps_loss", "% fewer req/s"), ("cpu_more", "% more CPU/request"),
+                              ("cpu1", "CPU us/request with 1 route"),
+                              ("cpu100", f"with {S11_ROUTES}")):
+            per = [f"{c} " + " / ".join(f"{v:+.1f}" if metric in ("rps_loss", "cpu_more")
+                                        else f"{v:.2f}" for v in samples[c][metric])
+                   for c in LBS if metric in samples.get(c, {})]
+            if per:
+                parts.append(f"{label}: " + "; ".join(per))
+        for contender in LBS:
+            same = samples.get(contender, {}).get("cpu1", [])
+            if len(same) > 1 and max(same) > 1.10 * min(same):
+                self.note(f"S11 {contender}: the same 1-route config took {min(same):.2f} to "
+                          f"{max(same):.2f} CPU us/request from round to round "
+                          f"({100 * (max(same) / min(same) - 1):.0f} % apart): the machine was "
+                          f"noisy (with core {LB_CPU} otherwise idle, as direct's run shows, "
+                          f"this is the host: a VM's neighbours do not show in its load); the "
+                          f"wall-clock costs are not to be trusted to a few %, the instruction "
+                          f"counts are")
+        if parts and S11_ROUNDS > 1:
+            self.note(f"S11, each of the {S11_ROUNDS} rounds (the table has the means of the "
+                      f"costs, the medians of the rest; odd rounds ran 1 route first, even ones "
+                      f"{S11_ROUTES} first): " + ". ".join(parts))
+        # Instructions per request under callgrind, as S2 counts them (Ir after N2 requests minus
+        # Ir after N1, each a fresh process, ÷ (N2 − N1): start-up, config parsing included, and
+        # shut-down cancel out), with each config: deterministic where the CPU times above move
+        # by more than the 3 % target from one 10 s run to the next.
+        n1, n2 = S2_COUNTS
+        log(f"S11: instructions per request under callgrind with 1 and {S11_ROUTES} routes, "
+            f"{n1:,} and {n2:,} requests ({S2_CONCURRENCY} connections)")
+        for contender in LBS:
+            per = {}
+            for routes in configs:
+                try:
+                    irs = [self.callgrind_run(contender, n, routes=routes, scenario="S11")
+                           for n in (n1, n2)]
+                    per[routes] = (irs[1] - irs[0]) / (n2 - n1)
+                    self.raw.setdefault("S11-callgrind", {}).setdefault(contender, {})[
+                        str(routes)] = {"counts": [n1, n2], "ir": irs,
+                                        "ir_per_request": per[routes]}
+                    log(f"S11 {contender} with {routes} route(s): Ir {irs[0]:,} / {irs[1]:,} -> "
+                        f"{per[routes]:,.0f} per request")
+                except BenchError as e:
+                    self.note(f"S11 callgrind {contender} with {routes} route(s) FAILED: {e}")
+            if 1 in per:
+                self.put("S11", "ir1", contender, per[1])
+            if S11_ROUTES in per:
+                self.put("S11", "ir100", contender, per[S11_ROUTES])
+            if len(per) == 2:
+                self.put("S11", "ir_more", contender, 100.0 * (per[S11_ROUTES] / per[1] - 1.0))
+        self.stop_backends()
+
+
+S6_ALGORITHMS = ["least_conn", "round_robin", "random", "p2c", "least_time", "hash", "sticky"]
 S6_SIZES = [10, 1_000, 10_000]
+S6_ROUTE_SIZES = [1, 10, 100, 1_000]
+# (criterion group, metric key, sizes): the group's means are read from
+# <target>/criterion/<group>/<size>/new/estimates.json. select_hash is a consistent-hash pick by a
+# request key (hashed outside the timed loop), select_sticky finding the pool's cookie among a
+# request's cookies and mapping it to its backend; route_by_host and route_by_path find the route
+# of a request whose route is the last of 1 to 1,000 (one host each, or one path prefix each
+# under one host).
+S6_CASES = ([(f"select_{a}", a, S6_SIZES) for a in S6_ALGORITHMS]
+            + [("route_by_host", "route_by_host", S6_ROUTE_SIZES),
+               ("route_by_path", "route_by_path", S6_ROUTE_SIZES)])
+S6_LABELS = {
+    "hash": "select hash (consistent, by client key)",
+    "sticky": "select sticky (cookie to backend)",
+    "route_by_host": "route by host",
+    "route_by_path": "route by path prefix",
+}
 
 
 def lb_logs(work, contender):
@@ -1360,8 +1590,10 @@ ROWS = [
     ("S5", "per_conn", "S5 idle connections: LB KiB per connection ↓", "lo", 2),
     ("S5", "rss_open", "S5 idle connections: LB RSS MiB with all open ↓", "lo", 1),
 ] + [
-    ("S6", f"{a}/{n}", f"S6 select {a}, {n:,} backends: ns ↓", "lo", 1)
-    for a in S6_ALGORITHMS for n in S6_SIZES
+    ("S6", f"{key}/{n}", f"S6 {S6_LABELS.get(key, 'select ' + key)}, {n:,} "
+     f"{'route' if group.startswith('route_') else 'backend'}{'s' if n > 1 else ''}: ns ↓",
+     "lo", 1)
+    for group, key, sizes in S6_CASES for n in sizes
 ] + [
     ("S7", "requests", f"S7 backend killed every {S7_INTERVAL} s: requests completed", "", 0),
     ("S7", "failed", f"S7 backend killed every {S7_INTERVAL} s: requests failed ↓", "lo", 0),
@@ -1400,6 +1632,25 @@ ROWS = [
     ("S10", "loadcore", f"S10 TLS full handshakes: core {LOAD_CPU} (s_time, backends) busy %", "",
      0),
     ("S10", "rss", "S10 TLS full handshakes: LB peak RSS MiB ↓", "lo", 1),
+    ("S11", "rps1", "S11 small GETs, 1 route: req/s ↑", "hi", 0),
+    ("S11", "rps100", f"S11 small GETs, {S11_ROUTES} routes (the last taken): req/s ↑", "hi", 0),
+    ("S11", "rps_loss", f"S11 routing cost: % fewer req/s with {S11_ROUTES} routes than 1 "
+     "(no peer ratio) ↓", "", 1),
+    ("S11", "cpu1", "S11 1 route: LB CPU µs/request ↓", "lo", 2),
+    ("S11", "cpu100", f"S11 {S11_ROUTES} routes: LB CPU µs/request ↓", "lo", 2),
+    ("S11", "cpu_more", f"S11 routing cost: % more LB CPU per request with {S11_ROUTES} routes "
+     "than 1 (no peer ratio) ↓", "", 1),
+    ("S11", "p99_1", "S11 1 route: p99 ms ↓", "lo", 2),
+    ("S11", "p99_100", f"S11 {S11_ROUTES} routes: p99 ms ↓", "lo", 2),
+    ("S11", "lbcore", f"S11 {S11_ROUTES} routes: core {LB_CPU} (LB) busy %", "", 0),
+    ("S11", "loadcore", f"S11 {S11_ROUTES} routes: core {LOAD_CPU} (wrk, backends) busy %", "",
+     0),
+    ("S11", "ir1", "S11 callgrind, 1 route: instructions/request ↓", "lo", 0),
+    ("S11", "ir100", f"S11 callgrind, {S11_ROUTES} routes: instructions/request ↓", "lo", 0),
+    ("S11", "ir_more", f"S11 routing cost: % more instructions per request with {S11_ROUTES} "
+     "routes than 1 (no peer ratio) ↓", "", 1),
+    ("S11", "rss1", "S11 1 route: LB peak RSS MiB ↓", "lo", 1),
+    ("S11", "rss100", f"S11 {S11_ROUTES} routes: LB peak RSS MiB ↓", "lo", 1),
 ]
 
 
@@ -1434,8 +1685,14 @@ def target_for(scenario, metric, get):
         return "≥ nginx", None if alb is None or nginx is None else alb >= nginx
     if key == ("S5", "per_conn"):
         return "< 8 KiB", None if alb is None else alb < 8
-    if scenario == "S6" and metric.endswith(f"/{S6_SIZES[-1]}"):
-        return "flat: ≤ 2 × the 10-backend figure", None
+    if scenario == "S6":
+        case, size = metric.split("/")
+        sizes = next(sz for _, k, sz in S6_CASES if k == case)
+        if int(size) == sizes[-1]:
+            unit = "route" if case.startswith("route_") else "backend"
+            return f"flat: ≤ 2 × the {sizes[0]:,}-{unit} figure", None
+    if key in (("S11", "rps_loss"), ("S11", "cpu_more"), ("S11", "ir_more")):
+        return "≤ 3 %", None if alb is None else alb <= 3.0
     if key == ("S7", "failed"):
         return "0", None if alb is None else alb == 0
     return "", None
@@ -1471,9 +1728,10 @@ def build_table(results):
         if all(get(c) is None for c in ALL_CONTENDERS):
             continue
         text, met = target_for(scenario, metric, get)
-        if scenario == "S6" and metric.endswith(f"/{S6_SIZES[-1]}"):
-            algo = metric.split("/")[0]
-            small = results.get(("S6", f"{algo}/{S6_SIZES[0]}", "alb"))
+        if scenario == "S6" and text.startswith("flat"):
+            key = metric.split("/")[0]
+            sizes = next(sz for _, k, sz in S6_CASES if k == key)
+            small = results.get(("S6", f"{key}/{sizes[0]}", "alb"))
             met = None if small is None or get("alb") is None else get("alb") <= 2 * small
         mark = "" if met is None else ("yes" if met else "**no**")
         cells = [fmt(get(c), decimals) for c in ALL_CONTENDERS]
@@ -1566,7 +1824,7 @@ def main():
         bench.procs.stop_all()
     elapsed = time.monotonic() - started
 
-    for scenario in ("S1", "S4", "S8", "S9-plain"):
+    for scenario in ("S1", "S4", "S8", "S9-plain", "S11-direct"):
         direct = bench.raw.get(scenario, {}).get("direct")
         if direct and direct["lb_core_busy"] > 10:
             bench.note(f"{scenario}: core {LB_CPU} was {direct['lb_core_busy']:.0f} % busy during "
@@ -1591,8 +1849,10 @@ def main():
         f"S8 {S8_CONNECTIONS} WebSocket connections echoing {S8_SIZE} B binary messages one at a "
         f"time each (examples/ws_bench.rs); S9 {S9_CONNECTIONS} keep-alive connections over "
         f"TLS (wrk https), S10 {S10_CLIENTS} `openssl s_time -new` clients (full handshakes, "
-        f"no resumption), one ECDSA P-256 certificate, TLS 1.2 and 1.3 offered; nginx RSS is its "
-        f"worker's (the master adds {master_hwm(bench)}).",
+        f"no resumption), one ECDSA P-256 certificate, TLS 1.2 and 1.3 offered; S11 "
+        f"{S11_CONNECTIONS} connections GETting {S11_PATH} through {S11_ROUTES} path-prefix "
+        f"routes and through 1 (fresh process each, back to back, {S11_ROUNDS} round(s), "
+        f"costs the means of the rounds, the rest medians; instructions as in S2); nginx RSS is its worker's (the master adds {master_hwm(bench)}).",
     ]
     notes = ["", "Notes from this run:", ""] + [f"- {n}" for n in bench.notes] if bench.notes \
         else ["", "Notes from this run: none (no errors, no failed contender)."]
@@ -1616,7 +1876,7 @@ def main():
 
 
 def master_hwm(bench):
-    for scenario in ("S1", "S4", "S9"):
+    for scenario in ("S1", "S4", "S9", "S11-1"):
         r = bench.raw.get(scenario, {}).get("nginx", {})
         if not isinstance(r, dict):
             continue
@@ -1636,7 +1896,7 @@ Ratios are alb's figure divided by the peer's from the same run: above 1 is bett
 marked ↑, below 1 for those marked ↓. The figures are absolute for this machine only; the ratios
 and S2's instruction counts travel better.
 
-Re-run: `bench/run.sh` (about 11 minutes of scenarios, plus 2 to 3 minutes of build when the source
+Re-run: `bench/run.sh` (about 18 minutes of scenarios, plus 2 to 3 minutes of build when the source
 changed; `bench/run.sh --quick` checks the script in about 2).
 
 {doc}"""

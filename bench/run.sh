@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # alb's benchmark suite in one command: installs the tools it needs, builds alb (which is also the
 # test backend, `alb backend`; S8's WebSocket echo server and client are examples/ws_bench.rs),
-# then runs scenarios S1-S10 against direct, alb, nginx and HAProxy and writes a markdown table to
+# then runs scenarios S1-S11 against direct, alb, nginx and HAProxy and writes a markdown table to
 # bench/results/ (and, after a full run, BENCHMARKS.md).
 #
-#   bench/run.sh              full run, about 11 minutes (S9 and S10 take 6 of them; plus the build)
+#   bench/run.sh              full run, about 18 minutes (S9 and S10 take 6, S11 6; plus the build)
 #   bench/run.sh --quick      2 s per scenario, small counts: checks the script (BENCH_QUICK=1 too)
 #   BENCH_ONLY=S1,S2 BENCH_CONTENDERS=alb,nginx bench/run.sh    a subset (no BENCHMARKS.md update)
 #   BENCH_ONLY=S8 bench/run.sh   WebSocket echo messages/s through each proxy (builds ws_bench)
 #   BENCH_ONLY=S9,S10 bench/run.sh   TLS termination: keep-alive GETs, then full handshakes/s
+#   BENCH_ONLY=S11 bench/run.sh   routing: S1's load with 100 path-prefix routes against 1
 #   ALB_BIN=/path/to/alb bench/run.sh   that binary instead of building this tree (S6 still uses
 #                                       the tree: it is a criterion bench of the library)
 #
@@ -20,7 +21,7 @@ cd "$(dirname "$0")/.."
 for arg in "$@"; do
     case "$arg" in
         --quick) export BENCH_QUICK=1 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -74,12 +75,14 @@ if [[ -z ${ALB_BIN:-} ]]; then
     cargo build --release --quiet --bin alb
 fi
 if [[ -z ${BENCH_ONLY:-} || ${BENCH_ONLY^^} == *S6* ]]; then
-    log "building the criterion bench (S6)"
-    # bench.py runs the built executable itself: `cargo bench` would wait on the build directory
+    log "building the criterion benches (S6: benches/select.rs, benches/routes.rs)"
+    # bench.py runs the built executables itself: `cargo bench` would wait on the build directory
     # lock whenever someone else builds in this tree meanwhile.
     built=$(cargo bench --bench select --no-run 2>&1) || { printf '%s\n' "$built" >&2; exit 1; }
     BENCH_SELECT_EXE=$(sed -n 's/^ *Executable .*(\(.*\))$/\1/p' <<<"$built" | tail -1)
-    export BENCH_SELECT_EXE
+    built=$(cargo bench --bench routes --no-run 2>&1) || { printf '%s\n' "$built" >&2; exit 1; }
+    BENCH_ROUTES_EXE=$(sed -n 's/^ *Executable .*(\(.*\))$/\1/p' <<<"$built" | tail -1)
+    export BENCH_SELECT_EXE BENCH_ROUTES_EXE
 fi
 if [[ -z ${BENCH_ONLY:-} || ${BENCH_ONLY^^} == *S8* ]]; then
     log "building the WebSocket echo server and client (S8: examples/ws_bench.rs, release)"
