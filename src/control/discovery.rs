@@ -65,7 +65,13 @@ impl Discovered {
             };
             for ip in addrs {
                 let addr = SocketAddr::new(*ip, port);
-                let url = format!("http://{addr}");
+                // The scheme stays the name's: an https:// name's addresses speak TLS.
+                let scheme = if spec.url.starts_with("https://") {
+                    "https"
+                } else {
+                    "http"
+                };
+                let url = format!("{scheme}://{addr}");
                 if seen.insert(url.clone()) {
                     out.push(BackendSpec {
                         url,
@@ -318,4 +324,40 @@ fn resolver(config: &DiscoveryConfig) -> Result<TokioResolver, hickory_resolver:
     options.timeout = LOOKUP_TIMEOUT;
     options.attempts = 2;
     builder.build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_address_keeps_the_scheme_and_tls_of_its_name() {
+        let mut discovered = Discovered::default();
+        discovered.names.insert(
+            "backend".into(),
+            NameRecord {
+                addrs: vec!["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()],
+                ..NameRecord::default()
+            },
+        );
+        let config = crate::Config::from_toml(
+            "backends = [\"https://backend:8443\", \"http://backend:8080\"]\n",
+            "test",
+        )
+        .unwrap();
+        let urls: Vec<(String, bool)> = discovered
+            .expand(&config.backends)
+            .iter()
+            .map(|b| (b.url.clone(), b.tls.is_some()))
+            .collect();
+        assert_eq!(
+            urls,
+            [
+                ("https://10.0.0.1:8443".to_string(), true),
+                ("https://10.0.0.2:8443".to_string(), true),
+                ("http://10.0.0.1:8080".to_string(), false),
+                ("http://10.0.0.2:8080".to_string(), false),
+            ]
+        );
+    }
 }
