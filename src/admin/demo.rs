@@ -3,9 +3,11 @@
 //!
 //! The knobs are as open as reads (loopback clients without a token, others with it): they change
 //! nothing of the balancer, only the demo's in-process backends, and a newcomer trying the demo
-//! has no token. The regular write API keeps needing the token.
+//! has no token. The regular write API keeps needing the token. Since no token guards them, a
+//! browser's cross-site request (a page elsewhere posting to `localhost:9090`) is refused by its
+//! `Origin` header; curl sends none, and the dashboard's own page is same-origin.
 
-use http::{Method, StatusCode};
+use http::{Method, Request, StatusCode, header};
 
 use super::api::{Answer, error, json};
 use crate::demo::{DemoBackends, KnobError};
@@ -85,4 +87,17 @@ fn param<'q>(query: Option<&'q str>, key: &str) -> Option<&'q str> {
     query?
         .split('&')
         .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Whether a request either carries no `Origin` (curl, scripts) or comes from a page served by
+/// this admin listener (`Origin` is `http://` and its `Host`).
+pub fn same_origin<B>(req: &Request<B>) -> bool {
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return true;
+    };
+    let host = req.headers().get(header::HOST).map(|h| h.as_bytes());
+    match (origin.as_bytes().strip_prefix(b"http://"), host) {
+        (Some(origin), Some(host)) => origin == host,
+        _ => false,
+    }
 }

@@ -249,6 +249,13 @@ impl Admin {
             return denied;
         }
         if let Some((demo, rest)) = demo {
+            if !demo::same_origin(&req) {
+                return respond(
+                    StatusCode::FORBIDDEN,
+                    "application/json",
+                    "{\"error\": \"demo knobs are not turned from another site's page\"}",
+                );
+            }
             let (status, json) = demo::handle(demo, req.method(), rest, req.uri().query()).await;
             return respond(status, "application/json", json);
         }
