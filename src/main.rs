@@ -4,6 +4,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,7 +12,7 @@ use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
 use alb::config::EXPIRY_WARNING_DAYS;
-use alb::demo::{DemoBackend, backend_addrs};
+use alb::demo::{DemoBackend, DemoBackends, backend_addrs};
 use alb::server::handover::SOCKET_ENV;
 use alb::server::{Inherited, Program, upgrade};
 use alb::telemetry::{self, LogFormat};
@@ -56,11 +57,15 @@ enum Command {
         #[arg(long)]
         live: bool,
     },
-    /// Run the balancer with two built-in demo backends.
+    /// Run the balancer with two built-in demo backends, whose faults the admin listener turns
+    /// (`POST /api/demo/backends/1/kill`, `/revive`, `/latency?ms=200`, `/errors?rate=0.3`).
     Demo {
-        /// The balancer's address; the backends take the next two ports.
+        /// The balancer's address; the backends take the next two ports (ephemeral ones for 0).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// The admin listener's address (dashboard, API, demo knobs); 127.0.0.1:9090 by default.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
     },
     /// Run one demo backend: answers every path with a short text naming itself.
     Backend {
@@ -69,9 +74,15 @@ enum Command {
         /// Its name in answers; by default the host's name (a container's id under Docker).
         #[arg(long)]
         name: Option<String>,
-        /// Wait this long before answering each request.
-        #[arg(long, default_value_t = 0)]
-        delay_ms: u64,
+        /// Wait this long before answering each request (`--delay-ms` is the old name).
+        #[arg(long, alias = "delay-ms", default_value_t = 0, value_parser = clap::value_parser!(u64).range(..=alb::demo::MAX_LATENCY_MS))]
+        latency_ms: u64,
+        /// Add a uniform draw in -N..=N ms to each request's latency (not below zero).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(..=alb::demo::MAX_LATENCY_MS))]
+        latency_jitter_ms: u64,
+        /// Answer this share of requests (0 to 1) with 500.
+        #[arg(long, default_value_t = 0.0, value_parser = error_rate)]
+        error_rate: f64,
         /// Answer with this many bytes instead of the greeting (for benchmarks).
         #[arg(long)]
         body_bytes: Option<usize>,
@@ -344,11 +355,13 @@ async fn run(launch: Launch) -> anyhow::Result<()> {
     };
     match command {
         Command::Run { .. } => unreachable!("launched as Launch::Balancer"),
-        Command::Demo { listen } => demo(listen, shutdown).await?,
+        Command::Demo { listen, admin } => demo(listen, admin, shutdown).await?,
         Command::Backend {
             port,
             name,
-            delay_ms,
+            latency_ms,
+            latency_jitter_ms,
+            error_rate,
             body_bytes,
             host,
         } => {
@@ -361,10 +374,11 @@ async fn run(launch: Launch) -> anyhow::Result<()> {
                 "demo backend {name} listening on {}",
                 listener.local_addr()?
             );
-            let delay = Duration::from_millis(delay_ms);
             DemoBackend {
                 name,
-                delay,
+                latency: Duration::from_millis(latency_ms),
+                jitter: Duration::from_millis(latency_jitter_ms),
+                error_rate,
                 body_bytes,
             }
             .serve(listener, shutdown)
@@ -377,31 +391,71 @@ async fn run(launch: Launch) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn demo(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// `--error-rate`: a number from 0 to 1.
+fn error_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err(format!("{text:?} is not a number from 0 to 1")),
+    }
+}
+
+async fn demo(
+    listen: SocketAddr,
+    admin: Option<SocketAddr>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let (stop_backends, stopped) = tokio::sync::watch::channel(false);
     let mut urls = Vec::new();
     let mut tasks = Vec::new();
+    let mut handles = DemoBackends::default();
     for (i, addr) in backend_addrs(listen, 2).into_iter().enumerate() {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} for a demo backend"))?;
-        let url = format!("http://{}", listener.local_addr()?);
+        let bound = listener.local_addr()?;
+        let url = format!("http://{bound}");
         let backend = DemoBackend {
             name: format!("demo-{}", i + 1),
             ..DemoBackend::default()
         };
         println!("  backend {} at {url}", backend.name);
         urls.push(url);
+        let knobs = backend.knobs();
+        handles.push(backend.name.clone(), bound, knobs.clone());
         let mut stopped = stopped.clone();
-        tasks.push(tokio::spawn(backend.serve(listener, async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        })));
+        tasks.push(tokio::spawn(backend.serve_with(
+            listener,
+            knobs,
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        )));
     }
-    let server = Server::bind(Config::with_backends(listen, &urls)?).await?;
+    let mut config = Config::with_backends(listen, &urls)?;
+    // Checked every second, so that a kill or a revive shows within about two.
+    config.health_check.interval = Duration::from_secs(1);
+    config.health_check.timeout = Duration::from_secs(1);
+    if let Some(admin) = admin {
+        config.admin.listen = Some(admin);
+        config.admin.explicit = true;
+    }
+    let admin = config.admin.listen;
+    let server = Server::bind(config).await?.with_demo(Arc::new(handles));
     let addr = server.local_addr();
     println!("alb demo: balancer on http://{addr} (least_conn over the backends above)");
     println!("try: curl -i http://{addr}/");
-    println!("dashboard: http://127.0.0.1:9090/ (metrics at /metrics, API at /api/backends)");
+    match admin {
+        Some(admin) if admin.port() != 0 => {
+            println!("dashboard: http://{admin}/ (metrics at /metrics, API at /api/backends)");
+            println!("break things: curl -X POST http://{admin}/api/demo/backends/1/kill");
+            println!("  then .../1/revive, .../1/latency?ms=200, .../1/errors?rate=0.3;");
+            println!("  every knob: curl http://{admin}/api/demo/backends");
+        }
+        // An ephemeral port is known once `run` binds it: its `admin listening on` line says it.
+        _ => {
+            println!("dashboard, API and demo knobs (/api/demo/backends): see `admin listening on`")
+        }
+    }
     println!("stop with Ctrl-C");
     server.run(shutdown).await?;
     let _ = stop_backends.send(true);

@@ -156,14 +156,14 @@ struct NewBackend {
 /// An API answer: status and JSON body.
 pub type Answer = (StatusCode, String);
 
-fn json(status: StatusCode, value: &impl Serialize) -> Answer {
+pub(super) fn json(status: StatusCode, value: &impl Serialize) -> Answer {
     (
         status,
         serde_json::to_string_pretty(value).unwrap_or_default(),
     )
 }
 
-fn error(status: StatusCode, message: &str) -> Answer {
+pub(super) fn error(status: StatusCode, message: &str) -> Answer {
     json(status, &serde_json::json!({ "error": message }))
 }
 

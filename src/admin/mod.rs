@@ -3,10 +3,12 @@
 //!
 //! Reads are open to loopback clients; from elsewhere they need the token like writes do. Writes
 //! need `Authorization: Bearer <token>` (`admin.token` or `ALB_ADMIN_TOKEN`); with no token
-//! configured they are refused. The probes `/healthz` and `/readyz` are the exception: open to
+//! configured they are refused. Under `alb demo`, `/api/demo/...` turns the demo backends' fault
+//! knobs: those calls are as open as reads (see [`demo`]). The probes `/healthz` and `/readyz` are the exception: open to
 //! every source, because orchestrators probe from outside the pod and without credentials.
 
 mod api;
+mod demo;
 mod events;
 mod metrics;
 mod probes;
@@ -31,6 +33,7 @@ pub use api::{BackendView, Snapshot, snapshot};
 pub use events::EventsBody;
 pub use probes::{Lifecycle, Phase, readiness};
 
+use crate::demo::DemoBackends;
 use crate::proxy::Proxy;
 
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -54,17 +57,20 @@ impl AdminServer {
         token: Option<String>,
         proxy: Arc<Proxy>,
         lifecycle: Arc<Lifecycle>,
+        demo: Option<Arc<DemoBackends>>,
     ) -> std::io::Result<AdminServer> {
         let listener = TcpListener::bind(listen).await?;
-        AdminServer::serve_on(listener, token, proxy, lifecycle)
+        AdminServer::serve_on(listener, token, proxy, lifecycle, demo)
     }
 
     /// Serves on a listener bound already (one handed over by the alb this one replaces).
+    /// `demo`: the demo backends whose knobs `/api/demo/...` turns (`alb demo` only).
     pub fn serve_on(
         listener: TcpListener,
         token: Option<String>,
         proxy: Arc<Proxy>,
         lifecycle: Arc<Lifecycle>,
+        demo: Option<Arc<DemoBackends>>,
     ) -> std::io::Result<AdminServer> {
         let addr = listener.local_addr()?;
         let fd = std::os::fd::AsFd::as_fd(&listener).try_clone_to_owned()?;
@@ -74,6 +80,7 @@ impl AdminServer {
             token,
             lifecycle,
             stopped: stopped.clone(),
+            demo,
         });
         let task = tokio::spawn(serve(listener, admin, stopped));
         tracing::info!(
@@ -108,6 +115,7 @@ struct Admin {
     token: Option<String>,
     lifecycle: Arc<Lifecycle>,
     stopped: watch::Receiver<bool>,
+    demo: Option<Arc<DemoBackends>>,
 }
 
 async fn serve(listener: TcpListener, admin: Arc<Admin>, mut stopped: watch::Receiver<bool>) {
@@ -228,13 +236,29 @@ impl Admin {
         if let Some(probe) = self.probe(&req) {
             return probe;
         }
-        let write = api::is_write(req.method());
+        let path = req.uri().path().to_string();
+        let demo = self
+            .demo
+            .as_ref()
+            .and_then(|demo| Some((demo, path.strip_prefix("/api/demo/")?)));
+        // The demo's knobs are as open as reads; every other write needs the token.
+        let write = api::is_write(req.method()) && demo.is_none();
         if (write || !peer.ip().is_loopback())
             && let Some(denied) = self.denial(&req)
         {
             return denied;
         }
-        let path = req.uri().path().to_string();
+        if let Some((demo, rest)) = demo {
+            if !demo::same_origin(&req) {
+                return respond(
+                    StatusCode::FORBIDDEN,
+                    "application/json",
+                    "{\"error\": \"demo knobs are not turned from another site's page\"}",
+                );
+            }
+            let (status, json) = demo::handle(demo, req.method(), rest, req.uri().query()).await;
+            return respond(status, "application/json", json);
+        }
         match path.as_str() {
             "/" | "/dashboard" => respond(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD),
             "/metrics" => respond(

@@ -82,6 +82,8 @@ pub struct Server {
     upgrade: Arc<Upgrade>,
     /// Started by an upgrade: the rest of what the old process handed over.
     inherited: Option<Inherited>,
+    /// `alb demo`'s backends, for the admin listener's `/api/demo/...`.
+    demo: Option<Arc<crate::demo::DemoBackends>>,
 }
 
 /// A listening socket on `addr` with room for `backlog` connections the kernel has completed
@@ -146,6 +148,7 @@ impl Server {
             lifecycle: Arc::default(),
             upgrade: Arc::default(),
             inherited: None,
+            demo: None,
         })
     }
 
@@ -179,6 +182,12 @@ impl Server {
         self.upgrade.clone()
     }
 
+    /// Gives the admin listener the demo backends' knobs (`/api/demo/...`, `alb demo` only).
+    pub fn with_demo(mut self, demo: Arc<crate::demo::DemoBackends>) -> Server {
+        self.demo = Some(demo);
+        self
+    }
+
     /// Remembers the file the config came from, so that a reload (SIGHUP, admin API) re-reads it.
     pub fn with_source(mut self, path: std::path::PathBuf) -> Server {
         self.proxy = Arc::new(Proxy::with_source(&self.config, Some(path)));
@@ -196,14 +205,15 @@ impl Server {
         let Some(listen) = admin.listen else {
             return Ok(None);
         };
-        let (token, proxy, lifecycle) = (
+        let (token, proxy, lifecycle, demo) = (
             admin.token.clone(),
             self.proxy.clone(),
             self.lifecycle.clone(),
+            self.demo.clone(),
         );
         let started = match inherited {
-            Some(listener) => AdminServer::serve_on(listener, token, proxy, lifecycle),
-            None => AdminServer::start(listen, token, proxy, lifecycle).await,
+            Some(listener) => AdminServer::serve_on(listener, token, proxy, lifecycle, demo),
+            None => AdminServer::start(listen, token, proxy, lifecycle, demo).await,
         };
         match started {
             Ok(server) => {
