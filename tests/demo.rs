@@ -3,21 +3,18 @@
 //! and what alb does about it read back from `/api/backends`; `alb backend` with the same faults
 //! as flags.
 //!
-//! Each child is held by a [`Child`] guard that SIGKILLs it on drop; the normal path stops it with
-//! SIGTERM and checks the exit status. Synchronisation is on the lines the child prints and on the
+//! Each child is a `LoggedProcess` (SIGKILLed on drop); the normal path stops it with SIGTERM
+//! and checks the exit status. Synchronisation is on the lines the child prints and on the
 //! admin API's answers (polled with a deadline: a health state has no event to wait for from outside).
 
 mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::sync::mpsc;
 
 use common::*;
 
@@ -27,100 +24,31 @@ const PATIENCE: Duration = Duration::from_secs(10);
 /// Longest wait for a health state: the demo checks every second and needs two in a row; an ejection lasts 10 s.
 const HEALTH_PATIENCE: Duration = Duration::from_secs(15);
 
-/// A running `alb` child with stdout and stderr read line by line into one channel.
-struct Child {
-    child: tokio::process::Child,
-    pid: u32,
-    lines: mpsc::UnboundedReceiver<String>,
-    log: Vec<String>,
+/// Starts the real binary with `args`, its stdout and stderr collected (SIGKILLed on drop, its
+/// output shown when the test fails).
+fn spawn(args: &[&str]) -> binary::LoggedProcess {
+    binary::LoggedProcess::spawn_with_stdout("alb", std::path::Path::new(ALB), args, "info")
 }
 
-impl Child {
-    fn spawn(args: &[&str]) -> Child {
-        let mut child = tokio::process::Command::new(ALB)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn alb");
-        let pid = child.id().expect("child pid");
-        let (tx, lines) = mpsc::unbounded_channel();
-        forward(child.stdout.take().unwrap(), tx.clone());
-        forward(child.stderr.take().unwrap(), tx);
-        Child {
-            child,
-            pid,
-            lines,
-            log: Vec::new(),
-        }
-    }
-
-    /// Reads lines until one contains `prefix`; the address right after it.
-    async fn address_after(&mut self, prefix: &str) -> SocketAddr {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
-                Ok(Some(line)) => {
-                    self.log.push(line.clone());
-                    if let Some(start) = line.find(prefix) {
-                        let rest = &line[start + prefix.len()..];
-                        let end = rest.find([' ', '"', '(', ',', '/']).unwrap_or(rest.len());
-                        return rest[..end].parse().expect("an address");
-                    }
-                }
-                Ok(None) => panic!("alb closed its output before {prefix:?}"),
-                Err(_) => panic!("no {prefix:?} from alb within {PATIENCE:?}"),
-            }
-        }
-    }
-
-    /// SIGTERM, then its exit status (0 expected).
-    async fn stop(&mut self) {
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
-        let exit = tokio::time::timeout(PATIENCE, self.child.wait())
-            .await
-            .expect("alb exits after SIGTERM")
-            .expect("wait for alb");
-        assert_eq!(exit.code(), Some(0), "alb exits 0 on SIGTERM");
-    }
+/// The address right after `prefix` in the first line that holds it.
+async fn address_after(process: &binary::LoggedProcess, prefix: &str) -> SocketAddr {
+    let line = process.wait_line(prefix, 1, PATIENCE).await;
+    let start = line.find(prefix).expect("the line holds the prefix") + prefix.len();
+    let rest = &line[start..];
+    let end = rest.find([' ', '"', '(', ',', '/']).unwrap_or(rest.len());
+    rest[..end].parse().expect("an address")
 }
 
-fn forward(output: impl AsyncRead + Unpin + Send + 'static, tx: mpsc::UnboundedSender<String>) {
-    tokio::spawn(async move {
-        let mut reader = BufReader::new(output).lines();
-        while let Ok(Some(line)) = reader.next_line().await {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-        if std::thread::panicking() {
-            while let Ok(line) = self.lines.try_recv() {
-                self.log.push(line);
-            }
-            eprintln!("--- output of alb (pid {}) ---", self.pid);
-            for line in &self.log {
-                eprintln!("{line}");
-            }
-        }
-    }
+/// SIGTERM, then exit status 0.
+async fn stop(process: &mut binary::LoggedProcess) {
+    binary::LoggedProcess::signal(process.pid, "-TERM");
+    let exit = process.exit_status(PATIENCE).await;
+    assert_eq!(exit.code(), Some(0), "alb exits 0 on SIGTERM");
 }
 
 /// `alb demo` on port 0 everywhere, with the addresses it reports.
 struct Demo {
-    alb: Child,
+    alb: binary::LoggedProcess,
     balancer: SocketAddr,
     admin: SocketAddr,
     /// demo-1's and demo-2's addresses.
@@ -129,11 +57,11 @@ struct Demo {
 
 impl Demo {
     async fn start() -> Demo {
-        let mut alb = Child::spawn(&["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
-        let first = alb.address_after("backend demo-1 at http://").await;
-        let second = alb.address_after("backend demo-2 at http://").await;
-        let balancer = alb.address_after("balancer on http://").await;
-        let admin = alb.address_after("admin listening on http://").await;
+        let alb = spawn(&["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+        let first = address_after(&alb, "backend demo-1 at http://").await;
+        let second = address_after(&alb, "backend demo-2 at http://").await;
+        let balancer = address_after(&alb, "balancer on http://").await;
+        let admin = address_after(&alb, "admin listening on http://").await;
         let demo = Demo {
             alb,
             balancer,
@@ -295,7 +223,7 @@ async fn killed_backend_fails_over_with_no_failed_request_and_comes_back_on_revi
         "the cross-site kill changed nothing"
     );
 
-    demo.alb.stop().await;
+    stop(&mut demo.alb).await;
 }
 
 #[tokio::test]
@@ -341,7 +269,7 @@ async fn failing_backend_is_ejected_after_five_errors_then_traffic_goes_to_the_o
     ))
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    demo.alb.stop().await;
+    stop(&mut demo.alb).await;
 }
 
 #[tokio::test]
@@ -387,12 +315,12 @@ async fn slow_backend_gets_a_smaller_share_under_concurrent_load() {
         slow * 2 < fast,
         "the slow backend gets under a third of the requests: {share:?}"
     );
-    demo.alb.stop().await;
+    stop(&mut demo.alb).await;
 }
 
 #[tokio::test]
 async fn backend_flags_inject_errors_and_latency() {
-    let mut backend = Child::spawn(&[
+    let mut backend = spawn(&[
         "backend",
         "--port",
         "0",
@@ -403,9 +331,7 @@ async fn backend_flags_inject_errors_and_latency() {
         "--delay-ms",
         "100",
     ]);
-    let addr = backend
-        .address_after("demo backend flaky listening on ")
-        .await;
+    let addr = address_after(&backend, "demo backend flaky listening on ").await;
     let started = Instant::now();
     let (status, headers, body) = get(&client(), &format!("http://{addr}/")).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -415,7 +341,7 @@ async fn backend_flags_inject_errors_and_latency() {
         started.elapsed() >= Duration::from_millis(100),
         "--delay-ms still works, as --latency-ms"
     );
-    backend.stop().await;
+    stop(&mut backend).await;
 
     let output = tokio::process::Command::new(ALB)
         .args(["backend", "--port", "0", "--error-rate", "1.5"])

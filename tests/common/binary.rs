@@ -33,24 +33,46 @@ impl LoggedProcess {
 
     /// Starts `program args` with `RUST_LOG=rust_log`, stdout discarded.
     pub fn spawn(name: &str, program: &Path, args: &[&str], rust_log: &str) -> LoggedProcess {
+        LoggedProcess::start(name, program, args, rust_log, false)
+    }
+
+    /// The same, with what it prints on stdout collected among the lines too (`alb demo` prints
+    /// its addresses there).
+    pub fn spawn_with_stdout(
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        rust_log: &str,
+    ) -> LoggedProcess {
+        LoggedProcess::start(name, program, args, rust_log, true)
+    }
+
+    fn start(
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        rust_log: &str,
+        stdout: bool,
+    ) -> LoggedProcess {
         let mut child = Command::new(program)
             .args(args)
             .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(if stdout {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("start {name}: {e}"));
         let pid = child.id().expect("a pid");
         let lines = Arc::new(Mutex::new(Vec::new()));
-        let mut reader = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
-        let sink = lines.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = reader.next_line().await {
-                sink.lock().unwrap().push(line);
-            }
-        });
+        collect(child.stderr.take().expect("piped stderr"), &lines);
+        if let Some(out) = child.stdout.take() {
+            collect(out, &lines);
+        }
         LoggedProcess {
             child,
             pid,
@@ -128,6 +150,20 @@ impl LoggedProcess {
             ),
         }
     }
+}
+
+/// Appends each line `output` prints to `lines`, as it comes.
+fn collect(
+    output: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    lines: &Arc<Mutex<Vec<String>>>,
+) {
+    let mut reader = BufReader::new(output).lines();
+    let sink = lines.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = reader.next_line().await {
+            sink.lock().unwrap().push(line);
+        }
+    });
 }
 
 impl Drop for LoggedProcess {
