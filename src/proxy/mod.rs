@@ -217,9 +217,7 @@ impl Snapshot {
                 idempotent,
                 upgrade: upgrade.as_ref(),
             };
-            let reason = self
-                .explain
-                .then(|| self.explain_pick(plan, index, attempt));
+            let reason = self.explain.then(|| pool.explain_pick(index, attempt));
             let mut guard = InFlightGuard::new(backend.clone());
             let sent_at = Instant::now();
             let sent = match guard.acquire_slot(pool.queue_timeout).await {
@@ -327,11 +325,6 @@ impl Snapshot {
             backend: None,
             unsent: true,
         }))
-    }
-
-    /// Why `index` was picked: the pool's account of its pick.
-    fn explain_pick(&self, plan: &Plan<'_>, index: usize, attempt: u32) -> String {
-        plan.pool.explain_pick(index, attempt)
     }
 
     /// `x-alb-route`: the route that matched (`route[2]`, or `none` when the pool `default`
