@@ -22,6 +22,7 @@ pub mod deadline;
 pub mod demo;
 pub mod health;
 pub mod http1;
+pub mod http2;
 pub mod proxy;
 pub mod runtime;
 pub mod server;

@@ -2,6 +2,7 @@
 //! [`Config`] below (`validate`). Nothing on the request path ever sees raw config.
 
 mod error;
+mod http2;
 mod ipnet;
 mod pools;
 mod raw;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use crate::http1::Underscores;
 
 pub use error::{ConfigError, Problem};
+pub use http2::Http2Config;
 pub use ipnet::IpNet;
 pub use pools::{DEFAULT_POOL, HashConfig, HashKey, PoolConfig, StickyConfig};
 pub use routes::{
@@ -67,6 +69,8 @@ pub struct Config {
     pub upstream_tls: Option<std::sync::Arc<UpstreamTls>>,
     /// The TLS listener (`[tls]`); none: plain HTTP only.
     pub tls: Option<TlsConfig>,
+    /// `[http2]`: HTTP/2 from clients.
+    pub http2: Http2Config,
 }
 
 /// How backends given by a DNS name are found: one backend per address the name resolves to,

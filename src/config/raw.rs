@@ -25,6 +25,7 @@ pub struct RawConfig {
     pub proxy_protocol: Option<RawProxyProtocol>,
     pub upstream_tls: Option<RawUpstreamTls>,
     pub tls: Option<RawTls>,
+    pub http2: Option<RawHttp2>,
     pub hash_key: Option<String>,
     pub hash_balance: Option<f64>,
     pub sticky: Option<RawSticky>,
@@ -133,6 +134,17 @@ pub struct RawDiscovery {
     pub min_interval: Option<String>,
     pub max_interval: Option<String>,
     pub nameservers: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp2 {
+    pub tls: Option<bool>,
+    pub cleartext: Option<bool>,
+    pub max_concurrent_streams: Option<i64>,
+    pub stream_window: Option<RawSize>,
+    pub connection_window: Option<RawSize>,
+    pub max_resets_per_second: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

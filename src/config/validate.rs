@@ -108,6 +108,7 @@ pub(super) fn validate(mut raw: RawConfig, base: &Path) -> Result<Config, Vec<Pr
     let discovery = sections::discovery(raw.discovery.take().unwrap_or_default(), &mut problems);
     let proxy_protocol =
         sections::proxy_protocol(raw.proxy_protocol.take().unwrap_or_default(), &mut problems);
+    let http2 = super::http2::http2(raw.http2.take().unwrap_or_default(), &mut problems);
     let tls = raw
         .tls
         .take()
@@ -155,6 +156,7 @@ pub(super) fn validate(mut raw: RawConfig, base: &Path) -> Result<Config, Vec<Pr
         proxy_protocol,
         upstream_tls,
         tls,
+        http2,
     })
 }
 

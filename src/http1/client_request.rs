@@ -122,16 +122,8 @@ pub fn parse_client_request(
     for &((ns, ne), (vs, ve)) in &spans {
         let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
         let raw_name = &head[ns..ne];
-        // A plain loop: names are short, and a memchr call per field costs more (callgrind).
-        #[allow(clippy::manual_contains)]
-        let underscore = raw_name.iter().any(|&b| b == b'_');
-        if underscore {
-            match rules.underscores {
-                Underscores::Drop => continue,
-                Underscores::Refuse => return Err(bad("underscore in a field name")),
-                Underscores::Allow if reads_as_alb_field(raw_name) => continue,
-                Underscores::Allow => {}
-            }
+        if !keeps_field(raw_name, rules)? {
+            continue;
         }
         let name = HeaderName::from_bytes(raw_name).map_err(|_| bad("invalid field name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
@@ -172,6 +164,22 @@ pub fn parse_client_request(
 /// Whether `name`, read by a server that takes `_` for `-` and ignores case, repeats of either
 /// and either at the ends, is one of the fields that frame a request, route it, or that alb
 /// writes for this hop.
+/// Whether a field named `name` is forwarded under [`RequestRules::underscores`] (`Ok(false)`:
+/// left out), for requests of either HTTP version: the one place that rule is applied.
+pub fn keeps_field(name: &[u8], rules: &RequestRules) -> Result<bool, Rejected> {
+    // A plain loop: names are short, and a memchr call per field costs more (callgrind).
+    #[allow(clippy::manual_contains)]
+    let underscore = name.iter().any(|&b| b == b'_');
+    if !underscore {
+        return Ok(true);
+    }
+    match rules.underscores {
+        Underscores::Drop => Ok(false),
+        Underscores::Refuse => Err(bad("underscore in a field name")),
+        Underscores::Allow => Ok(!reads_as_alb_field(name)),
+    }
+}
+
 fn reads_as_alb_field(name: &[u8]) -> bool {
     let mut folded: SmallVec<[u8; 24]> = SmallVec::new();
     for &b in name {

@@ -124,6 +124,12 @@ fn asks_to_close(headers: &HeaderMap) -> bool {
     })
 }
 
+/// The Date field's value now, for answers written by another codec.
+pub fn date_value() -> http::HeaderValue {
+    DATE.with_borrow_mut(|date| http::HeaderValue::from_bytes(date.now()))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
+}
+
 /// The Date field, formatted once a second per thread.
 struct CachedDate {
     second: u64,

@@ -93,7 +93,7 @@ static REG_NAME: [bool; 256] = {
 /// bracketed IP literal, then digits. Stricter than the grammar where it costs nothing real: the
 /// host is never empty (an `http` URI with an empty host is invalid, RFC 9110 §4.2.1), a `%` must
 /// start an escape, and `,` is refused (it would make X-Forwarded-Host read as a list).
-pub(super) fn is_authority(value: &[u8]) -> bool {
+pub fn is_authority(value: &[u8]) -> bool {
     let (host, port) = if let Some(rest) = value.strip_prefix(b"[") {
         let Some(close) = rest.iter().position(|&b| b == b']') else {
             return false;

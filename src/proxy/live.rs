@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::http1::ClientBody;
+use crate::upstream::IncomingBody;
 use arc_swap::ArcSwap;
 use http::{Request, Response};
 
@@ -96,7 +96,7 @@ impl Proxy {
     /// Proxies one request on the snapshot current when it arrived.
     pub async fn handle(
         &self,
-        req: Request<ClientBody>,
+        req: Request<IncomingBody>,
         client: &ClientInfo,
     ) -> Response<ResponseBody> {
         let snapshot = self.snapshot.load_full();

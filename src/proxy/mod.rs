@@ -94,7 +94,7 @@ impl Snapshot {
     /// Proxies one request. Never fails: every error becomes a response.
     pub async fn handle(
         &self,
-        req: Request<crate::http1::ClientBody>,
+        req: Request<crate::upstream::IncomingBody>,
         client: &ClientInfo,
     ) -> Response<ResponseBody> {
         let started = Instant::now();

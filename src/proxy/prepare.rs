@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use crate::http1::ClientBody;
+use crate::upstream::IncomingBody;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request};
 use http_body_util::BodyExt;
@@ -50,7 +50,7 @@ impl Snapshot {
     /// The head is encoded here, once, whatever the number of attempts.
     pub(super) async fn prepare(
         &self,
-        req: Request<ClientBody>,
+        req: Request<IncomingBody>,
         client: &ClientInfo,
         max_body_buffer: u64,
     ) -> Result<Outbound, ProxyError> {
@@ -116,7 +116,7 @@ impl Snapshot {
 
     /// Reads a small body (its length is known and at most `retry.max_body_buffer`) within the
     /// body idle timeout.
-    async fn read_whole(&self, body: ClientBody) -> Result<Bytes, ProxyError> {
+    async fn read_whole(&self, body: IncomingBody) -> Result<Bytes, ProxyError> {
         let limit = self.timeouts.client_body_idle;
         match tokio::time::timeout(limit, body.collect()).await {
             Ok(Ok(collected)) => Ok(collected.to_bytes()),

@@ -28,6 +28,13 @@ pub struct ProxyStats {
     pub rate_limited: AtomicU64,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
+    /// Client connections and requests by the HTTP version they spoke (label `protocol`).
+    pub h1_connections: AtomicU64,
+    pub h1_requests: AtomicU64,
+    pub h2_connections: AtomicU64,
+    pub h2_requests: AtomicU64,
+    /// HTTP/2 connections closed with ENHANCE_YOUR_CALM for resetting streams too fast.
+    pub h2_reset_floods: AtomicU64,
     /// Connections closed before their PROXY protocol header was taken, by [`HeaderRefusal`].
     proxy_header_refused: [AtomicU64; HeaderRefusal::ALL.len()],
     /// TLS handshakes that failed, by [`TlsFailure`].

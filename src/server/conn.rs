@@ -27,12 +27,14 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::deadline::Deadline;
 use crate::http1::{
     BodyDecoder, BodyWrite, ClientBody, ClientRequest, ClientStream, ClientWriteHalf, Framing,
-    ReadSide, ReadSlot, Rejected, RequestRules, encode_response_head, parse_client_request,
+    Prefixed, ReadSide, ReadSlot, Rejected, RequestRules, encode_response_head,
+    parse_client_request,
 };
 use crate::http1::{poll_write_within, write_all_within};
 use crate::proxy::{ClientInfo, Proxy, ProxyStats, ResponseBody};
-use crate::upstream::METHOD_CLASSES;
+use crate::upstream::{IncomingBody, METHOD_CLASSES};
 
+use super::h2_connection::serve_h2;
 use super::proxy_protocol::{HeaderFailure, Source, read_header};
 use super::shutdown::Shutdown;
 
@@ -82,6 +84,9 @@ pub struct ConnSettings {
     /// A PROXY protocol header must come first (the source is a trusted balancer; see
     /// `proxy_protocol`), read within `header_timeout`.
     pub proxy_header: bool,
+    pub http2: crate::config::Http2Config,
+    /// `timeouts.drain`: how long a closing HTTP/2 connection's streams may take to finish.
+    pub drain: Duration,
 }
 
 /// Why no request came.
@@ -133,6 +138,25 @@ pub async fn serve_connection(
         }
         _ => client,
     };
+    if settings.http2.cleartext
+        && let Some(reader) = side.as_mut()
+    {
+        match starts_with_preface(reader, settings.header_timeout).await {
+            None => return,
+            Some(false) => {}
+            Some(true) => {
+                let Some(reader) = side.take() else {
+                    return;
+                };
+                if let Ok(ClientStream::Plain(tcp)) = reader.half.reunite(write) {
+                    let stream = Prefixed::new(reader.buf, tcp);
+                    serve_h2(stream, proxy, client, settings, shutdown.clone(), _seat).await;
+                }
+                return;
+            }
+        }
+    }
+    proxy.stats().h1_connections.fetch_add(1, Ordering::Relaxed);
     let mut fresh = true;
     loop {
         let Some(reader) = side.as_mut() else {
@@ -178,6 +202,7 @@ pub async fn serve_connection(
                 return linger(write, side).await;
             }
         };
+        proxy.stats().h1_requests.fetch_add(1, Ordering::Relaxed);
         let ClientRequest {
             parts,
             framing,
@@ -187,7 +212,7 @@ pub async fn serve_connection(
         let head_request = parts.method == Method::HEAD;
         let version = parts.version;
         let wants_continue = expects_continue.then(|| Arc::new(AtomicBool::new(false)));
-        let body = match framing {
+        let body = IncomingBody::Http1(match framing {
             Framing::Empty | Framing::Length(0) => ClientBody::empty(),
             _ => match side.take() {
                 Some(reader) => ClientBody::new(
@@ -198,7 +223,7 @@ pub async fn serve_connection(
                 ),
                 None => return,
             },
-        };
+        });
         let request = Request::from_parts(parts, body);
         let mut client_write = ClientWrite {
             half: &mut write,
@@ -286,6 +311,31 @@ pub async fn serve_connection(
     }
 }
 
+/// The connection preface every HTTP/2 client sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the client opened with the HTTP/2 preface (h2c by prior knowledge), read within
+/// `limit`; what was read stays in the buffer for whichever protocol it is. `None`: the client
+/// closed or said nothing in time.
+async fn starts_with_preface(reader: &mut ReadSide, limit: Duration) -> Option<bool> {
+    let sniff = async {
+        loop {
+            let n = reader.buf.len().min(H2_PREFACE.len());
+            if reader.buf[..n] != H2_PREFACE[..n] {
+                return Some(false);
+            }
+            if n == H2_PREFACE.len() {
+                return Some(true);
+            }
+            match poll_fn(|cx| reader.poll_fill(cx, H2_PREFACE.len() - n)).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(limit, sniff).await.ok().flatten()
+}
+
 /// Counts and logs a connection closed for want of a good PROXY protocol header. Logged at
 /// info: the source is a trusted balancer, so this is a misconfiguration worth seeing.
 pub(super) fn refuse_header(proxy: &Proxy, client: &ClientInfo, failure: &HeaderFailure) {
@@ -317,7 +367,7 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// the connection: the second value is then false and nothing more may be written on it.
 async fn handle(
     proxy: &Proxy,
-    request: Request<ClientBody>,
+    request: Request<IncomingBody>,
     client: &ClientInfo,
     write: &mut ClientWrite<'_>,
     wants_continue: Option<&AtomicBool>,

@@ -7,6 +7,7 @@
 //! PROXY protocol setting and drain; after the handshake a connection is served like a plain one.
 
 mod conn;
+mod h2_connection;
 pub mod handover;
 pub mod proxy_protocol;
 mod shutdown;
@@ -423,6 +424,8 @@ impl Server {
                 underscores: config.underscores_in_headers,
             },
             proxy_header: proxy_protocol.enabled,
+            http2: config.http2,
+            drain: timeouts.drain,
         })
     }
 

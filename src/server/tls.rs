@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::conn::{ConnSettings, Seat, refuse_header, serve_connection};
+use super::h2_connection::serve_h2;
 use super::proxy_protocol::{Source, read_header};
 use super::shutdown::Shutdown;
 use crate::config::crypto_provider;
@@ -33,14 +34,19 @@ const BACKLOG: i32 = 1024;
 
 /// The server side of every TLS handshake: TLS 1.2 and 1.3 with rustls' default cipher suites
 /// (AEAD only, forward secret), resumption by tickets (keys rotated by rustls every 6 hours) and
-/// by a session cache, and ALPN `http/1.1` alone (alb speaks no h2 yet: a client offering only
-/// h2 is refused rather than misled).
+/// by a session cache, and ALPN `h2` (unless `http2.tls` is off) and `http/1.1`. The protocol
+/// list is fixed when the listener starts: a reload does not change it.
 pub fn server_config(proxy: Arc<Proxy>) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let h2 = proxy.snapshot().config().http2.tls;
     let mut config = ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { proxy }));
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = if h2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
     Ok(Arc::new(config))
@@ -106,6 +112,10 @@ pub async fn serve_tls(
         proxy_header: false,
         ..settings
     };
+    if session.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let client = client.over(Scheme::Https);
+        return serve_h2(session, proxy, client, settings, shutdown, seat).await;
+    }
     serve_connection(
         ClientStream::Tls(Box::new(session)),
         proxy,

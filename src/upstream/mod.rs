@@ -26,7 +26,7 @@ use crate::config::{BackendAddr, BackendSpec, BackendTls};
 pub use conn::{ConnectError, UpstreamConn};
 pub use limit::{ConnectionLimit, QueueError};
 pub use pool::ConnectionPool;
-pub use request_body::{BodyError, BodyLimits, RequestBody, Streamed};
+pub use request_body::{BodyError, BodyLimits, IncomingBody, IncomingError, RequestBody, Streamed};
 pub use session::{Answer, Progress, SessionError, SessionRequest, Unanswered, exchange};
 pub use stats::{
     BackendStats, Histogram, LATENCY_BUCKETS, METHOD_CLASSES, STATUS_CLASSES, method_class,

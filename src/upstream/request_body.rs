@@ -7,8 +7,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::http1::{ClientBody, ClientBodyError};
+use crate::http2::RecvBody;
 use bytes::Bytes;
-use http_body::{Body, Frame};
+use http_body::{Body, Frame, SizeHint};
 
 use crate::deadline::Deadline;
 
@@ -21,7 +22,52 @@ pub enum BodyError {
     #[error("client sent no body data for {0:?}")]
     Idle(Duration),
     #[error("client body broke off: {0}")]
-    Client(#[source] ClientBodyError),
+    Client(#[source] IncomingError),
+}
+
+/// A request body as the client's connection delivers it, whichever HTTP version it speaks:
+/// the one seam where a client-side protocol plugs into the proxy's request path.
+#[derive(Debug)]
+pub enum IncomingBody {
+    Http1(ClientBody),
+    Http2(RecvBody),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IncomingError {
+    #[error("{0}")]
+    Http1(#[from] ClientBodyError),
+    #[error("HTTP/2 stream failed: {0}")]
+    Http2(#[from] h2::Error),
+}
+
+impl Body for IncomingBody {
+    type Data = Bytes;
+    type Error = IncomingError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, IncomingError>>> {
+        match self.get_mut() {
+            IncomingBody::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            IncomingBody::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            IncomingBody::Http1(body) => body.is_end_stream(),
+            IncomingBody::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            IncomingBody::Http1(body) => body.size_hint(),
+            IncomingBody::Http2(body) => body.size_hint(),
+        }
+    }
 }
 
 /// Limits a streamed request body is held to.
@@ -43,7 +89,7 @@ pub enum RequestBody {
 
 #[derive(Debug)]
 pub struct Streamed {
-    body: ClientBody,
+    body: IncomingBody,
     limits: BodyLimits,
     received: u64,
     /// `client_body_idle`, counted from when alb began waiting for the next piece.
@@ -53,7 +99,7 @@ pub struct Streamed {
 }
 
 impl RequestBody {
-    pub fn client(body: ClientBody, limits: BodyLimits) -> RequestBody {
+    pub fn client(body: IncomingBody, limits: BodyLimits) -> RequestBody {
         let chunked = body.size_hint().exact().is_none();
         RequestBody::Client(Box::new(Streamed {
             body,
@@ -135,7 +181,7 @@ mod tests {
             buf: BytesMut::new(),
         };
         let decoder = BodyDecoder::new(Framing::Length(6));
-        let body = ClientBody::new(side, decoder, ReadSlot::default(), None);
+        let body = IncomingBody::Http1(ClientBody::new(side, decoder, ReadSlot::default(), None));
         let limits = BodyLimits {
             max_bytes: None,
             idle: Duration::from_millis(300),
