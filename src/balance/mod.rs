@@ -116,6 +116,7 @@ mod tests {
                     max_connections: None,
                     dns_name: None,
                     tls: None,
+                    http2: false,
                 }))
             })
             .collect()

@@ -208,6 +208,8 @@ pub struct BackendSpec {
     pub dns_name: Option<String>,
     /// For an `https://` backend: how its TLS is spoken.
     pub tls: Option<BackendTls>,
+    /// Spoken to in HTTP/2: `h2c://`, or `https://` with `upstream_tls.http2`.
+    pub http2: bool,
 }
 
 /// How an `https://` backend is reached: the TLS client of its config, and the name its

@@ -108,6 +108,7 @@ pub struct RawUpstreamTls {
     pub cert: Option<String>,
     pub key: Option<String>,
     pub verify: Option<bool>,
+    pub http2: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -28,6 +28,8 @@ pub struct UpstreamTls {
     /// `upstream_tls.server_name`: the name verified (and sent as SNI) instead of the URL's host.
     pub server_name: Option<ServerName<'static>>,
     pub verify: bool,
+    /// `upstream_tls.http2`: `https://` backends are spoken to in HTTP/2 (ALPN `h2` alone).
+    pub http2: bool,
     /// The settings and the files' contents: two loads are the same TLS identity exactly when
     /// this is equal (a reload that rotates a certificate under the same path changes it).
     fingerprint: u64,
@@ -69,6 +71,8 @@ pub(super) fn upstream_tls(
     let mut fingerprint = DefaultHasher::new();
     let verify = raw.verify.unwrap_or(true);
     verify.hash(&mut fingerprint);
+    let http2 = raw.http2.unwrap_or(false);
+    http2.hash(&mut fingerprint);
     let server_name = raw.server_name.as_deref().and_then(|name| {
         name.hash(&mut fingerprint);
         match ServerName::try_from(name.to_string()) {
@@ -112,12 +116,18 @@ pub(super) fn upstream_tls(
         },
         None => builder.with_no_client_auth(),
     };
-    // HTTP/1.1 is all alb speaks to backends.
-    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // One protocol per backend, chosen by the config, never by the handshake: a pool whose
+    // backends negotiate different protocols would balance different things.
+    client.alpn_protocols = if http2 {
+        vec![b"h2".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     Some(Arc::new(UpstreamTls {
         client: Arc::new(client),
         server_name,
         verify,
+        http2,
         fingerprint: fingerprint.finish(),
     }))
 }

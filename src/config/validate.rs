@@ -180,6 +180,7 @@ fn attach_tls(backends: &mut [BackendSpec], client: &std::sync::Arc<super::Upstr
             client: client.clone(),
             server_name,
         });
+        spec.http2 = client.http2;
     }
 }
 
@@ -301,7 +302,7 @@ fn backend_weight(key: &str, weight: Option<i64>, problems: &mut Problems) -> u3
     }
 }
 
-/// Accepts `http://host[:port][/]` and `https://...` only: no path prefix, query, user info or
+/// Accepts `http://host[:port][/]`, `https://...` and `h2c://...` (HTTP/2 by prior knowledge) only: no path prefix, query, user info or
 /// other scheme, since alb would otherwise silently drop them.
 fn backend_url(key: &str, url: &str, weight: u32, problems: &mut Problems) -> Option<BackendSpec> {
     let mut fail = |reason: String| {
@@ -318,9 +319,10 @@ fn backend_url(key: &str, url: &str, weight: u32, problems: &mut Problems) -> Op
     let (scheme, default_port) = match uri.scheme_str() {
         Some("http") => ("http", 80),
         Some("https") => ("https", 443),
+        Some("h2c") => ("h2c", 80),
         Some(other) => {
             return fail(format!(
-                "scheme {other:?} is not supported, use http:// or https://"
+                "scheme {other:?} is not supported, use http://, https:// or h2c://"
             ));
         }
         None => return fail("missing scheme, write it as http://host:port".into()),
@@ -370,5 +372,6 @@ fn backend_url(key: &str, url: &str, weight: u32, problems: &mut Problems) -> Op
         max_connections: None,
         dns_name: None,
         tls: None,
+        http2: scheme == "h2c",
     })
 }

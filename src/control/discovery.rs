@@ -65,12 +65,9 @@ impl Discovered {
             };
             for ip in addrs {
                 let addr = SocketAddr::new(*ip, port);
-                // The scheme stays the name's: an https:// name's addresses speak TLS.
-                let scheme = if spec.url.starts_with("https://") {
-                    "https"
-                } else {
-                    "http"
-                };
+                // The scheme stays the name's: an https:// name's addresses speak TLS, an
+                // h2c:// name's HTTP/2.
+                let scheme = spec.url.split("://").next().unwrap_or("http");
                 let url = format!("{scheme}://{addr}");
                 if seen.insert(url.clone()) {
                     out.push(BackendSpec {

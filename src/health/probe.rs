@@ -30,6 +30,58 @@ pub async fn probe(backend: &Backend, config: &HealthCheckConfig) -> Result<u16,
 }
 
 async fn probe_once(backend: &Backend, config: &HealthCheckConfig) -> Result<u16, ProbeError> {
+    let status = if backend.is_http2() {
+        probe_h2(backend, config).await?
+    } else {
+        probe_h1(backend, config).await?
+    };
+    if status.is_success() || status.is_redirection() {
+        Ok(status.as_u16())
+    } else {
+        Err(ProbeError::Status(status.as_u16()))
+    }
+}
+
+/// `GET <path>` on a new HTTP/2 connection, as the backend's traffic is spoken: a backend that
+/// answers HTTP/1.1 probes but not HTTP/2 must not be UP.
+async fn probe_h2(
+    backend: &Backend,
+    config: &HealthCheckConfig,
+) -> Result<http::StatusCode, ProbeError> {
+    let conn = UpstreamConn::open(backend.addr(), backend.tls(), config.timeout).await?;
+    let broken = |e: h2::Error| UpstreamError::Io(std::io::Error::other(format!("HTTP/2: {e}")));
+    let (client, connection) = h2::client::handshake(conn.into_parts().0)
+        .await
+        .map_err(broken)?;
+    let driving = tokio::spawn(connection);
+    let scheme = if backend.tls().is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let uri = format!(
+        "{scheme}://{}{}",
+        backend.host_header().to_str().unwrap_or("localhost"),
+        config.path
+    );
+    let request = http::Request::get(uri)
+        .header(http::header::USER_AGENT, "alb-health-check")
+        .body(())
+        .map_err(|e| UpstreamError::Io(std::io::Error::other(e)))?;
+    let answer = async {
+        let mut client = client.ready().await?;
+        let (response, _) = client.send_request(request, true)?;
+        response.await
+    };
+    let result = answer.await;
+    driving.abort();
+    Ok(result.map_err(broken)?.status())
+}
+
+async fn probe_h1(
+    backend: &Backend,
+    config: &HealthCheckConfig,
+) -> Result<http::StatusCode, ProbeError> {
     let mut conn = UpstreamConn::open(backend.addr(), backend.tls(), config.timeout).await?;
     let mut request = BytesMut::with_capacity(128 + config.path.len());
     request.put_slice(b"GET ");
@@ -51,10 +103,5 @@ async fn probe_once(backend: &Backend, config: &HealthCheckConfig) -> Result<u16
             return Err(UpstreamError::Closed.into());
         }
     };
-    let status = head.status;
-    if status.is_success() || status.is_redirection() {
-        Ok(status.as_u16())
-    } else {
-        Err(ProbeError::Status(status.as_u16()))
-    }
+    Ok(head.status)
 }

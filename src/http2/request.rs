@@ -133,3 +133,43 @@ fn join_cookies(headers: &mut HeaderMap) {
         headers.insert(header::COOKIE, value);
     }
 }
+
+/// The HTTP/2 request for a backend, read back from the HTTP/1.1 head alb encoded for it
+/// (`http1::encode_request_head`, the one place forwarded fields are written, whichever
+/// protocol carries them): Host becomes `:authority`, the framing and connection-specific
+/// fields are left out (DATA frames delimit the body), and `te: trailers` says alb relays
+/// trailers, which gRPC servers require.
+pub fn request_from_head(head: &[u8], scheme: &str) -> Option<http::Request<()>> {
+    let mut fields = [httparse::EMPTY_HEADER; 128];
+    let mut parsed = httparse::Request::new(&mut fields);
+    // A head alb wrote itself; it may lack its final blank line (no Host: see RequestHead).
+    parsed.parse(head).ok()?;
+    let method = http::Method::from_bytes(parsed.method?.as_bytes()).ok()?;
+    let path = parsed.path?;
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 1);
+    let mut authority = None;
+    for field in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes()).ok()?;
+        if name == header::HOST {
+            authority = Some(std::str::from_utf8(field.value).ok()?.to_owned());
+            continue;
+        }
+        if is_connection_specific(&name) || name == header::CONTENT_LENGTH {
+            continue;
+        }
+        headers.append(name, HeaderValue::from_bytes(field.value).ok()?);
+    }
+    headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    let uri = Uri::builder()
+        .scheme(scheme)
+        .authority(authority?)
+        .path_and_query(path)
+        .build()
+        .ok()?;
+    let mut request = http::Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = http::Version::HTTP_2;
+    *request.headers_mut() = headers;
+    Some(request)
+}

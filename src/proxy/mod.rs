@@ -6,6 +6,7 @@
 mod access_log;
 mod affinity;
 mod error;
+mod h2_body;
 mod headers;
 mod live;
 mod pool;
@@ -136,12 +137,20 @@ impl Snapshot {
         {
             route::strip_prefix(&mut req, prefix);
         }
+        // A gRPC caller's deadline bounds the wait for the answer like `timeouts.request`.
+        let deadline = match (
+            plan.timeouts.request,
+            crate::http2::grpc::timeout(req.headers()),
+        ) {
+            (Some(limit), Some(caller)) => Some(limit.min(caller)),
+            (limit, caller) => limit.or(caller),
+        };
         let outbound = match self.prepare(req, client, plan.retry.max_body_buffer).await {
             Ok(outbound) => outbound,
             Err(error) => return self.local_response(&error, None, log, method),
         };
         let arrival = Arrival { started, method };
-        let result = match plan.timeouts.request {
+        let result = match deadline {
             Some(limit) => {
                 tokio::time::timeout(limit, self.dispatch(&plan, outbound, &mut log, arrival))
                     .await
@@ -231,7 +240,7 @@ impl Snapshot {
             let more = counted + 1 < retry.attempts;
             let Unanswered { error, progress } = match sent {
                 Ok(answer) => {
-                    let status = answer.response.status.as_u16();
+                    let status = answer.status().as_u16();
                     backend.record_response(arrival.method, status, sent_at.elapsed());
                     let outliers = pool.outliers();
                     if outliers.counts_status(status) {
@@ -354,11 +363,14 @@ impl Snapshot {
         log: Option<Box<AccessRecord>>,
         arrival: Arrival,
     ) -> Response<ResponseBody> {
-        let Answer {
-            response,
-            conn,
-            upload,
-        } = answer;
+        let (response, conn, upload) = match answer {
+            Answer::Http1 {
+                response,
+                conn,
+                upload,
+            } => (response, conn, upload),
+            Answer::Http2(answer) => return self.respond_h2(plan, answer, guard, log, arrival),
+        };
         let ResponseHead {
             status,
             framing,
@@ -370,10 +382,10 @@ impl Snapshot {
             return self.switch_protocols(plan.timeouts, conn, fields, protocol, guard, log);
         }
         let upstream = UpstreamParts {
-            conn,
+            conn: Some(conn),
             upload,
             fields: Some(fields),
-            guard,
+            guard: Some(guard),
             log,
             outliers: plan.pool.outliers().clone(),
             idle_limit: plan.timeouts.upstream_idle,
@@ -384,6 +396,45 @@ impl Snapshot {
         let body = UpstreamBody::new(BodyDecoder::new(framing), status.as_u16(), upstream);
         let mut response = Response::new(ResponseBody::Upstream(Box::new(body)));
         *response.status_mut() = status;
+        response
+    }
+
+    /// Wraps an HTTP/2 backend's response: its fields (connection-specific ones cannot be
+    /// there: h2 refuses them) go on the head, its body streams with the guard.
+    fn respond_h2(
+        &self,
+        plan: &Plan<'_>,
+        answer: upstream::H2Answer,
+        guard: InFlightGuard,
+        log: Option<Box<AccessRecord>>,
+        arrival: Arrival,
+    ) -> Response<ResponseBody> {
+        let (head, stream) = answer.response.into_parts();
+        let length = head
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        let mut parts = UpstreamParts {
+            conn: None,
+            upload: None,
+            fields: None,
+            guard: Some(guard),
+            log,
+            outliers: plan.pool.outliers().clone(),
+            idle_limit: plan.timeouts.upstream_idle,
+            reusable: false,
+            started: arrival.started,
+            stats: self.stats.clone(),
+        };
+        let settlement = response_body::Settlement::new(head.status.as_u16(), &mut parts);
+        let body = h2_body::H2UpstreamBody::new(
+            crate::http2::RecvBody::new(stream, length),
+            settlement,
+            plan.timeouts.upstream_idle,
+        );
+        let mut response = Response::new(ResponseBody::Http2(Box::new(body)));
+        *response.status_mut() = head.status;
+        *response.headers_mut() = head.headers;
         response
     }
 

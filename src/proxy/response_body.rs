@@ -25,6 +25,8 @@ pub enum ResponseBodyError {
     Idle(Duration),
     #[error("the request body, still being sent, failed on the client's side")]
     ClientBody,
+    #[error("backend's HTTP/2 stream failed: {0}")]
+    Stream(#[source] h2::Error),
 }
 
 /// The upstream body is boxed: it is large (connection, guard, the backend's fields) and the
@@ -33,6 +35,8 @@ pub enum ResponseBodyError {
 #[derive(Debug)]
 pub enum ResponseBody {
     Upstream(Box<UpstreamBody>),
+    /// From an HTTP/2 backend: its fields are in the response's head.
+    Http2(Box<super::h2_body::H2UpstreamBody>),
     /// A `101`: no body; the connection becomes this tunnel once the head is written.
     Tunnel(Box<super::Tunnel>),
     /// A short answer alb makes itself (errors).
@@ -44,6 +48,7 @@ impl ResponseBody {
     pub fn upstream_fields(&self) -> Option<&RawFields> {
         match self {
             ResponseBody::Upstream(body) => body.fields(),
+            ResponseBody::Http2(_) => None,
             ResponseBody::Tunnel(tunnel) => Some(tunnel.fields()),
             ResponseBody::Local(_) => None,
         }
@@ -60,6 +65,7 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
         match self.get_mut() {
             ResponseBody::Upstream(body) => body.poll(cx),
+            ResponseBody::Http2(body) => body.poll(cx),
             ResponseBody::Tunnel(_) => Poll::Ready(None),
             ResponseBody::Local(body) => Pin::new(body).poll_frame(cx).map_err(|e| match e {}),
         }
@@ -68,6 +74,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Upstream(body) => body.is_end_stream(),
+            ResponseBody::Http2(body) => body.is_end_stream(),
             ResponseBody::Tunnel(_) => true,
             ResponseBody::Local(body) => body.is_end_stream(),
         }
@@ -76,6 +83,7 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ResponseBody::Upstream(body) => body.size_hint(),
+            ResponseBody::Http2(body) => body.size_hint(),
             ResponseBody::Tunnel(_) => SizeHint::with_exact(0),
             ResponseBody::Local(body) => body.size_hint(),
         }
@@ -99,25 +107,72 @@ pub struct UpstreamBody {
     /// A break found while data was still to be passed on: reported on the next poll.
     deferred: Option<UpstreamError>,
     break_deferred: bool,
-    guard: Option<InFlightGuard>,
-    log: Option<Box<AccessRecord>>,
-    outliers: Option<std::sync::Arc<OutlierDetector>>,
-    status: u16,
+    settlement: Settlement,
     bytes: u64,
     idle_limit: Duration,
     /// `upstream_idle`, counted from when alb began waiting for the next piece (see `poll`).
     idle: Deadline,
+}
+
+/// What every response body from a backend settles once it ends, however it ends (to its end,
+/// broken, cut by the client): statistics, passive health, the access-log line, and the
+/// in-flight count. **The in-flight guard of a streamed response is released here and only
+/// here**, so that least_conn counts a request until its body's last byte.
+#[derive(Debug)]
+pub(super) struct Settlement {
+    guard: Option<InFlightGuard>,
+    log: Option<Box<AccessRecord>>,
+    outliers: Option<std::sync::Arc<OutlierDetector>>,
+    status: u16,
     started: std::time::Instant,
     stats: std::sync::Arc<super::ProxyStats>,
+}
+
+impl Settlement {
+    pub(super) fn new(status: u16, parts: &mut UpstreamParts) -> Settlement {
+        Settlement {
+            guard: parts.guard.take(),
+            log: parts.log.take(),
+            outliers: Some(parts.outliers.clone()),
+            status,
+            started: parts.started,
+            stats: parts.stats.clone(),
+        }
+    }
+
+    /// Settles the response after `bytes` reached the client; runs once. The guard comes back
+    /// for the caller to drop once it has put the connection back (if it may).
+    pub(super) fn settle(&mut self, outcome: Outcome, bytes: u64) -> Option<InFlightGuard> {
+        let guard = self.guard.take()?;
+        let backend = guard.backend();
+        self.stats.request_duration.observe(self.started.elapsed());
+        self.stats
+            .bytes_to_clients
+            .fetch_add(bytes, Ordering::Relaxed);
+        backend
+            .stats()
+            .bytes_sent
+            .fetch_add(bytes, Ordering::Relaxed);
+        if matches!(outcome, Outcome::UpstreamBroken | Outcome::UpstreamIdle)
+            && let Some(outliers) = self.outliers.take()
+        {
+            outliers.record_failure(backend, outcome.as_str());
+        }
+        if let Some(log) = self.log.take() {
+            log.finish(self.status, Some(backend.url()), bytes, outcome);
+        }
+        Some(guard)
+    }
 }
 
 /// What an [`UpstreamBody`] needs besides the body itself.
 #[derive(Debug)]
 pub struct UpstreamParts {
-    pub conn: UpstreamConn,
+    pub conn: Option<UpstreamConn>,
     pub upload: Option<Upload>,
     pub fields: Option<RawFields>,
-    pub guard: InFlightGuard,
+    /// Taken by the body's [`Settlement`].
+    pub guard: Option<InFlightGuard>,
     pub log: Option<Box<AccessRecord>>,
     pub outliers: std::sync::Arc<OutlierDetector>,
     pub idle_limit: Duration,
@@ -140,24 +195,19 @@ enum Next {
 }
 
 impl UpstreamBody {
-    pub fn new(decoder: BodyDecoder, status: u16, parts: UpstreamParts) -> UpstreamBody {
+    pub fn new(decoder: BodyDecoder, status: u16, mut parts: UpstreamParts) -> UpstreamBody {
         let mut body = UpstreamBody {
             decoder,
-            conn: Some(parts.conn),
+            settlement: Settlement::new(status, &mut parts),
+            conn: parts.conn,
             upload: parts.upload,
             fields: parts.fields,
             reusable: parts.reusable,
             deferred: None,
             break_deferred: false,
-            guard: Some(parts.guard),
-            log: parts.log,
-            outliers: Some(parts.outliers),
-            status,
             bytes: 0,
             idle_limit: parts.idle_limit,
             idle: Deadline::default(),
-            started: parts.started,
-            stats: parts.stats,
         };
         if body.decoder.is_done() {
             // No body at all (HEAD, 204, 304, a zero length): the connection is free already.
@@ -282,38 +332,19 @@ impl UpstreamBody {
         }
     }
 
-    /// Releases the in-flight count, returns the connection to the pool if it ended cleanly,
-    /// reports broken bodies to passive health, and writes the access-log line. Runs once.
+    /// Returns the connection to the pool if the body ended cleanly, and settles the response.
     fn finish(&mut self, outcome: Outcome) {
-        let Some(guard) = self.guard.take() else {
+        let Some(guard) = self.settlement.settle(outcome, self.bytes) else {
             return;
         };
         let conn = self
             .conn
             .take()
             .filter(|c| self.reusable && self.upload.is_none() && c.buf.is_empty());
-        let backend = guard.backend();
-        self.stats.request_duration.observe(self.started.elapsed());
-        self.stats
-            .bytes_to_clients
-            .fetch_add(self.bytes, Ordering::Relaxed);
-        backend
-            .stats()
-            .bytes_sent
-            .fetch_add(self.bytes, Ordering::Relaxed);
-        match (outcome, conn) {
-            (Outcome::Complete, Some(conn)) if self.decoder.is_done() => {
-                backend.pool().checkin(conn);
-            }
-            (Outcome::UpstreamBroken | Outcome::UpstreamIdle, _) => {
-                if let Some(outliers) = self.outliers.take() {
-                    outliers.record_failure(backend, outcome.as_str());
-                }
-            }
-            _ => {}
-        }
-        if let Some(log) = self.log.take() {
-            log.finish(self.status, Some(backend.url()), self.bytes, outcome);
+        if let (Outcome::Complete, Some(conn)) = (outcome, conn)
+            && self.decoder.is_done()
+        {
+            guard.backend().pool().checkin(conn);
         }
     }
 }

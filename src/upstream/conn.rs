@@ -34,6 +34,9 @@ pub enum ConnectError {
     /// was told to expect.
     #[error("TLS handshake with the backend failed: {0}")]
     Handshake(io::Error),
+    /// The HTTP/2 connection preface could not be exchanged.
+    #[error("HTTP/2 handshake with the backend failed: {0}")]
+    Http2(h2::Error),
 }
 
 #[derive(Debug)]

@@ -6,6 +6,7 @@
 //! for balancing decisions, and no other memory is published through it.
 
 mod conn;
+mod h2_session;
 mod limit;
 mod pool;
 mod request_body;
@@ -24,6 +25,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use crate::config::{BackendAddr, BackendSpec, BackendTls};
 
 pub use conn::{ConnectError, UpstreamConn};
+pub use h2_session::{H2Answer, H2Connection};
 pub use limit::{ConnectionLimit, QueueError};
 pub use pool::ConnectionPool;
 pub use request_body::{BodyError, BodyLimits, IncomingBody, IncomingError, RequestBody, Streamed};
@@ -123,6 +125,8 @@ struct Cold {
     retired: AtomicBool,
     retire: Notify,
     pool: ConnectionPool,
+    http2: bool,
+    h2: H2Connection,
     limit: Option<ConnectionLimit>,
 }
 
@@ -158,6 +162,8 @@ impl Backend {
                 retired: AtomicBool::new(false),
                 retire: Notify::new(),
                 pool: ConnectionPool::default(),
+                http2: spec.http2,
+                h2: H2Connection::default(),
                 limit: spec
                     .max_connections
                     .map(|max| ConnectionLimit::new(max, queue)),
@@ -189,6 +195,16 @@ impl Backend {
     /// `host:port`, the Host header for requests that came without one and for health checks.
     pub fn tls(&self) -> Option<&BackendTls> {
         self.cold.tls.as_ref()
+    }
+
+    /// Spoken to in HTTP/2 (`h2c://`, or `https://` with `upstream_tls.http2`).
+    pub fn is_http2(&self) -> bool {
+        self.cold.http2
+    }
+
+    /// The HTTP/2 connection to this backend (unused for HTTP/1.1 backends).
+    pub(crate) fn h2(&self) -> &H2Connection {
+        &self.cold.h2
     }
 
     pub fn host_header(&self) -> &HeaderValue {

@@ -111,6 +111,23 @@ impl RequestBody {
     }
 }
 
+/// As a body, for protocols that take one (HTTP/2 streams).
+impl Body for Streamed {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        Streamed::poll_frame(self.get_mut(), cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+}
+
 impl Streamed {
     pub fn is_chunked(&self) -> bool {
         self.chunked

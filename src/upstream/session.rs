@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::h2_session::{H2Answer, exchange_h2};
 use super::request_body::{BodyError, RequestBody};
 use super::upload::{Upload, UploadError};
 use super::{Backend, ConnectError, QueueError, UpstreamConn};
@@ -36,13 +37,26 @@ pub struct SessionRequest<'a> {
     pub upgrade: Option<&'a http::HeaderValue>,
 }
 
-/// A backend's response head and the connection it came on.
+/// A backend's response head, with what its body will come through.
 #[derive(Debug)]
-pub struct Answer {
-    pub response: ResponseHead,
-    pub conn: UpstreamConn,
-    /// The rest of the request body, when the backend answered before it was all sent.
-    pub upload: Option<Upload>,
+pub enum Answer {
+    Http1 {
+        response: ResponseHead,
+        /// The connection it came on, which carries the body.
+        conn: UpstreamConn,
+        /// The rest of the request body, when the backend answered before it was all sent.
+        upload: Option<Upload>,
+    },
+    Http2(H2Answer),
+}
+
+impl Answer {
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            Answer::Http1 { response, .. } => response.status,
+            Answer::Http2(answer) => answer.response.status(),
+        }
+    }
 }
 
 /// Why a session with a backend failed.
@@ -95,6 +109,11 @@ pub async fn exchange(
     mut body: RequestBody,
     timeouts: &Timeouts,
 ) -> Result<Answer, Unanswered> {
+    if backend.is_http2() {
+        return Box::pin(exchange_h2(backend, request, body, timeouts))
+            .await
+            .map(Answer::Http2);
+    }
     let mut stale_tries = 0;
     loop {
         let pooled = if stale_tries < STALE_CONNECTION_TRIES {
@@ -131,7 +150,7 @@ pub async fn exchange(
         let exchanged = exchange_on(&mut conn, request, &mut body, timeouts).await;
         let broken = match exchanged {
             Ok((response, upload)) => {
-                return Ok(Answer {
+                return Ok(Answer::Http1 {
                     response,
                     conn,
                     upload,

@@ -17,6 +17,7 @@ fn backend(url: &str, weight: u32) -> Arc<Backend> {
         max_connections: None,
         dns_name: None,
         tls: None,
+        http2: false,
     }))
 }
 

@@ -1,0 +1,254 @@
+//! The session with an HTTP/2 backend (`h2c://`, or `https://` with `upstream_tls.http2`): one
+//! connection per backend carries every request as a stream of its own, so that least_conn and
+//! p2c count streams (each request holds its in-flight guard as on HTTP/1.1) while the backend
+//! sees one connection. Requests beyond the backend's SETTINGS_MAX_CONCURRENT_STREAMS wait in
+//! h2 for a stream to end, within `timeouts.response`.
+//!
+//! How far a request got maps onto the same [`Progress`] as HTTP/1.1: a stream the backend
+//! refused (REFUSED_STREAM) or left out of a GOAWAY was not processed (RFC 9113 §8.7), and its
+//! body, when kept, goes elsewhere as unsent.
+
+use std::future::poll_fn;
+use std::pin::{Pin, pin};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use h2::{Reason, RecvStream, SendStream};
+use tokio::task::JoinHandle;
+
+use super::request_body::{BodyError, RequestBody, Streamed};
+use super::session::{Progress, SessionError, SessionRequest, Unanswered};
+use super::{Backend, ConnectError, UpstreamConn};
+use crate::config::Timeouts;
+use crate::http1::UpstreamError;
+use crate::http2::{SendError, request_from_head, send_body};
+
+/// Streams alb lets a backend's connection carry before it waits for one to end, whatever the
+/// backend allows; and the flow-control windows it offers for response bodies.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// The HTTP/2 connection alb keeps to one backend: a handle to open streams on it. The
+/// connection itself runs in a task of its own (h2's), which ends when the backend closes it or
+/// when the backend is dropped with its last handle.
+#[derive(Default)]
+pub struct H2Connection {
+    live: Mutex<Option<SendRequest<Bytes>>>,
+}
+
+impl std::fmt::Debug for H2Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("H2Connection")
+    }
+}
+
+impl H2Connection {
+    /// The kept handle, or a new connection; ready for one more stream within `wait`.
+    async fn ready(
+        &self,
+        backend: &Backend,
+        timeouts: &Timeouts,
+    ) -> Result<SendRequest<Bytes>, SessionError> {
+        let kept = self.lock().clone();
+        let handle = match kept {
+            Some(handle) => handle,
+            None => self.connect(backend, timeouts).await?,
+        };
+        match tokio::time::timeout(timeouts.response, handle.ready()).await {
+            Ok(Ok(ready)) => Ok(ready),
+            Ok(Err(e)) => {
+                // Closed or going away: the next request opens another.
+                self.lock().take();
+                Err(SessionError::Broken(h2_failure(&e)))
+            }
+            Err(_) => Err(SessionError::Timeout(timeouts.response)),
+        }
+    }
+
+    async fn connect(
+        &self,
+        backend: &Backend,
+        timeouts: &Timeouts,
+    ) -> Result<SendRequest<Bytes>, ConnectError> {
+        let opening = UpstreamConn::open(backend.addr(), backend.tls(), timeouts.connect);
+        let stream = Box::pin(opening).await?.into_parts().0;
+        let mut builder = h2::client::Builder::new();
+        builder
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW);
+        let handshake = builder.handshake::<_, Bytes>(stream);
+        let (handle, connection) = match tokio::time::timeout(timeouts.connect, handshake).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => return Err(ConnectError::Http2(e)),
+            Err(_) => return Err(ConnectError::Timeout(timeouts.connect)),
+        };
+        let url = backend.url().to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(backend = url, error = %e, "HTTP/2 connection to a backend ended");
+            }
+        });
+        *self.lock() = Some(handle.clone());
+        Ok(handle)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<SendRequest<Bytes>>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A backend's answer on an HTTP/2 stream: its head, and its body still to come.
+#[derive(Debug)]
+pub struct H2Answer {
+    pub response: http::Response<RecvStream>,
+}
+
+fn h2_failure(e: &h2::Error) -> UpstreamError {
+    UpstreamError::Io(std::io::Error::other(format!("HTTP/2: {e}")))
+}
+
+/// One attempt on an HTTP/2 `backend`.
+pub async fn exchange_h2(
+    backend: &Backend,
+    request: &SessionRequest<'_>,
+    body: RequestBody,
+    timeouts: &Timeouts,
+) -> Result<H2Answer, Unanswered> {
+    let scheme = if backend.tls().is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let Some(head) = request_from_head(&request.head, scheme) else {
+        return Err(Unanswered {
+            error: SessionError::Framing("the request cannot be carried in HTTP/2"),
+            progress: Progress::Final,
+        });
+    };
+    let mut sender = match backend.h2().ready(backend, timeouts).await {
+        Ok(sender) => sender,
+        Err(error) => {
+            backend.request_recheck();
+            return Err(Unanswered {
+                error,
+                progress: Progress::Unsent(body),
+            });
+        }
+    };
+    let end = matches!(body, RequestBody::Empty);
+    let (response, send) = match sender.send_request(head, end) {
+        Ok(pair) => pair,
+        Err(e) => {
+            backend.h2().lock().take();
+            return Err(Unanswered {
+                error: SessionError::Broken(h2_failure(&e)),
+                progress: Progress::Unsent(body),
+            });
+        }
+    };
+    let kept = match &body {
+        RequestBody::Empty => Some(RequestBody::Empty),
+        RequestBody::Buffered(bytes) => Some(RequestBody::Buffered(bytes.clone())),
+        RequestBody::Client(_) => None,
+    };
+    let upload = match body {
+        RequestBody::Empty => None,
+        RequestBody::Buffered(bytes) => {
+            let mut send = send;
+            // Kept bodies are small (`retry.max_body_buffer`): h2 holds what the window
+            // does not let out yet.
+            let _ = send.send_data(bytes, true);
+            None
+        }
+        RequestBody::Client(streamed) => Some(tokio::spawn(upload(streamed, send, timeouts.write))),
+    };
+    match await_head(response, upload, timeouts.response).await {
+        Ok(response) => Ok(H2Answer { response }),
+        Err(Failed::Client(e)) => Err(Unanswered {
+            error: SessionError::Client(e),
+            progress: Progress::Final,
+        }),
+        Err(Failed::Late) => Err(Unanswered {
+            error: SessionError::Timeout(timeouts.response),
+            progress: Progress::NoAnswerInTime,
+        }),
+        Err(Failed::Stream(e)) => {
+            let unprocessed =
+                e.reason() == Some(Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote());
+            if e.is_go_away() || e.is_io() {
+                backend.h2().lock().take();
+            }
+            let progress = match kept {
+                Some(body) if unprocessed => Progress::Unsent(body),
+                _ => Progress::NoAnswer,
+            };
+            Err(Unanswered {
+                error: SessionError::Broken(h2_failure(&e)),
+                progress,
+            })
+        }
+    }
+}
+
+enum Failed {
+    Client(BodyError),
+    Late,
+    Stream(h2::Error),
+}
+
+/// Waits for the response head. **The response timeout starts when the upload ends**, as on
+/// HTTP/1.1: a client streaming a long body (a client-streaming gRPC call) is not the backend
+/// being slow. A client whose body fails ends the attempt as the client's doing.
+async fn await_head(
+    response: h2::client::ResponseFuture,
+    mut upload: Option<JoinHandle<Result<(), BodyError>>>,
+    limit: Duration,
+) -> Result<http::Response<RecvStream>, Failed> {
+    let mut response = pin!(response);
+    let mut deadline = upload.is_none().then(|| Instant::now() + limit);
+    loop {
+        tokio::select! {
+            head = &mut response => return head.map_err(Failed::Stream),
+            done = poll_fn(|cx| match upload.as_mut() {
+                Some(task) => Pin::new(task).poll(cx),
+                None => std::task::Poll::Pending,
+            }), if upload.is_some() => {
+                upload = None;
+                if let Ok(Err(e)) = done {
+                    return Err(Failed::Client(e));
+                }
+                deadline = Some(Instant::now() + limit);
+            }
+            () = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => return Err(Failed::Late),
+        }
+    }
+}
+
+/// Sends a streamed client body on its stream, beside the response (a bidirectional gRPC call
+/// needs both at once). A body the client breaks off resets the stream.
+async fn upload(
+    mut body: Box<Streamed>,
+    mut send: SendStream<Bytes>,
+    write_limit: Duration,
+) -> Result<(), BodyError> {
+    match send_body(&mut send, Pin::new(&mut *body), write_limit).await {
+        Ok(()) => Ok(()),
+        Err(SendError::Body(e)) => {
+            send.send_reset(Reason::CANCEL);
+            Err(e)
+        }
+        Err(SendError::Stalled(_)) => {
+            send.send_reset(Reason::CANCEL);
+            Ok(())
+        }
+        // The backend ended the stream: its answer (or its reset) tells the rest.
+        Err(SendError::Peer(_)) => Ok(()),
+    }
+}
