@@ -143,6 +143,38 @@ impl Collector for ProxyCollector {
             "Requests refused with 429 by a route's rate limit",
             &[(vec![], stats.rate_limited.load(Ordering::Relaxed))],
         )?;
+        let protocol = |name: &str| vec![("protocol", name.to_string())];
+        counter(
+            &mut encoder,
+            "client_connections",
+            "Client connections accepted, by the HTTP version they spoke.",
+            &[
+                (
+                    protocol("http/1.1"),
+                    stats.h1_connections.load(Ordering::Relaxed),
+                ),
+                (protocol("h2"), stats.h2_connections.load(Ordering::Relaxed)),
+            ],
+        )?;
+        counter(
+            &mut encoder,
+            "client_requests",
+            "Client requests (HTTP/2: streams) received, by the HTTP version they came in.",
+            &[
+                (
+                    protocol("http/1.1"),
+                    stats.h1_requests.load(Ordering::Relaxed),
+                ),
+                (protocol("h2"), stats.h2_requests.load(Ordering::Relaxed)),
+            ],
+        )?;
+        counter(
+            &mut encoder,
+            "h2_reset_floods",
+            "HTTP/2 connections closed with ENHANCE_YOUR_CALM for cancelling streams faster than \
+             http2.max_resets_per_second.",
+            &[(vec![], stats.h2_reset_floods.load(Ordering::Relaxed))],
+        )?;
 
         let upstream: Vec<_> = backends
             .iter()
