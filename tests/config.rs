@@ -779,3 +779,59 @@ fn proxy_protocol_problems_name_their_keys() {
         "enable",
     );
 }
+
+#[test]
+fn http2_defaults_and_values() {
+    let config = parse(ONE_BACKEND);
+    assert!(config.http2.tls && !config.http2.cleartext);
+    assert_eq!(config.http2.max_concurrent_streams, 128);
+    let config = parse(&format!(
+        "{ONE_BACKEND}[http2]\ntls = false\ncleartext = true\nmax_concurrent_streams = 10\n\
+         stream_window = \"64KiB\"\nconnection_window = \"2MiB\"\nmax_resets_per_second = 5\n"
+    ));
+    assert!(!config.http2.tls && config.http2.cleartext);
+    assert_eq!(config.http2.max_concurrent_streams, 10);
+    assert_eq!(config.http2.stream_window, 65_536);
+    assert_eq!(config.http2.connection_window, 2 << 20);
+    assert_eq!(config.http2.max_resets_per_second, 5);
+}
+
+#[test]
+fn http2_problems_name_their_keys() {
+    // Below HTTP/2's smallest window (RFC 9113 §6.9.2: 65,535).
+    reject_one(
+        &format!("{ONE_BACKEND}[http2]\nstream_window = 1000\n"),
+        "http2.stream_window",
+    );
+    reject_one(
+        &format!("{ONE_BACKEND}[http2]\nconnection_window = \"4GiB\"\n"),
+        "http2.connection_window",
+    );
+    reject_one(
+        &format!("{ONE_BACKEND}[http2]\nstream_window = \"1MiB\"\nconnection_window = \"512KiB\"\n"),
+        "http2.connection_window",
+    );
+    reject_one(
+        &format!("{ONE_BACKEND}[http2]\nmax_concurrent_streams = 0\n"),
+        "http2.max_concurrent_streams",
+    );
+    reject_one(
+        &format!("{ONE_BACKEND}[http2]\nmax_resets_per_second = -1\n"),
+        "http2.max_resets_per_second",
+    );
+}
+
+#[test]
+fn h2c_backends_speak_http2_and_https_ones_only_when_asked() {
+    let config = parse("backends = [\"h2c://127.0.0.1:50051\", \"http://127.0.0.1:8080\"]\n");
+    assert_eq!(config.backends[0].url, "h2c://127.0.0.1:50051");
+    assert!(config.backends[0].http2);
+    assert!(!config.backends[1].http2);
+    let config = parse("backends = [\"h2c://grpc.internal\"]\n");
+    assert_eq!(config.backends[0].url, "h2c://grpc.internal:80");
+    let config = parse("backends = [\"https://127.0.0.1:8443\"]\n[upstream_tls]\nhttp2 = true\n");
+    assert!(config.backends[0].http2);
+    assert!(config.upstream_tls.as_ref().is_some_and(|tls| tls.http2));
+    let config = parse("backends = [\"https://127.0.0.1:8443\"]\n");
+    assert!(!config.backends[0].http2);
+}
