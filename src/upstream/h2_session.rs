@@ -10,12 +10,13 @@
 
 use std::future::poll_fn;
 use std::pin::{Pin, pin};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::client::SendRequest;
 use h2::{Reason, RecvStream, SendStream};
+use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
 use super::request_body::{BodyError, RequestBody, Streamed};
@@ -33,10 +34,16 @@ const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 /// The HTTP/2 connection alb keeps to one backend: a handle to open streams on it. The
 /// connection itself runs in a task of its own (h2's), which ends when the backend closes it or
 /// when the backend is dropped with its last handle.
+///
+/// Requests that find no connection share the one being opened (the cell makes the connect a
+/// single flight), so a burst of requests to a new backend opens one connection, not one each.
 #[derive(Default)]
 pub struct H2Connection {
-    live: Mutex<Option<SendRequest<Bytes>>>,
+    live: Mutex<Generation>,
 }
+
+/// One connection's lifetime: set once connected, replaced by a new, empty one when it fails.
+type Generation = Arc<OnceCell<SendRequest<Bytes>>>;
 
 impl std::fmt::Debug for H2Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -45,58 +52,69 @@ impl std::fmt::Debug for H2Connection {
 }
 
 impl H2Connection {
-    /// The kept handle, or a new connection; ready for one more stream within `wait`.
+    /// The connection (opened if there is none), ready for one more stream within
+    /// `timeouts.response`; with its generation, to [`Self::forget`] it should it fail.
     async fn ready(
         &self,
         backend: &Backend,
         timeouts: &Timeouts,
-    ) -> Result<SendRequest<Bytes>, SessionError> {
-        let kept = self.lock().clone();
-        let handle = match kept {
-            Some(handle) => handle,
-            None => self.connect(backend, timeouts).await?,
+    ) -> Result<(SendRequest<Bytes>, Generation), SessionError> {
+        let generation = self.current();
+        let connecting = generation.get_or_try_init(|| connect(backend, timeouts));
+        let handle = match connecting.await {
+            Ok(handle) => handle.clone(),
+            Err(e) => return Err(e.into()),
         };
         match tokio::time::timeout(timeouts.response, handle.ready()).await {
-            Ok(Ok(ready)) => Ok(ready),
+            Ok(Ok(ready)) => Ok((ready, generation)),
             Ok(Err(e)) => {
                 // Closed or going away: the next request opens another.
-                self.lock().take();
+                self.forget(&generation);
                 Err(SessionError::Broken(h2_failure(&e)))
             }
             Err(_) => Err(SessionError::Timeout(timeouts.response)),
         }
     }
 
-    async fn connect(
-        &self,
-        backend: &Backend,
-        timeouts: &Timeouts,
-    ) -> Result<SendRequest<Bytes>, ConnectError> {
-        let opening = UpstreamConn::open(backend.addr(), backend.tls(), timeouts.connect);
-        let stream = Box::pin(opening).await?.into_parts().0;
-        let mut builder = h2::client::Builder::new();
-        builder
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW);
-        let handshake = builder.handshake::<_, Bytes>(stream);
-        let (handle, connection) = match tokio::time::timeout(timeouts.connect, handshake).await {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => return Err(ConnectError::Http2(e)),
-            Err(_) => return Err(ConnectError::Timeout(timeouts.connect)),
-        };
-        let url = backend.url().to_owned();
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(backend = url, error = %e, "HTTP/2 connection to a backend ended");
-            }
-        });
-        *self.lock() = Some(handle.clone());
-        Ok(handle)
+    fn current(&self) -> Generation {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<SendRequest<Bytes>>> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    /// Lets the next request open a new connection, unless another request already did.
+    fn forget(&self, generation: &Generation) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        if Arc::ptr_eq(&live, generation) {
+            *live = Generation::default();
+        }
     }
+}
+
+async fn connect(
+    backend: &Backend,
+    timeouts: &Timeouts,
+) -> Result<SendRequest<Bytes>, ConnectError> {
+    let opening = UpstreamConn::open(backend.addr(), backend.tls(), timeouts.connect);
+    let stream = Box::pin(opening).await?.into_parts().0;
+    let mut builder = h2::client::Builder::new();
+    builder
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        // Until the backend's SETTINGS say how many streams it takes, one: a burst sent on a
+        // new connection must not overrun a limit alb has not heard yet.
+        .initial_max_send_streams(1);
+    let handshake = builder.handshake::<_, Bytes>(stream);
+    let (handle, connection) = match tokio::time::timeout(timeouts.connect, handshake).await {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(e)) => return Err(ConnectError::Http2(e)),
+        Err(_) => return Err(ConnectError::Timeout(timeouts.connect)),
+    };
+    let url = backend.url().to_owned();
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(backend = url, error = %e, "HTTP/2 connection to a backend ended");
+        }
+    });
+    Ok(handle)
 }
 
 /// A backend's answer on an HTTP/2 stream: its head, and its body still to come.
@@ -127,8 +145,8 @@ pub async fn exchange_h2(
             progress: Progress::Final,
         });
     };
-    let mut sender = match backend.h2().ready(backend, timeouts).await {
-        Ok(sender) => sender,
+    let (mut sender, generation) = match backend.h2().ready(backend, timeouts).await {
+        Ok(ready) => ready,
         Err(error) => {
             backend.request_recheck();
             return Err(Unanswered {
@@ -141,7 +159,7 @@ pub async fn exchange_h2(
     let (response, send) = match sender.send_request(head, end) {
         Ok(pair) => pair,
         Err(e) => {
-            backend.h2().lock().take();
+            backend.h2().forget(&generation);
             return Err(Unanswered {
                 error: SessionError::Broken(h2_failure(&e)),
                 progress: Progress::Unsent(body),
@@ -178,7 +196,7 @@ pub async fn exchange_h2(
             let unprocessed =
                 e.reason() == Some(Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote());
             if e.is_go_away() || e.is_io() {
-                backend.h2().lock().take();
+                backend.h2().forget(&generation);
             }
             let progress = match kept {
                 Some(body) if unprocessed => Progress::Unsent(body),

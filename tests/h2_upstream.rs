@@ -1,0 +1,268 @@
+//! HTTP/2 to backends (`h2c://`), against real HTTP/2 servers made with the h2 crate: one
+//! multiplexed connection per backend, streams counted in flight, the backend's stream limit
+//! respected, REFUSED_STREAM taken as "not processed" (retried whatever the method), trailers
+//! relayed, and health checks spoken in HTTP/2.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{TestBackend, TestBalancer, full, wait_until};
+use h2::Reason;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// Paths of test requests; everything else (the health checks' `/`) is not counted.
+const REQ: &str = "/req";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Answer,
+    /// Resets every test request with REFUSED_STREAM before reading it.
+    Refuse,
+}
+
+#[derive(Default)]
+struct Record {
+    /// Test requests answered, with their body lengths.
+    bodies: Mutex<Vec<usize>>,
+    refused: AtomicU64,
+    /// Connections that carried a test request.
+    connections: Mutex<HashSet<usize>>,
+    open_streams: AtomicUsize,
+    most_streams: AtomicUsize,
+}
+
+/// An HTTP/2 (h2c) backend: answers `<name> <body length>` with a trailer naming itself, after
+/// `delay`.
+struct H2Backend {
+    addr: SocketAddr,
+    record: Arc<Record>,
+    task: JoinHandle<()>,
+}
+
+impl H2Backend {
+    async fn start(name: &'static str, mode: Mode, delay: Duration, streams: u32) -> H2Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let record = Arc::new(Record::default());
+        let shared = record.clone();
+        let task = tokio::spawn(async move {
+            let mut next_id = 0;
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                next_id += 1;
+                let record = shared.clone();
+                tokio::spawn(serve(tcp, next_id, name, mode, delay, streams, record));
+            }
+        });
+        H2Backend { addr, record, task }
+    }
+
+    fn url(&self) -> String {
+        format!("h2c://{}", self.addr)
+    }
+
+    fn answered(&self) -> usize {
+        self.record.bodies.lock().unwrap().len()
+    }
+}
+
+impl Drop for H2Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(
+    tcp: TcpStream,
+    id: usize,
+    name: &'static str,
+    mode: Mode,
+    delay: Duration,
+    streams: u32,
+    record: Arc<Record>,
+) {
+    let mut builder = h2::server::Builder::new();
+    builder.max_concurrent_streams(streams);
+    let Ok(mut conn) = builder.handshake::<_, Bytes>(tcp).await else {
+        return;
+    };
+    while let Some(Ok((request, mut respond))) = conn.accept().await {
+        let record = record.clone();
+        tokio::spawn(async move {
+            let test = request.uri().path().starts_with(REQ);
+            if test && mode == Mode::Refuse {
+                record.refused.fetch_add(1, Ordering::Relaxed);
+                respond.send_reset(Reason::REFUSED_STREAM);
+                return;
+            }
+            if test {
+                record.connections.lock().unwrap().insert(id);
+                let open = record.open_streams.fetch_add(1, Ordering::SeqCst) + 1;
+                record.most_streams.fetch_max(open, Ordering::SeqCst);
+            }
+            let mut body = request.into_body();
+            let mut length = 0;
+            while let Some(Ok(data)) = body.data().await {
+                length += data.len();
+                let _ = body.flow_control().release_capacity(data.len());
+            }
+            tokio::time::sleep(delay).await;
+            if test {
+                record.open_streams.fetch_sub(1, Ordering::SeqCst);
+                record.bodies.lock().unwrap().push(length);
+            }
+            let response = Response::builder()
+                .status(200)
+                .header("x-backend", name)
+                .body(())
+                .unwrap();
+            let Ok(mut send) = respond.send_response(response, false) else {
+                return;
+            };
+            let _ = send.send_data(Bytes::from(format!("{name} {length}")), false);
+            let mut trailers = HeaderMap::new();
+            trailers.insert("x-trailer", HeaderValue::from_static(name));
+            let _ = send.send_trailers(trailers);
+        });
+    }
+}
+
+fn config(backends: &[&H2Backend], extra: &str) -> String {
+    let urls: Vec<String> = backends
+        .iter()
+        .map(|b| format!("\"{}\"", b.url()))
+        .collect();
+    format!(
+        "backends = [{}]\n[http2]\ncleartext = true\n{extra}",
+        urls.join(", ")
+    )
+}
+
+async fn post(balancer: &TestBalancer, body: &'static [u8]) -> (StatusCode, String) {
+    let request = Request::post(balancer.url(REQ))
+        .body(full(Bytes::from_static(body)))
+        .unwrap();
+    let response = common::client().request(request).await.unwrap();
+    let status = response.status();
+    let text = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&text).into_owned())
+}
+
+#[tokio::test]
+async fn a_refused_stream_is_sent_to_another_backend_even_for_a_post() {
+    let refusing = H2Backend::start("a", Mode::Refuse, Duration::ZERO, 100).await;
+    let answering = H2Backend::start("b", Mode::Answer, Duration::ZERO, 100).await;
+    let balancer = TestBalancer::start(&config(
+        &[&refusing, &answering],
+        "[passive_health]\nenabled = false\n",
+    ))
+    .await;
+    for _ in 0..10 {
+        let (status, text) = post(&balancer, b"0123456789").await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        assert_eq!(text, "b 10");
+    }
+    assert!(
+        refusing.record.refused.load(Ordering::Relaxed) > 0,
+        "least_conn never tried the refusing backend: the test proves nothing"
+    );
+    assert_eq!(*answering.record.bodies.lock().unwrap(), vec![10; 10]);
+    balancer.stop().await;
+}
+
+#[tokio::test]
+async fn streams_are_counted_in_flight_over_one_connection_per_backend() {
+    let delay = Duration::from_millis(400);
+    let one = H2Backend::start("one", Mode::Answer, delay, 100).await;
+    let two = H2Backend::start("two", Mode::Answer, delay, 100).await;
+    let balancer = TestBalancer::start(&config(&[&one, &two], "")).await;
+    let balancer = Arc::new(balancer);
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let balancer = balancer.clone();
+            tokio::spawn(async move { post(&balancer, b"x").await })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().0, StatusCode::OK);
+    }
+    // least_conn saw each stream: the ten concurrent requests split evenly, not all on the
+    // first backend's connection.
+    assert_eq!((one.answered(), two.answered()), (5, 5));
+    assert_eq!(one.record.connections.lock().unwrap().len(), 1);
+    assert_eq!(two.record.connections.lock().unwrap().len(), 1);
+    Arc::into_inner(balancer).unwrap().stop().await;
+}
+
+#[tokio::test]
+async fn the_backends_stream_limit_is_respected() {
+    let only = H2Backend::start("only", Mode::Answer, Duration::from_millis(100), 2).await;
+    let balancer = Arc::new(TestBalancer::start(&config(&[&only], "")).await);
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let balancer = balancer.clone();
+            tokio::spawn(async move { post(&balancer, b"y").await })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().0, StatusCode::OK);
+    }
+    assert_eq!(only.answered(), 8);
+    assert!(only.record.most_streams.load(Ordering::SeqCst) <= 2);
+    Arc::into_inner(balancer).unwrap().stop().await;
+}
+
+#[tokio::test]
+async fn trailers_reach_an_http2_client_and_the_body_an_http1_one() {
+    let backend = H2Backend::start("t", Mode::Answer, Duration::ZERO, 100).await;
+    let balancer = TestBalancer::start(&config(&[&backend], "")).await;
+    let tcp = TcpStream::connect(balancer.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = Request::get(format!("http://{}{REQ}", balancer.addr))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-backend"], "t");
+    let mut body = response.into_body();
+    let mut text = Vec::new();
+    while let Some(data) = body.data().await {
+        text.extend_from_slice(&data.unwrap());
+    }
+    assert_eq!(text, b"t 0");
+    let trailers = body.trailers().await.unwrap().expect("trailers relayed");
+    assert_eq!(trailers["x-trailer"], "t");
+    driver.abort();
+    let (status, text) = post(&balancer, b"abc").await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "t 3"));
+    balancer.stop().await;
+}
+
+#[tokio::test]
+async fn a_backend_that_speaks_only_http1_is_down_when_named_h2c() {
+    let http1 = TestBackend::start("h1").await;
+    let h2c_url = http1.url().replace("http://", "h2c://");
+    let balancer = TestBalancer::start(&format!(
+        "backends = [\"{h2c_url}\"]\n[health_check]\ninterval = \"100ms\"\ntimeout = \"500ms\"\nfall = 1\n"
+    ))
+    .await;
+    let backend = balancer.proxy.backends()[0].clone();
+    wait_until(Duration::from_secs(5), || !backend.is_healthy())
+        .await
+        .expect("an HTTP/1.1-only backend probed in HTTP/2 went DOWN");
+    balancer.stop().await;
+}
