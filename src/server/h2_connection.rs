@@ -124,6 +124,14 @@ pub async fn serve_h2<T>(
     }
 }
 
+fn expects_continue(headers: &http::HeaderMap) -> bool {
+    headers.get(http::header::EXPECT).is_some_and(|v| {
+        v.as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"100-continue")
+    })
+}
+
 async fn sleep_until(at: Option<Instant>) {
     if let Some(at) = at {
         tokio::time::sleep_until(at.into()).await;
@@ -233,6 +241,13 @@ impl StreamTask {
                 return self.answer(respond, response, grpc, head_request).await;
             }
         };
+        if !recv.is_end_stream() && expects_continue(&parts.headers) {
+            // The client holds its body back until told to send it: at once, as nothing alb
+            // decides depends on the body.
+            let mut interim = Response::new(());
+            *interim.status_mut() = http::StatusCode::CONTINUE;
+            let _ = respond.send_informational(interim);
+        }
         let request = Request::from_parts(parts, IncomingBody::Http2(RecvBody::new(recv, length)));
         let response = tokio::select! {
             response = self.proxy.handle(request, &self.client) => response,
