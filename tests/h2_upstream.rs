@@ -266,3 +266,84 @@ async fn a_backend_that_speaks_only_http1_is_down_when_named_h2c() {
         .expect("an HTTP/1.1-only backend probed in HTTP/2 went DOWN");
     balancer.stop().await;
 }
+
+/// An HTTP/2 server that answers the first request of each connection with GOAWAY naming
+/// stream 0 as the last it processed: the request was not acted on (RFC 9113 §6.8). Raw
+/// frames, so that the GOAWAY says exactly that. Counts the requests it turned away.
+async fn start_goaway_backend() -> (SocketAddr, Arc<AtomicU64>, JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let turned_away = Arc::new(AtomicU64::new(0));
+    let counter = turned_away.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut preface = [0u8; 24];
+                if tcp.read_exact(&mut preface).await.is_err() {
+                    return;
+                }
+                // Server preface: an empty SETTINGS.
+                let _ = tcp.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await;
+                loop {
+                    let mut head = [0u8; 9];
+                    if tcp.read_exact(&mut head).await.is_err() {
+                        return;
+                    }
+                    let len = usize::from(head[0]) << 16
+                        | usize::from(head[1]) << 8
+                        | usize::from(head[2]);
+                    let mut payload = vec![0u8; len];
+                    if tcp.read_exact(&mut payload).await.is_err() {
+                        return;
+                    }
+                    match head[3] {
+                        // SETTINGS (not an ACK): acknowledge it.
+                        4 if head[4] & 1 == 0 => {
+                            let _ = tcp.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await;
+                        }
+                        // HEADERS: GOAWAY, last stream 0, NO_ERROR; then wait for the close.
+                        1 => {
+                            counter.fetch_add(1, Ordering::Relaxed);
+                            let goaway = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                            let _ = tcp.write_all(&goaway).await;
+                            let mut rest = Vec::new();
+                            let _ = tcp.read_to_end(&mut rest).await;
+                            return;
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    (addr, turned_away, task)
+}
+
+#[tokio::test]
+async fn a_stream_left_out_of_a_goaway_is_sent_to_another_backend() {
+    let (goaway, turned_away, task) = start_goaway_backend().await;
+    let answering = H2Backend::start("b", Mode::Answer, Duration::ZERO, 100).await;
+    // Probes get the GOAWAY too: they may fail without taking the backend out.
+    let balancer = TestBalancer::start(&format!(
+        "backends = [\"h2c://{goaway}\", \"{}\"]\n[passive_health]\nenabled = false\n\
+         [health_check]\ninterval = \"60s\"\nfall = 10\n",
+        answering.url()
+    ))
+    .await;
+    for _ in 0..6 {
+        let (status, text) = post(&balancer, b"payload").await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        assert_eq!(text, "b 7");
+    }
+    // The first probe may be among the turned-away requests; least_conn must have sent some
+    // test requests there too.
+    assert!(
+        turned_away.load(Ordering::Relaxed) >= 2,
+        "the GOAWAY backend was never tried: the test proves nothing"
+    );
+    assert_eq!(*answering.record.bodies.lock().unwrap(), vec![7; 6]);
+    balancer.stop().await;
+    task.abort();
+}
