@@ -175,6 +175,13 @@ impl Collector for ProxyCollector {
              http2.max_resets_per_second.",
             &[(vec![], stats.h2_reset_floods.load(Ordering::Relaxed))],
         )?;
+        counter(
+            &mut encoder,
+            "h2_abuse_closed",
+            "HTTP/2 connections closed with ENHANCE_YOUR_CALM by the protocol's own guards: streams \
+             reset before alb took them, header lists far over the limit, CONTINUATION floods.",
+            &[(vec![], stats.h2_abuse_closed.load(Ordering::Relaxed))],
+        )?;
 
         let upstream: Vec<_> = backends
             .iter()

@@ -95,7 +95,14 @@ pub async fn serve_h2<T>(
                     tokio::spawn(stream.serve(request, respond, open));
                 }
                 Some(Err(e)) => {
-                    tracing::debug!(peer = %client.addr, error = %e, "HTTP/2 connection failed");
+                    if e.reason() == Some(Reason::ENHANCE_YOUR_CALM) && !e.is_remote() {
+                        // h2's own guards: resets of streams not yet accepted, a header list far
+                        // over the limit, a CONTINUATION flood.
+                        proxy.stats().h2_abuse_closed.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(peer = %client.addr, error = %e, "HTTP/2 connection closed: abusive framing");
+                    } else {
+                        tracing::debug!(peer = %client.addr, error = %e, "HTTP/2 connection failed");
+                    }
                     break;
                 }
                 None => break,
@@ -274,8 +281,15 @@ impl StreamTask {
             let reason = parts.status.canonical_reason().unwrap_or("failed");
             let mut head =
                 grpc::trailers_only(grpc::code_of(parts.status), &format!("alb: {reason}"));
-            head.headers_mut().insert(http::header::DATE, date_value());
-            head.headers_mut().extend(parts.headers);
+            let fields = head.headers_mut();
+            fields.insert(http::header::DATE, date_value());
+            // alb's own fields (explain, Retry-After) go along; the error page's are not this
+            // answer's: its content type would make gRPC clients ignore the status.
+            for (name, value) in &parts.headers {
+                if name != http::header::CONTENT_TYPE && name != http::header::CONTENT_LENGTH {
+                    fields.append(name, value.clone());
+                }
+            }
             let _ = respond.send_response(head, true);
             return;
         }
