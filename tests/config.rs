@@ -808,7 +808,9 @@ fn http2_problems_name_their_keys() {
         "http2.connection_window",
     );
     reject_one(
-        &format!("{ONE_BACKEND}[http2]\nstream_window = \"1MiB\"\nconnection_window = \"512KiB\"\n"),
+        &format!(
+            "{ONE_BACKEND}[http2]\nstream_window = \"1MiB\"\nconnection_window = \"512KiB\"\n"
+        ),
         "http2.connection_window",
     );
     reject_one(
