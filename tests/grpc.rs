@@ -893,7 +893,6 @@ async fn refused_stream_is_retried_on_the_other_backend_when_the_body_was_kept()
 /// The same with a real gRPC client, which never sends content-length: every call should still
 /// succeed, a refused stream being one the backend guarantees it did not process.
 #[tokio::test]
-#[ignore = "alb limitation: a request body without content-length (every gRPC client's) is streamed, not kept, so a REFUSED_STREAM is not retried: the call fails with UNAVAILABLE (alb 502)"]
 async fn refused_stream_is_retried_for_a_grpc_client() {
     init_logs();
     let refuser = RefusingBackend::start().await;

@@ -347,3 +347,42 @@ async fn a_stream_left_out_of_a_goaway_is_sent_to_another_backend() {
     balancer.stop().await;
     task.abort();
 }
+
+/// A body alb streams (no length, still arriving) to a backend that refuses the stream comes
+/// back from the session whole (what was sent, then the rest) and goes to the other backend.
+#[tokio::test]
+async fn a_streamed_body_is_rewound_after_a_refused_stream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let refusing = H2Backend::start("a", Mode::Refuse, Duration::ZERO, 100).await;
+    let answering = H2Backend::start("b", Mode::Answer, Duration::ZERO, 100).await;
+    let balancer = TestBalancer::start(&config(
+        &[&refusing, &answering],
+        "[passive_health]\nenabled = false\n",
+    ))
+    .await;
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        let mut tcp = TcpStream::connect(balancer.addr).await.unwrap();
+        let head = format!(
+            "POST {REQ} HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n"
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        // The rest comes later: alb has begun streaming by then (load shaping, not a wait
+        // for an event).
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        tcp.write_all(b"6\r\n world\r\n0\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).await.unwrap();
+        answers.push(answer);
+    }
+    for answer in &answers {
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("\r\nb 11\r\n"), "{answer}");
+    }
+    assert!(
+        refusing.record.refused.load(Ordering::Relaxed) > 0,
+        "the refusing backend was never tried: the test proves nothing"
+    );
+    assert_eq!(*answering.record.bodies.lock().unwrap(), vec![11; 4]);
+    balancer.stop().await;
+}

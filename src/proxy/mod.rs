@@ -225,6 +225,7 @@ impl Snapshot {
                 head_request,
                 idempotent,
                 upgrade: upgrade.as_ref(),
+                keep_body: retry.max_body_buffer,
             };
             let reason = self.explain.then(|| pool.explain_pick(index, attempt));
             let mut guard = InFlightGuard::new(backend.clone());

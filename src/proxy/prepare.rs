@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use crate::upstream::IncomingBody;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request};
+use http_body::Body;
 use http_body_util::BodyExt;
 
 use super::headers::{hop_scan, strip_hop_by_hop};
@@ -83,12 +84,32 @@ impl Snapshot {
         // picked, whatever the method: a client trickling it holds alb's memory (bounded) and
         // not a backend's connection slot; an idempotent request can also be replayed with it.
         let keep = length.is_some_and(|n| n <= max_body_buffer);
-        let (body, framing) = if http_body::Body::is_end_stream(&body) {
+        let mut body = body;
+        let arrived = match (&body, length) {
+            // HTTP/2 clients seldom declare a length (gRPC ones never do), but a small body
+            // mostly arrives with its head: kept whole when it has, it can be replayed like a
+            // declared one (a refused stream retried, whatever the method).
+            (IncomingBody::Http2(_), None) => take_arrived(&mut body, max_body_buffer)?,
+            _ => Arrived::Nothing,
+        };
+        let (body, framing) = if http_body::Body::is_end_stream(&body) && arrived.is_nothing() {
             (RequestBody::Empty, BodyFraming::None)
+        } else if let Arrived::Whole(bytes) = arrived {
+            let framing = BodyFraming::Length(bytes.len() as u64);
+            (RequestBody::Buffered(bytes), framing)
         } else if keep {
             let bytes = self.read_whole(body).await?;
             let framing = BodyFraming::Length(bytes.len() as u64);
             (RequestBody::Buffered(bytes), framing)
+        } else if let Arrived::Part(start) = arrived {
+            let limits = BodyLimits {
+                max_bytes: self.limits.max_body_bytes,
+                idle: self.timeouts.client_body_idle,
+            };
+            (
+                RequestBody::client_after(start, body, limits),
+                BodyFraming::Chunked,
+            )
         } else {
             let limits = BodyLimits {
                 max_bytes: self.limits.max_body_bytes,
@@ -122,6 +143,48 @@ impl Snapshot {
             Ok(Ok(collected)) => Ok(collected.to_bytes()),
             Ok(Err(_)) => Err(ProxyError::BadRequest("the request body broke off")),
             Err(_) => Err(BodyError::Idle(limit).into()),
+        }
+    }
+}
+
+/// What of a body of unknown length had arrived when the request was prepared.
+enum Arrived {
+    Nothing,
+    /// All of it (its end seen), within `retry.max_body_buffer`.
+    Whole(Bytes),
+    /// Its start; the rest is still to come, or it is larger than alb keeps.
+    Part(Bytes),
+}
+
+impl Arrived {
+    fn is_nothing(&self) -> bool {
+        matches!(self, Arrived::Nothing)
+    }
+}
+
+/// Takes what `body` holds already, without waiting: up to `max` bytes, and whether that was
+/// all of it. Trailers of a request end it (alb forwards none).
+fn take_arrived(body: &mut IncomingBody, max: u64) -> Result<Arrived, ProxyError> {
+    use std::task::{Context, Poll, Waker};
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut taken = bytes::BytesMut::new();
+    loop {
+        match std::pin::Pin::new(&mut *body).poll_frame(&mut cx) {
+            Poll::Ready(None) => return Ok(Arrived::Whole(taken.freeze())),
+            Poll::Ready(Some(Err(_))) => {
+                return Err(ProxyError::BadRequest("the request body broke off"));
+            }
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => {
+                    taken.extend_from_slice(&data);
+                    if taken.len() as u64 > max {
+                        return Ok(Arrived::Part(taken.freeze()));
+                    }
+                }
+                Err(_) => return Ok(Arrived::Whole(taken.freeze())),
+            },
+            Poll::Pending if taken.is_empty() => return Ok(Arrived::Nothing),
+            Poll::Pending => return Ok(Arrived::Part(taken.freeze())),
         }
     }
 }

@@ -180,34 +180,59 @@ pub async fn exchange_h2(
             let _ = send.send_data(bytes, true);
             None
         }
-        RequestBody::Client(streamed) => Some(tokio::spawn(upload(streamed, send, timeouts.write))),
+        RequestBody::Client(mut streamed) => {
+            streamed.keep_sent(usize::try_from(request.keep_body).unwrap_or(usize::MAX));
+            Some(tokio::spawn(upload(streamed, send, timeouts.write)))
+        }
     };
-    match await_head(response, upload, timeouts.response).await {
-        Ok(response) => Ok(H2Answer { response }),
-        Err(Failed::Client(e)) => Err(Unanswered {
-            error: SessionError::Client(e),
-            progress: Progress::Final,
-        }),
-        Err(Failed::Late) => Err(Unanswered {
-            error: SessionError::Timeout(timeouts.response),
-            progress: Progress::NoAnswerInTime,
-        }),
-        Err(Failed::Stream(e)) => {
+    let (mut upload, mut stopped) = (upload, None);
+    let waiting = await_head(response, &mut upload, &mut stopped, timeouts.response);
+    let failed = match waiting.await {
+        Ok(response) => return Ok(H2Answer { response }),
+        Err(failed) => failed,
+    };
+    let (error, progress) = match failed {
+        Failed::Client(e) => (SessionError::Client(e), Progress::Final),
+        Failed::Late => (
+            SessionError::Timeout(timeouts.response),
+            Progress::NoAnswerInTime,
+        ),
+        Failed::Stream(e) => {
             let unprocessed =
                 e.reason() == Some(Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote());
             if e.is_go_away() || e.is_io() {
                 backend.h2().forget(&generation);
             }
-            let progress = match kept {
+            let again = match kept {
+                Some(body) => Some(body),
+                None if unprocessed => rewound(upload, stopped).await,
+                None => None,
+            };
+            let progress = match again {
                 Some(body) if unprocessed => Progress::Unsent(body),
                 _ => Progress::NoAnswer,
             };
-            Err(Unanswered {
-                error: SessionError::Broken(h2_failure(&e)),
-                progress,
-            })
+            (SessionError::Broken(h2_failure(&e)), progress)
         }
-    }
+    };
+    Err(Unanswered { error, progress })
+}
+
+/// A streamed body whose stream the backend turned away, from its first byte again, when all
+/// that was sent of it was kept. The upload ends promptly then: its stream is reset.
+async fn rewound(
+    upload: Option<JoinHandle<Uploaded>>,
+    stopped: Option<Box<Streamed>>,
+) -> Option<RequestBody> {
+    let body = match (stopped, upload) {
+        (Some(body), _) => body,
+        (None, Some(upload)) => match tokio::time::timeout(Duration::from_secs(1), upload).await {
+            Ok(Ok(Uploaded::Stopped(body))) => body,
+            _ => return None,
+        },
+        (None, None) => return None,
+    };
+    body.rewind().map(RequestBody::Client)
 }
 
 enum Failed {
@@ -216,12 +241,21 @@ enum Failed {
     Stream(h2::Error),
 }
 
+/// How an upload ended.
+enum Uploaded {
+    Done,
+    ClientFailed(BodyError),
+    /// The backend stopped the stream: the body, for a rewind.
+    Stopped(Box<Streamed>),
+}
+
 /// Waits for the response head. **The response timeout starts when the upload ends**, as on
 /// HTTP/1.1: a client streaming a long body (a client-streaming gRPC call) is not the backend
 /// being slow. A client whose body fails ends the attempt as the client's doing.
 async fn await_head(
     response: h2::client::ResponseFuture,
-    mut upload: Option<JoinHandle<Result<(), BodyError>>>,
+    upload: &mut Option<JoinHandle<Uploaded>>,
+    stopped: &mut Option<Box<Streamed>>,
     limit: Duration,
 ) -> Result<http::Response<RecvStream>, Failed> {
     let mut response = pin!(response);
@@ -233,9 +267,12 @@ async fn await_head(
                 Some(task) => Pin::new(task).poll(cx),
                 None => std::task::Poll::Pending,
             }), if upload.is_some() => {
-                upload = None;
-                if let Ok(Err(e)) = done {
-                    return Err(Failed::Client(e));
+                *upload = None;
+                match done {
+                    Ok(Uploaded::ClientFailed(e)) => return Err(Failed::Client(e)),
+                    // Stopped by the backend: its answer (or reset) follows on the response.
+                    Ok(Uploaded::Stopped(body)) => *stopped = Some(body),
+                    Ok(Uploaded::Done) | Err(_) => {}
                 }
                 deadline = Some(Instant::now() + limit);
             }
@@ -255,18 +292,18 @@ async fn upload(
     mut body: Box<Streamed>,
     mut send: SendStream<Bytes>,
     write_limit: Duration,
-) -> Result<(), BodyError> {
+) -> Uploaded {
     match send_body(&mut send, Pin::new(&mut *body), write_limit).await {
-        Ok(()) => Ok(()),
+        Ok(()) => Uploaded::Done,
         Err(SendError::Body(e)) => {
             send.send_reset(Reason::CANCEL);
-            Err(e)
+            Uploaded::ClientFailed(e)
         }
         Err(SendError::Stalled(_)) => {
             send.send_reset(Reason::CANCEL);
-            Ok(())
+            Uploaded::Done
         }
         // The backend ended the stream: its answer (or its reset) tells the rest.
-        Err(SendError::Peer(_)) => Ok(()),
+        Err(SendError::Peer(_)) => Uploaded::Stopped(body),
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::http1::{ClientBody, ClientBodyError};
 use crate::http2::RecvBody;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 
 use crate::deadline::Deadline;
@@ -89,6 +89,8 @@ pub enum RequestBody {
 
 #[derive(Debug)]
 pub struct Streamed {
+    /// Read before the body was handed over (see `client_after`): sent first.
+    start: Option<Bytes>,
     body: IncomingBody,
     limits: BodyLimits,
     received: u64,
@@ -96,17 +98,21 @@ pub struct Streamed {
     idle: Deadline,
     /// Its length was not known upfront: it goes upstream chunked.
     chunked: bool,
+    /// What was handed on so far, while it stays within a bound (see [`Streamed::keep_sent`]).
+    sent: Option<(BytesMut, usize)>,
 }
 
 impl RequestBody {
     pub fn client(body: IncomingBody, limits: BodyLimits) -> RequestBody {
         let chunked = body.size_hint().exact().is_none();
         RequestBody::Client(Box::new(Streamed {
+            start: None,
             body,
             chunked,
             limits,
             received: 0,
             idle: Deadline::default(),
+            sent: None,
         }))
     }
 }
@@ -124,7 +130,23 @@ impl Body for Streamed {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.start.is_none() && self.body.is_end_stream()
+    }
+}
+
+impl RequestBody {
+    /// A streamed body of unknown length whose `start` was read already.
+    pub fn client_after(start: Bytes, body: IncomingBody, limits: BodyLimits) -> RequestBody {
+        let received = start.len() as u64;
+        RequestBody::Client(Box::new(Streamed {
+            start: Some(start),
+            body,
+            chunked: true,
+            limits,
+            received,
+            idle: Deadline::default(),
+            sent: None,
+        }))
     }
 }
 
@@ -133,11 +155,51 @@ impl Streamed {
         self.chunked
     }
 
+    /// Keeps a copy of what is handed on, up to `max` bytes, so that the body can be
+    /// [rewound](Streamed::rewind) should the backend turn the request away unprocessed.
+    pub fn keep_sent(&mut self, max: usize) {
+        self.sent = Some((BytesMut::new(), max));
+    }
+
+    /// The body from its first byte again (what was handed on, then the rest), if all that was
+    /// handed on was kept.
+    pub fn rewind(mut self: Box<Self>) -> Option<Box<Self>> {
+        let (mut sent, _) = self.sent.take()?;
+        if let Some(start) = self.start.take() {
+            sent.extend_from_slice(&start);
+        }
+        self.start = (!sent.is_empty()).then(|| sent.freeze());
+        Some(self)
+    }
+
     /// The next frame from the client, within the limits.
     pub fn poll_frame(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let polled = self.poll_next(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+            && let Some((sent, max)) = self.sent.as_mut()
+        {
+            if sent.len() + data.len() <= *max {
+                sent.extend_from_slice(data);
+            } else {
+                self.sent = None;
+            }
+        }
+        polled
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Some(start) = self.start.take() {
+            return match self.limits.max_bytes {
+                Some(max) if self.received > max => {
+                    Poll::Ready(Some(Err(BodyError::TooLarge(max))))
+                }
+                _ => Poll::Ready(Some(Ok(Frame::data(start)))),
+            };
+        }
         let polled = match Pin::new(&mut self.body).poll_frame(cx) {
             Poll::Pending => return self.poll_idle(cx),
             Poll::Ready(p) => p,

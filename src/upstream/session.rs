@@ -35,6 +35,9 @@ pub struct SessionRequest<'a> {
     pub idempotent: bool,
     /// The protocols the request offers to switch to: a `101` to one of them is its answer.
     pub upgrade: Option<&'a http::HeaderValue>,
+    /// How much of a streamed body a session may keep to send it again when a backend turned
+    /// the request away unprocessed (`retry.max_body_buffer`; HTTP/2 backends).
+    pub keep_body: u64,
 }
 
 /// A backend's response head, with what its body will come through.
