@@ -101,7 +101,7 @@ fn main() -> ExitCode {
         Command::Upgrade { pid, wait } => return request_upgrade(*pid, *wait),
         _ => {}
     }
-    telemetry::init(cli.log_format);
+    let _log = telemetry::init(cli.log_format);
     // `run` reads its config first: it sizes the runtime, and a bad file must not start anything.
     let (command, workers) = match cli.command {
         Command::Run {
