@@ -1077,3 +1077,36 @@ fn row_of(stdout: &str, url: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// The access log is written by a thread of its own: what was logged must still all be there,
+/// in order, when alb has exited on SIGTERM right after its last answer.
+#[tokio::test]
+async fn every_access_line_is_written_in_order_by_exit() {
+    let backend = TestBackend::start("one").await;
+    let dir = TempDir::new("access-order");
+    let config = dir.write(
+        "alb.toml",
+        &format!("listen = \"127.0.0.1:0\"\n{}", backends_line(&[&backend])),
+    );
+    let (mut alb, addr) = Alb::run(&[], &config).await;
+    let client = client();
+    const N: usize = 2_000;
+    for i in 0..N {
+        let (status, _, _) = get(&client, &format!("http://{addr}/seq/{i}")).await;
+        assert_eq!(status, 200);
+    }
+    let status = alb.stop().await;
+    assert_eq!(status.code(), Some(0));
+    let paths: Vec<usize> = alb
+        .log
+        .iter()
+        .filter(|l| l.contains("alb::access"))
+        .filter_map(|l| l.split(" path=/seq/").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(paths.len(), N, "access lines lost");
+    assert!(
+        paths.windows(2).all(|w| w[0] < w[1]),
+        "access lines out of order"
+    );
+}
