@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The driver behind bench/run.sh: runs scenarios S1-S11 against direct, alb, nginx and HAProxy and
+"""The driver behind bench/run.sh: runs scenarios S1-S13 against direct, alb, nginx and HAProxy and
 writes a markdown table (bench/README.md explains every figure).
 
 run.sh installs the tools and builds alb first; this script only runs things. It starts every
@@ -12,13 +12,16 @@ Environment (all optional):
   BENCH_ONLY=S1,S3       run only these scenarios
   BENCH_CONTENDERS=alb,nginx   only these contenders (direct is always cheap and kept if listed)
   BENCH_DURATION=10      seconds of load per scenario and contender (S1, S3, S4, S8)
-  BENCH_PORT=18080       balancer port; the backends take the next two, TLS (S9, S10) the third
+  BENCH_PORT=18080       balancer port; the backends take the next two, TLS (S9, S10, S12) the
+                         third, nginx's and HAProxy's h2c listener (S12, S13) the fourth
   BENCH_LB_CPU=0 BENCH_LOAD_CPU=1   cores for the balancer, and for the backends and load tools
   ALB_BIN=target/release/alb
   BENCH_WS_BIN=target/release/examples/ws_bench   S8's WebSocket echo server and client
   BENCH_TLS_ROUNDS=3     rounds of S9 and S10 (1 in quick mode); the table holds the medians
   BENCH_ROUTE_ROUNDS=4   rounds of S11 (1 in quick mode); the table holds medians (costs: means)
   BENCH_ROUTES_EXE       S6's route matching bench (benches/routes.rs), built by run.sh
+  BENCH_H2_ROUNDS=3      rounds of S12 and S13 (1 in quick mode); the table holds the medians
+  BENCH_GRPC_BIN=target/release/examples/grpc_bench   S13's gRPC backend and checking client
 """
 
 import datetime
@@ -39,6 +42,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 RESULTS = BENCH / "results"
+sys.path.insert(0, str(BENCH))
+from h2_clients import h2_get  # noqa: E402  (bench/h2_clients.py: one GET over HTTP/2)
 
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0") or "--quick" in sys.argv[1:]
 DURATION = int(os.environ.get("BENCH_DURATION", "2" if QUICK else "10"))
@@ -50,10 +55,15 @@ TARGET = ROOT / os.environ.get("CARGO_TARGET_DIR", "target")
 ALB_BIN = Path(os.environ.get("ALB_BIN", TARGET / "release" / "alb"))
 LB_PORT = int(os.environ.get("BENCH_PORT", "18080"))
 B1_PORT, B2_PORT = LB_PORT + 1, LB_PORT + 2
-TLS_PORT = LB_PORT + 3  # S9 and S10: each balancer's TLS listener, next to its plain one
+TLS_PORT = LB_PORT + 3  # S9, S10 and S12: each balancer's TLS listener, next to its plain one
+# S12 and S13: nginx's and HAProxy's h2c (HTTP/2 by prior knowledge) listener. alb serves h2c on
+# its plain listener, next to HTTP/1.1 ([http2] cleartext = true); nginx 1.22 speaks only HTTP/2 on
+# a plain `listen ... http2`, so it (and HAProxy, `proto h2`, alike) gets a port of its own.
+H2C_PORT = LB_PORT + 4
 LB_CPU = os.environ.get("BENCH_LB_CPU", "0")
 LOAD_CPU = os.environ.get("BENCH_LOAD_CPU", "1")
-ALL_SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S11"]
+ALL_SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S11", "S12",
+                 "S13"]
 ONLY = [s.strip().upper() for s in os.environ.get("BENCH_ONLY", "").split(",") if s.strip()]
 SCENARIOS = [s for s in ALL_SCENARIOS if not ONLY or s in ONLY]
 ALL_CONTENDERS = ["direct", "alb", "nginx", "haproxy"]
@@ -118,6 +128,27 @@ S11_ROUTES = 100
 S11_PATH = f"/r{S11_ROUTES - 1}/x"
 S11_CONNECTIONS = 64
 S11_ROUNDS = int(os.environ.get("BENCH_ROUTE_ROUNDS", "1" if QUICK else "4"))
+# S12: HTTP/2 over TLS (ALPN h2, the run's certificate) from h2load, S12_CONNECTIONS connections
+# with S12_STREAMS concurrent streams each, GET / with 100 B answers from the usual two HTTP/1.1
+# backends; then, from the same process, the same with S12_STREAMS_LOW streams each (a tenth of
+# the requests in flight: the balancers do not rank the same at both). Then memory per idle HTTP/2 connection (bench/h2_clients.py: S12_IDLE connections that
+# each made one request, held idle), once over h2c and once over TLS, a fresh process each.
+# S13: unary gRPC calls (examples/grpc_bench.rs: two gRPC backends, h2c) through each balancer's
+# h2c listener, h2load POSTing one fixed call, S13_CONNECTIONS x S13_STREAMS at once.
+# Both run in H2_ROUNDS rounds as S9 and S10 do (fresh process, order rotated, medians).
+H2_SCENARIOS = ("S12", "S13")
+S12_CONNECTIONS, S12_STREAMS, S12_STREAMS_LOW = 10, 100, 10
+S12_IDLE = 2_000 if QUICK else min(5_000, max(1_000, (HAPROXY_MAXCONN - 100) // 1_000 * 1_000))
+S13_CONNECTIONS, S13_STREAMS = 10, 50
+H2_ROUNDS = int(os.environ.get("BENCH_H2_ROUNDS", "1" if QUICK else "3"))
+# nginx caches this many idle upstream connections (`keepalive`): S1's 64 matches wrk's 64
+# connections; S12 and S13 have up to connections x streams requests in flight, each on an
+# upstream connection of its own for nginx (HTTP/1.1, and grpc_pass: one stream per connection).
+NGINX_KEEPALIVE, NGINX_KEEPALIVE_H2 = 64, 1_024
+GRPC_BIN = ROOT / os.environ.get("BENCH_GRPC_BIN", "target/release/examples/grpc_bench")
+GRPC_PATH = "/alb.bench.Bench/Call"  # the one method of examples/grpc_bench.rs
+GRPC_CHECK_CALLS = 20
+NO_H2 = "n/a (alb has no HTTP/2 in this build)"
 
 
 class BenchError(Exception):
@@ -126,6 +157,10 @@ class BenchError(Exception):
 
 class NoTls(BenchError):
     """alb refused the [tls] section: a build from before TLS termination."""
+
+
+class NoH2(BenchError):
+    """alb refused the [http2] section or h2c:// backends: a build from before HTTP/2."""
 
 
 def log(msg):
@@ -291,6 +326,27 @@ def wait_https(port, cafile, proc, timeout):
     raise BenchError(f"port {port} not answering 200 over TLS after {timeout:.0f} s ({last})")
 
 
+def wait_h2(port, cafile, proc, timeout):
+    """As wait_http, over HTTP/2: h2c by prior knowledge, or with `cafile` TLS with ALPN h2 (a
+    balancer that does not choose h2 is not ready: it would be measured in HTTP/1.1)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(f"{proc.bench_name} exited with {proc.returncode} while starting; "
+                             f"see {proc.bench_log}")
+        try:
+            status, _ = h2_get(port, cafile, timeout=min(5.0, timeout))
+            if status == 200:
+                return
+            last = f"status {status}"
+        except (OSError, ValueError) as e:  # ConnectionError, TimeoutError, ssl.SSLError
+            last = f"{type(e).__name__}: {e}"
+        time.sleep(0.1)
+    raise BenchError(f"port {port} not answering 200 over HTTP/2 ({'TLS' if cafile else 'h2c'}) "
+                     f"after {timeout:.0f} s ({last})")
+
+
 def ensure_free(*ports):
     for port in ports:
         if port_open(port):
@@ -363,27 +419,41 @@ def requests_served(port):
 # Contenders
 
 
-def fill(template, out, tls=False, **values):
-    """Fills in the @KEY@ placeholders. The lines from `@TLS_BEGIN@` to `@TLS_END@` (the TLS
-    listener of S9 and S10) are kept only with `tls`, less their markers."""
-    lines, skipping = [], False
+def fill(template, out, tls=False, sections=(), **values):
+    """Fills in the @KEY@ placeholders. Lines from `@NAME_BEGIN@` to `@NAME_END@` are kept only
+    when NAME is in `sections` (sections may nest; a line is kept when every section around it
+    is), less their markers; `tls` is the section TLS (the TLS listener of S9, S10, S12)."""
+    enabled = set(sections) | ({"TLS"} if tls else set())
+    lines, stack = [], []
     for line in (BENCH / template).read_text().splitlines(keepends=True):
-        if "@TLS_BEGIN@" in line:
-            skipping = not tls
-            line = line.replace("@TLS_BEGIN@ ", "")
-        elif "@TLS_END@" in line:
-            skipping = False
+        begin = re.search(r"@([A-Z0-9]+)_BEGIN@ ?", line)
+        end = re.search(r"@([A-Z0-9]+)_END@", line)
+        if begin:
+            stack.append(begin.group(1))
+            line = line[:begin.start()] + line[begin.end():]
+        elif end:
+            if not stack or stack[-1] != end.group(1):
+                raise BenchError(f"{template}: {end.group(0)} without its BEGIN")
+            stack.pop()
             continue
-        if not skipping:
+        if all(name in enabled for name in stack):
             lines.append(line)
+    if stack:
+        raise BenchError(f"{template}: @{stack[-1]}_BEGIN@ without its END")
     text = "".join(lines)
     for key, value in values.items():
         text = text.replace(f"@{key}@", str(value))
-    leftover = re.findall(r"@[A-Z_]+@", text)
+    leftover = re.findall(r"@[A-Z_0-9]+@", text)
     if leftover:
         raise BenchError(f"{template}: unfilled {sorted(set(leftover))}")
     out.write_text(text)
     return out
+
+
+def nginx_version():
+    """nginx's version as a tuple, e.g. (1, 22, 1); (0,) when it cannot be read."""
+    m = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", sh("nginx -v"))
+    return tuple(int(g) for g in m.groups()) if m else (0,)
 
 
 def route_indices(routes):
@@ -440,12 +510,19 @@ def with_routes(name, cfg, routes):
 
 
 class Balancer:
-    def __init__(self, name, proc, cpu_pids, rss_pid, tls=False):
+    def __init__(self, name, proc, cpu_pids, rss_pid, tls=False, h2=None):
         self.name = name
         self.proc = proc
         self.tls = tls  # also listens on TLS_PORT
+        self.h2 = h2  # None, "tls" (S12) or "grpc" (S13): see start_lb
         self.cpu_pids = cpu_pids  # whose CPU time counts
         self.rss_pid = rss_pid  # whose memory counts (nginx: the worker)
+
+    @property
+    def h2c_port(self):
+        """Where it takes h2c by prior knowledge (S12, S13): alb on its plain listener, the others
+        on H2C_PORT."""
+        return LB_PORT if self.name == "alb" else H2C_PORT
 
 
 class Bench:
@@ -459,6 +536,7 @@ class Bench:
         self.raw = {}  # scenario -> contender -> raw dict, for the JSON next to the table
         self.tls_files = None  # (cert, key, cert+key bundle) once make_certificate ran
         self.alb_no_tls = None  # why alb cannot run S9/S10, once its check refused [tls]
+        self.alb_no_h2 = None  # why alb cannot run S12/S13, once its check refused [http2]
 
     def note(self, text):
         log("NOTE: " + text)
@@ -519,42 +597,66 @@ class Bench:
     # -- balancers ---------------------------------------------------------------------------
 
     def start_lb(self, name, callgrind_out=None, connections=1_024, algorithm="least_conn",
-                 tls=False, routes=None):
+                 tls=False, routes=None, h2=None):
         """Starts a balancer sized for `connections` client connections (nginx and HAProxy
         preallocate per-connection structures for their limit, so it is not set sky-high). With
         `tls` it also terminates TLS on TLS_PORT with the run's certificate (S9, S10). With
-        `routes` (S11) its config routes by path prefix instead (`with_routes`)."""
-        ensure_free(LB_PORT, *([TLS_PORT] if tls else []))
+        `routes` (S11) its config routes by path prefix instead (`with_routes`). With `h2`
+        it also speaks HTTP/2 to clients: "tls" (S12) h2 by ALPN on TLS_PORT (`tls` is implied)
+        and h2c on its h2c port, to the usual HTTP/1.1 backends; "grpc" (S13) h2c on its h2c
+        port only, to backends spoken to over h2c (the gRPC backends)."""
+        tls = tls or h2 == "tls"
+        h2c = [] if not h2 or name == "alb" else [H2C_PORT]
+        ensure_free(LB_PORT, *([TLS_PORT] if tls else []), *h2c)
         check_inter = "1h" if callgrind_out else "5s"
         env = {}
         cert, key, bundle = self.tls_files if tls else ("-", "-", "-")
-        tls_values = dict(tls=tls, TLS_PORT=TLS_PORT, CERT=cert, KEY=key, CERT_BUNDLE=bundle)
+        tls_values = dict(TLS_PORT=TLS_PORT, CERT=cert, KEY=key, CERT_BUNDLE=bundle)
+        # The template sections (`@NAME_BEGIN@` ... `@NAME_END@`) each mode keeps.
+        sections = {"TLS"} if tls else set()
         if name == "alb":
-            cfg = fill("alb.toml", self.work / "alb.toml", LB_PORT=LB_PORT, B1=B1_PORT,
-                       B2=B2_PORT, CHECK_INTER=check_inter, ALGORITHM=algorithm, **tls_values)
+            if h2:
+                sections |= {"H2C"}
+            cfg = fill("alb.toml", self.work / "alb.toml", sections=sections, LB_PORT=LB_PORT,
+                       B1=B1_PORT, B2=B2_PORT, CHECK_INTER=check_inter, ALGORITHM=algorithm,
+                       SCHEME="h2c" if h2 == "grpc" else "http", **tls_values)
             if routes:
                 cfg = with_routes(name, cfg, routes)
                 self.alb_check(cfg, what=f"the config with {routes} route(s)")
-            if tls:
-                if self.alb_no_tls:
-                    raise NoTls(self.alb_no_tls)
-                self.alb_check(cfg)
+            if tls and self.alb_no_tls:
+                raise NoTls(self.alb_no_tls)
+            if h2 and self.alb_no_h2:
+                raise NoH2(self.alb_no_h2)
+            if tls or h2:
+                self.alb_check(cfg, what=f"the {'HTTP/2' if h2 else 'TLS'} config")
             cmd = [ALB_BIN, "run", "--config", cfg]
             env["RUST_LOG"] = "warn"
         elif name == "nginx":
-            cfg = fill("nginx.conf", self.work / "nginx.conf", LB_PORT=LB_PORT, B1=B1_PORT,
-                       B2=B2_PORT, DIR=self.work, NOFILE=FD_LIMIT,
+            # S12 and S13 use a server of their own (section H2), with its TLS listener (H2TLS)
+            # where S9's is in the main server: the main server keeps S1's HTTP/1.1 port.
+            if h2:
+                sections = {"H2", "H2TLS", "H2HTTP"} if h2 == "tls" else {"H2", "GRPC"}
+            old = nginx_version() < (1, 25, 1)  # `http2 on;` came with 1.25.1
+            cfg = fill("nginx.conf", self.work / "nginx.conf", sections=sections,
+                       LB_PORT=LB_PORT, B1=B1_PORT, B2=B2_PORT, DIR=self.work, NOFILE=FD_LIMIT,
                        WORKER_CONNECTIONS=min(FD_LIMIT - 100, connections + 1_000),
-                       **tls_values)
+                       KEEPALIVE=NGINX_KEEPALIVE_H2 if h2 else NGINX_KEEPALIVE,
+                       H2C_PORT=H2C_PORT, H2_PARAM=" http2" if old else "",
+                       HTTP2_ON=("# (nginx before 1.25.1: the `http2` listen parameter above)"
+                                 if old else "http2 on;"), **tls_values)
             if routes:
                 cfg = with_routes(name, cfg, routes)
             master = "off" if callgrind_out else "on"
             cmd = ["nginx", "-p", self.work, "-c", cfg, "-g",
                    f"daemon off; master_process {master};"]
         elif name == "haproxy":
-            cfg = fill("haproxy.cfg", self.work / "haproxy.cfg", LB_PORT=LB_PORT, B1=B1_PORT,
-                       B2=B2_PORT, MAXCONN=min(HAPROXY_MAXCONN, connections),
-                       CHECK_INTER=check_inter, **tls_values)
+            if h2:
+                sections |= {"H2C"}
+            cfg = fill("haproxy.cfg", self.work / "haproxy.cfg", sections=sections,
+                       LB_PORT=LB_PORT, B1=B1_PORT, B2=B2_PORT,
+                       MAXCONN=min(HAPROXY_MAXCONN, connections), CHECK_INTER=check_inter,
+                       H2C_PORT=H2C_PORT, TLS_ALPN=" alpn h2,http/1.1" if h2 == "tls" else "",
+                       SERVER_PROTO=" proto h2" if h2 == "grpc" else "", **tls_values)
             if routes:
                 cfg = with_routes(name, cfg, routes)
             cmd = ["haproxy", "-f", cfg, "-db"]
@@ -568,6 +670,10 @@ class Bench:
         wait_http(LB_PORT, S11_PATH if routes else "/", proc, 120 if callgrind_out else 15)
         if tls:
             wait_https(TLS_PORT, cert, proc, 15)
+        if h2:
+            wait_h2(LB_PORT if name == "alb" else H2C_PORT, None, proc, 15)
+        if h2 == "tls":
+            wait_h2(TLS_PORT, cert, proc, 15)
         pids = [proc.pid]
         rss_pid = proc.pid
         if name == "nginx" and not callgrind_out:
@@ -579,19 +685,22 @@ class Bench:
                 raise BenchError(f"nginx: expected one worker, found {workers}")
             pids += workers
             rss_pid = workers[0]
-        return Balancer(name, proc, pids, rss_pid, tls=tls)
+        return Balancer(name, proc, pids, rss_pid, tls=tls, h2=h2)
 
     def stop_lb(self, lb, timeout=10.0):
         code = self.procs.stop(lb.proc, timeout=timeout)
         wait_free(LB_PORT)
         if lb.tls:
             wait_free(TLS_PORT)
+        if lb.h2 and lb.h2c_port != LB_PORT:
+            wait_free(lb.h2c_port)
         return code
 
     def alb_check(self, cfg, what="the TLS config"):
         """`alb check` on a config with [tls]: NoTls when this build does not know the section
-        (serde rejects the unknown field), BenchError for any other refusal (S11 checks its
-        routed configs the same way)."""
+        (serde rejects the unknown field), NoH2 when it does not know [http2] or h2c://
+        backends, BenchError for any other refusal (S11 checks its routed configs the same
+        way)."""
         try:
             out = subprocess.run([str(ALB_BIN), "check", "--config", str(cfg)],
                                  capture_output=True, text=True, timeout=30)
@@ -606,6 +715,10 @@ class Bench:
             self.alb_no_tls = (f"`alb check` refused the [tls] section (exit {out.returncode}: "
                                f"unknown field `tls`; see alb-check.log in the work dir)")
             raise NoTls(self.alb_no_tls)
+        if re.search(r"unknown field `http2`|scheme \"h2c\" is not supported", text):
+            self.alb_no_h2 = (f"`alb check` refused the [http2] section or h2c:// backends (exit "
+                              f"{out.returncode}; see alb-check.log in the work dir)")
+            raise NoH2(self.alb_no_h2)
         raise BenchError(f"alb check refused {what} (exit {out.returncode}): {text[-500:]}")
 
     def make_certificate(self):
@@ -680,15 +793,17 @@ class Bench:
             + f", backends {res['served']}")
         return res
 
-    def each_contender(self, scenario, contenders, fn, connections=1_024, tls=False):
+    def each_contender(self, scenario, contenders, fn, connections=1_024, tls=False, h2=None):
         for contender in contenders:
             lb = None
             try:
                 if contender != "direct":
-                    lb = self.start_lb(contender, connections=connections, tls=tls)
+                    lb = self.start_lb(contender, connections=connections, tls=tls, h2=h2)
                 fn(contender, lb)
             except NoTls as e:
                 self.not_applicable(scenario, contender, NO_TLS, str(e))
+            except NoH2 as e:
+                self.not_applicable(scenario, contender, NO_H2, str(e))
             except BenchError as e:
                 self.note(f"{scenario} {contender} FAILED: {e}")
             finally:
@@ -781,48 +896,56 @@ class Bench:
             # Warm the balancer as S1 does, so that the baseline holds its steady-state buffers.
             self.wrk(LB_PORT, 64, WARMUP, latency=False)
             time.sleep(0.3)
-            before = status_kib(lb.rss_pid, "VmRSS")
-            client = self.procs.spawn(
-                f"s5-client-{contender}",
+            res = self.idle_rss(
+                "S5", contender, lb, f"s5-client-{contender}",
                 [sys.executable, BENCH / "idle_clients.py", "--port", LB_PORT, "--count", n,
-                 "--deadline", 90, "--hold", 60],
-                LOAD_CPU, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-            try:
-                line = read_line(client, timeout=100)
-                if not line.startswith("READY"):
-                    raise BenchError(f"idle client: {line!r}; see {client.bench_log}")
-                _, opened, failed, took = line.split()
-                opened, failed = int(opened), int(failed)
-                time.sleep(1.0)  # let the balancer settle (lazy frees, timers)
-                with_open = status_kib(lb.rss_pid, "VmRSS")
-                hwm = status_kib(lb.rss_pid, "VmHWM")
-                client.stdin.write(b"close\n")
-                client.stdin.flush()
-                still = read_line(client, timeout=30)
-                still_open = int(still.split()[1]) if still.startswith("STILL_OPEN") else -1
-                read_line(client, timeout=30)
-            finally:
-                self.procs.stop(client)
-            if failed:
-                self.note(f"S5 {contender}: {failed} of {n} connections failed to open or answer "
-                          f"(see {client.bench_log})")
-            if still_open != opened:
-                self.note(f"S5 {contender}: only {still_open} of {opened} connections were still "
-                          f"open when measured")
-            if opened == 0:
-                raise BenchError("no connection opened")
-            per = (with_open - before) / opened
-            self.raw.setdefault("S5", {})[contender] = {
-                "connections": opened, "failed": failed, "open_took": took,
-                "rss_before_kib": before, "rss_open_kib": with_open, "hwm_kib": hwm,
-                "still_open": still_open, "kib_per_connection": per}
-            log(f"S5 {contender}: RSS {before / 1024:.1f} -> {with_open / 1024:.1f} MiB with "
-                f"{opened:,} open ({took}): {per:.2f} KiB each")
-            self.put("S5", "per_conn", contender, per)
-            self.put("S5", "rss_open", contender, with_open / 1024)
+                 "--deadline", 90, "--hold", 60], n)
+            self.raw.setdefault("S5", {})[contender] = res
+            self.put("S5", "per_conn", contender, res["kib_per_connection"])
+            self.put("S5", "rss_open", contender, res["rss_open_kib"] / 1024)
 
         self.each_contender("S5", LBS, one, connections=n + 100)
         self.stop_backends()
+
+    def idle_rss(self, scenario, contender, lb, name, cmd, n):
+        """S5 and S12: the balancer's VmRSS before, and with `n` idle client connections open
+        (`cmd`: idle_clients.py or h2_clients.py, which print READY once every connection had
+        its answer, then hold them until told to close). Returns the figures, KiB per
+        connection included; failures and connections the balancer closed meanwhile are noted."""
+        before = status_kib(lb.rss_pid, "VmRSS")
+        client = self.procs.spawn(name, cmd, LOAD_CPU, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE)
+        try:
+            line = read_line(client, timeout=100)
+            if not line.startswith("READY"):
+                raise BenchError(f"idle client: {line!r}; see {client.bench_log}")
+            _, opened, failed, took = line.split()
+            opened, failed = int(opened), int(failed)
+            time.sleep(1.0)  # let the balancer settle (lazy frees, timers)
+            with_open = status_kib(lb.rss_pid, "VmRSS")
+            hwm = status_kib(lb.rss_pid, "VmHWM")
+            client.stdin.write(b"close\n")
+            client.stdin.flush()
+            still = read_line(client, timeout=30)
+            still_open = int(still.split()[1]) if still.startswith("STILL_OPEN") else -1
+            read_line(client, timeout=30)
+        finally:
+            self.procs.stop(client)
+        what = f"{scenario} {contender}" + (f" ({name})" if scenario != "S5" else "")
+        if failed:
+            self.note(f"{what}: {failed} of {n} connections failed to open or answer "
+                      f"(see {client.bench_log})")
+        if still_open != opened:
+            self.note(f"{what}: only {still_open} of {opened} connections were still "
+                      f"open when measured")
+        if opened == 0:
+            raise BenchError("no connection opened")
+        per = (with_open - before) / opened
+        log(f"{what}: RSS {before / 1024:.1f} -> {with_open / 1024:.1f} MiB with "
+            f"{opened:,} open ({took}): {per:.2f} KiB each")
+        return {"connections": opened, "failed": failed, "open_took": took,
+                "rss_before_kib": before, "rss_open_kib": with_open, "hwm_kib": hwm,
+                "still_open": still_open, "kib_per_connection": per}
 
     def s2(self):
         n1, n2 = S2_COUNTS
@@ -1206,32 +1329,32 @@ class Bench:
                 "rss": res["hwm_kib"] / 1024,
             }
 
-        self.tls_rounds("S9", CONTENDERS, one, ("rps", "cpu", "tls_cpu"))
+        self.rounds("S9", CONTENDERS, one, ("rps", "cpu", "tls_cpu"), tls=True)
         self.check_negotiated("S9")
         self.stop_backends()
 
-    def tls_rounds(self, scenario, contenders, one, spread_of):
-        """TLS_ROUNDS rounds of `one(contender, lb)` (which returns {metric: value}) over every
-        contender, each balancer started fresh with its TLS listener; the order of the balancers
-        rotates from round to round (direct stays first). Puts each figure's median in the table
-        and notes the per-round values of the metrics in `spread_of`."""
+    def rounds(self, scenario, contenders, one, spread_of, count=TLS_ROUNDS, **start):
+        """`count` rounds of `one(contender, lb)` (which returns {metric: value}) over every
+        contender, each balancer started fresh (`start`: start_lb's tls, h2); the order of the
+        balancers rotates from round to round (direct stays first). Puts each figure's median in
+        the table and notes the per-round values of the metrics in `spread_of`."""
         samples = {}  # contender -> metric -> [value of each round]
         lbs = [c for c in contenders if c != "direct"]
-        for r in range(TLS_ROUNDS):
+        for r in range(count):
             k = r % max(1, len(lbs))
             order = [c for c in contenders if c == "direct"] + lbs[k:] + lbs[:k]
-            log(f"{scenario} round {r + 1} of {TLS_ROUNDS}: {', '.join(order)}")
+            log(f"{scenario} round {r + 1} of {count}: {', '.join(order)}")
 
             def collect(contender, lb):
                 for metric, value in one(contender, lb).items():
                     samples.setdefault(contender, {}).setdefault(metric, []).append(value)
 
-            self.each_contender(scenario, order, collect, tls=True)
+            self.each_contender(scenario, order, collect, **start)
         for contender, metrics in samples.items():
             for metric, values in metrics.items():
                 self.put(scenario, metric, contender, statistics.median(values))
         self.raw.setdefault(scenario + "-rounds", {}).update(samples)
-        if TLS_ROUNDS > 1:
+        if count > 1:
             labels = {m: label.split(": ", 1)[-1] for s, m, label, _, _ in ROWS if s == scenario}
             parts = []
             for metric in spread_of:
@@ -1240,7 +1363,7 @@ class Bench:
                 if per:
                     parts.append(f"{labels[metric]}: " + "; ".join(per))
             if parts:
-                self.note(f"{scenario}, each of the {TLS_ROUNDS} rounds (the table has the "
+                self.note(f"{scenario}, each of the {count} rounds (the table has the "
                           f"medians): " + ". ".join(parts))
 
     def s_time(self, name, clients, seconds):
@@ -1336,7 +1459,7 @@ class Bench:
                 "rss": res["hwm_kib"] / 1024,
             }
 
-        self.tls_rounds("S10", LBS, one, ("hps", "cpu"))
+        self.rounds("S10", LBS, one, ("hps", "cpu"), tls=True)
         self.check_negotiated("S10")
         self.stop_backends()
 
@@ -1466,6 +1589,219 @@ class Bench:
                 self.put("S11", "ir_more", contender, 100.0 * (per[S11_ROUTES] / per[1] - 1.0))
         self.stop_backends()
 
+    # -- S12, S13: HTTP/2 and gRPC ---------------------------------------------------------------
+
+    def h2load(self, name, url, connections, streams, duration, log_file=None, data=None,
+               headers=()):
+        """One h2load run (one thread, on the load core) for `duration` seconds; its output goes
+        to `<name>.log` in the work dir. Returns parse_h2load's figures."""
+        cmd = ["h2load", "-t", 1, "-c", connections, "-m", streams, "-D", duration]
+        for header in headers:
+            cmd += ["-H", header]
+        if data:
+            cmd += ["-d", data]
+        if log_file:
+            cmd.append(f"--log-file={log_file}")
+        cmd.append(url)
+        out = run_tool(cmd, timeout=duration + 30)
+        with open(self.work / f"{name}.log", "a") as f:
+            f.write(f"$ {' '.join(str(c) for c in cmd)}\n{out}\n")
+        return parse_h2load(out)
+
+    def h2load_run(self, scenario, contender, lb, url, connections, streams, protocol,
+                   data=None, headers=(), tag=None):
+        """As load_run, with h2load: a warm-up, then a timed run with the balancer's CPU and
+        memory, the cores and the backends' counters read around it. p50 and p99 come from
+        h2load's per-request log (`--log-file`: each request's status and microseconds to the
+        end of its answer); h2load itself prints only min/max/mean/sd. `protocol` is what
+        h2load must have negotiated (h2 by ALPN, h2c): anything else fails the run."""
+        tag = tag or f"{scenario.lower()}-h2load-{contender}"
+        warm = self.h2load(tag, url, connections, streams, WARMUP, data=data, headers=headers)
+        if warm["ok"] == 0:
+            raise BenchError(f"h2load warm-up: no 2xx answer ({warm['requests']}, status codes "
+                             f"{warm['status']}); see {tag}.log in the work dir")
+        reqlog = self.work / f"{tag}.requests.tsv"
+        if reqlog.exists():
+            reqlog.unlink()
+        before = self.counters()
+        cpu0 = cpu_ticks(lb.cpu_pids) if lb else None
+        cores0 = core_times(LB_CPU), core_times(LOAD_CPU)
+        res = self.h2load(tag, url, connections, streams, DURATION, log_file=reqlog, data=data,
+                          headers=headers)
+        cores1 = core_times(LB_CPU), core_times(LOAD_CPU)
+        cpu1 = cpu_ticks(lb.cpu_pids) if lb else None
+        after = self.counters()
+        res["served"] = [a - b for a, b in zip(after, before)]
+        res["lb_core_busy"] = busy_percent(cores0[0], cores1[0])
+        res["load_core_busy"] = busy_percent(cores0[1], cores1[1])
+        if res["protocol"] != protocol:
+            raise BenchError(f"h2load spoke {res['protocol']!r}, not {protocol}; see {tag}.log")
+        if res["ok"] == 0:
+            raise BenchError(f"h2load: no 2xx answer ({res['requests']}, status codes "
+                             f"{res['status']}); see {tag}.log in the work dir")
+        times = request_times(reqlog)
+        reqlog.unlink()
+        if times:
+            res["p50_ms"] = percentile(times, 0.50) / 1e3
+            res["p99_ms"] = percentile(times, 0.99) / 1e3
+            res["max_ms"] = times[-1] / 1e3
+            res["logged"] = len(times)
+        if lb:
+            if lb.proc.poll() is not None:
+                raise BenchError(f"{contender} died during {scenario}")
+            res["cpu_s"] = (cpu1 - cpu0) / CLK_TCK
+            res["cpu_us_per_req"] = res["cpu_s"] * 1e6 / res["ok"]
+            res["cpu_share"] = res["cpu_s"] / res["seconds"]
+            res["hwm_kib"] = status_kib(lb.rss_pid, "VmHWM")
+            if contender == "nginx":
+                res["master_hwm_kib"] = status_kib(lb.proc.pid, "VmHWM")
+        req = res["requests"]
+        bad = max(0, req["done"] - res["ok"]) + req["failed"] + req["errored"] + req["timeout"]
+        if bad:
+            self.note(f"{scenario} {contender}: h2load counted {res['ok']:,} 2xx answers of "
+                      f"{req['done']:,} done; status codes {res['status']}; failed "
+                      f"{req['failed']}, errored {req['errored']}, timeout {req['timeout']}")
+        # The backends also count what was in flight when h2load stopped (up to connections x
+        # streams, which h2load leaves out), and what was in flight when the warm-up stopped (a
+        # balancer may still pass it on after the counters were read), and alb's backends count
+        # health checks; S13's count only calls answered with grpc-status 0.
+        served = sum(res["served"])
+        slack = 2 * connections * streams + 20
+        if not res["ok"] - 0.01 * res["ok"] <= served <= res["ok"] + slack:
+            self.note(f"{scenario} {contender}: h2load counted {res['ok']:,} 2xx answers, the "
+                      f"backends {served:,} " + ("calls answered with grpc-status 0"
+                                                 if scenario == "S13" else "requests"))
+        self.raw.setdefault(scenario, {})[contender] = res
+        log(f"{scenario} {contender}: {res['rps']:,.0f} req/s ({res['protocol']}), p50 "
+            f"{res.get('p50_ms', 0):.2f} ms, p99 {res.get('p99_ms', 0):.2f} ms"
+            + (f", {res['cpu_us_per_req']:.1f} CPU us/req ({res['cpu_share']:.0%} of a core), "
+               f"HWM {res['hwm_kib'] / 1024:.1f} MiB" if lb else "")
+            + f", cores busy {res['lb_core_busy']:.0f}% / {res['load_core_busy']:.0f}%"
+            + f", backends {res['served']}")
+        return res
+
+    def s12(self):
+        log(f"S12: HTTP/2 over TLS, {SMALL_BODY} B GETs, h2load {S12_CONNECTIONS} connections x "
+            f"{S12_STREAMS} streams, {DURATION} s each, {H2_ROUNDS} round(s); then "
+            f"{S12_IDLE:,} idle HTTP/2 connections, h2c and TLS")
+        self.make_certificate()
+        self.start_backends(body=SMALL_BODY)
+        url = f"https://127.0.0.1:{TLS_PORT}/"
+
+        def one(contender, lb):
+            res = self.h2load_run("S12", contender, lb, url, S12_CONNECTIONS, S12_STREAMS, "h2")
+            # The same process, a tenth of the streams in flight (its peak RSS is the first
+            # run's, read before this one).
+            low = self.h2load_run("S12-low", contender, lb, url, S12_CONNECTIONS,
+                                  S12_STREAMS_LOW, "h2", tag=f"s12-h2load-low-{contender}")
+            return {
+                "rps": res["rps"], "p50": res["p50_ms"], "p99": res["p99_ms"],
+                "cpu": res["cpu_us_per_req"], "lbshare": 100.0 * res["cpu_share"],
+                "lbcore": res["lb_core_busy"], "loadcore": res["load_core_busy"],
+                "rss": res["hwm_kib"] / 1024,
+                "low_rps": low["rps"], "low_p99": low["p99_ms"], "low_cpu": low["cpu_us_per_req"],
+                "low_lbcore": low["lb_core_busy"], "low_loadcore": low["load_core_busy"],
+            }
+
+        self.rounds("S12", LBS, one, ("rps", "cpu", "low_rps", "low_cpu"), count=H2_ROUNDS,
+                    h2="tls")
+        for transport in ("h2c", "tls"):
+            self.s12_idle(transport)
+        self.stop_backends()
+
+    def s12_idle(self, transport):
+        """Memory per idle HTTP/2 connection, as S5 measures it for HTTP/1.1: S12_IDLE connections
+        (bench/h2_clients.py), each with one GET answered, then held idle; VmRSS with them open
+        minus before, ÷ connections. `transport`: "h2c" (prior knowledge, on the balancer's h2c
+        port) or "tls" (ALPN h2 on its TLS port). A fresh balancer process each."""
+        n = S12_IDLE
+        log(f"S12: {n:,} idle HTTP/2 connections over {transport}")
+
+        def one(contender, lb):
+            tls = transport == "tls"
+            port = TLS_PORT if tls else lb.h2c_port
+            # Warm the balancer with HTTP/2 on the same transport (S5 warms with wrk), so that
+            # the baseline holds its steady-state buffers.
+            self.h2load(f"s12-idle-warm-{contender}",
+                        f"{'https' if tls else 'http'}://127.0.0.1:{port}/", S12_CONNECTIONS, 10,
+                        WARMUP)
+            time.sleep(0.3)
+            cmd = [sys.executable, BENCH / "h2_clients.py", "--port", port, "--count", n,
+                   "--deadline", 90, "--hold", 60] + (["--tls", self.tls_files[0]] if tls else [])
+            res = self.idle_rss("S12", contender, lb, f"s12-idle-{transport}-{contender}", cmd, n)
+            self.raw.setdefault(f"S12-idle-{transport}", {})[contender] = res
+            self.put("S12", f"idle_{transport}", contender, res["kib_per_connection"])
+            self.put("S12", f"idle_{transport}_rss", contender, res["rss_open_kib"] / 1024)
+
+        self.each_contender("S12", LBS, one, connections=n + 100, h2="tls")
+
+    def start_grpc_backends(self):
+        """The two backends as grpc_bench servers (HTTP/1.1 and h2c on one port; `/__requests`
+        counts the calls answered with grpc-status 0)."""
+        self.stop_backends()
+        ensure_free(B1_PORT, B2_PORT)
+        self.backend_specs = []
+        for port, name in ((B1_PORT, "b1"), (B2_PORT, "b2")):
+            self.backends.append(self.procs.spawn(f"grpc-backend-{name}",
+                                                  [GRPC_BIN, "server", port], LOAD_CPU))
+        for port, proc in zip((B1_PORT, B2_PORT), self.backends):
+            wait_http(port, "/__requests", proc, 10)
+
+    def grpc_check(self, port, contender):
+        """GRPC_CHECK_CALLS unary calls through `port` with a real gRPC client (tonic, in
+        grpc_bench check): every one must come back with grpc-status 0 in its trailers and the
+        expected reply, or the run fails."""
+        cmd = ["taskset", "-c", LOAD_CPU, GRPC_BIN, "check", f"http://127.0.0.1:{port}",
+               GRPC_CHECK_CALLS]
+        cmd = [str(c) for c in cmd]
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired as e:
+            raise BenchError("grpc_bench check ran past 60 s") from e
+        with open(self.work / f"s13-check-{contender}.log", "a") as f:
+            f.write(f"$ {' '.join(cmd)}\n{out.stdout}{out.stderr}")
+        lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+        if not lines:
+            raise BenchError(f"grpc_bench check exited {out.returncode} with no result: "
+                             f"{out.stderr.strip()[-300:]}")
+        res = json.loads(lines[-1])
+        self.raw.setdefault("S13-check", {})[contender] = res
+        if res["ok"] != res["calls"]:
+            raise BenchError(f"a gRPC client (tonic) got {res['ok']} of {res['calls']} calls "
+                             f"right through it: errors {res['errors']}, the first "
+                             f"{res['first_error']}")
+        return res
+
+    def s13(self):
+        log(f"S13: gRPC unary calls over h2c, h2load {S13_CONNECTIONS} connections x "
+            f"{S13_STREAMS} streams, {DURATION} s each, {H2_ROUNDS} round(s)")
+        if not GRPC_BIN.exists():
+            raise BenchError(f"{GRPC_BIN} missing: run bench/run.sh (it builds "
+                             f"examples/grpc_bench.rs when S13 is selected)")
+        request = self.work / "grpc-request.bin"
+        out = subprocess.run([str(GRPC_BIN), "request", str(request)], capture_output=True,
+                             text=True, timeout=30)
+        if out.returncode != 0:
+            raise BenchError(f"grpc_bench request exited {out.returncode}: {out.stderr.strip()}")
+        self.start_grpc_backends()
+        headers = ("content-type: application/grpc", "te: trailers")
+
+        def one(contender, lb):
+            port = B1_PORT if contender == "direct" else lb.h2c_port
+            self.grpc_check(port, contender)
+            res = self.h2load_run("S13", contender, lb, f"http://127.0.0.1:{port}{GRPC_PATH}",
+                                  S13_CONNECTIONS, S13_STREAMS, "h2c", data=request,
+                                  headers=headers)
+            figures = {"cps": res["rps"], "p50": res["p50_ms"], "p99": res["p99_ms"],
+                       "lbcore": res["lb_core_busy"], "loadcore": res["load_core_busy"]}
+            if lb:
+                figures.update(cpu=res["cpu_us_per_req"], lbshare=100.0 * res["cpu_share"],
+                               rss=res["hwm_kib"] / 1024)
+            return figures
+
+        self.rounds("S13", CONTENDERS, one, ("cps", "cpu", "p99"), count=H2_ROUNDS, h2="grpc")
+        self.stop_backends()
+
 
 S6_ALGORITHMS = ["least_conn", "round_robin", "random", "p2c", "least_time", "hash", "sticky"]
 S6_SIZES = [10, 1_000, 10_000]
@@ -1549,6 +1885,49 @@ def parse_wrk(out):
     res["socket_errors"] = dict(zip(("connect", "read", "write", "timeout"),
                                     map(int, m.groups()))) if m else {}
     return res
+
+
+def parse_h2load(out):
+    """h2load's summary: duration, request counts, status classes, the protocol it spoke."""
+    res = {"raw": out}
+    m = re.search(r"finished in ([\d.]+)(us|ms|s|m), ([\d.]+) req/s", out)
+    if not m:
+        raise BenchError(f"h2load: unexpected output:\n{out[-1500:]}")
+    res["seconds"] = to_ms(m.group(1) + m.group(2)) / 1e3
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                  r"(\d+) failed, (\d+) errored, (\d+) timeout", out)
+    if not m:
+        raise BenchError(f"h2load: no request counts in:\n{out[-1500:]}")
+    res["requests"] = dict(zip(("total", "started", "done", "succeeded", "failed", "errored",
+                                "timeout"), map(int, m.groups())))
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    res["status"] = dict(zip(("2xx", "3xx", "4xx", "5xx"), map(int, m.groups()))) if m else {}
+    res["ok"] = res["status"].get("2xx", 0)
+    res["rps"] = res["ok"] / res["seconds"] if res["seconds"] else 0.0
+    m = re.search(r"Application protocol: (\S+)", out)
+    res["protocol"] = m.group(1) if m else None
+    return res
+
+
+def request_times(path):
+    """The microseconds each request took, sorted, from h2load's --log-file (tab-separated: start
+    in µs since the epoch, status, µs to the end of the answer); answered requests only."""
+    times = []
+    try:
+        with open(path) as f:
+            for line in f:
+                fields = line.split("\t")
+                if len(fields) >= 3 and fields[1].strip().isdigit() and int(fields[1]) > 0:
+                    times.append(int(fields[2]))
+    except FileNotFoundError:
+        return []
+    times.sort()
+    return times
+
+
+def percentile(values, q):
+    """The nearest-rank q-quantile of sorted `values`."""
+    return values[min(len(values) - 1, max(0, int(-(-q * len(values) // 1)) - 1))]
 
 
 def callgrind_total(path):
@@ -1651,6 +2030,42 @@ ROWS = [
      "routes than 1 (no peer ratio) ↓", "", 1),
     ("S11", "rss1", "S11 1 route: LB peak RSS MiB ↓", "lo", 1),
     ("S11", "rss100", f"S11 {S11_ROUTES} routes: LB peak RSS MiB ↓", "lo", 1),
+    ("S12", "rps", f"S12 HTTP/2 over TLS, small GETs ({S12_CONNECTIONS} connections × "
+     f"{S12_STREAMS} streams): req/s ↑", "hi", 0),
+    ("S12", "p50", "S12 HTTP/2 over TLS: p50 ms ↓", "lo", 2),
+    ("S12", "p99", "S12 HTTP/2 over TLS: p99 ms ↓", "lo", 2),
+    ("S12", "cpu", "S12 HTTP/2 over TLS: LB CPU µs/request ↓", "lo", 1),
+    ("S12", "lbshare", "S12 HTTP/2 over TLS: LB CPU time, % of a core", "", 0),
+    ("S12", "lbcore", f"S12 HTTP/2 over TLS: core {LB_CPU} (LB) busy %", "", 0),
+    ("S12", "loadcore", f"S12 HTTP/2 over TLS: core {LOAD_CPU} (h2load, backends) busy %", "", 0),
+    ("S12", "rss", "S12 HTTP/2 over TLS: LB peak RSS MiB ↓", "lo", 1),
+    ("S12", "low_rps", f"S12 HTTP/2 over TLS, same process, {S12_STREAMS_LOW} streams per "
+     "connection: req/s ↑", "hi", 0),
+    ("S12", "low_p99", f"S12 HTTP/2 over TLS, {S12_STREAMS_LOW} streams: p99 ms ↓", "lo", 2),
+    ("S12", "low_cpu", f"S12 HTTP/2 over TLS, {S12_STREAMS_LOW} streams: LB CPU µs/request ↓",
+     "lo", 1),
+    ("S12", "low_lbcore", f"S12 HTTP/2 over TLS, {S12_STREAMS_LOW} streams: core {LB_CPU} (LB) "
+     "busy %", "", 0),
+    ("S12", "low_loadcore", f"S12 HTTP/2 over TLS, {S12_STREAMS_LOW} streams: core {LOAD_CPU} "
+     "(h2load, backends) busy %", "", 0),
+    ("S12", "idle_h2c", f"S12 {S12_IDLE:,} idle HTTP/2 connections, h2c: LB KiB per connection ↓",
+     "lo", 2),
+    ("S12", "idle_h2c_rss", f"S12 {S12_IDLE:,} idle HTTP/2 connections, h2c: LB RSS MiB with all "
+     "open ↓", "lo", 1),
+    ("S12", "idle_tls", f"S12 {S12_IDLE:,} idle HTTP/2 connections over TLS: LB KiB per "
+     "connection ↓", "lo", 2),
+    ("S12", "idle_tls_rss", f"S12 {S12_IDLE:,} idle HTTP/2 connections over TLS: LB RSS MiB with "
+     "all open ↓", "lo", 1),
+    ("S13", "cps", f"S13 gRPC unary calls over h2c ({S13_CONNECTIONS} connections × "
+     f"{S13_STREAMS} streams): calls/s ↑", "hi", 0),
+    ("S13", "p50", "S13 gRPC unary calls: p50 ms ↓", "lo", 2),
+    ("S13", "p99", "S13 gRPC unary calls: p99 ms ↓", "lo", 2),
+    ("S13", "cpu", "S13 gRPC unary calls: LB CPU µs/call ↓", "lo", 1),
+    ("S13", "lbshare", "S13 gRPC unary calls: LB CPU time, % of a core", "", 0),
+    ("S13", "lbcore", f"S13 gRPC unary calls: core {LB_CPU} (LB) busy %", "", 0),
+    ("S13", "loadcore", f"S13 gRPC unary calls: core {LOAD_CPU} (h2load, gRPC backends) busy %",
+     "", 0),
+    ("S13", "rss", "S13 gRPC unary calls: LB peak RSS MiB ↓", "lo", 1),
 ]
 
 
@@ -1695,6 +2110,9 @@ def target_for(scenario, metric, get):
         return "≤ 3 %", None if alb is None else alb <= 3.0
     if key == ("S7", "failed"):
         return "0", None if alb is None else alb == 0
+    if key in (("S12", "idle_h2c"), ("S12", "idle_tls")):
+        ok = isinstance(alb, (int, float))
+        return "< 16 KiB", None if not ok else alb < 16
     return "", None
 
 
@@ -1779,6 +2197,7 @@ def versions():
         "alb's rustls": (rustls.group(1) + (f" with aws-lc-rs {aws_lc.group(1)}" if aws_lc else "")
                          if rustls else "none (no TLS in this build)"),
         "valgrind": sh("valgrind --version").removeprefix("valgrind-"),
+        "h2load": sh("h2load --version").removeprefix("h2load "),
         "criterion": m.group(1) if m else "?",
         "Python": sh(f"{sys.executable} --version").removeprefix("Python "),
     }
@@ -1811,7 +2230,8 @@ def main():
     signal.signal(signal.SIGHUP, on_signal)
     try:
         ensure_free(LB_PORT, B1_PORT, B2_PORT,
-                    *([TLS_PORT] if set(TLS_SCENARIOS) & set(SCENARIOS) else []))
+                    *([TLS_PORT] if set(TLS_SCENARIOS + ("S12",)) & set(SCENARIOS) else []),
+                    *([H2C_PORT] if set(H2_SCENARIOS) & set(SCENARIOS) else []))
         for scenario in SCENARIOS:
             t0 = time.monotonic()
             try:
@@ -1824,7 +2244,7 @@ def main():
         bench.procs.stop_all()
     elapsed = time.monotonic() - started
 
-    for scenario in ("S1", "S4", "S8", "S9-plain", "S11-direct"):
+    for scenario in ("S1", "S4", "S8", "S9-plain", "S11-direct", "S13"):
         direct = bench.raw.get(scenario, {}).get("direct")
         if direct and direct["lb_core_busy"] > 10:
             bench.note(f"{scenario}: core {LB_CPU} was {direct['lb_core_busy']:.0f} % busy during "
@@ -1852,7 +2272,14 @@ def main():
         f"no resumption), one ECDSA P-256 certificate, TLS 1.2 and 1.3 offered; S11 "
         f"{S11_CONNECTIONS} connections GETting {S11_PATH} through {S11_ROUTES} path-prefix "
         f"routes and through 1 (fresh process each, back to back, {S11_ROUNDS} round(s), "
-        f"costs the means of the rounds, the rest medians; instructions as in S2); nginx RSS is its worker's (the master adds {master_hwm(bench)}).",
+        f"costs the means of the rounds, the rest medians; instructions as in S2); S12 h2load "
+        f"{S12_CONNECTIONS} connections × {S12_STREAMS} streams over TLS (ALPN h2, the same "
+        f"certificate) to the HTTP/1.1 backends, then × {S12_STREAMS_LOW} streams from the same "
+        f"process, then {S12_IDLE:,} idle HTTP/2 connections "
+        f"(h2c, then TLS); S13 h2load {S13_CONNECTIONS} connections × {S13_STREAMS} streams of "
+        f"unary gRPC calls over h2c to two gRPC backends (examples/grpc_bench.rs) spoken to over "
+        f"h2c; S12 and S13 in {H2_ROUNDS} round(s), medians; nginx RSS is its worker's (the "
+        f"master adds {master_hwm(bench)}).",
     ]
     notes = ["", "Notes from this run:", ""] + [f"- {n}" for n in bench.notes] if bench.notes \
         else ["", "Notes from this run: none (no errors, no failed contender)."]
@@ -1876,7 +2303,7 @@ def main():
 
 
 def master_hwm(bench):
-    for scenario in ("S1", "S4", "S9", "S11-1"):
+    for scenario in ("S1", "S4", "S9", "S11-1", "S12", "S13"):
         r = bench.raw.get(scenario, {}).get("nginx", {})
         if not isinstance(r, dict):
             continue
@@ -1896,8 +2323,8 @@ Ratios are alb's figure divided by the peer's from the same run: above 1 is bett
 marked ↑, below 1 for those marked ↓. The figures are absolute for this machine only; the ratios
 and S2's instruction counts travel better.
 
-Re-run: `bench/run.sh` (about 18 minutes of scenarios, plus 2 to 3 minutes of build when the source
-changed; `bench/run.sh --quick` checks the script in about 2).
+Re-run: `bench/run.sh` (about 25 minutes of scenarios, plus 2 to 5 minutes of build when the source
+changed; `bench/run.sh --quick` checks the script in about 3).
 
 {doc}"""
     (ROOT / "BENCHMARKS.md").write_text(text)

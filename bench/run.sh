@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # alb's benchmark suite in one command: installs the tools it needs, builds alb (which is also the
-# test backend, `alb backend`; S8's WebSocket echo server and client are examples/ws_bench.rs),
-# then runs scenarios S1-S11 against direct, alb, nginx and HAProxy and writes a markdown table to
-# bench/results/ (and, after a full run, BENCHMARKS.md).
+# test backend, `alb backend`; S8's WebSocket echo server and client are examples/ws_bench.rs,
+# S13's gRPC backend and checking client examples/grpc_bench.rs), then runs scenarios S1-S13
+# against direct, alb, nginx and HAProxy and writes a markdown table to bench/results/ (and,
+# after a full run, BENCHMARKS.md).
 #
-#   bench/run.sh              full run, about 18 minutes (S9 and S10 take 6, S11 6; plus the build)
+#   bench/run.sh              full run, about 25 minutes (S9 and S10 take 6, S11 6, S12 and S13 7;
+#                             plus the build)
 #   bench/run.sh --quick      2 s per scenario, small counts: checks the script (BENCH_QUICK=1 too)
 #   BENCH_ONLY=S1,S2 BENCH_CONTENDERS=alb,nginx bench/run.sh    a subset (no BENCHMARKS.md update)
 #   BENCH_ONLY=S8 bench/run.sh   WebSocket echo messages/s through each proxy (builds ws_bench)
 #   BENCH_ONLY=S9,S10 bench/run.sh   TLS termination: keep-alive GETs, then full handshakes/s
 #   BENCH_ONLY=S11 bench/run.sh   routing: S1's load with 100 path-prefix routes against 1
+#   BENCH_ONLY=S12 bench/run.sh   HTTP/2 over TLS (h2load, 10 connections x 100 streams, then
+#                                 x 10) to the HTTP/1.1 backends, then memory per idle HTTP/2
+#                                 connection
+#   BENCH_ONLY=S13 bench/run.sh   gRPC unary calls/s over h2c to two gRPC backends (builds
+#                                 grpc_bench)
 #   ALB_BIN=/path/to/alb bench/run.sh   that binary instead of building this tree (S6 still uses
 #                                       the tree: it is a criterion bench of the library)
 #
@@ -21,7 +28,7 @@ cd "$(dirname "$0")/.."
 for arg in "$@"; do
     case "$arg" in
         --quick) export BENCH_QUICK=1 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -37,6 +44,8 @@ declare -A PACKAGES=(
     # S9/S10: the certificate (openssl req), the handshake load (openssl s_time) and the probe of
     # what each balancer negotiates (openssl s_client). Debian's wrk links libssl: it speaks https.
     [openssl]=openssl
+    # S12/S13: the HTTP/2 load (h2load: many streams per connection, h2 by ALPN or h2c).
+    [h2load]=nghttp2-client
 )
 missing=()
 for cmd in "${!PACKAGES[@]}"; do
@@ -88,6 +97,11 @@ if [[ -z ${BENCH_ONLY:-} || ${BENCH_ONLY^^} == *S8* ]]; then
     log "building the WebSocket echo server and client (S8: examples/ws_bench.rs, release)"
     cargo build --release --quiet --example ws_bench
     export BENCH_WS_BIN="${CARGO_TARGET_DIR:-target}/release/examples/ws_bench"
+fi
+if [[ -z ${BENCH_ONLY:-} || ${BENCH_ONLY^^} == *S13* ]]; then
+    log "building the gRPC backend and client (S13: examples/grpc_bench.rs, release)"
+    cargo build --release --quiet --example grpc_bench
+    export BENCH_GRPC_BIN="${CARGO_TARGET_DIR:-target}/release/examples/grpc_bench"
 fi
 
 # --- run -----------------------------------------------------------------------------------------

@@ -953,9 +953,11 @@ async fn streams_opened_and_reset_at_once_get_goaway_enhance_your_calm() {
     assert!(took < Duration::from_secs(3), "GOAWAY after {took:?}");
     // h2's guard (streams reset before alb took them) closed it, and the metrics say so.
     let stats = lb.proxy.stats().clone();
-    common::wait_until(DEADLINE, || stats.h2_abuse_closed.load(Ordering::Relaxed) == 1)
-        .await
-        .expect("alb_h2_abuse_closed_total counts the connection");
+    common::wait_until(DEADLINE, || {
+        stats.h2_abuse_closed.load(Ordering::Relaxed) == 1
+    })
+    .await
+    .expect("alb_h2_abuse_closed_total counts the connection");
     assert!(
         backend.hits() <= 300,
         "{} requests reached the backend",
