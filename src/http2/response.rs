@@ -19,13 +19,26 @@ use crate::http1::{RawFields, date_value};
 /// and h2 would refuse the whole response), names lowercased, and Content-Length written from
 /// what the body is known to hold.
 pub fn response_fields(
-    parts: &response::Parts,
+    parts: &mut response::Parts,
     passed: Option<&RawFields>,
     size: SizeHint,
     head_request: bool,
 ) -> HeaderMap {
-    let mut fields = HeaderMap::with_capacity(parts.headers.len() + 8);
     let mut declared = None;
+    let mut fields = match passed {
+        // Fields already in a map (an HTTP/2 backend's, alb's own): kept as they are.
+        None => {
+            let mut fields = std::mem::take(&mut parts.headers);
+            if let Some(length) = fields.remove(header::CONTENT_LENGTH) {
+                declared = length.to_str().ok().and_then(|v| v.parse().ok());
+            }
+            if fields.keys().any(is_connection_specific) {
+                fields = without_connection_fields(fields);
+            }
+            return finish(fields, parts.status, declared, size, head_request);
+        }
+        Some(_) => HeaderMap::with_capacity(parts.headers.len() + 8),
+    };
     if let Some(passed) = passed {
         declared = passed.content_length();
         for (name, value) in passed.iter() {
@@ -46,7 +59,31 @@ pub fn response_fields(
             fields.append(name.clone(), value.clone());
         }
     }
-    let status = parts.status;
+    finish(fields, parts.status, declared, size, head_request)
+}
+
+fn without_connection_fields(fields: HeaderMap) -> HeaderMap {
+    let mut kept = HeaderMap::with_capacity(fields.len());
+    let mut name = None;
+    for (next, value) in fields {
+        if next.is_some() {
+            name = next;
+        }
+        if let Some(name) = name.as_ref().filter(|n| !is_connection_specific(n)) {
+            kept.append(name.clone(), value);
+        }
+    }
+    kept
+}
+
+/// Content-Length from what the body is known to hold, and Date when the fields have none.
+fn finish(
+    mut fields: HeaderMap,
+    status: StatusCode,
+    declared: Option<u64>,
+    size: SizeHint,
+    head_request: bool,
+) -> HeaderMap {
     let bodiless = status.is_informational() || status == StatusCode::NO_CONTENT;
     let length = if head_request || status == StatusCode::NOT_MODIFIED {
         declared

@@ -276,7 +276,7 @@ impl StreamTask {
         grpc: bool,
         head_request: bool,
     ) {
-        let (parts, mut body) = response.into_parts();
+        let (mut parts, mut body) = response.into_parts();
         if grpc && let ResponseBody::Local(_) = body {
             let reason = parts.status.canonical_reason().unwrap_or("failed");
             let mut head =
@@ -294,7 +294,7 @@ impl StreamTask {
             return;
         }
         let fields = response_fields(
-            &parts,
+            &mut parts,
             body.upstream_fields(),
             body.size_hint(),
             head_request,
