@@ -100,14 +100,22 @@ fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, Rejected> {
 }
 
 fn kept_fields(headers: HeaderMap, rules: &RequestRules) -> Result<HeaderMap, Rejected> {
-    let mut kept = HeaderMap::with_capacity(headers.len());
+    retain_fields(headers, |name| keeps_field(name.as_str().as_bytes(), rules))
+}
+
+/// The fields `keep` says yes to, in order (a `HeaderMap` has no `retain`).
+pub(super) fn retain_fields<E>(
+    fields: HeaderMap,
+    mut keep: impl FnMut(&HeaderName) -> Result<bool, E>,
+) -> Result<HeaderMap, E> {
+    let mut kept = HeaderMap::with_capacity(fields.len());
     let mut name = None;
-    for (next, value) in headers {
+    for (next, value) in fields {
         if next.is_some() {
             name = next;
         }
         if let Some(name) = &name
-            && keeps_field(name.as_str().as_bytes(), rules)?
+            && keep(name)?
         {
             kept.append(name.clone(), value);
         }

@@ -11,7 +11,7 @@ use http::{StatusCode, response};
 use http_body::{Body, SizeHint};
 use http_body_util::BodyExt;
 
-use super::request::is_connection_specific;
+use super::request::{is_connection_specific, retain_fields};
 use crate::http1::{RawFields, date_value};
 
 /// The fields of a response for an HTTP/2 peer: the backend's (`passed`, as they came) then
@@ -63,17 +63,13 @@ pub fn response_fields(
 }
 
 fn without_connection_fields(fields: HeaderMap) -> HeaderMap {
-    let mut kept = HeaderMap::with_capacity(fields.len());
-    let mut name = None;
-    for (next, value) in fields {
-        if next.is_some() {
-            name = next;
-        }
-        if let Some(name) = name.as_ref().filter(|n| !is_connection_specific(n)) {
-            kept.append(name.clone(), value);
-        }
+    let kept = retain_fields(fields, |name| {
+        Ok::<bool, std::convert::Infallible>(!is_connection_specific(name))
+    });
+    match kept {
+        Ok(kept) => kept,
+        Err(never) => match never {},
     }
-    kept
 }
 
 /// Content-Length from what the body is known to hold, and Date when the fields have none.
