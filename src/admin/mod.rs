@@ -1,5 +1,7 @@
 //! The admin listener, off the data path: Prometheus `/metrics`, the JSON API under `/api`, and a
-//! live dashboard at `/` fed by server-sent events (`/api/events`).
+//! live dashboard at `/` fed by the last 15 minutes of samples (`/api/history`, kept by
+//! [`history`]'s sampler, which runs as long as the admin server) and the current state
+//! (`/api/backends`; also streamed as server-sent events on `/api/events`).
 //!
 //! Reads are open to loopback clients; from elsewhere they need the token like writes do. Writes
 //! need `Authorization: Bearer <token>` (`admin.token` or `ALB_ADMIN_TOKEN`); with no token
@@ -10,6 +12,7 @@
 mod api;
 mod demo;
 mod events;
+mod history;
 mod metrics;
 mod probes;
 
@@ -75,7 +78,14 @@ impl AdminServer {
         let addr = listener.local_addr()?;
         let fd = std::os::fd::AsFd::as_fd(&listener).try_clone_to_owned()?;
         let (stop, stopped) = watch::channel(false);
+        let history = Arc::new(std::sync::Mutex::new(history::History::default()));
+        tokio::spawn(history::run(
+            proxy.clone(),
+            history.clone(),
+            stopped.clone(),
+        ));
         let admin = Arc::new(Admin {
+            history,
             proxy,
             token,
             lifecycle,
@@ -112,6 +122,8 @@ impl AdminServer {
 #[derive(Debug)]
 struct Admin {
     proxy: Arc<Proxy>,
+    /// Filled by the sampler task; read by `/api/history`.
+    history: Arc<std::sync::Mutex<history::History>>,
     token: Option<String>,
     lifecycle: Arc<Lifecycle>,
     stopped: watch::Receiver<bool>,
@@ -276,6 +288,10 @@ impl Admin {
                 );
                 h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 response
+            }
+            "/api/history" if req.method() == Method::GET => {
+                let (status, json) = history::answer(&self.history, req.uri().query());
+                respond(status, "application/json", json)
             }
             p if p.starts_with("/api/") => {
                 let method = req.method().clone();
