@@ -40,8 +40,6 @@ use super::shutdown::Shutdown;
 
 /// Bodies up to this size are copied next to their head (one write); larger ones go as they are.
 const COALESCE_BYTES: usize = 16 * 1024;
-/// Buffer capacity a connection keeps between requests; more is released.
-const KEPT_BUFFER_BYTES: usize = 4 * 1024;
 /// After answering with `connection: close`, how long unread client bytes are drained, so that
 /// closing does not reset the connection before the client has read the answer.
 const LINGER: Duration = Duration::from_secs(1);
@@ -121,13 +119,13 @@ pub async fn serve_connection(
     stopping.as_mut().enable();
     let client = match (settings.proxy_header, side.as_mut()) {
         (true, Some(reader)) => {
-            let header = read_header(
+            let header = Box::pin(read_header(
                 reader,
                 &mut timer,
                 settings.header_timeout,
                 &shutdown,
                 stopping.as_mut(),
-            );
+            ));
             match header.await {
                 Ok(header) => match header.source {
                     Source::Client(addr) => ClientInfo::new(addr).over(client.scheme),
@@ -141,7 +139,7 @@ pub async fn serve_connection(
     if settings.http2.cleartext
         && let Some(reader) = side.as_mut()
     {
-        match starts_with_preface(reader, settings.header_timeout).await {
+        match Box::pin(starts_with_preface(reader, settings.header_timeout)).await {
             None => return,
             Some(false) => {}
             Some(true) => {
@@ -150,7 +148,15 @@ pub async fn serve_connection(
                 };
                 if let Ok(ClientStream::Plain(tcp)) = reader.half.reunite(write) {
                     let stream = Prefixed::new(reader.buf, tcp);
-                    serve_h2(stream, proxy, client, settings, shutdown.clone(), _seat).await;
+                    Box::pin(serve_h2(
+                        stream,
+                        proxy,
+                        client,
+                        settings,
+                        shutdown.clone(),
+                        _seat,
+                    ))
+                    .await;
                 }
                 return;
             }
@@ -178,137 +184,208 @@ pub async fn serve_connection(
         )
         .await;
         fresh = false;
-        let request = match next {
-            Ok(request) => request,
+        let refused = match next {
+            Ok(request) => {
+                let served = Box::pin(serve_request(
+                    request,
+                    Exchange {
+                        proxy: &proxy,
+                        client: &client,
+                        settings: &settings,
+                        shutdown: &shutdown,
+                        slot: &slot,
+                        out: &mut out,
+                        timer: &mut timer,
+                    },
+                    write,
+                    side,
+                ));
+                match served.await {
+                    Served::KeepAlive(w, s) => {
+                        (write, side) = (w, s);
+                        continue;
+                    }
+                    Served::Close(w, s) => return Box::pin(linger(w, s)).await,
+                    Served::Gone => return,
+                }
+            }
             Err(NoRequest::Closed) => return,
             Err(NoRequest::TooSlow) => {
                 tracing::info!(timeout = ?settings.header_timeout, "client too slow to send a request head: 408");
-                let mut parts = [IoSlice::new(REQUEST_TIMEOUT)];
-                let _ =
-                    write_all_within(&mut write, &mut parts, &mut timer, settings.write_timeout)
-                        .await;
-                return linger(write, side).await;
+                REQUEST_TIMEOUT.to_vec()
             }
             Err(NoRequest::Rejected(rejected)) => {
                 tracing::debug!(status = %rejected.status, reason = rejected.reason, "request refused");
                 // Counted with the methods alb does not name: the head may not even have one.
                 let other = METHOD_CLASSES.len() - 1;
                 proxy.stats().record_local(other, rejected.status.as_u16());
-                let answer = refusal(rejected);
-                let mut parts = [IoSlice::new(&answer)];
-                let _ =
-                    write_all_within(&mut write, &mut parts, &mut timer, settings.write_timeout)
-                        .await;
-                return linger(write, side).await;
+                refusal(rejected)
             }
         };
-        proxy.stats().h1_requests.fetch_add(1, Ordering::Relaxed);
-        let ClientRequest {
-            parts,
-            framing,
-            close,
-            expects_continue,
-        } = request;
-        let head_request = parts.method == Method::HEAD;
-        let version = parts.version;
-        let wants_continue = expects_continue.then(|| Arc::new(AtomicBool::new(false)));
-        let body = IncomingBody::Http1(match framing {
-            Framing::Empty | Framing::Length(0) => ClientBody::empty(),
-            _ => match side.take() {
-                Some(reader) => ClientBody::new(
-                    reader,
-                    BodyDecoder::new(framing),
-                    slot.clone(),
-                    wants_continue.clone(),
-                ),
-                None => return,
-            },
-        });
-        let request = Request::from_parts(parts, body);
-        let mut client_write = ClientWrite {
-            half: &mut write,
-            deadline: &mut timer,
-            limit: settings.write_timeout,
-        };
-        let (response, writable) = handle(
-            &proxy,
-            request,
-            &client,
-            &mut client_write,
-            wants_continue.as_deref(),
-        )
-        .await;
-        if !writable {
-            drop(response);
-            return;
-        }
-        if let ResponseBody::Tunnel(_) = response.body() {
-            // The connection leaves HTTP: the 101, then bytes both ways until either side ends.
-            let (parts, body) = response.into_parts();
-            let ResponseBody::Tunnel(tunnel) = body else {
-                return;
-            };
-            let fields = Some(tunnel.fields());
-            encode_response_head(
-                &mut out,
-                &parts,
-                fields,
-                SizeHint::with_exact(0),
-                false,
-                version,
-                false,
-            );
-            if flush(&mut client_write, &mut out, None).await.is_err() {
-                return;
-            }
-            // An upgrade request has no body: its reader is still here, with any bytes the
-            // client sent past the head, which belong to the new protocol.
-            let Some(reader) = side.take() else {
-                return;
-            };
-            if let Ok(stream) = reader.half.reunite(write) {
-                tunnel.run(stream, reader.buf).await;
-            }
-            return;
-        }
-        // A body not read to its end by now (a local answer, or an early one while the upload
-        // goes on) may leave the connection unusable: say so in the head rather than close
-        // without warning.
-        let unread = side.is_none()
-            && !slot
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_ref()
-                .is_some_and(|(_, decoder)| decoder.is_done());
-        let keep = !close && !unread && !shutdown.is_started();
-        let kept = write_response(
-            &mut client_write,
-            &mut out,
-            response,
-            head_request,
-            version,
-            keep,
-        )
-        .await;
-        if side.is_none() {
-            // The body handed its reader back: usable only if the body was read to its end.
-            let back = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-            side = back.and_then(|(reader, decoder)| decoder.is_done().then_some(reader));
-        }
-        if !kept || side.is_none() {
-            return linger(write, side).await;
-        }
-        // A large body grew the buffers: an idle connection keeps only small ones.
-        if out.capacity() > KEPT_BUFFER_BYTES {
-            out = BytesMut::new();
-        }
-        if let Some(reader) = side.as_mut()
-            && reader.buf.is_empty()
-            && reader.buf.capacity() > KEPT_BUFFER_BYTES
-        {
-            reader.buf = BytesMut::new();
-        }
+        let limit = settings.write_timeout;
+        return Box::pin(answer_and_close(write, side, refused, &mut timer, limit)).await;
     }
+}
+
+/// Writes alb's own answer to a request it could not read, then closes.
+async fn answer_and_close(
+    mut write: ClientWriteHalf,
+    side: Option<ReadSide>,
+    answer: Vec<u8>,
+    timer: &mut Deadline,
+    limit: Duration,
+) {
+    let mut parts = [IoSlice::new(&answer)];
+    let _ = write_all_within(&mut write, &mut parts, timer, limit).await;
+    linger(write, side).await;
+}
+
+/// What one request's exchange needs of its connection.
+struct Exchange<'a> {
+    proxy: &'a Arc<Proxy>,
+    client: &'a ClientInfo,
+    settings: &'a ConnSettings,
+    shutdown: &'a Shutdown,
+    slot: &'a ReadSlot,
+    out: &'a mut BytesMut,
+    timer: &'a mut Deadline,
+}
+
+/// How the connection goes on after a request: its halves come back unless it has ended.
+enum Served {
+    KeepAlive(ClientWriteHalf, Option<ReadSide>),
+    /// Answered with the connection closing: drain what the client still sends, then close.
+    Close(ClientWriteHalf, Option<ReadSide>),
+    /// Gone: broken, or become a tunnel that has ended.
+    Gone,
+}
+
+/// One request, from its head to the end of its response. A future of its own, boxed by the
+/// caller: a connection's task is as large as the largest state it can be in, and **an idle
+/// keep-alive connection must not pay for a request's** (one allocation per request buys a
+/// connection task of a few hundred bytes between requests).
+async fn serve_request(
+    request: ClientRequest,
+    conn: Exchange<'_>,
+    mut write: ClientWriteHalf,
+    mut side: Option<ReadSide>,
+) -> Served {
+    let Exchange {
+        proxy,
+        client,
+        settings,
+        shutdown,
+        slot,
+        out,
+        timer,
+    } = conn;
+    proxy.stats().h1_requests.fetch_add(1, Ordering::Relaxed);
+    let ClientRequest {
+        parts,
+        framing,
+        close,
+        expects_continue,
+    } = request;
+    let head_request = parts.method == Method::HEAD;
+    let version = parts.version;
+    let wants_continue = expects_continue.then(|| Arc::new(AtomicBool::new(false)));
+    let body = IncomingBody::Http1(match framing {
+        Framing::Empty | Framing::Length(0) => ClientBody::empty(),
+        _ => match side.take() {
+            Some(reader) => ClientBody::new(
+                reader,
+                BodyDecoder::new(framing),
+                slot.clone(),
+                wants_continue.clone(),
+            ),
+            None => return Served::Gone,
+        },
+    });
+    let request = Request::from_parts(parts, body);
+    let mut client_write = ClientWrite {
+        half: &mut write,
+        deadline: timer,
+        limit: settings.write_timeout,
+    };
+    let (response, writable) = handle(
+        proxy,
+        request,
+        client,
+        &mut client_write,
+        wants_continue.as_deref(),
+    )
+    .await;
+    if !writable {
+        drop(response);
+        return Served::Gone;
+    }
+    if let ResponseBody::Tunnel(_) = response.body() {
+        // The connection leaves HTTP: the 101, then bytes both ways until either side ends.
+        let (parts, body) = response.into_parts();
+        let ResponseBody::Tunnel(tunnel) = body else {
+            return Served::Gone;
+        };
+        let fields = Some(tunnel.fields());
+        encode_response_head(
+            out,
+            &parts,
+            fields,
+            SizeHint::with_exact(0),
+            false,
+            version,
+            false,
+        );
+        if flush(&mut client_write, out, None).await.is_err() {
+            return Served::Gone;
+        }
+        // An upgrade request has no body: its reader is still here, with any bytes the
+        // client sent past the head, which belong to the new protocol.
+        let Some(reader) = side.take() else {
+            return Served::Gone;
+        };
+        if let Ok(stream) = reader.half.reunite(write) {
+            tunnel.run(stream, reader.buf).await;
+        }
+        return Served::Gone;
+    }
+    // A body not read to its end by now (a local answer, or an early one while the upload
+    // goes on) may leave the connection unusable: say so in the head rather than close
+    // without warning.
+    let unread = side.is_none()
+        && !slot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|(_, decoder)| decoder.is_done());
+    let keep = !close && !unread && !shutdown.is_started();
+    let kept = write_response(
+        &mut client_write,
+        out,
+        response,
+        head_request,
+        version,
+        keep,
+    )
+    .await;
+    if side.is_none() {
+        // The body handed its reader back: usable only if the body was read to its end.
+        let back = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        side = back.and_then(|(reader, decoder)| decoder.is_done().then_some(reader));
+    }
+    if !kept || side.is_none() {
+        return Served::Close(write, side);
+    }
+    // **A connection waiting for its next request holds no buffer**: both are let go here
+    // (the read side takes a new one once the socket is readable, see `ReadSide`), so an
+    // idle keep-alive connection costs its task and socket alone. Bytes of a pipelined
+    // request already read stay.
+    *out = BytesMut::new();
+    if let Some(reader) = side.as_mut()
+        && reader.buf.is_empty()
+    {
+        reader.buf = BytesMut::new();
+    }
+    Served::KeepAlive(write, side)
 }
 
 /// The connection preface every HTTP/2 client sends first (RFC 9113 §3.4).
