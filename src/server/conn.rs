@@ -38,6 +38,8 @@ use super::h2_connection::serve_h2;
 use super::proxy_protocol::{HeaderFailure, Source, read_header};
 use super::shutdown::Shutdown;
 
+/// What a response's buffer starts with: a typical head and a small body.
+const RESPONSE_BUFFER: usize = 1024;
 /// Bodies up to this size are copied next to their head (one write); larger ones go as they are.
 const COALESCE_BYTES: usize = 16 * 1024;
 /// After answering with `connection: close`, how long unread client bytes are drained, so that
@@ -573,6 +575,8 @@ async fn write_response(
     keep_alive: bool,
 ) -> bool {
     let (parts, body) = response.into_parts();
+    // One allocation for the head and a small body (the buffer is let go between requests).
+    out.reserve(RESPONSE_BUFFER);
     let plan = encode_response_head(
         out,
         &parts,
