@@ -14,8 +14,10 @@ use std::sync::OnceLock;
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
-/// Lines waiting for the writer thread before loggers wait for it.
-const QUEUED_LINES: usize = 64 * 1024;
+/// Lines waiting for the writer thread before loggers wait for it. The channel's slots are
+/// allocated (and touched) up front, 40 bytes each: a few thousand cover any burst the writer
+/// cannot keep up with for a moment, without megabytes of resident memory.
+const QUEUED_LINES: usize = 4 * 1024;
 /// The writer thread's buffer: one write per this much, or per lull.
 const WRITE_BUFFER: usize = 64 * 1024;
 
