@@ -264,6 +264,14 @@ async fn upload_and_await(
     let mut armed = false;
     let mut received = false;
     poll_fn(|cx| {
+        // Before the first byte goes out, the connection is asked for its state: a pooled one the
+        // backend closed while alb waited for the client's first body bytes reads as ended, and
+        // the request is still whole for a fresh connection. Written first, it would be lost.
+        if upload.as_ref().is_some_and(Upload::is_unsent)
+            && let Poll::Ready(answer) = poll_head(conn, request, &mut received, cx)
+        {
+            return Poll::Ready(settle(answer, upload, &write_failed));
+        }
         if let Some(sending) = upload.as_mut() {
             match sending.poll_send(conn, cx) {
                 Poll::Pending => {}
@@ -279,27 +287,7 @@ async fn upload_and_await(
             }
         }
         if let Poll::Ready(answer) = poll_head(conn, request, &mut received, cx) {
-            return Poll::Ready(match answer {
-                // An answer on a connection that has carried nothing of this request yet is
-                // not its answer (a stray or late response): the attempt never happened.
-                Ok(_) if upload.as_ref().is_some_and(Upload::is_unsent) => Err(Broken {
-                    error: SessionError::Framing("a response before the request was sent"),
-                    progress: Reached::Nothing,
-                }),
-                Ok(head) => {
-                    let unfinished = upload.take();
-                    Ok(match (&unfinished, &write_failed) {
-                        (None, None) => (head, None),
-                        _ => (head.last_on_connection(), unfinished),
-                    })
-                }
-                Err(mut broken) => {
-                    if upload.as_ref().is_some_and(Upload::is_unsent) {
-                        broken.progress = Reached::Nothing;
-                    }
-                    Err(broken)
-                }
-            });
+            return Poll::Ready(settle(answer, upload, &write_failed));
         }
         if upload.is_none() {
             if !armed {
@@ -316,6 +304,36 @@ async fn upload_and_await(
         Poll::Pending
     })
     .await
+}
+
+/// What a response head (or the connection's end) means for an upload that may be unfinished.
+fn settle(
+    answer: Result<ResponseHead, Broken>,
+    upload: &mut Option<Upload>,
+    write_failed: &Option<std::io::Error>,
+) -> Result<(ResponseHead, Option<Upload>), Broken> {
+    let unsent = upload.as_ref().is_some_and(Upload::is_unsent);
+    match answer {
+        // An answer on a connection that has carried nothing of this request yet is not its
+        // answer (a stray or late response): the attempt never happened.
+        Ok(_) if unsent => Err(Broken {
+            error: SessionError::Framing("a response before the request was sent"),
+            progress: Reached::Nothing,
+        }),
+        Ok(head) => {
+            let unfinished = upload.take();
+            Ok(match (&unfinished, write_failed) {
+                (None, None) => (head, None),
+                _ => (head.last_on_connection(), unfinished),
+            })
+        }
+        Err(mut broken) => {
+            if unsent {
+                broken.progress = Reached::Nothing;
+            }
+            Err(broken)
+        }
+    }
 }
 
 /// How far an exchange on one connection got before it failed.

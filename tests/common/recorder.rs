@@ -197,7 +197,11 @@ async fn serve(stream: TcpStream, connection: u64, idle: Duration, log: Arc<Mute
         let request = match read_request(&mut wire, connection).await {
             Ok(Some(request)) => request,
             Ok(None) => {
-                if wire.timed_out && wire.buf.is_empty() {
+                let idle_close = wire.timed_out && wire.buf.is_empty();
+                // Closed before it is counted: a test that waits for the count may rely on
+                // the close having been sent.
+                drop(wire);
+                if idle_close {
                     log.lock().unwrap().idle_closed += 1;
                 }
                 return;
