@@ -94,12 +94,11 @@ impl Proxy {
     }
 
     /// Proxies one request on the snapshot current when it arrived.
-    pub async fn handle(
+    pub fn handle<'c>(
         &self,
         req: Request<IncomingBody>,
-        client: &ClientInfo,
-    ) -> Response<ResponseBody> {
-        let snapshot = self.snapshot.load_full();
-        snapshot.handle(req, client).await
+        client: &'c ClientInfo,
+    ) -> impl Future<Output = Response<ResponseBody>> + Send + use<'c> {
+        self.snapshot.load_full().handle(req, client)
     }
 }

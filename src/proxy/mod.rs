@@ -93,85 +93,92 @@ impl Rejection {
 
 impl Snapshot {
     /// Proxies one request. Never fails: every error becomes a response.
-    pub async fn handle(
-        &self,
+    ///
+    /// A plain function around an `async move` block on an owned snapshot: an `async fn` would
+    /// keep the request twice in its state, and a future that borrowed the snapshot would need
+    /// a layer of its own to hold it; each is a copy made per request.
+    #[allow(clippy::manual_async_fn)] // see above: the state's size
+    pub fn handle(
+        self: Arc<Self>,
         req: Request<crate::upstream::IncomingBody>,
         client: &ClientInfo,
-    ) -> Response<ResponseBody> {
-        let started = Instant::now();
-        let method = method_class(req.method());
-        let mut log = self.access_log.then(|| {
-            Box::new(AccessRecord::new(
-                req.method(),
-                req.uri().path(),
-                client.addr,
-                started,
-            ))
-        });
-        if client.scheme == Scheme::Http
-            && let Some(tls) = self.config.tls.as_ref().filter(|tls| tls.redirect_http)
-        {
-            return match redirect::to_https(&req, tls.listen.port()) {
-                Ok(response) => {
-                    self.stats.record_local(method, response.status().as_u16());
-                    if let Some(log) = log {
-                        log.finish(response.status().as_u16(), None, 0, Outcome::Complete);
+    ) -> impl Future<Output = Response<ResponseBody>> + Send + '_ {
+        async move {
+            let started = Instant::now();
+            let method = method_class(req.method());
+            let mut log = self.access_log.then(|| {
+                Box::new(AccessRecord::new(
+                    req.method(),
+                    req.uri().path(),
+                    client.addr,
+                    started,
+                ))
+            });
+            if client.scheme == Scheme::Http
+                && let Some(tls) = self.config.tls.as_ref().filter(|tls| tls.redirect_http)
+            {
+                return match redirect::to_https(&req, tls.listen.port()) {
+                    Ok(response) => {
+                        self.stats.record_local(method, response.status().as_u16());
+                        if let Some(log) = log {
+                            log.finish(response.status().as_u16(), None, 0, Outcome::Complete);
+                        }
+                        response
                     }
-                    response
-                }
-                Err(error) => self.local_response(&error, None, log, method),
-            };
-        }
-        let Some(plan) = self.plan(&req, client) else {
-            self.stats.no_route.fetch_add(1, Ordering::Relaxed);
-            return self.local_response(&ProxyError::NoRoute, None, log, method);
-        };
-        if let Some(wait) = plan.route.and_then(|r| self.over_limit(r, &req, client)) {
-            self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
-            return self.local_response(&ProxyError::RateLimited(wait), None, log, method);
-        }
-        let mut req = req;
-        if let Some(route) = plan.route.map(|r| self.routes.get(r))
-            && route.strip_prefix
-            && let Some(prefix) = &route.path_prefix
-        {
-            route::strip_prefix(&mut req, prefix);
-        }
-        // A gRPC caller's deadline bounds the wait for the answer like `timeouts.request`.
-        let deadline = match (
-            plan.timeouts.request,
-            crate::http2::grpc::timeout(req.headers()),
-        ) {
-            (Some(limit), Some(caller)) => Some(limit.min(caller)),
-            (limit, caller) => limit.or(caller),
-        };
-        let outbound = match self.prepare(req, client, plan.retry.max_body_buffer).await {
-            Ok(outbound) => outbound,
-            Err(error) => return self.local_response(&error, None, log, method),
-        };
-        let arrival = Arrival { started, method };
-        let result = match deadline {
-            Some(limit) => {
-                tokio::time::timeout(limit, self.dispatch(&plan, outbound, &mut log, arrival))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(Rejection {
-                            error: ProxyError::Deadline(limit),
-                            backend: None,
-                            unsent: false,
-                        })
-                    })
+                    Err(error) => self.local_response(&error, None, log, method),
+                };
             }
-            None => self.dispatch(&plan, outbound, &mut log, arrival).await,
-        };
-        match result {
-            Ok(response) => response,
-            Err(rejection) => self.local_response(
-                &rejection.error,
-                rejection.backend.as_deref(),
-                log.take(),
-                method,
-            ),
+            let Some(plan) = self.plan(&req, client) else {
+                self.stats.no_route.fetch_add(1, Ordering::Relaxed);
+                return self.local_response(&ProxyError::NoRoute, None, log, method);
+            };
+            if let Some(wait) = plan.route.and_then(|r| self.over_limit(r, &req, client)) {
+                self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                return self.local_response(&ProxyError::RateLimited(wait), None, log, method);
+            }
+            let mut req = req;
+            if let Some(route) = plan.route.map(|r| self.routes.get(r))
+                && route.strip_prefix
+                && let Some(prefix) = &route.path_prefix
+            {
+                route::strip_prefix(&mut req, prefix);
+            }
+            // A gRPC caller's deadline bounds the wait for the answer like `timeouts.request`.
+            let deadline = match (
+                plan.timeouts.request,
+                crate::http2::grpc::timeout(req.headers()),
+            ) {
+                (Some(limit), Some(caller)) => Some(limit.min(caller)),
+                (limit, caller) => limit.or(caller),
+            };
+            let outbound = match self.prepare(req, client, plan.retry.max_body_buffer).await {
+                Ok(outbound) => outbound,
+                Err(error) => return self.local_response(&error, None, log, method),
+            };
+            let arrival = Arrival { started, method };
+            let result = match deadline {
+                Some(limit) => {
+                    tokio::time::timeout(limit, self.dispatch(&plan, outbound, &mut log, arrival))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(Rejection {
+                                error: ProxyError::Deadline(limit),
+                                backend: None,
+                                unsent: false,
+                            })
+                        })
+                }
+                None => self.dispatch(&plan, outbound, &mut log, arrival).await,
+            };
+            match result {
+                Ok(response) => response,
+                Err(rejection) => self.local_response(
+                    &rejection.error,
+                    rejection.backend.as_deref(),
+                    log.take(),
+                    method,
+                ),
+            }
         }
     }
 

@@ -99,28 +99,35 @@ enum NoRequest {
 }
 
 /// Serves one client connection, plain or TLS (its handshake done), until it closes.
-pub async fn serve_connection(
+///
+/// **An idle connection's task is this future, and its size is the cost of every idle client**:
+/// it is a plain function around an `async move` block because an `async fn` keeps each
+/// argument twice (as passed and as bound), the settings are shared behind an `Arc`, and
+/// everything a request needs is boxed apart (`serve_request`).
+#[allow(clippy::manual_async_fn)] // see above: the state's size
+pub fn serve_connection(
     stream: ClientStream,
     proxy: Arc<Proxy>,
-    client: ClientInfo,
-    settings: ConnSettings,
+    mut client: ClientInfo,
+    settings: Arc<ConnSettings>,
     shutdown: Arc<Shutdown>,
-    _seat: Seat,
-) {
+    seat: Seat,
+) -> impl Future<Output = ()> + Send {
     // Responses are written whole; Nagle would only delay the last segment.
     let _ = stream.tcp().set_nodelay(true);
+    // Over TLS, the PROXY header came before the handshake (see `tls`).
+    let proxy_header = settings.proxy_header && matches!(stream, ClientStream::Plain(_));
     let (read, mut write) = stream.split();
-    let mut side = Some(ReadSide {
-        half: read,
-        buf: BytesMut::new(),
-    });
-    let slot = ReadSlot::default();
-    let mut out = BytesMut::new();
-    let mut timer = Deadline::default();
-    let mut stopping = pin!(shutdown.notified());
-    stopping.as_mut().enable();
-    let client = match (settings.proxy_header, side.as_mut()) {
-        (true, Some(reader)) => {
+    async move {
+        let mut side = Some(ReadSide {
+            half: read,
+            buf: BytesMut::new(),
+        });
+        let mut out = BytesMut::new();
+        let mut timer = Deadline::default();
+        let mut stopping = pin!(shutdown.notified());
+        stopping.as_mut().enable();
+        if let (true, Some(reader)) = (proxy_header, side.as_mut()) {
             let header = Box::pin(read_header(
                 reader,
                 &mut timer,
@@ -129,103 +136,124 @@ pub async fn serve_connection(
                 stopping.as_mut(),
             ));
             match header.await {
-                Ok(header) => match header.source {
-                    Source::Client(addr) => ClientInfo::new(addr).over(client.scheme),
-                    Source::Peer => client,
-                },
+                Ok(header) => {
+                    if let Source::Client(addr) = header.source {
+                        client = ClientInfo::new(addr).over(client.scheme);
+                    }
+                }
                 Err(failure) => return refuse_header(&proxy, &client, &failure),
             }
         }
-        _ => client,
-    };
-    if settings.http2.cleartext
-        && let Some(reader) = side.as_mut()
-    {
-        match Box::pin(starts_with_preface(reader, settings.header_timeout)).await {
-            None => return,
-            Some(false) => {}
-            Some(true) => {
-                let Some(reader) = side.take() else {
+        if settings.http2.cleartext
+            && let Some(reader) = side.as_mut()
+        {
+            match Box::pin(starts_with_preface(reader, settings.header_timeout)).await {
+                None => return,
+                Some(false) => {}
+                Some(true) => {
+                    let Some(reader) = side.take() else {
+                        return;
+                    };
+                    if let Ok(ClientStream::Plain(tcp)) = reader.half.reunite(write) {
+                        let stream = Prefixed::new(reader.buf, tcp);
+                        Box::pin(serve_h2(
+                            stream,
+                            proxy,
+                            client,
+                            settings,
+                            shutdown.clone(),
+                            seat,
+                        ))
+                        .await;
+                    }
                     return;
-                };
-                if let Ok(ClientStream::Plain(tcp)) = reader.half.reunite(write) {
-                    let stream = Prefixed::new(reader.buf, tcp);
-                    Box::pin(serve_h2(
-                        stream,
-                        proxy,
-                        client,
-                        settings,
-                        shutdown.clone(),
-                        _seat,
-                    ))
-                    .await;
                 }
+            }
+        }
+        proxy.stats().h1_connections.fetch_add(1, Ordering::Relaxed);
+        let mut fresh = true;
+        loop {
+            let Some(reader) = side.as_mut() else {
                 return;
+            };
+            let wait = if fresh {
+                settings.header_timeout
+            } else {
+                settings.keepalive_timeout
+            };
+            // The head is read, and the request's future boxed, in a block of their own.
+            // The block is the scrutinee so that what it made dies with the `match`, before
+            // the request is awaited (a `let` would keep it in every later state).
+            #[allow(clippy::blocks_in_conditions)]
+            let step = match {
+                let next = read_head(
+                    reader,
+                    &mut timer,
+                    wait,
+                    fresh,
+                    &settings,
+                    &shutdown,
+                    stopping.as_mut(),
+                )
+                .await;
+                match next {
+                    Ok(request) => Step::Serve(Box::pin(serve_request(
+                        request,
+                        Exchange {
+                            proxy: &proxy,
+                            client: &client,
+                            settings: &settings,
+                            shutdown: &shutdown,
+                            out: &mut out,
+                            timer: &mut timer,
+                        },
+                        write,
+                        side,
+                    ))),
+                    Err(failure) => match refusal_for(&proxy, &settings, failure) {
+                        Some(answer) => Step::Refuse(answer, write, side),
+                        None => return,
+                    },
+                }
+            } {
+                Step::Serve(served) => served,
+                Step::Refuse(answer, write, side) => {
+                    let limit = settings.write_timeout;
+                    return Box::pin(answer_and_close(write, side, answer, limit)).await;
+                }
+            };
+            fresh = false;
+            match step.await {
+                Served::KeepAlive(w, s) => (write, side) = (w, s),
+                Served::Close(w, s) => return Box::pin(linger(w, s)).await,
+                Served::Gone => return,
             }
         }
     }
-    proxy.stats().h1_connections.fetch_add(1, Ordering::Relaxed);
-    let mut fresh = true;
-    loop {
-        let Some(reader) = side.as_mut() else {
-            return;
-        };
-        let wait = if fresh {
-            settings.header_timeout
-        } else {
-            settings.keepalive_timeout
-        };
-        let next = read_head(
-            reader,
-            &mut timer,
-            wait,
-            fresh,
-            &settings,
-            &shutdown,
-            stopping.as_mut(),
-        )
-        .await;
-        fresh = false;
-        let refused = match next {
-            Ok(request) => {
-                let served = Box::pin(serve_request(
-                    request,
-                    Exchange {
-                        proxy: &proxy,
-                        client: &client,
-                        settings: &settings,
-                        shutdown: &shutdown,
-                        slot: &slot,
-                        out: &mut out,
-                        timer: &mut timer,
-                    },
-                    write,
-                    side,
-                ));
-                match served.await {
-                    Served::KeepAlive(w, s) => {
-                        (write, side) = (w, s);
-                        continue;
-                    }
-                    Served::Close(w, s) => return Box::pin(linger(w, s)).await,
-                    Served::Gone => return,
-                }
-            }
-            Err(NoRequest::Closed) => return,
-            Err(NoRequest::TooSlow) => {
-                tracing::info!(timeout = ?settings.header_timeout, "client too slow to send a request head: 408");
-                REQUEST_TIMEOUT.to_vec()
-            }
-            Err(NoRequest::Rejected(rejected)) => {
-                tracing::debug!(status = %rejected.status, reason = rejected.reason, "request refused");
-                // Counted with the methods alb does not name: the head may not even have one.
-                let other = METHOD_CLASSES.len() - 1;
-                proxy.stats().record_local(other, rejected.status.as_u16());
-                refusal(rejected)
-            }
-        };
-        let limit = settings.write_timeout;
-        return Box::pin(answer_and_close(write, side, refused, &mut timer, limit)).await;
+}
+
+/// What comes after a request head was awaited.
+enum Step<F> {
+    Serve(Pin<Box<F>>),
+    /// alb's own answer to a head it could not take, then the connection closes.
+    Refuse(Vec<u8>, ClientWriteHalf, Option<ReadSide>),
+}
+
+/// alb's answer when no request came (`None`: close quietly), counted and logged.
+fn refusal_for(proxy: &Proxy, settings: &ConnSettings, failure: NoRequest) -> Option<Vec<u8>> {
+    match failure {
+        NoRequest::Closed => None,
+        NoRequest::TooSlow => {
+            tracing::info!(timeout = ?settings.header_timeout, "client too slow to send a request head: 408");
+            Some(REQUEST_TIMEOUT.to_vec())
+        }
+        NoRequest::Rejected(rejected) => {
+            tracing::debug!(status = %rejected.status, reason = rejected.reason, "request refused");
+            // Counted with the methods alb does not name: the head may not even have one.
+            let other = METHOD_CLASSES.len() - 1;
+            proxy.stats().record_local(other, rejected.status.as_u16());
+            Some(refusal(rejected))
+        }
     }
 }
 
@@ -234,11 +262,11 @@ async fn answer_and_close(
     mut write: ClientWriteHalf,
     side: Option<ReadSide>,
     answer: Vec<u8>,
-    timer: &mut Deadline,
     limit: Duration,
 ) {
     let mut parts = [IoSlice::new(&answer)];
-    let _ = write_all_within(&mut write, &mut parts, timer, limit).await;
+    let mut timer = Deadline::default();
+    let _ = write_all_within(&mut write, &mut parts, &mut timer, limit).await;
     linger(write, side).await;
 }
 
@@ -248,7 +276,6 @@ struct Exchange<'a> {
     client: &'a ClientInfo,
     settings: &'a ConnSettings,
     shutdown: &'a Shutdown,
-    slot: &'a ReadSlot,
     out: &'a mut BytesMut,
     timer: &'a mut Deadline,
 }
@@ -266,128 +293,136 @@ enum Served {
 /// caller: a connection's task is as large as the largest state it can be in, and **an idle
 /// keep-alive connection must not pay for a request's** (one allocation per request buys a
 /// connection task of a few hundred bytes between requests).
-async fn serve_request(
+/// (A plain function around an `async move` block: an `async fn` would hold its arguments
+/// twice, and this future is copied into its box once per request.)
+#[allow(clippy::manual_async_fn)] // see above: the state's size
+fn serve_request(
     request: ClientRequest,
     conn: Exchange<'_>,
     mut write: ClientWriteHalf,
     mut side: Option<ReadSide>,
-) -> Served {
-    let Exchange {
-        proxy,
-        client,
-        settings,
-        shutdown,
-        slot,
-        out,
-        timer,
-    } = conn;
-    proxy.stats().h1_requests.fetch_add(1, Ordering::Relaxed);
-    let ClientRequest {
-        parts,
-        framing,
-        close,
-        expects_continue,
-    } = request;
-    let head_request = parts.method == Method::HEAD;
-    let version = parts.version;
-    let wants_continue = expects_continue.then(|| Arc::new(AtomicBool::new(false)));
-    let body = IncomingBody::Http1(match framing {
-        Framing::Empty | Framing::Length(0) => ClientBody::empty(),
-        _ => match side.take() {
-            Some(reader) => ClientBody::new(
-                reader,
-                BodyDecoder::new(framing),
-                slot.clone(),
-                wants_continue.clone(),
-            ),
-            None => return Served::Gone,
-        },
-    });
-    let request = Request::from_parts(parts, body);
-    let mut client_write = ClientWrite {
-        half: &mut write,
-        deadline: timer,
-        limit: settings.write_timeout,
-    };
-    let (response, writable) = handle(
-        proxy,
-        request,
-        client,
-        &mut client_write,
-        wants_continue.as_deref(),
-    )
-    .await;
-    if !writable {
-        drop(response);
-        return Served::Gone;
-    }
-    if let ResponseBody::Tunnel(_) = response.body() {
-        // The connection leaves HTTP: the 101, then bytes both ways until either side ends.
-        let (parts, body) = response.into_parts();
-        let ResponseBody::Tunnel(tunnel) = body else {
-            return Served::Gone;
-        };
-        let fields = Some(tunnel.fields());
-        encode_response_head(
+) -> impl Future<Output = Served> + Send + '_ {
+    async move {
+        let Exchange {
+            proxy,
+            client,
+            settings,
+            shutdown,
             out,
-            &parts,
-            fields,
-            SizeHint::with_exact(0),
-            false,
-            version,
-            false,
-        );
-        if flush(&mut client_write, out, None).await.is_err() {
-            return Served::Gone;
-        }
-        // An upgrade request has no body: its reader is still here, with any bytes the
-        // client sent past the head, which belong to the new protocol.
-        let Some(reader) = side.take() else {
-            return Served::Gone;
+            timer,
+        } = conn;
+        proxy.stats().h1_requests.fetch_add(1, Ordering::Relaxed);
+        let ClientRequest {
+            parts,
+            framing,
+            close,
+            expects_continue,
+        } = request;
+        let head_request = parts.method == Method::HEAD;
+        let version = parts.version;
+        let wants_continue = expects_continue.then(|| Arc::new(AtomicBool::new(false)));
+        // Where a body hands the connection's reader back when it ends: made for requests with a
+        // body only, so that neither a body-less request nor an idle connection pays for it.
+        let mut slot = None;
+        let body = IncomingBody::Http1(match framing {
+            Framing::Empty | Framing::Length(0) => ClientBody::empty(),
+            _ => match side.take() {
+                Some(reader) => ClientBody::new(
+                    reader,
+                    BodyDecoder::new(framing),
+                    slot.insert(ReadSlot::default()).clone(),
+                    wants_continue.clone(),
+                ),
+                None => return Served::Gone,
+            },
+        });
+        let request = Request::from_parts(parts, body);
+        let mut client_write = ClientWrite {
+            half: &mut write,
+            deadline: timer,
+            limit: settings.write_timeout,
         };
-        if let Ok(stream) = reader.half.reunite(write) {
-            tunnel.run(stream, reader.buf).await;
+        let (response, writable) = handle(
+            proxy,
+            request,
+            client,
+            &mut client_write,
+            wants_continue.as_deref(),
+        )
+        .await;
+        if !writable {
+            drop(response);
+            return Served::Gone;
         }
-        return Served::Gone;
+        if let ResponseBody::Tunnel(_) = response.body() {
+            // The connection leaves HTTP: the 101, then bytes both ways until either side ends.
+            let (parts, body) = response.into_parts();
+            let ResponseBody::Tunnel(tunnel) = body else {
+                return Served::Gone;
+            };
+            let fields = Some(tunnel.fields());
+            encode_response_head(
+                out,
+                &parts,
+                fields,
+                SizeHint::with_exact(0),
+                false,
+                version,
+                false,
+            );
+            if flush(&mut client_write, out, None).await.is_err() {
+                return Served::Gone;
+            }
+            // An upgrade request has no body: its reader is still here, with any bytes the
+            // client sent past the head, which belong to the new protocol.
+            let Some(reader) = side.take() else {
+                return Served::Gone;
+            };
+            if let Ok(stream) = reader.half.reunite(write) {
+                tunnel.run(stream, reader.buf).await;
+            }
+            return Served::Gone;
+        }
+        // A body not read to its end by now (a local answer, or an early one while the upload
+        // goes on) may leave the connection unusable: say so in the head rather than close
+        // without warning.
+        let unread = side.is_none()
+            && !slot.as_ref().is_some_and(|slot| {
+                slot.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .is_some_and(|(_, decoder)| decoder.is_done())
+            });
+        let keep = !close && !unread && !shutdown.is_started();
+        let kept = write_response(
+            &mut client_write,
+            out,
+            response,
+            head_request,
+            version,
+            keep,
+        )
+        .await;
+        if side.is_none() {
+            // The body handed its reader back: usable only if the body was read to its end.
+            let back = slot.and_then(|slot| slot.lock().unwrap_or_else(|p| p.into_inner()).take());
+            side = back.and_then(|(reader, decoder)| decoder.is_done().then_some(reader));
+        }
+        if !kept || side.is_none() {
+            return Served::Close(write, side);
+        }
+        // **A connection waiting for its next request holds no buffer**: both are let go here
+        // (the read side takes a new one once the socket is readable, see `ReadSide`), so an
+        // idle keep-alive connection costs its task and socket alone. Bytes of a pipelined
+        // request already read stay.
+        *out = BytesMut::new();
+        if let Some(reader) = side.as_mut()
+            && reader.buf.is_empty()
+        {
+            reader.buf = BytesMut::new();
+        }
+        Served::KeepAlive(write, side)
     }
-    // A body not read to its end by now (a local answer, or an early one while the upload
-    // goes on) may leave the connection unusable: say so in the head rather than close
-    // without warning.
-    let unread = side.is_none()
-        && !slot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .is_some_and(|(_, decoder)| decoder.is_done());
-    let keep = !close && !unread && !shutdown.is_started();
-    let kept = write_response(
-        &mut client_write,
-        out,
-        response,
-        head_request,
-        version,
-        keep,
-    )
-    .await;
-    if side.is_none() {
-        // The body handed its reader back: usable only if the body was read to its end.
-        let back = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-        side = back.and_then(|(reader, decoder)| decoder.is_done().then_some(reader));
-    }
-    if !kept || side.is_none() {
-        return Served::Close(write, side);
-    }
-    // **A connection waiting for its next request holds no buffer**: both are let go here
-    // (the read side takes a new one once the socket is readable, see `ReadSide`), so an
-    // idle keep-alive connection costs its task and socket alone. Bytes of a pipelined
-    // request already read stay.
-    *out = BytesMut::new();
-    if let Some(reader) = side.as_mut()
-        && reader.buf.is_empty()
-    {
-        reader.buf = BytesMut::new();
-    }
-    Served::KeepAlive(write, side)
 }
 
 /// The connection preface every HTTP/2 client sends first (RFC 9113 §3.4).
@@ -444,47 +479,51 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// beside the proxy's work and under the write deadline. An interim answer once started is
 /// finished before the final one; one that cannot be written (the client is not reading) breaks
 /// the connection: the second value is then false and nothing more may be written on it.
-async fn handle(
-    proxy: &Proxy,
+/// (A plain function around an `async move` block, holding the request once.)
+#[allow(clippy::manual_async_fn)] // see above: the state's size
+fn handle<'a>(
+    proxy: &'a Proxy,
     request: Request<IncomingBody>,
-    client: &ClientInfo,
-    write: &mut ClientWrite<'_>,
-    wants_continue: Option<&AtomicBool>,
-) -> (Response<ResponseBody>, bool) {
-    let mut handling = pin!(proxy.handle(request, client));
-    let Some(flag) = wants_continue else {
-        return (handling.await, true);
-    };
-    let mut done = None;
-    let mut interim: &[u8] = &[];
-    let mut writable = true;
-    poll_fn(|cx| {
-        if done.is_none()
-            && let Poll::Ready(response) = handling.as_mut().poll(cx)
-        {
-            done = Some(response);
-        }
-        if flag.swap(false, Ordering::AcqRel) && done.is_none() {
-            interim = CONTINUE;
-        }
-        if done.is_some() && interim.len() == CONTINUE.len() {
-            interim = &[]; // not begun, and no longer of use
-        }
-        while writable && !interim.is_empty() {
-            let half = Pin::new(&mut *write.half);
-            let parts = [IoSlice::new(interim)];
-            match poll_write_within(half, &parts, write.deadline, write.limit, cx) {
-                Poll::Ready(Ok(n)) => interim = &interim[n..],
-                Poll::Ready(Err(_)) => writable = false,
-                Poll::Pending => return Poll::Pending,
+    client: &'a ClientInfo,
+    write: &'a mut ClientWrite<'_>,
+    wants_continue: Option<&'a AtomicBool>,
+) -> impl Future<Output = (Response<ResponseBody>, bool)> + Send + 'a {
+    async move {
+        let mut handling = pin!(proxy.handle(request, client));
+        let Some(flag) = wants_continue else {
+            return (handling.await, true);
+        };
+        let mut done = None;
+        let mut interim: &[u8] = &[];
+        let mut writable = true;
+        poll_fn(|cx| {
+            if done.is_none()
+                && let Poll::Ready(response) = handling.as_mut().poll(cx)
+            {
+                done = Some(response);
             }
-        }
-        match done.take() {
-            Some(response) => Poll::Ready((response, writable)),
-            None => Poll::Pending,
-        }
-    })
-    .await
+            if flag.swap(false, Ordering::AcqRel) && done.is_none() {
+                interim = CONTINUE;
+            }
+            if done.is_some() && interim.len() == CONTINUE.len() {
+                interim = &[]; // not begun, and no longer of use
+            }
+            while writable && !interim.is_empty() {
+                let half = Pin::new(&mut *write.half);
+                let parts = [IoSlice::new(interim)];
+                match poll_write_within(half, &parts, write.deadline, write.limit, cx) {
+                    Poll::Ready(Ok(n)) => interim = &interim[n..],
+                    Poll::Ready(Err(_)) => writable = false,
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            match done.take() {
+                Some(response) => Poll::Ready((response, writable)),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
 }
 
 /// Waits for a complete request head. `wait` bounds the time until its first byte (a new

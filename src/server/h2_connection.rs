@@ -44,7 +44,7 @@ pub async fn serve_h2<T>(
     io: T,
     proxy: Arc<Proxy>,
     client: ClientInfo,
-    settings: ConnSettings,
+    settings: Arc<ConnSettings>,
     shutdown: Arc<Shutdown>,
     _seat: Seat,
 ) where

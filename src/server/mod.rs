@@ -18,7 +18,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -33,7 +33,7 @@ pub use upgrade::{Program, Upgrade, UpgradeError};
 use crate::admin::{AdminServer, Lifecycle};
 use crate::config::Config;
 use crate::http1::{ClientStream, RequestRules};
-use crate::proxy::{ClientInfo, HeaderRefusal, Proxy};
+use crate::proxy::{ClientInfo, HeaderRefusal, Proxy, Snapshot};
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -76,6 +76,8 @@ pub struct Server {
     tls: Option<(TcpListener, SocketAddr)>,
     proxy: Arc<Proxy>,
     config: Config,
+    /// New connections' settings and the configuration they were made from.
+    conn_settings: Option<(Weak<Snapshot>, Arc<ConnSettings>)>,
     admin_addr: Arc<std::sync::OnceLock<SocketAddr>>,
     /// Starting, serving or draining: what the admin listener's `/readyz` reports.
     lifecycle: Arc<Lifecycle>,
@@ -145,6 +147,7 @@ impl Server {
             tls,
             proxy: Arc::new(Proxy::with_source(&config, None)),
             config,
+            conn_settings: None,
             admin_addr: Arc::default(),
             lifecycle: Arc::default(),
             upgrade: Arc::default(),
@@ -401,7 +404,8 @@ impl Server {
 
     /// A new connection's settings as configured now (a reload applies to new connections), or
     /// none when it must be closed: PROXY protocol is on and `peer` is not a trusted source.
-    fn settings_for(&self, peer: SocketAddr) -> Option<ConnSettings> {
+    /// Shared by the connections of one configuration, made again after a reload.
+    fn settings_for(&mut self, peer: SocketAddr) -> Option<Arc<ConnSettings>> {
         let snapshot = self.proxy.snapshot();
         let config = snapshot.config();
         let proxy_protocol = &config.proxy_protocol;
@@ -414,8 +418,13 @@ impl Server {
             tracing::debug!(%peer, "connection closed: not a trusted PROXY protocol source");
             return None;
         }
+        if let Some((made_for, settings)) = &self.conn_settings
+            && Weak::ptr_eq(made_for, &Arc::downgrade(&snapshot))
+        {
+            return Some(settings.clone());
+        }
         let timeouts = &config.timeouts;
-        Some(ConnSettings {
+        let settings = Arc::new(ConnSettings {
             header_timeout: timeouts.client_header,
             keepalive_timeout: timeouts.keepalive_idle,
             write_timeout: timeouts.write,
@@ -426,7 +435,9 @@ impl Server {
             proxy_header: proxy_protocol.enabled,
             http2: config.http2,
             drain: timeouts.drain,
-        })
+        });
+        self.conn_settings = Some((Arc::downgrade(&snapshot), settings.clone()));
+        Some(settings)
     }
 
     /// Hands duplicates of the bound listeners to the upgrade handle.

@@ -6,6 +6,7 @@
 //! new handshakes get the new certificates at once, a handshake never waits on a reload, and
 //! open connections keep the session they have.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
@@ -82,49 +83,72 @@ impl ResolvesServerCert for SniResolver {
 /// required) and its handshake, both within `timeouts.client_header`, then serves it. A failed
 /// handshake is counted by reason and the connection closed (after rustls' alert, where the
 /// client is owed one).
-pub async fn serve_tls(
+///
+/// Like `serve_connection`, a plain function around an `async move` block (an `async fn` would
+/// keep its arguments twice), with the PROXY header and the handshake boxed apart: once
+/// established, a TLS connection's task is its HTTP connection's and not a handshake's.
+#[allow(clippy::manual_async_fn)] // see above: the state's size
+pub fn serve_tls(
     stream: TcpStream,
     server: Arc<ServerConfig>,
     proxy: Arc<Proxy>,
     client: ClientInfo,
-    settings: ConnSettings,
+    settings: Arc<ConnSettings>,
     shutdown: Arc<Shutdown>,
     seat: Seat,
-) {
-    let (stream, early, client) = if settings.proxy_header {
-        match proxy_header(stream, &proxy, client, &settings, &shutdown).await {
-            Some(taken) => taken,
-            None => return,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let accepted = Box::pin(accept_session(
+            stream, server, &proxy, client, &settings, &shutdown,
+        ));
+        let Some((session, client)) = accepted.await else {
+            return;
+        };
+        let client = client.over(Scheme::Https);
+        if session.get_ref().1.alpn_protocol() == Some(b"h2") {
+            return Box::pin(serve_h2(session, proxy, client, settings, shutdown, seat)).await;
         }
+        serve_connection(
+            ClientStream::Tls(session),
+            proxy,
+            client,
+            settings,
+            shutdown,
+            seat,
+        )
+        .await;
+    }
+}
+
+/// The PROXY protocol header (when required) and the handshake, within
+/// `timeouts.client_header`: the session and the client it serves, or `None` once the failure
+/// is counted.
+async fn accept_session(
+    stream: TcpStream,
+    server: Arc<ServerConfig>,
+    proxy: &Proxy,
+    client: ClientInfo,
+    settings: &ConnSettings,
+    shutdown: &Shutdown,
+) -> Option<(Box<crate::http1::TlsClientStream>, ClientInfo)> {
+    let (stream, early, client) = if settings.proxy_header {
+        proxy_header(stream, proxy, client, settings, shutdown).await?
     } else {
         (stream, BytesMut::new(), client)
     };
-    let handshake = handshake(Prefixed::new(early, stream), server, &proxy);
-    let session = match tokio::time::timeout(settings.header_timeout, handshake).await {
-        Ok(Ok(session)) => session,
-        Ok(Err((reason, detail))) => return failed(&proxy, &client, reason, &detail),
+    let handshake = handshake(Prefixed::new(early, stream), server, proxy);
+    match tokio::time::timeout(settings.header_timeout, handshake).await {
+        Ok(Ok(session)) => Some((Box::new(session), client)),
+        Ok(Err((reason, detail))) => {
+            failed(proxy, &client, reason, &detail);
+            None
+        }
         Err(_) => {
             let detail = format!("not done within {:?}", settings.header_timeout);
-            return failed(&proxy, &client, TlsFailure::Timeout, &detail);
+            failed(proxy, &client, TlsFailure::Timeout, &detail);
+            None
         }
-    };
-    let settings = ConnSettings {
-        proxy_header: false,
-        ..settings
-    };
-    if session.get_ref().1.alpn_protocol() == Some(b"h2") {
-        let client = client.over(Scheme::Https);
-        return serve_h2(session, proxy, client, settings, shutdown, seat).await;
     }
-    serve_connection(
-        ClientStream::Tls(Box::new(session)),
-        proxy,
-        client.over(Scheme::Https),
-        settings,
-        shutdown,
-        seat,
-    )
-    .await;
 }
 
 /// Reads the PROXY protocol header in front of the TLS session; gives back the socket, the
