@@ -212,7 +212,7 @@ proptest! {
         };
         let mut parts = request.parts;
         alb::proxy::remove_hop_by_hop(&mut parts.headers);
-        let head = encode_request_head(&parts, &HeaderValue::from_static("192.0.2.1"), Scheme::Http, framing, None);
+        let head = encode_request_head(&parts, b"192.0.2.1", Scheme::Http, framing, None);
         let mut wire_bytes = head
             .for_backend(&HeaderValue::from_static("backend.example:9000"))
             .to_vec();

@@ -969,7 +969,7 @@ fn forwarded_upstream(headers: &HeaderMap, ip: &HeaderValue, scheme: Scheme) -> 
     *request.headers_mut() = headers.clone();
     let (parts, ()) = request.into_parts();
     let backend = HeaderValue::from_static("backend.test:8080");
-    let head = encode_request_head(&parts, ip, scheme, BodyFraming::None, None);
+    let head = encode_request_head(&parts, ip.as_bytes(), scheme, BodyFraming::None, None);
     let bytes = head.for_backend(&backend);
     let mut fields = [httparse::EMPTY_HEADER; 256];
     let mut parsed = httparse::Request::new(&mut fields);

@@ -82,7 +82,7 @@ impl RequestHead {
 /// alb writes them alone, so that no client chooses the scheme or the host a backend acts on.
 pub fn encode_request_head(
     parts: &request::Parts,
-    client_ip: &HeaderValue,
+    client_ip: &[u8],
     scheme: Scheme,
     framing: BodyFraming,
     upgrade: Option<&HeaderValue>,
@@ -125,12 +125,7 @@ pub fn encode_request_head(
         put_field(&mut out, b"connection", b"upgrade");
         put_field(&mut out, b"upgrade", protocols.as_bytes());
     }
-    put_forwarded_for(
-        &mut out,
-        &parts.headers,
-        forwarded_for,
-        client_ip.as_bytes(),
-    );
+    put_forwarded_for(&mut out, &parts.headers, forwarded_for, client_ip);
     put_field(
         &mut out,
         X_FORWARDED_PROTO.as_str().as_bytes(),
@@ -190,13 +185,7 @@ mod tests {
 
     fn encode(request: http::Request<()>, framing: BodyFraming) -> String {
         let (parts, ()) = request.into_parts();
-        let head = encode_request_head(
-            &parts,
-            &HeaderValue::from_static("10.0.0.1"),
-            Scheme::Http,
-            framing,
-            None,
-        );
+        let head = encode_request_head(&parts, b"10.0.0.1", Scheme::Http, framing, None);
         let bytes = head.for_backend(&HeaderValue::from_static("backend:81"));
         String::from_utf8(bytes.to_vec()).unwrap()
     }

@@ -108,7 +108,7 @@ enum NoRequest {
 pub fn serve_connection(
     stream: ClientStream,
     proxy: Arc<Proxy>,
-    mut client: ClientInfo,
+    client: ClientInfo,
     settings: Arc<ConnSettings>,
     shutdown: Arc<Shutdown>,
     seat: Seat,
@@ -118,12 +118,13 @@ pub fn serve_connection(
     // Over TLS, the PROXY header came before the handshake (see `tls`).
     let proxy_header = settings.proxy_header && matches!(stream, ClientStream::Plain(_));
     let (read, mut write) = stream.split();
+    let mut side = Some(ReadSide {
+        half: read,
+        buf: BytesMut::new(),
+    });
+    // Boxed: the task's size is rounded up to a multiple of 128 bytes, and this was the step.
+    let mut client = Box::new(client);
     async move {
-        let mut side = Some(ReadSide {
-            half: read,
-            buf: BytesMut::new(),
-        });
-        let mut out = BytesMut::new();
         let mut timer = Deadline::default();
         let mut stopping = pin!(shutdown.notified());
         stopping.as_mut().enable();
@@ -138,7 +139,7 @@ pub fn serve_connection(
             match header.await {
                 Ok(header) => {
                     if let Source::Client(addr) = header.source {
-                        client = ClientInfo::new(addr).over(client.scheme);
+                        *client = ClientInfo::new(addr).over(client.scheme);
                     }
                 }
                 Err(failure) => return refuse_header(&proxy, &client, &failure),
@@ -151,20 +152,24 @@ pub fn serve_connection(
                 None => return,
                 Some(false) => {}
                 Some(true) => {
-                    let Some(reader) = side.take() else {
-                        return;
-                    };
-                    if let Ok(ClientStream::Plain(tcp)) = reader.half.reunite(write) {
-                        let stream = Prefixed::new(reader.buf, tcp);
-                        Box::pin(serve_h2(
-                            stream,
-                            proxy,
-                            client,
-                            settings,
-                            shutdown.clone(),
-                            seat,
-                        ))
-                        .await;
+                    let h2 = side
+                        .take()
+                        .and_then(|reader| match reader.half.reunite(write) {
+                            Ok(ClientStream::Plain(tcp)) => {
+                                let stream = Prefixed::new(reader.buf, tcp);
+                                Some(Box::pin(serve_h2(
+                                    stream,
+                                    proxy,
+                                    *client,
+                                    settings,
+                                    shutdown.clone(),
+                                    seat,
+                                )))
+                            }
+                            _ => None,
+                        });
+                    if let Some(h2) = h2 {
+                        h2.await;
                     }
                     return;
                 }
@@ -204,23 +209,22 @@ pub fn serve_connection(
                             client: &client,
                             settings: &settings,
                             shutdown: &shutdown,
-                            out: &mut out,
                             timer: &mut timer,
                         },
                         write,
                         side,
                     ))),
                     Err(failure) => match refusal_for(&proxy, &settings, failure) {
-                        Some(answer) => Step::Refuse(answer, write, side),
+                        Some(answer) => {
+                            let limit = settings.write_timeout;
+                            Step::Refuse(Box::pin(answer_and_close(write, side, answer, limit)))
+                        }
                         None => return,
                     },
                 }
             } {
                 Step::Serve(served) => served,
-                Step::Refuse(answer, write, side) => {
-                    let limit = settings.write_timeout;
-                    return Box::pin(answer_and_close(write, side, answer, limit)).await;
-                }
+                Step::Refuse(refused) => return refused.await,
             };
             fresh = false;
             match step.await {
@@ -233,10 +237,10 @@ pub fn serve_connection(
 }
 
 /// What comes after a request head was awaited.
-enum Step<F> {
-    Serve(Pin<Box<F>>),
+enum Step<S, R> {
+    Serve(Pin<Box<S>>),
     /// alb's own answer to a head it could not take, then the connection closes.
-    Refuse(Vec<u8>, ClientWriteHalf, Option<ReadSide>),
+    Refuse(Pin<Box<R>>),
 }
 
 /// alb's answer when no request came (`None`: close quietly), counted and logged.
@@ -276,7 +280,6 @@ struct Exchange<'a> {
     client: &'a ClientInfo,
     settings: &'a ConnSettings,
     shutdown: &'a Shutdown,
-    out: &'a mut BytesMut,
     timer: &'a mut Deadline,
 }
 
@@ -308,9 +311,10 @@ fn serve_request(
             client,
             settings,
             shutdown,
-            out,
             timer,
         } = conn;
+        // The response's buffer: one request's, so an idle connection holds none.
+        let mut out = BytesMut::new();
         proxy.stats().h1_requests.fetch_add(1, Ordering::Relaxed);
         let ClientRequest {
             parts,
@@ -362,7 +366,7 @@ fn serve_request(
             };
             let fields = Some(tunnel.fields());
             encode_response_head(
-                out,
+                &mut out,
                 &parts,
                 fields,
                 SizeHint::with_exact(0),
@@ -370,7 +374,7 @@ fn serve_request(
                 version,
                 false,
             );
-            if flush(&mut client_write, out, None).await.is_err() {
+            if flush(&mut client_write, &mut out, None).await.is_err() {
                 return Served::Gone;
             }
             // An upgrade request has no body: its reader is still here, with any bytes the
@@ -396,7 +400,7 @@ fn serve_request(
         let keep = !close && !unread && !shutdown.is_started();
         let kept = write_response(
             &mut client_write,
-            out,
+            &mut out,
             response,
             head_request,
             version,
@@ -411,11 +415,10 @@ fn serve_request(
         if !kept || side.is_none() {
             return Served::Close(write, side);
         }
-        // **A connection waiting for its next request holds no buffer**: both are let go here
-        // (the read side takes a new one once the socket is readable, see `ReadSide`), so an
-        // idle keep-alive connection costs its task and socket alone. Bytes of a pipelined
-        // request already read stay.
-        *out = BytesMut::new();
+        // **A connection waiting for its next request holds no buffer**: the response's went
+        // with this future, the read side's is let go here (it takes a new one once the
+        // socket is readable, see `ReadSide`), so an idle keep-alive connection costs its task
+        // and socket alone. Bytes of a pipelined request already read stay.
         if let Some(reader) = side.as_mut()
             && reader.buf.is_empty()
         {
@@ -529,15 +532,18 @@ fn handle<'a>(
 /// Waits for a complete request head. `wait` bounds the time until its first byte (a new
 /// connection's head timeout, or the keep-alive timeout), then `client_header` the whole head.
 /// A new connection is in its head from the start: silence there is too slow, not idle.
-async fn read_head(
-    reader: &mut ReadSide,
-    timer: &mut Deadline,
+///
+/// This is what an idle keep-alive connection waits in, so it is a bare `poll_fn` set up here,
+/// holding a few references and flags and nothing twice.
+fn read_head<'a>(
+    reader: &'a mut ReadSide,
+    timer: &'a mut Deadline,
     wait: Duration,
     fresh: bool,
-    settings: &ConnSettings,
-    shutdown: &Shutdown,
-    mut stopping: Pin<&mut tokio::sync::futures::Notified<'_>>,
-) -> Result<ClientRequest, NoRequest> {
+    settings: &'a ConnSettings,
+    shutdown: &'a Shutdown,
+    mut stopping: Pin<&'a mut tokio::sync::futures::Notified<'_>>,
+) -> impl Future<Output = Result<ClientRequest, NoRequest>> + 'a {
     let mut started = !reader.buf.is_empty();
     timer.set(if started {
         settings.header_timeout
@@ -550,7 +556,7 @@ async fn read_head(
     let mut scanned: usize = 0;
     // On a last call (see `Shutdown::start_with_last_call`), the short wait it allows has begun.
     let mut last_call = false;
-    poll_fn(|cx| {
+    poll_fn(move |cx| {
         loop {
             let buf = &reader.buf;
             let worth_parsing = !buf.is_empty()
@@ -600,7 +606,6 @@ async fn read_head(
         }
         Poll::Pending
     })
-    .await
 }
 
 /// Writes the head and streams the body. Returns whether the connection can carry another
