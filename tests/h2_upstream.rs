@@ -386,3 +386,82 @@ async fn a_streamed_body_is_rewound_after_a_refused_stream() {
     assert_eq!(*answering.record.bodies.lock().unwrap(), vec![11; 4]);
     balancer.stop().await;
 }
+
+/// An HTTP/2 server that goes silent once a request arrives: it neither reads nor writes again
+/// and keeps the socket open, as a backend that was powered off or cut off by the network
+/// (no FIN, no RST). Counts the connections it took.
+async fn start_silent_backend() -> (SocketAddr, Arc<AtomicU64>, JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counter = accepted.clone();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::Relaxed);
+            held.push(tokio::spawn(async move {
+                let mut preface = [0u8; 24];
+                if tcp.read_exact(&mut preface).await.is_err() {
+                    return;
+                }
+                let _ = tcp.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await;
+                loop {
+                    let mut head = [0u8; 9];
+                    if tcp.read_exact(&mut head).await.is_err() {
+                        return;
+                    }
+                    let len = usize::from(head[0]) << 16
+                        | usize::from(head[1]) << 8
+                        | usize::from(head[2]);
+                    let mut payload = vec![0u8; len];
+                    if tcp.read_exact(&mut payload).await.is_err() {
+                        return;
+                    }
+                    match head[3] {
+                        4 if head[4] & 1 == 0 => {
+                            let _ = tcp.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await;
+                        }
+                        // HEADERS: from here on, nothing: the socket stays open, unread.
+                        1 => {
+                            std::future::pending::<()>().await;
+                        }
+                        _ => {}
+                    }
+                }
+            }));
+        }
+        for task in held {
+            task.abort();
+        }
+    });
+    (addr, accepted, task)
+}
+
+/// A backend that falls silent holds the one HTTP/2 connection every request shares: PINGs
+/// (every `upstream_idle`, answered within `connect`) find it out and close the connection, so
+/// its request ends long before `timeouts.response`, and the next request opens a new one.
+#[tokio::test]
+async fn a_silent_backend_connection_is_found_out_by_ping() {
+    let (silent, accepted, task) = start_silent_backend().await;
+    let balancer = TestBalancer::start(&format!(
+        "backends = [\"h2c://{silent}\"]\n[timeouts]\nupstream_idle = \"300ms\"\n\
+         connect = \"300ms\"\nresponse = \"60s\"\n[health_check]\ninterval = \"60s\"\n\
+         [passive_health]\nenabled = false\n"
+    ))
+    .await;
+    for round in 1..=2u64 {
+        let asked = tokio::time::timeout(
+            Duration::from_secs(20),
+            common::client().get(balancer.url(REQ).parse().unwrap()),
+        )
+        .await
+        .expect("answered before timeouts.response, not at it")
+        .unwrap();
+        assert_eq!(asked.status(), StatusCode::BAD_GATEWAY, "round {round}");
+        // The probe's connection (if one was opened) counts too: at least one per round.
+        assert!(accepted.load(Ordering::Relaxed) >= round, "round {round}");
+    }
+    balancer.stop().await;
+    task.abort();
+}
