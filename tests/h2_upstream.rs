@@ -438,15 +438,16 @@ async fn start_silent_backend() -> (SocketAddr, Arc<AtomicU64>, JoinHandle<()>) 
     (addr, accepted, task)
 }
 
-/// A backend that falls silent holds the one HTTP/2 connection every request shares: PINGs
-/// (every `upstream_idle`, answered within `connect`) find it out and close the connection, so
-/// its request ends long before `timeouts.response`, and the next request opens a new one.
+/// A backend that falls silent holds the one HTTP/2 connection every request shares: a PING
+/// after `upstream_idle` of silence, unanswered for another `upstream_idle`, closes the
+/// connection, so its request ends long before `timeouts.response`, and the next request opens
+/// a new one.
 #[tokio::test]
 async fn a_silent_backend_connection_is_found_out_by_ping() {
     let (silent, accepted, task) = start_silent_backend().await;
     let balancer = TestBalancer::start(&format!(
         "backends = [\"h2c://{silent}\"]\n[timeouts]\nupstream_idle = \"300ms\"\n\
-         connect = \"300ms\"\nresponse = \"60s\"\n[health_check]\ninterval = \"60s\"\n\
+         response = \"60s\"\n[health_check]\ninterval = \"60s\"\n\
          [passive_health]\nenabled = false\n"
     ))
     .await;

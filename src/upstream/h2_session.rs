@@ -19,9 +19,10 @@ use h2::{Reason, RecvStream, SendStream};
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
+use super::h2_liveness::{self, Heard};
 use super::request_body::{BodyError, RequestBody, Streamed};
 use super::session::{Progress, SessionError, SessionRequest, Unanswered};
-use super::{Backend, ConnectError, UpstreamConn, UpstreamStream};
+use super::{Backend, ConnectError, UpstreamConn};
 use crate::config::Timeouts;
 use crate::http1::UpstreamError;
 use crate::http2::{SendError, request_from_head, send_body};
@@ -94,7 +95,7 @@ async fn connect(
     timeouts: &Timeouts,
 ) -> Result<SendRequest<Bytes>, ConnectError> {
     let opening = UpstreamConn::open(backend.addr(), backend.tls(), timeouts.connect);
-    let stream = Box::pin(opening).await?.into_parts().0;
+    let (stream, heard) = Heard::new(Box::pin(opening).await?.into_parts().0);
     let mut builder = h2::client::Builder::new();
     builder
         .initial_window_size(STREAM_WINDOW)
@@ -108,63 +109,13 @@ async fn connect(
         Ok(Err(e)) => return Err(ConnectError::Http2(e)),
         Err(_) => return Err(ConnectError::Timeout(timeouts.connect)),
     };
-    let liveness = Liveness {
-        every: timeouts.upstream_idle,
-        within: timeouts.connect,
-    };
-    tokio::spawn(drive(connection, backend.url().to_owned(), liveness));
+    tokio::spawn(h2_liveness::drive(
+        connection,
+        heard,
+        backend.url().to_owned(),
+        timeouts.upstream_idle,
+    ));
     Ok(handle)
-}
-
-/// When a backend's HTTP/2 connection is PINGed: `every` so long (the connection's opener's
-/// `timeouts.upstream_idle`), answered `within` (its `timeouts.connect`, the bound on the
-/// network's part of a round trip).
-#[derive(Clone, Copy)]
-struct Liveness {
-    every: Duration,
-    within: Duration,
-}
-
-/// Runs a backend's HTTP/2 connection until it ends, PINGing it: one PING not answered in time
-/// ends it. Every request shares this one connection, so a backend gone without a word (powered
-/// off, cut off by the network: no FIN, no RST) would otherwise hold each new request until
-/// `timeouts.response`, long after passive health could have learnt anything. Once it ends, its
-/// streams fail as broken and the next request opens a new connection.
-async fn drive(
-    connection: h2::client::Connection<UpstreamStream, Bytes>,
-    url: String,
-    liveness: Liveness,
-) {
-    let mut connection = pin!(connection);
-    let mut ping = connection.as_mut().ping_pong();
-    let ended = loop {
-        let Some(pinger) = ping.as_mut() else {
-            break connection.await;
-        };
-        tokio::select! {
-            ended = &mut connection => break ended,
-            () = tokio::time::sleep(liveness.every) => {}
-        }
-        let pong = tokio::time::timeout(liveness.within, pinger.ping(h2::Ping::opaque()));
-        tokio::select! {
-            ended = &mut connection => break ended,
-            answered = pong => match answered {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => break Err(e),
-                Err(_) => {
-                    tracing::warn!(
-                        backend = url,
-                        within = ?liveness.within,
-                        "HTTP/2 backend did not answer a PING: connection closed"
-                    );
-                    return;
-                }
-            },
-        }
-    };
-    if let Err(e) = ended {
-        tracing::debug!(backend = url, error = %e, "HTTP/2 connection to a backend ended");
-    }
 }
 
 /// A backend's answer on an HTTP/2 stream: its head, and its body still to come.

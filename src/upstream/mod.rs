@@ -6,6 +6,7 @@
 //! for balancing decisions, and no other memory is published through it.
 
 mod conn;
+mod h2_liveness;
 mod h2_session;
 mod limit;
 mod pool;

@@ -1,0 +1,134 @@
+//! Whether a backend's HTTP/2 connection is still there. Every request to an HTTP/2 backend
+//! shares its one connection, so a backend gone without a word (powered off, cut off by the
+//! network: no FIN, no RST) would hold each new request until `timeouts.response`, and go on
+//! doing so long after: the socket only fails once TCP gives up retransmitting, many minutes on.
+//!
+//! **A connection that has been silent for `timeouts.upstream_idle` is PINGed, and one still
+//! silent another `upstream_idle` later is closed.** Silence is measured on the bytes read, not
+//! on the PING's answer alone: a backend that is busy sending is alive even when its PONG is
+//! slow, and one that answers nothing at all for twice the longest silence alb allows inside a
+//! response body is not serving anyone. Its streams then fail as broken, and the next request
+//! opens a new connection.
+
+use std::io;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::UpstreamStream;
+
+/// The backend's side of a connection, counting the reads that brought bytes.
+pub struct Heard {
+    io: UpstreamStream,
+    reads: Arc<AtomicU64>,
+}
+
+impl Heard {
+    /// The stream, and the count its driver watches.
+    pub fn new(io: UpstreamStream) -> (Heard, Arc<AtomicU64>) {
+        let reads = Arc::new(AtomicU64::new(0));
+        (
+            Heard {
+                io,
+                reads: reads.clone(),
+            },
+            reads,
+        )
+    }
+}
+
+impl AsyncRead for Heard {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.reads.fetch_add(1, Ordering::Relaxed);
+        }
+        read
+    }
+}
+
+impl AsyncWrite for Heard {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// Runs a backend's HTTP/2 connection until it ends or falls silent (see the module docs):
+/// `silence` is the connection's opener's `timeouts.upstream_idle`.
+pub async fn drive(
+    connection: h2::client::Connection<Heard, Bytes>,
+    reads: Arc<AtomicU64>,
+    url: String,
+    silence: Duration,
+) {
+    let mut connection = pin!(connection);
+    let mut ping = connection.as_mut().ping_pong();
+    let mut seen = reads.load(Ordering::Relaxed);
+    let ended = loop {
+        tokio::select! {
+            ended = &mut connection => break ended,
+            () = tokio::time::sleep(silence) => {}
+        }
+        let now = reads.load(Ordering::Relaxed);
+        if std::mem::replace(&mut seen, now) != now {
+            continue; // heard from within the period: alive
+        }
+        let Some(pinger) = ping.as_mut() else {
+            break connection.await;
+        };
+        // Only the bytes count; the PONG is the way to ask for some. A failed PING (one still
+        // unanswered from before) asks nothing, and the silence decides.
+        let asked = tokio::time::timeout(silence, pinger.ping(h2::Ping::opaque()));
+        tokio::select! {
+            ended = &mut connection => break ended,
+            _ = asked => {}
+        }
+        let now = reads.load(Ordering::Relaxed);
+        if std::mem::replace(&mut seen, now) == now {
+            tracing::warn!(
+                backend = url,
+                silent = ?silence * 2,
+                "HTTP/2 backend silent through a PING: connection closed"
+            );
+            return;
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(backend = url, error = %e, "HTTP/2 connection to a backend ended");
+    }
+}
