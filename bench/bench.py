@@ -63,7 +63,7 @@ H2C_PORT = LB_PORT + 4
 LB_CPU = os.environ.get("BENCH_LB_CPU", "0")
 LOAD_CPU = os.environ.get("BENCH_LOAD_CPU", "1")
 ALL_SCENARIOS = ["S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9", "S10", "S11", "S12",
-                 "S13"]
+                 "S13", "S14"]
 ONLY = [s.strip().upper() for s in os.environ.get("BENCH_ONLY", "").split(",") if s.strip()]
 SCENARIOS = [s for s in ALL_SCENARIOS if not ONLY or s in ONLY]
 ALL_CONTENDERS = ["direct", "alb", "nginx", "haproxy"]
@@ -597,14 +597,16 @@ class Bench:
     # -- balancers ---------------------------------------------------------------------------
 
     def start_lb(self, name, callgrind_out=None, connections=1_024, algorithm="least_conn",
-                 tls=False, routes=None, h2=None):
+                 tls=False, routes=None, h2=None, access_log=None):
         """Starts a balancer sized for `connections` client connections (nginx and HAProxy
         preallocate per-connection structures for their limit, so it is not set sky-high). With
         `tls` it also terminates TLS on TLS_PORT with the run's certificate (S9, S10). With
         `routes` (S11) its config routes by path prefix instead (`with_routes`). With `h2`
         it also speaks HTTP/2 to clients: "tls" (S12) h2 by ALPN on TLS_PORT (`tls` is implied)
         and h2c on its h2c port, to the usual HTTP/1.1 backends; "grpc" (S13) h2c on its h2c
-        port only, to backends spoken to over h2c (the gRPC backends)."""
+        port only, to backends spoken to over h2c (the gRPC backends). With `access_log` (S14)
+        it logs every request to a file: "text" or "json" for alb (its two formats), anything
+        for the peers (nginx's `combined` format, HAProxy's `option httplog`)."""
         tls = tls or h2 == "tls"
         h2c = [] if not h2 or name == "alb" else [H2C_PORT]
         ensure_free(LB_PORT, *([TLS_PORT] if tls else []), *h2c)
@@ -619,7 +621,8 @@ class Bench:
                 sections |= {"H2C"}
             cfg = fill("alb.toml", self.work / "alb.toml", sections=sections, LB_PORT=LB_PORT,
                        B1=B1_PORT, B2=B2_PORT, CHECK_INTER=check_inter, ALGORITHM=algorithm,
-                       SCHEME="h2c" if h2 == "grpc" else "http", **tls_values)
+                       SCHEME="h2c" if h2 == "grpc" else "http",
+                       ACCESS_LOG="true" if access_log else "false", **tls_values)
             if routes:
                 cfg = with_routes(name, cfg, routes)
                 self.alb_check(cfg, what=f"the config with {routes} route(s)")
@@ -631,6 +634,10 @@ class Bench:
                 self.alb_check(cfg, what=f"the {'HTTP/2' if h2 else 'TLS'} config")
             cmd = [ALB_BIN, "run", "--config", cfg]
             env["RUST_LOG"] = "warn"
+            if access_log:
+                # Access lines are alb's logs at info (target alb::access), on stderr: to a file.
+                cmd = [ALB_BIN, "--log-format", access_log, "run", "--config", cfg]
+                env["RUST_LOG"] = "warn,alb::access=info"
         elif name == "nginx":
             # S12 and S13 use a server of their own (section H2), with its TLS listener (H2TLS)
             # where S9's is in the main server: the main server keeps S1's HTTP/1.1 port.
@@ -641,6 +648,7 @@ class Bench:
                        LB_PORT=LB_PORT, B1=B1_PORT, B2=B2_PORT, DIR=self.work, NOFILE=FD_LIMIT,
                        WORKER_CONNECTIONS=min(FD_LIMIT - 100, connections + 1_000),
                        KEEPALIVE=NGINX_KEEPALIVE_H2 if h2 else NGINX_KEEPALIVE,
+                       ACCESS_LOG=self.work / "nginx-access.log" if access_log else "off",
                        H2C_PORT=H2C_PORT, H2_PARAM=" http2" if old else "",
                        HTTP2_ON=("# (nginx before 1.25.1: the `http2` listen parameter above)"
                                  if old else "http2 on;"), **tls_values)
@@ -652,6 +660,8 @@ class Bench:
         elif name == "haproxy":
             if h2:
                 sections |= {"H2C"}
+            if access_log:
+                sections |= {"LOG"}
             cfg = fill("haproxy.cfg", self.work / "haproxy.cfg", sections=sections,
                        LB_PORT=LB_PORT, B1=B1_PORT, B2=B2_PORT,
                        MAXCONN=min(HAPROXY_MAXCONN, connections), CHECK_INTER=check_inter,
@@ -828,6 +838,49 @@ class Bench:
                 self.put("S1", "rss", contender, res["hwm_kib"] / 1024)
 
         self.each_contender("S1", CONTENDERS, one)
+        self.stop_backends()
+
+    def s14(self):
+        """S1's load with each balancer logging every request to a file: alb in its text and its
+        JSON format, nginx in `combined`, HAProxy with `option httplog`. What the log costs is the
+        req/s kept against S1 of the same run (log off); the lines written are counted once the
+        balancer has stopped, against every request the backends served while it ran (warm-up
+        included; health probes are served but not logged)."""
+        log(f"S14: S1's load ({SMALL_BODY} B GETs, 64 connections) with access logs on")
+        self.start_backends(body=SMALL_BODY)
+        runs = [("alb", "text", ""), ("alb", "json", "_json"), ("nginx", "combined", ""),
+                ("haproxy", "httplog", "")]
+        for contender, log_format, suffix in runs:
+            if contender not in CONTENDERS:
+                continue
+            log_file = {"alb": self.work / "alb.log", "haproxy": self.work / "haproxy.log",
+                        "nginx": self.work / "nginx-access.log"}[contender]
+            before = count_lines(log_file)
+            served_before = sum(self.counters())
+            lb = None
+            try:
+                lb = self.start_lb(contender, access_log=log_format)
+                res = self.load_run("S14", contender + suffix, 64, lb)
+                self.stop_lb(lb)
+                lb = None
+                answered = sum(self.counters()) - served_before
+                self.put("S14", "rps" + suffix, contender, res["rps"])
+                self.put("S14", "cpu" + suffix, contender, res["cpu_us_per_req"])
+                s1 = self.results.get(("S1", "rps", contender))
+                if isinstance(s1, (int, float)) and s1 > 0:
+                    self.put("S14", "kept" + suffix, contender, 100 * res["rps"] / s1)
+                written = count_lines(log_file) - before
+                self.put("S14", "lines" + suffix, contender, written / max(1, answered))
+                log(f"S14 {contender}{suffix}: {written:,} log lines for {answered:,} requests "
+                    f"the backends served while it ran")
+                if written < 0.999 * answered:
+                    self.note(f"S14 {contender}{suffix}: {written:,} log lines for {answered:,} "
+                              f"requests served: lines were lost")
+            except BenchError as e:
+                self.note(f"S14 {contender}{suffix} FAILED: {e}")
+            finally:
+                if lb:
+                    self.stop_lb(lb)
         self.stop_backends()
 
     def s3(self):
@@ -1930,6 +1983,15 @@ def percentile(values, q):
     return values[min(len(values) - 1, max(0, int(-(-q * len(values) // 1)) - 1))]
 
 
+def count_lines(path):
+    """Lines in `path` so far (0 when it does not exist yet)."""
+    try:
+        with open(path, "rb") as f:
+            return sum(1 for _ in f)
+    except FileNotFoundError:
+        return 0
+
+
 def callgrind_total(path):
     total = None
     with open(path, errors="replace") as f:
@@ -2066,6 +2128,15 @@ ROWS = [
     ("S13", "loadcore", f"S13 gRPC unary calls: core {LOAD_CPU} (h2load, gRPC backends) busy %",
      "", 0),
     ("S13", "rss", "S13 gRPC unary calls: LB peak RSS MiB ↓", "lo", 1),
+    ("S14", "rps", "S14 access log on (alb text, nginx combined, HAProxy httplog): req/s ↑", "hi",
+     0),
+    ("S14", "kept", "S14 access log on: % of S1's req/s (log off, same run) ↑", "hi", 0),
+    ("S14", "cpu", "S14 access log on: LB CPU µs/request ↓", "lo", 1),
+    ("S14", "rps_json", "S14 alb's JSON access log: req/s ↑", "hi", 0),
+    ("S14", "kept_json", "S14 alb's JSON access log: % of S1's req/s ↑", "hi", 0),
+    ("S14", "cpu_json", "S14 alb's JSON access log: LB CPU µs/request ↓", "lo", 1),
+    ("S14", "lines", "S14 access log lines per request served (1.00: all logged)", "", 3),
+    ("S14", "lines_json", "S14 alb's JSON access log: lines per request served", "", 3),
 ]
 
 
@@ -2110,6 +2181,8 @@ def target_for(scenario, metric, get):
         return "≤ 3 %", None if alb is None else alb <= 3.0
     if key == ("S7", "failed"):
         return "0", None if alb is None else alb == 0
+    if key in (("S14", "kept"), ("S14", "kept_json")):
+        return "≥ 90 %", None if not isinstance(alb, (int, float)) else alb >= 90
     if key in (("S12", "idle_h2c"), ("S12", "idle_tls")):
         ok = isinstance(alb, (int, float))
         return "< 16 KiB", None if not ok else alb < 16

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # alb's benchmark suite in one command: installs the tools it needs, builds alb (which is also the
 # test backend, `alb backend`; S8's WebSocket echo server and client are examples/ws_bench.rs,
-# S13's gRPC backend and checking client examples/grpc_bench.rs), then runs scenarios S1-S13
+# S13's gRPC backend and checking client examples/grpc_bench.rs), then runs scenarios S1-S14
 # against direct, alb, nginx and HAProxy and writes a markdown table to bench/results/ (and,
 # after a full run, BENCHMARKS.md).
 #
@@ -17,6 +17,8 @@
 #                                 connection
 #   BENCH_ONLY=S13 bench/run.sh   gRPC unary calls/s over h2c to two gRPC backends (builds
 #                                 grpc_bench)
+#   BENCH_ONLY=S1,S14 bench/run.sh   the access log's cost: S1's load with every request logged,
+#                                    against S1 (log off) of the same run
 #   ALB_BIN=/path/to/alb bench/run.sh   that binary instead of building this tree (S6 still uses
 #                                       the tree: it is a criterion bench of the library)
 #
@@ -28,7 +30,7 @@ cd "$(dirname "$0")/.."
 for arg in "$@"; do
     case "$arg" in
         --quick) export BENCH_QUICK=1 ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
 done
