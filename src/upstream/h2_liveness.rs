@@ -10,88 +10,32 @@
 //! response body is not serving anyone. Its streams then fail as broken, and the next request
 //! opens a new connection.
 
-use std::io;
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::io::InspectReader;
 
-use super::UpstreamStream;
-
-/// The backend's side of a connection, counting the reads that brought bytes.
-pub struct Heard {
-    io: UpstreamStream,
+/// The backend's side of a connection, counting in `reads` the reads that brought bytes
+/// (tokio-util's inspecting reader; writes pass through untouched).
+pub fn heard<T: AsyncRead + AsyncWrite>(
+    io: T,
     reads: Arc<AtomicU64>,
-}
-
-impl Heard {
-    /// The stream, and the count its driver watches.
-    pub fn new(io: UpstreamStream) -> (Heard, Arc<AtomicU64>) {
-        let reads = Arc::new(AtomicU64::new(0));
-        (
-            Heard {
-                io,
-                reads: reads.clone(),
-            },
-            reads,
-        )
-    }
-}
-
-impl AsyncRead for Heard {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let read = Pin::new(&mut this.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.reads.fetch_add(1, Ordering::Relaxed);
+) -> InspectReader<T, impl FnMut(&[u8]) + Send + Unpin + 'static> {
+    InspectReader::new(io, move |bytes: &[u8]| {
+        if !bytes.is_empty() {
+            reads.fetch_add(1, Ordering::Relaxed);
         }
-        read
-    }
-}
-
-impl AsyncWrite for Heard {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
+    })
 }
 
 /// Runs a backend's HTTP/2 connection until it ends or falls silent (see the module docs):
 /// `silence` is the connection's opener's `timeouts.upstream_idle`.
-pub async fn drive(
-    connection: h2::client::Connection<Heard, Bytes>,
+pub async fn drive<T: AsyncRead + AsyncWrite + Unpin>(
+    connection: h2::client::Connection<T, Bytes>,
     reads: Arc<AtomicU64>,
     url: String,
     silence: Duration,

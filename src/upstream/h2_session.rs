@@ -10,6 +10,7 @@
 
 use std::future::poll_fn;
 use std::pin::{Pin, pin};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use h2::{Reason, RecvStream, SendStream};
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
-use super::h2_liveness::{self, Heard};
+use super::h2_liveness;
 use super::request_body::{BodyError, RequestBody, Streamed};
 use super::session::{Progress, SessionError, SessionRequest, Unanswered};
 use super::{Backend, ConnectError, UpstreamConn};
@@ -95,7 +96,8 @@ async fn connect(
     timeouts: &Timeouts,
 ) -> Result<SendRequest<Bytes>, ConnectError> {
     let opening = UpstreamConn::open(backend.addr(), backend.tls(), timeouts.connect);
-    let (stream, heard) = Heard::new(Box::pin(opening).await?.into_parts().0);
+    let heard = Arc::new(AtomicU64::new(0));
+    let stream = h2_liveness::heard(Box::pin(opening).await?.into_parts().0, heard.clone());
     let mut builder = h2::client::Builder::new();
     builder
         .initial_window_size(STREAM_WINDOW)
