@@ -10,10 +10,7 @@
 #[allow(dead_code)]
 mod wire;
 
-use alb::http1::{
-    BodyFraming, Framing, RequestRules, Scheme, Underscores, encode_request_head,
-    parse_client_request,
-};
+use alb::http1::{BodyFraming, Framing, RequestRules, Underscores, parse_client_request};
 use bytes::BytesMut;
 use http::HeaderValue;
 use proptest::prelude::*;
@@ -212,8 +209,10 @@ proptest! {
         };
         let mut parts = request.parts;
         alb::proxy::remove_hop_by_hop(&mut parts.headers);
-        let head = encode_request_head(&parts, b"192.0.2.1", Scheme::Http, framing, None);
-        let mut wire_bytes = head
+        let client = alb::proxy::ClientInfo::new("192.0.2.1:40000".parse().unwrap());
+        let outbound = alb::proxy::outbound_for(parts, &client, framing);
+        let mut wire_bytes = outbound
+            .http1_head()
             .for_backend(&HeaderValue::from_static("backend.example:9000"))
             .to_vec();
         match framing {

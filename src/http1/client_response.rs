@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, BytesMut};
 use http::header::{self, HeaderMap};
-use http::{StatusCode, Version, response};
+use http::{StatusCode, Version};
 use http_body::SizeHint;
 
 use super::{RawFields, put_field};
@@ -28,20 +28,21 @@ pub struct ResponsePlan {
     pub keep_alive: bool,
 }
 
-/// Encodes `parts` into `out` for a client that spoke `version`: the backend's `passed` fields
-/// first (when the response is a backend's), then those of `parts`. `keep_alive` is whether the
-/// connection may stay open as far as the request is concerned; the response may still close it.
+/// Encodes a response head into `out` for a client that spoke `version`: the backend's `passed`
+/// fields first (when the response is an HTTP/1.1 backend's), then `headers`. `keep_alive` is
+/// whether the connection may stay open as far as the request is concerned; the response may
+/// still close it.
+#[allow(clippy::too_many_arguments)] // each is one fact about the head; a struct would only rename them
 pub fn encode_response_head(
     out: &mut BytesMut,
-    parts: &response::Parts,
+    status: StatusCode,
+    headers: &HeaderMap,
     passed: Option<&RawFields>,
     size: SizeHint,
     head_request: bool,
     version: Version,
     keep_alive: bool,
 ) -> ResponsePlan {
-    let status = parts.status;
-    let headers = &parts.headers;
     let mut keep_alive = keep_alive && !asks_to_close(headers);
     let declared = match passed {
         Some(fields) => fields.content_length(),
@@ -166,7 +167,16 @@ mod tests {
     ) -> (String, ResponsePlan) {
         let (parts, ()) = response.into_parts();
         let mut out = BytesMut::new();
-        let plan = encode_response_head(&mut out, &parts, None, size, head, v, true);
+        let plan = encode_response_head(
+            &mut out,
+            parts.status,
+            &parts.headers,
+            None,
+            size,
+            head,
+            v,
+            true,
+        );
         (String::from_utf8(out.to_vec()).unwrap(), plan)
     }
 

@@ -33,7 +33,7 @@ pub use client_request::{
 };
 pub use client_response::{BodyWrite, ResponsePlan, date_value, encode_response_head};
 pub use io::{PartialWrite, poll_fill, poll_fill_from, poll_write_within, write_all_within};
-pub use request_head::{BodyFraming, RequestHead, Scheme, encode_request_head};
+pub use request_head::{BodyFraming, RequestHead, encode_request_head};
 pub use response_head::{Framing, MAX_HEAD_BYTES, RawFields, ResponseHead, parse_response_head};
 pub use target::is_authority;
 pub use upgrade::requested_upgrade;

@@ -1,19 +1,18 @@
-//! Writing the request head sent to a backend: the client's request line and fields as parsed
-//! (hop-by-hop fields already removed), with this hop appended to X-Forwarded-For, -Proto and
-//! -Host, encoded once per request and sent as is on every attempt.
+//! Writing the request head sent to a backend: the request line and the fields the proxy chose
+//! (its header policy already applied), encoded once per request and sent as is on every attempt.
 //!
 //! **The framing alb forwards is the framing alb writes.** This encoder is the one place that
-//! frames a request for a backend: it writes exactly one `Content-Length` or
+//! frames a request for an HTTP/1.1 backend: it writes exactly one `Content-Length` or
 //! `Transfer-Encoding: chunked`, from [`BodyFraming`], which describes the body alb is about to
-//! send (not what the client declared), and it never copies a framing field from the map. A
-//! client's `Connection` list, a repeated length or a look-alike name can therefore not change how
-//! a backend splits the bytes that follow.
+//! send (not what the client declared), and it never copies a framing field from the fields it is
+//! given. A client's `Connection` list, a repeated length or a look-alike name can therefore not
+//! change how a backend splits the bytes that follow.
 
 use std::borrow::Cow;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, request};
+use http::Method;
+use http::header::{self, HeaderName, HeaderValue};
 
 use super::put_field;
 
@@ -25,28 +24,6 @@ pub enum BodyFraming {
     Length(u64),
     /// Length unknown in advance: chunked.
     Chunked,
-}
-
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// The scheme a client used to reach alb: what X-Forwarded-Proto tells the backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Scheme {
-    #[default]
-    Http,
-    /// The client came over the TLS listener.
-    Https,
-}
-
-impl Scheme {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scheme::Http => "http",
-            Scheme::Https => "https",
-        }
-    }
 }
 
 /// An encoded request head.
@@ -72,39 +49,27 @@ impl RequestHead {
     }
 }
 
-/// Encodes the head of `parts` for the upstream hop. `client_ip` joins X-Forwarded-For; `scheme`
-/// is how the client reached alb (X-Forwarded-Proto).
-/// `upgrade`: the protocols this request asks the backend to switch to (see
+/// Encodes a request head for the upstream hop: `method`, the origin-form `target` and `fields`
+/// as given (but the framing and connection fields, written here), then the framing of the body
+/// alb sends. `upgrade`: the protocols this request asks the backend to switch to (see
 /// [`super::requested_upgrade`]), written with `Connection: upgrade`; otherwise no Connection.
-///
-/// X-Forwarded-For is a list of hops, and alb appends its client to what came. X-Forwarded-Proto
-/// and X-Forwarded-Host say what *this* hop received, and frameworks read their first element:
-/// alb writes them alone, so that no client chooses the scheme or the host a backend acts on.
-pub fn encode_request_head(
-    parts: &request::Parts,
-    client_ip: &[u8],
-    scheme: Scheme,
+pub fn encode_request_head<'a>(
+    method: &Method,
+    target: &str,
+    fields: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
     framing: BodyFraming,
     upgrade: Option<&HeaderValue>,
 ) -> RequestHead {
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut out = BytesMut::with_capacity(512);
-    out.put_slice(parts.method.as_str().as_bytes());
+    out.put_slice(method.as_str().as_bytes());
     out.put_u8(b' ');
-    out.put_slice(if target.is_empty() { "/" } else { target }.as_bytes());
+    out.put_slice(target.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
-    let mut forwarded_for = false;
-    // Found on the way through the fields rather than looked up (a hash and a probe each).
-    let mut host = None;
-    for (name, value) in &parts.headers {
-        if name == header::HOST && host.is_none() {
-            host = Some(value);
-        }
-        if name == X_FORWARDED_FOR {
-            forwarded_for = true;
-            continue;
-        }
-        if is_written_here(name) {
+    let mut host_missing = true;
+    for (name, value) in fields {
+        if name == header::HOST {
+            host_missing = false;
+        } else if is_written_here(name) {
             continue;
         }
         put_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
@@ -116,7 +81,7 @@ pub fn encode_request_head(
             b"content-length",
             itoa::Buffer::new().format(n).as_bytes(),
         ),
-        BodyFraming::None if expects_body(&parts.method) => {
+        BodyFraming::None if expects_body(method) => {
             put_field(&mut out, b"content-length", b"0");
         }
         BodyFraming::None => {}
@@ -125,20 +90,6 @@ pub fn encode_request_head(
         put_field(&mut out, b"connection", b"upgrade");
         put_field(&mut out, b"upgrade", protocols.as_bytes());
     }
-    put_forwarded_for(&mut out, &parts.headers, forwarded_for, client_ip);
-    put_field(
-        &mut out,
-        X_FORWARDED_PROTO.as_str().as_bytes(),
-        scheme.as_str().as_bytes(),
-    );
-    if let Some(host) = host {
-        put_field(
-            &mut out,
-            X_FORWARDED_HOST.as_str().as_bytes(),
-            host.as_bytes(),
-        );
-    }
-    let host_missing = host.is_none();
     if !host_missing {
         out.put_slice(b"\r\n");
     }
@@ -148,35 +99,18 @@ pub fn encode_request_head(
     }
 }
 
-/// Fields this encoder writes itself, never copied from the client: the framing (from the body),
-/// Connection and Upgrade (for its own hop) and this hop's X-Forwarded-Proto and -Host.
+/// Fields this encoder writes itself, never copied: the framing (from the body), Connection and
+/// Upgrade (for its own hop).
 fn is_written_here(name: &HeaderName) -> bool {
     name == header::CONTENT_LENGTH
         || name == header::TRANSFER_ENCODING
         || name == header::CONNECTION
         || name == header::UPGRADE
-        || name == X_FORWARDED_PROTO
-        || name == X_FORWARDED_HOST
 }
 
 /// Methods whose requests normally have a body: without one, they say so with a zero length.
 fn expects_body(method: &Method) -> bool {
     matches!(*method, Method::POST | Method::PUT | Method::PATCH)
-}
-
-/// Writes X-Forwarded-For as one line: the client's elements (its repeated lines folded, in
-/// order), then `last`. `any` says whether the client sent the field at all.
-fn put_forwarded_for(out: &mut BytesMut, headers: &HeaderMap, any: bool, last: &[u8]) {
-    out.put_slice(X_FORWARDED_FOR.as_str().as_bytes());
-    out.put_slice(b": ");
-    if any {
-        for value in headers.get_all(&X_FORWARDED_FOR) {
-            out.put_slice(value.as_bytes());
-            out.put_slice(b", ");
-        }
-    }
-    out.put_slice(last);
-    out.put_slice(b"\r\n");
 }
 
 #[cfg(test)]
@@ -185,27 +119,48 @@ mod tests {
 
     fn encode(request: http::Request<()>, framing: BodyFraming) -> String {
         let (parts, ()) = request.into_parts();
-        let head = encode_request_head(&parts, b"10.0.0.1", Scheme::Http, framing, None);
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let head = encode_request_head(&parts.method, target, parts.headers.iter(), framing, None);
         let bytes = head.for_backend(&HeaderValue::from_static("backend:81"));
         String::from_utf8(bytes.to_vec()).unwrap()
     }
 
     #[test]
-    fn appends_this_hop_to_forwarded_for_and_writes_proto_and_host_alone() {
+    fn writes_the_request_line_and_the_fields_given_in_order() {
         let request = http::Request::post("/up?x=1")
             .header("host", "example.com")
             .header("x-forwarded-for", "1.1.1.1")
-            .header("x-forwarded-for", "2.2.2.2")
-            .header("x-forwarded-host", "evil.example")
-            .header("x-forwarded-proto", "https")
+            .header("accept", "*/*")
             .header("content-length", "3")
             .body(())
             .unwrap();
         assert_eq!(
             encode(request, BodyFraming::Length(3)),
-            "POST /up?x=1 HTTP/1.1\r\nhost: example.com\r\ncontent-length: 3\r\n\
-             x-forwarded-for: 1.1.1.1, 2.2.2.2, 10.0.0.1\r\nx-forwarded-proto: http\r\n\
-             x-forwarded-host: example.com\r\n\r\n"
+            "POST /up?x=1 HTTP/1.1\r\nhost: example.com\r\nx-forwarded-for: 1.1.1.1\r\n\
+             accept: */*\r\ncontent-length: 3\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn offers_an_upgrade_with_its_own_connection_field() {
+        let (parts, ()) = http::Request::get("/chat")
+            .header("host", "h")
+            .header("connection", "keep-alive")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let upgrade = HeaderValue::from_static("websocket");
+        let head = encode_request_head(
+            &parts.method,
+            "/chat",
+            parts.headers.iter(),
+            BodyFraming::None,
+            Some(&upgrade),
+        );
+        let text = String::from_utf8(head.for_backend(&upgrade).to_vec()).unwrap();
+        assert_eq!(
+            text,
+            "GET /chat HTTP/1.1\r\nhost: h\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
         );
     }
 
@@ -252,6 +207,5 @@ mod tests {
         let text = encode(request, BodyFraming::None);
         assert!(text.starts_with("GET / HTTP/1.1\r\n"), "{text}");
         assert!(text.ends_with("host: backend:81\r\n\r\n"), "{text}");
-        assert!(!text.contains("x-forwarded-host"), "{text}");
     }
 }

@@ -13,5 +13,5 @@ mod request;
 mod response;
 
 pub use body::RecvBody;
-pub use request::{forwardable, is_connection_specific, request_from_head};
+pub use request::{forwardable, is_connection_specific};
 pub use response::{SendError, response_fields, send_body};

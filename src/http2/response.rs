@@ -6,8 +6,8 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{StatusCode, response};
 use http_body::{Body, SizeHint};
 use http_body_util::BodyExt;
 
@@ -19,7 +19,8 @@ use crate::http1::{RawFields, date_value};
 /// and h2 would refuse the whole response), names lowercased, and Content-Length written from
 /// what the body is known to hold.
 pub fn response_fields(
-    parts: &mut response::Parts,
+    status: StatusCode,
+    headers: HeaderMap,
     passed: Option<&RawFields>,
     size: SizeHint,
     head_request: bool,
@@ -28,16 +29,16 @@ pub fn response_fields(
     let mut fields = match passed {
         // Fields already in a map (an HTTP/2 backend's, alb's own): kept as they are.
         None => {
-            let mut fields = std::mem::take(&mut parts.headers);
+            let mut fields = headers;
             if let Some(length) = fields.remove(header::CONTENT_LENGTH) {
                 declared = length.to_str().ok().and_then(|v| v.parse().ok());
             }
             if fields.keys().any(is_connection_specific) {
                 fields = without_connection_fields(fields);
             }
-            return finish(fields, parts.status, declared, size, head_request);
+            return finish(fields, status, declared, size, head_request);
         }
-        Some(_) => HeaderMap::with_capacity(parts.headers.len() + 8),
+        Some(_) => HeaderMap::with_capacity(headers.len() + 8),
     };
     if let Some(passed) = passed {
         declared = passed.content_length();
@@ -52,14 +53,14 @@ pub fn response_fields(
             }
         }
     }
-    for (name, value) in &parts.headers {
+    for (name, value) in &headers {
         if name == header::CONTENT_LENGTH {
             declared = declared.or_else(|| value.to_str().ok()?.parse().ok());
         } else if !is_connection_specific(name) {
             fields.append(name.clone(), value.clone());
         }
     }
-    finish(fields, parts.status, declared, size, head_request)
+    finish(fields, status, declared, size, head_request)
 }
 
 fn without_connection_fields(fields: HeaderMap) -> HeaderMap {

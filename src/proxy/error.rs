@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderValue, StatusCode, header};
 use http_body_util::Full;
 
+use super::reply::Reply;
 use super::response_body::ResponseBody;
 use crate::http1::UpstreamError;
 use crate::upstream::{BodyError, ConnectError, QueueError, SessionError};
@@ -21,6 +22,8 @@ pub enum ProxyError {
     ResponseTimeout(Duration),
     #[error("backend failed before its response headers: {0}")]
     Upstream(#[source] UpstreamError),
+    #[error("backend's HTTP/2 stream failed before its response headers: {0}")]
+    UpstreamStream(#[source] h2::Error),
     #[error("backend answered {0}")]
     UpstreamStatus(u16),
     #[error("{0}")]
@@ -50,6 +53,7 @@ impl From<SessionError> for ProxyError {
             SessionError::Connect(e) => ProxyError::Connect(e),
             SessionError::Queue(e) => ProxyError::Queue(e),
             SessionError::Broken(e) => ProxyError::Upstream(e),
+            SessionError::Stream(e) => ProxyError::UpstreamStream(e),
             SessionError::Timeout(limit) => ProxyError::ResponseTimeout(limit),
             SessionError::Framing(problem) => ProxyError::UpstreamFraming(problem),
             SessionError::Client(e) => ProxyError::Body(e),
@@ -70,6 +74,7 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::Upstream(_)
+            | ProxyError::UpstreamStream(_)
             | ProxyError::UpstreamStatus(_)
             | ProxyError::UpstreamFraming(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ResponseTimeout(_) | ProxyError::Deadline(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -91,6 +96,7 @@ impl ProxyError {
             ProxyError::Connect(ConnectError::Handshake(_)) => Some("TLS handshake failed"),
             ProxyError::Connect(_) => Some("connect failed"),
             ProxyError::Upstream(_) => Some("connection broke before the response"),
+            ProxyError::UpstreamStream(_) => Some("HTTP/2 stream failed before the response"),
             ProxyError::ResponseTimeout(_) => Some("response timeout"),
             _ => None,
         }
@@ -105,9 +111,9 @@ impl ProxyError {
                 "the backend's TLS could not be verified"
             }
             ProxyError::Connect(_) => "no backend could be reached, try again later",
-            ProxyError::Upstream(_) | ProxyError::UpstreamStatus(_) => {
-                "the backend failed to answer"
-            }
+            ProxyError::Upstream(_)
+            | ProxyError::UpstreamStream(_)
+            | ProxyError::UpstreamStatus(_) => "the backend failed to answer",
             ProxyError::ResponseTimeout(_) => "the backend did not answer in time",
             ProxyError::Queue(QueueError::Full) => {
                 "the backend is at its connection limit and its queue is full"
@@ -128,7 +134,7 @@ impl ProxyError {
     }
 
     /// The response alb sends for this error. `retry_after` goes on 503s.
-    pub fn to_response(&self, retry_after: &HeaderValue) -> Response<ResponseBody> {
+    pub fn to_reply(&self, retry_after: &HeaderValue) -> Reply {
         let status = self.status();
         let text = format!(
             "{} {}: {}\n",
@@ -136,9 +142,8 @@ impl ProxyError {
             status.canonical_reason().unwrap_or(""),
             self.message()
         );
-        let mut response = Response::new(ResponseBody::Local(Full::new(Bytes::from(text))));
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
+        let mut reply = Reply::new(status, ResponseBody::Local(Full::new(Bytes::from(text))));
+        let headers = &mut reply.headers;
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -162,6 +167,6 @@ impl ProxyError {
                 HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE"),
             );
         }
-        response
+        reply
     }
 }

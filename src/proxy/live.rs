@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::upstream::IncomingBody;
 use arc_swap::ArcSwap;
-use http::{Request, Response};
+use http::Request;
 
-use super::{ClientInfo, ProxyStats, ResponseBody, Snapshot};
+use super::{ClientInfo, ProxyStats, Reply, Snapshot};
 use crate::config::Config;
 use crate::health::{HealthChecker, OutlierDetector};
 use crate::upstream::Backend;
@@ -98,7 +98,7 @@ impl Proxy {
         &self,
         req: Request<IncomingBody>,
         client: &'c ClientInfo,
-    ) -> impl Future<Output = Response<ResponseBody>> + Send + use<'c> {
+    ) -> impl Future<Output = Reply> + Send + use<'c> {
         self.snapshot.load_full().handle(req, client)
     }
 }

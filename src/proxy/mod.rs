@@ -7,12 +7,13 @@ mod access_log;
 mod affinity;
 mod error;
 mod h2_body;
-mod headers;
+mod header_policy;
 mod live;
 mod pool;
 mod prepare;
 mod rate_limit;
 mod redirect;
+mod reply;
 mod response_body;
 mod retry;
 mod route;
@@ -25,16 +26,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use http::{HeaderName, HeaderValue, Request, Response};
+use http::{HeaderName, HeaderValue, Request};
 
 pub use access_log::{AccessRecord, Outcome};
 pub use error::ProxyError;
-pub use headers::{HopScan, hop_scan, remove_hop_by_hop, strip_hop_by_hop};
+pub use header_policy::{ClientInfo, Scheme, remove_hop_by_hop};
 pub use live::Proxy;
 pub use pool::BackendPool;
-pub use prepare::ClientInfo;
-use prepare::{Outbound, Replay};
+use prepare::Replay;
+pub use prepare::outbound_for;
 pub use rate_limit::{DEFAULT_MAX_KEYS, RateLimiter};
+pub use reply::Reply;
 pub use response_body::{ResponseBody, ResponseBodyError, UpstreamBody, UpstreamParts};
 pub use retry::{RetryBudget, RetryPolicy, is_idempotent};
 pub use route::RouteTable;
@@ -47,9 +49,10 @@ pub use tunnel::{HALF_CLOSED_IDLE, Tunnel};
 
 use crate::balance::Exclude;
 use crate::config::Timeouts;
-use crate::http1::{BodyDecoder, ResponseHead, Scheme};
+use crate::http1::{BodyDecoder, ResponseHead};
 use crate::upstream::{
-    self, Answer, Backend, InFlightGuard, Progress, SessionRequest, Unanswered, method_class,
+    self, Answer, Backend, InFlightGuard, Outbound, Progress, RequestBody, SessionRequest,
+    Unanswered, method_class,
 };
 
 /// When a request arrived and its method class: what the dispatch keeps of it for statistics.
@@ -102,7 +105,7 @@ impl Snapshot {
         self: Arc<Self>,
         req: Request<crate::upstream::IncomingBody>,
         client: &ClientInfo,
-    ) -> impl Future<Output = Response<ResponseBody>> + Send + '_ {
+    ) -> impl Future<Output = Reply> + Send + '_ {
         async move {
             let started = Instant::now();
             let method = method_class(req.method());
@@ -118,12 +121,12 @@ impl Snapshot {
                 && let Some(tls) = self.config.tls.as_ref().filter(|tls| tls.redirect_http)
             {
                 return match redirect::to_https(&req, tls.listen.port()) {
-                    Ok(response) => {
-                        self.stats.record_local(method, response.status().as_u16());
+                    Ok(reply) => {
+                        self.stats.record_local(method, reply.status.as_u16());
                         if let Some(log) = log {
-                            log.finish(response.status().as_u16(), None, 0, Outcome::Complete);
+                            log.finish(reply.status.as_u16(), None, 0, Outcome::Complete);
                         }
-                        response
+                        reply
                     }
                     Err(error) => self.local_response(&error, None, log, method),
                 };
@@ -152,7 +155,7 @@ impl Snapshot {
                 (limit, caller) => limit.or(caller),
             };
             let outbound = match self.prepare(req, client, plan.retry.max_body_buffer).await {
-                Ok(outbound) => outbound,
+                Ok(prepared) => prepared,
                 Err(error) => return self.local_response(&error, None, log, method),
             };
             let arrival = Arrival { started, method };
@@ -190,17 +193,11 @@ impl Snapshot {
     async fn dispatch(
         &self,
         plan: &Plan<'_>,
-        outbound: Outbound,
+        (outbound, mut body): (Outbound, RequestBody),
         log: &mut Option<Box<AccessRecord>>,
         arrival: Arrival,
-    ) -> Result<Response<ResponseBody>, Rejection> {
-        let Outbound {
-            head,
-            head_request,
-            idempotent,
-            upgrade,
-            mut body,
-        } = outbound;
+    ) -> Result<Reply, Rejection> {
+        let idempotent = outbound.idempotent;
         let Plan {
             pool,
             retry,
@@ -228,10 +225,7 @@ impl Snapshot {
             exclude.add(index);
             let backend = &pool.backends()[index];
             let request = SessionRequest {
-                head: head.for_backend(backend.host_header()),
-                head_request,
-                idempotent,
-                upgrade: upgrade.as_ref(),
+                outbound: &outbound,
                 keep_body: retry.max_body_buffer,
             };
             let reason = self.explain.then(|| pool.explain_pick(index, attempt));
@@ -242,7 +236,7 @@ impl Snapshot {
                     error: e.into(),
                     progress: Progress::Unsent(body),
                 }),
-                Ok(()) => upstream::exchange(backend, &request, body, timeouts).await,
+                Ok(()) => upstream::exchange(backend, request, body, timeouts).await,
             };
             // Whether another try may follow this one once it counts.
             let more = counted + 1 < retry.attempts;
@@ -283,22 +277,20 @@ impl Snapshot {
                     if let Some(log) = log.as_mut() {
                         log.set_attempts(attempt);
                     }
-                    let mut response = self.respond(plan, answer, guard, log.take(), arrival);
+                    let mut reply = self.respond(plan, answer, guard, log.take(), arrival);
                     if plan.sticky != Some(index)
                         && let Some(cookie) = pool
                             .sticky
                             .as_ref()
                             .and_then(|sticky| sticky.set_cookie(index, plan.secure))
                     {
-                        response
-                            .headers_mut()
-                            .append(http::header::SET_COOKIE, cookie);
+                        reply.headers.append(http::header::SET_COOKIE, cookie);
                     }
                     if let Some(reason) = reason {
-                        explain_headers(response.headers_mut(), backend.url(), &reason);
-                        Self::explain_route(plan, response.headers_mut());
+                        explain_headers(&mut reply.headers, backend.url(), &reason);
+                        Self::explain_route(plan, &mut reply.headers);
                     }
-                    return Ok(response);
+                    return Ok(reply);
                 }
                 Err(failed) => failed,
             };
@@ -370,7 +362,7 @@ impl Snapshot {
         guard: InFlightGuard,
         log: Option<Box<AccessRecord>>,
         arrival: Arrival,
-    ) -> Response<ResponseBody> {
+    ) -> Reply {
         let (response, conn, upload) = match answer {
             Answer::Http1 {
                 response,
@@ -392,7 +384,6 @@ impl Snapshot {
         let upstream = UpstreamParts {
             conn: Some(conn),
             upload,
-            fields: Some(fields),
             guard: Some(guard),
             log,
             outliers: plan.pool.outliers().clone(),
@@ -402,9 +393,9 @@ impl Snapshot {
             stats: self.stats.clone(),
         };
         let body = UpstreamBody::new(BodyDecoder::new(framing), status.as_u16(), upstream);
-        let mut response = Response::new(ResponseBody::Upstream(Box::new(body)));
-        *response.status_mut() = status;
-        response
+        let mut reply = Reply::new(status, ResponseBody::Upstream(Box::new(body)));
+        reply.relayed = Some(fields);
+        reply
     }
 
     /// Wraps an HTTP/2 backend's response: its fields (connection-specific ones cannot be
@@ -416,7 +407,7 @@ impl Snapshot {
         guard: InFlightGuard,
         log: Option<Box<AccessRecord>>,
         arrival: Arrival,
-    ) -> Response<ResponseBody> {
+    ) -> Reply {
         let (head, stream) = answer.response.into_parts();
         let length = head
             .headers
@@ -425,7 +416,6 @@ impl Snapshot {
         let mut parts = UpstreamParts {
             conn: None,
             upload: None,
-            fields: None,
             guard: Some(guard),
             log,
             outliers: plan.pool.outliers().clone(),
@@ -440,10 +430,9 @@ impl Snapshot {
             settlement,
             plan.timeouts.upstream_idle,
         );
-        let mut response = Response::new(ResponseBody::Http2(Box::new(body)));
-        *response.status_mut() = head.status;
-        *response.headers_mut() = head.headers;
-        response
+        let mut reply = Reply::new(head.status, ResponseBody::Http2(Box::new(body)));
+        reply.headers = head.headers;
+        reply
     }
 
     /// The `101` for the client, carrying the backend's side of the tunnel it opens.
@@ -455,10 +444,9 @@ impl Snapshot {
         protocol: bytes::Bytes,
         guard: InFlightGuard,
         log: Option<Box<AccessRecord>>,
-    ) -> Response<ResponseBody> {
+    ) -> Reply {
         let tunnel = Tunnel::new(TunnelParts {
             conn,
-            fields,
             guard,
             log,
             stats: self.stats.clone(),
@@ -466,13 +454,17 @@ impl Snapshot {
             write_limit: timeouts.write,
             drain: timeouts.drain,
         });
-        let mut response = Response::new(ResponseBody::Tunnel(Box::new(tunnel)));
-        *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+        let mut reply = Reply::new(
+            http::StatusCode::SWITCHING_PROTOCOLS,
+            ResponseBody::Tunnel(Box::new(tunnel)),
+        );
+        // The `101`'s end-to-end fields (`Sec-WebSocket-Accept`, ...).
+        reply.relayed = Some(fields);
         // Checked against the request's offer by the parser: a token list, so a valid value.
         if let Ok(value) = HeaderValue::from_maybe_shared(protocol) {
-            response.headers_mut().insert(http::header::UPGRADE, value);
+            reply.headers.insert(http::header::UPGRADE, value);
         }
-        response
+        reply
     }
 
     fn local_response(
@@ -481,28 +473,22 @@ impl Snapshot {
         backend: Option<&Backend>,
         log: Option<Box<AccessRecord>>,
         method: usize,
-    ) -> Response<ResponseBody> {
-        let mut response = error.to_response(&self.retry_after);
-        self.stats.record_local(method, response.status().as_u16());
+    ) -> Reply {
+        let mut reply = error.to_reply(&self.retry_after);
+        self.stats.record_local(method, reply.status.as_u16());
         if self.explain {
             let url = backend.map_or("-", Backend::url);
-            explain_headers(
-                response.headers_mut(),
-                url,
-                &format!("alb answered: {error}"),
-            );
+            explain_headers(&mut reply.headers, url, &format!("alb answered: {error}"));
         }
         if let Some(log) = log {
-            let bytes = http_body::Body::size_hint(response.body())
-                .exact()
-                .unwrap_or(0);
+            let bytes = http_body::Body::size_hint(&reply.body).exact().unwrap_or(0);
             log.finish(
-                response.status().as_u16(),
+                reply.status.as_u16(),
                 backend.map(Backend::url),
                 bytes,
                 Outcome::Complete,
             );
         }
-        response
+        reply
     }
 }

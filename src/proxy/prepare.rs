@@ -2,59 +2,28 @@
 //! for the next hop, and a small body read whole before any backend is involved (so that a slow
 //! client cannot hold a backend's slot with it, and an idempotent request can be replayed).
 
-use std::net::SocketAddr;
-
 use crate::upstream::IncomingBody;
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request};
+use http::{Method, Request};
 use http_body::Body;
 use http_body_util::BodyExt;
 
-use super::headers::{hop_scan, strip_hop_by_hop};
+use super::header_policy::{self, ClientInfo};
 use super::retry::is_idempotent;
 use super::{ProxyError, Snapshot};
-use crate::http1::{BodyFraming, RequestHead, Scheme, encode_request_head, requested_upgrade};
-use crate::upstream::{BodyError, BodyLimits, RequestBody};
-
-/// The client connection a request arrived on, computed once per connection.
-#[derive(Debug, Clone)]
-pub struct ClientInfo {
-    pub addr: SocketAddr,
-    /// The client's IP as an X-Forwarded-For element (text, in the smallest form that holds
-    /// it: a copy of this lives in every idle connection's task).
-    pub ip_header: Box<str>,
-    /// Which listener it came to: X-Forwarded-Proto, and whether `tls.redirect_http` applies.
-    pub scheme: Scheme,
-}
-
-impl ClientInfo {
-    pub fn new(addr: SocketAddr) -> ClientInfo {
-        let ip_header = addr.ip().to_string().into_boxed_str();
-        ClientInfo {
-            addr,
-            ip_header,
-            scheme: Scheme::Http,
-        }
-    }
-
-    /// The same client, come over `scheme`.
-    pub fn over(self, scheme: Scheme) -> ClientInfo {
-        ClientInfo { scheme, ..self }
-    }
-}
+use crate::http1::{BodyFraming, requested_upgrade};
+use crate::upstream::{BodyError, BodyLimits, Outbound, RequestBody};
 
 impl Snapshot {
-    /// Rewrites the client's request for the upstream hop: HTTP/1.1, hop-by-hop fields removed
-    /// (but for an upgrade alb passes on), X-Forwarded-* written, limits checked, and a small
-    /// body read whole. Host is kept as the
-    /// client sent it.
-    /// The head is encoded here, once, whatever the number of attempts.
+    /// Makes the client's request into the one sent upstream, in no protocol's terms: limits
+    /// checked, the header policy applied ([`header_policy::forward`]), the upgrade alb passes
+    /// on, and a small body read whole. Built once, whatever the number of attempts.
     pub(super) async fn prepare(
         &self,
         req: Request<IncomingBody>,
         client: &ClientInfo,
         max_body_buffer: u64,
-    ) -> Result<Outbound, ProxyError> {
+    ) -> Result<(Outbound, RequestBody), ProxyError> {
         let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
             + req.uri().authority().map_or(0, |a| a.as_str().len());
         if target_len > self.limits.max_uri_bytes {
@@ -76,10 +45,7 @@ impl Snapshot {
         // out of the fields and put an absolute-form target's authority into Host.
         let has_body = !http_body::Body::is_end_stream(&body);
         let upgrade = requested_upgrade(&parts.headers, parts.version, has_body);
-        let hop = hop_scan(&parts.headers);
-        if hop.any {
-            strip_hop_by_hop(&mut parts.headers);
-        }
+        let added = header_policy::forward(&mut parts.headers, client);
         // A body of known length up to the route's `retry.max_body_buffer` is read whole before a backend is
         // picked, whatever the method: a client trickling it holds alb's memory (bounded) and
         // not a backend's connection slot; an idempotent request can also be replayed with it.
@@ -118,21 +84,7 @@ impl Snapshot {
             let framing = length.map_or(BodyFraming::Chunked, BodyFraming::Length);
             (RequestBody::client(body, limits), framing)
         };
-        Ok(Outbound {
-            head: encode_request_head(
-                &parts,
-                client.ip_header.as_bytes(),
-                client.scheme,
-                framing,
-                upgrade.as_ref(),
-            ),
-            head_request: parts.method == Method::HEAD,
-            // Once sent, an upgrade may have switched the backend's connection to a protocol
-            // alb knows nothing of: never sent twice.
-            idempotent: is_idempotent(&parts.method) && upgrade.is_none(),
-            upgrade,
-            body,
-        })
+        Ok((outbound(parts, added, framing, upgrade), body))
     }
 
     /// Reads a small body (its length is known and at most `retry.max_body_buffer`) within the
@@ -145,6 +97,40 @@ impl Snapshot {
             Err(_) => Err(BodyError::Idle(limit).into()),
         }
     }
+}
+
+/// The request sent upstream for `parts`, once the header policy gave the fields alb `added`.
+fn outbound(
+    parts: http::request::Parts,
+    added: crate::upstream::AddedFields,
+    framing: BodyFraming,
+    upgrade: Option<http::HeaderValue>,
+) -> Outbound {
+    // Once sent, an upgrade may have switched the backend's connection to a protocol alb knows
+    // nothing of: never sent twice.
+    let idempotent = is_idempotent(&parts.method) && upgrade.is_none();
+    Outbound::new(
+        parts.method,
+        parts.uri,
+        parts.headers,
+        added,
+        framing,
+        upgrade,
+        idempotent,
+    )
+}
+
+/// The request alb sends upstream for a client's request head (`parts`, as the client-side
+/// parser made it) from `client`, its body delimited by `framing`: the same header policy and
+/// the same [`Outbound`] as a proxied request, without a body. For tests and tools that check
+/// what a backend receives.
+pub fn outbound_for(
+    mut parts: http::request::Parts,
+    client: &ClientInfo,
+    framing: BodyFraming,
+) -> Outbound {
+    let added = header_policy::forward(&mut parts.headers, client);
+    outbound(parts, added, framing, None)
 }
 
 /// What of a body of unknown length had arrived when the request was prepared.
@@ -189,18 +175,8 @@ fn take_arrived(body: &mut IncomingBody, max: u64) -> Result<Arrived, ProxyError
     }
 }
 
-/// A request ready to forward: its head encoded once for every attempt, and its body.
-pub(super) struct Outbound {
-    pub(super) head: RequestHead,
-    pub(super) head_request: bool,
-    pub(super) idempotent: bool,
-    /// The protocols offered to switch to (the request's filtered `Upgrade`), if any.
-    pub(super) upgrade: Option<HeaderValue>,
-    pub(super) body: RequestBody,
-}
-
 /// What is needed to send an idempotent request again after it was sent once: its body, when
-/// that was empty or kept whole (the head is kept encoded by the caller).
+/// that was empty or kept whole (the head is the same [`Outbound`] for every attempt).
 pub(super) struct Replay {
     body: Option<Bytes>,
 }

@@ -3,17 +3,14 @@
 //! client must repeat the method and body as they were (RFC 9110 §15.4.9), so a POST stays a POST.
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, StatusCode, header};
 use http_body_util::Full;
 
-use super::{ProxyError, ResponseBody};
+use super::{ProxyError, Reply, ResponseBody};
 
 /// The redirect for `request`, or why there can be none: without a Host (HTTP/1.0) alb does not
 /// know which name the client wants.
-pub(super) fn to_https<B>(
-    request: &Request<B>,
-    port: u16,
-) -> Result<Response<ResponseBody>, ProxyError> {
+pub(super) fn to_https<B>(request: &Request<B>, port: u16) -> Result<Reply, ProxyError> {
     let location = request
         .headers()
         .get(header::HOST)
@@ -22,10 +19,12 @@ pub(super) fn to_https<B>(
         .ok_or(ProxyError::BadRequest(
             "a redirect to https needs the Host header",
         ))?;
-    let mut response = Response::new(ResponseBody::Local(Full::new(Bytes::new())));
-    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
-    response.headers_mut().insert(header::LOCATION, location);
-    Ok(response)
+    let mut reply = Reply::new(
+        StatusCode::PERMANENT_REDIRECT,
+        ResponseBody::Local(Full::new(Bytes::new())),
+    );
+    reply.headers.insert(header::LOCATION, location);
+    Ok(reply)
 }
 
 /// `https://HOST[:PORT]/path?query`: the Host without its port (the parser checked its syntax),

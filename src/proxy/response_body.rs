@@ -13,7 +13,7 @@ use http_body_util::Full;
 use super::access_log::{AccessRecord, Outcome};
 use crate::deadline::Deadline;
 use crate::health::OutlierDetector;
-use crate::http1::{BodyDecoder, Decoded, RawFields, UpstreamError};
+use crate::http1::{BodyDecoder, Decoded, UpstreamError};
 use crate::upstream::{InFlightGuard, UpstreamConn};
 use crate::upstream::{Upload, UploadError};
 
@@ -29,30 +29,18 @@ pub enum ResponseBodyError {
     Stream(#[source] h2::Error),
 }
 
-/// The upstream body is boxed: it is large (connection, guard, the backend's fields) and the
+/// The upstream body is boxed: it is large (connection, guard, upload) and the
 /// response is moved several times on its way to the client; one allocation is cheaper than
 /// copying it at every step.
 #[derive(Debug)]
 pub enum ResponseBody {
     Upstream(Box<UpstreamBody>),
-    /// From an HTTP/2 backend: its fields are in the response's head.
+    /// From an HTTP/2 backend.
     Http2(Box<super::h2_body::H2UpstreamBody>),
     /// A `101`: no body; the connection becomes this tunnel once the head is written.
     Tunnel(Box<super::Tunnel>),
     /// A short answer alb makes itself (errors).
     Local(Full<Bytes>),
-}
-
-impl ResponseBody {
-    /// The backend's fields to pass on with the head, for an upstream response.
-    pub fn upstream_fields(&self) -> Option<&RawFields> {
-        match self {
-            ResponseBody::Upstream(body) => body.fields(),
-            ResponseBody::Http2(_) => None,
-            ResponseBody::Tunnel(tunnel) => Some(tunnel.fields()),
-            ResponseBody::Local(_) => None,
-        }
-    }
 }
 
 impl Body for ResponseBody {
@@ -101,8 +89,6 @@ pub struct UpstreamBody {
     conn: Option<UpstreamConn>,
     /// The rest of the request body, sent while the response streams back.
     upload: Option<Upload>,
-    /// The backend's end-to-end fields, passed to the client with the head.
-    fields: Option<RawFields>,
     reusable: bool,
     /// A break found while data was still to be passed on: reported on the next poll.
     deferred: Option<UpstreamError>,
@@ -170,7 +156,6 @@ impl Settlement {
 pub struct UpstreamParts {
     pub conn: Option<UpstreamConn>,
     pub upload: Option<Upload>,
-    pub fields: Option<RawFields>,
     /// Taken by the body's [`Settlement`].
     pub guard: Option<InFlightGuard>,
     pub log: Option<Box<AccessRecord>>,
@@ -201,7 +186,6 @@ impl UpstreamBody {
             settlement: Settlement::new(status, &mut parts),
             conn: parts.conn,
             upload: parts.upload,
-            fields: parts.fields,
             reusable: parts.reusable,
             deferred: None,
             break_deferred: false,
@@ -218,10 +202,6 @@ impl UpstreamBody {
 
     pub fn is_end_stream(&self) -> bool {
         self.decoder.is_done()
-    }
-
-    pub fn fields(&self) -> Option<&RawFields> {
-        self.fields.as_ref()
     }
 
     pub fn size_hint(&self) -> SizeHint {

@@ -6,11 +6,11 @@ use std::time::Instant;
 
 use http::{HeaderValue, Request};
 
+use super::Scheme;
 use super::route::{RequestKey, RouteTable};
 use super::{BackendPool, ClientInfo, ProxyStats, RateLimiter, RetryPolicy, affinity};
 use crate::config::{BackendSpec, Config, DEFAULT_POOL, Limits, Timeouts};
 use crate::health::OutlierDetector;
-use crate::http1::Scheme;
 use crate::upstream::Backend;
 
 /// The data plane as one config made it: its pools of backends, the routes to them and the

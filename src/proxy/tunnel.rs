@@ -22,7 +22,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::ProxyStats;
 use super::access_log::AccessRecord;
 use crate::deadline::Deadline;
-use crate::http1::RawFields;
 use crate::upstream::{InFlightGuard, UpstreamConn};
 
 /// Buffer per direction: one read's worth is in flight at a time.
@@ -35,8 +34,6 @@ pub const HALF_CLOSED_IDLE: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct TunnelParts {
     pub conn: UpstreamConn,
-    /// The `101`'s end-to-end fields (`Sec-WebSocket-Accept`, ...).
-    pub fields: RawFields,
     pub guard: InFlightGuard,
     pub log: Option<Box<AccessRecord>>,
     pub stats: Arc<ProxyStats>,
@@ -110,11 +107,6 @@ impl Tunnel {
     pub fn new(parts: TunnelParts) -> Tunnel {
         let open = OpenTunnel::new(parts.stats.clone());
         Tunnel { parts, _open: open }
-    }
-
-    /// The `101`'s fields to pass on to the client.
-    pub fn fields(&self) -> &RawFields {
-        &self.parts.fields
     }
 
     /// Carries bytes between `client` (whose `pending` bytes, read past the request head, go

@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, StatusCode, Version};
 use http_body::{Body, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OwnedSemaphorePermit;
@@ -31,7 +31,7 @@ use crate::http1::{
     parse_client_request,
 };
 use crate::http1::{poll_write_within, write_all_within};
-use crate::proxy::{ClientInfo, Proxy, ProxyStats, ResponseBody};
+use crate::proxy::{ClientInfo, Proxy, ProxyStats, Reply, ResponseBody};
 use crate::upstream::{IncomingBody, METHOD_CLASSES};
 
 use super::h2_connection::serve_h2;
@@ -358,17 +358,22 @@ fn serve_request(
             drop(response);
             return Served::Gone;
         }
-        if let ResponseBody::Tunnel(_) = response.body() {
+        if let ResponseBody::Tunnel(_) = response.body {
             // The connection leaves HTTP: the 101, then bytes both ways until either side ends.
-            let (parts, body) = response.into_parts();
-            let ResponseBody::Tunnel(tunnel) = body else {
+            let Reply {
+                status,
+                relayed,
+                headers,
+                body: ResponseBody::Tunnel(tunnel),
+            } = response
+            else {
                 return Served::Gone;
             };
-            let fields = Some(tunnel.fields());
             encode_response_head(
                 &mut out,
-                &parts,
-                fields,
+                status,
+                &headers,
+                relayed.as_ref(),
                 SizeHint::with_exact(0),
                 false,
                 version,
@@ -490,7 +495,7 @@ fn handle<'a>(
     client: &'a ClientInfo,
     write: &'a mut ClientWrite<'_>,
     wants_continue: Option<&'a AtomicBool>,
-) -> impl Future<Output = (Response<ResponseBody>, bool)> + Send + 'a {
+) -> impl Future<Output = (Reply, bool)> + Send + 'a {
     async move {
         let mut handling = pin!(proxy.handle(request, client));
         let Some(flag) = wants_continue else {
@@ -613,24 +618,30 @@ fn read_head<'a>(
 async fn write_response(
     write: &mut ClientWrite<'_>,
     out: &mut BytesMut,
-    response: Response<ResponseBody>,
+    response: Reply,
     head_request: bool,
     version: Version,
     keep_alive: bool,
 ) -> bool {
-    let (parts, body) = response.into_parts();
+    let Reply {
+        status,
+        relayed,
+        headers,
+        body,
+    } = response;
     // One allocation for the head and a small body (the buffer is let go between requests).
     out.reserve(RESPONSE_BUFFER);
     let plan = encode_response_head(
         out,
-        &parts,
-        body.upstream_fields(),
+        status,
+        &headers,
+        relayed.as_ref(),
         body.size_hint(),
         head_request,
         version,
         keep_alive,
     );
-    drop(parts);
+    drop((relayed, headers));
     if plan.body == BodyWrite::None {
         drop(body);
         return flush(write, out, None).await.is_ok() && plan.keep_alive;

@@ -29,7 +29,7 @@ use super::conn::{ConnSettings, Seat};
 use super::shutdown::Shutdown;
 use crate::http1::{RequestRules, date_value};
 use crate::http2::{RecvBody, SendError, forwardable, grpc, response_fields, send_body};
-use crate::proxy::{ClientInfo, Proxy, ResponseBody};
+use crate::proxy::{ClientInfo, Proxy, Reply, ResponseBody};
 use crate::upstream::{IncomingBody, METHOD_CLASSES};
 
 /// Response bytes h2 may hold per stream beyond what the peer's window lets out.
@@ -243,9 +243,8 @@ impl StreamTask {
                 stats.record_local(METHOD_CLASSES.len() - 1, rejected.status.as_u16());
                 let body = Bytes::from(format!("{}\n", rejected.reason));
                 let answer = ResponseBody::Local(http_body_util::Full::new(body));
-                let mut response = Response::new(answer);
-                *response.status_mut() = rejected.status;
-                return self.answer(respond, response, grpc, head_request).await;
+                let reply = Reply::new(rejected.status, answer);
+                return self.answer(respond, reply, grpc, head_request).await;
             }
         };
         if !recv.is_end_stream() && expects_continue(&parts.headers) {
@@ -272,20 +271,24 @@ impl StreamTask {
     async fn answer(
         &self,
         mut respond: SendResponse<Bytes>,
-        response: Response<ResponseBody>,
+        reply: Reply,
         grpc: bool,
         head_request: bool,
     ) {
-        let (mut parts, mut body) = response.into_parts();
+        let Reply {
+            status,
+            relayed,
+            headers,
+            mut body,
+        } = reply;
         if grpc && let ResponseBody::Local(_) = body {
-            let reason = parts.status.canonical_reason().unwrap_or("failed");
-            let mut head =
-                grpc::trailers_only(grpc::code_of(parts.status), &format!("alb: {reason}"));
+            let reason = status.canonical_reason().unwrap_or("failed");
+            let mut head = grpc::trailers_only(grpc::code_of(status), &format!("alb: {reason}"));
             let fields = head.headers_mut();
             fields.insert(http::header::DATE, date_value());
             // alb's own fields (explain, Retry-After) go along; the error page's are not this
             // answer's: its content type would make gRPC clients ignore the status.
-            for (name, value) in &parts.headers {
+            for (name, value) in &headers {
                 if name != http::header::CONTENT_TYPE && name != http::header::CONTENT_LENGTH {
                     fields.append(name, value.clone());
                 }
@@ -294,13 +297,14 @@ impl StreamTask {
             return;
         }
         let fields = response_fields(
-            &mut parts,
-            body.upstream_fields(),
+            status,
+            headers,
+            relayed.as_ref(),
             body.size_hint(),
             head_request,
         );
         let mut head = Response::new(());
-        *head.status_mut() = parts.status;
+        *head.status_mut() = status;
         *head.headers_mut() = fields;
         let end = head_request || body.is_end_stream();
         let Ok(mut send) = respond.send_response(head, end) else {

@@ -24,7 +24,8 @@ use super::proxy_protocol::{Source, read_header};
 use super::shutdown::Shutdown;
 use crate::config::crypto_provider;
 use crate::deadline::Deadline;
-use crate::http1::{ClientStream, Prefixed, ReadSide, Scheme};
+use crate::http1::{ClientStream, Prefixed, ReadSide};
+use crate::proxy::Scheme;
 use crate::proxy::{ClientInfo, Proxy, TlsFailure};
 
 /// Sessions remembered for resumption by session ID (TLS 1.2 clients that do not take tickets).

@@ -17,16 +17,17 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use h2::client::SendRequest;
 use h2::{Reason, RecvStream, SendStream};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Uri};
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
 use super::h2_liveness;
 use super::request_body::{BodyError, RequestBody, Streamed};
 use super::session::{Progress, SessionError, SessionRequest, Unanswered};
-use super::{Backend, ConnectError, UpstreamConn};
+use super::{Backend, ConnectError, Outbound, UpstreamConn};
 use crate::config::Timeouts;
-use crate::http1::UpstreamError;
-use crate::http2::{SendError, request_from_head, send_body};
+use crate::http2::{SendError, is_connection_specific, send_body};
 
 /// Streams alb lets a backend's connection carry before it waits for one to end, whatever the
 /// backend allows; and the flow-control windows it offers for response bodies.
@@ -72,7 +73,7 @@ impl H2Connection {
             Ok(Err(e)) => {
                 // Closed or going away: the next request opens another.
                 self.forget(&generation);
-                Err(SessionError::Broken(h2_failure(&e)))
+                Err(SessionError::Stream(e))
             }
             Err(_) => Err(SessionError::Timeout(timeouts.response)),
         }
@@ -126,14 +127,42 @@ pub struct H2Answer {
     pub response: http::Response<RecvStream>,
 }
 
-fn h2_failure(e: &h2::Error) -> UpstreamError {
-    UpstreamError::Io(std::io::Error::other(format!("HTTP/2: {e}")))
+/// The HTTP/2 request for a backend, built from the neutral one: Host becomes `:authority` (the
+/// backend's own when the client sent none), connection-specific fields and the framing are left
+/// out (DATA frames delimit the body), and `te: trailers` says alb relays trailers, which gRPC
+/// servers require. `None` when the authority cannot be one in a URI.
+fn h2_request(
+    outbound: &Outbound,
+    scheme: &str,
+    backend_host: &HeaderValue,
+) -> Option<Request<()>> {
+    let authority = outbound.fields.get(header::HOST).unwrap_or(backend_host);
+    let uri = Uri::builder()
+        .scheme(scheme)
+        .authority(authority.as_bytes())
+        .path_and_query(outbound.target())
+        .build()
+        .ok()?;
+    let mut headers = HeaderMap::with_capacity(outbound.fields.len() + outbound.added.len() + 1);
+    for (name, value) in outbound.fields() {
+        if name == header::HOST || name == header::CONTENT_LENGTH || is_connection_specific(name) {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    let mut request = Request::new(());
+    *request.method_mut() = outbound.method.clone();
+    *request.uri_mut() = uri;
+    *request.version_mut() = http::Version::HTTP_2;
+    *request.headers_mut() = headers;
+    Some(request)
 }
 
 /// One attempt on an HTTP/2 `backend`.
 pub async fn exchange_h2(
     backend: &Backend,
-    request: &SessionRequest<'_>,
+    request: SessionRequest<'_>,
     body: RequestBody,
     timeouts: &Timeouts,
 ) -> Result<H2Answer, Unanswered> {
@@ -142,7 +171,7 @@ pub async fn exchange_h2(
     } else {
         "http"
     };
-    let Some(head) = request_from_head(&request.head, scheme) else {
+    let Some(head) = h2_request(request.outbound, scheme, backend.host_header()) else {
         return Err(Unanswered {
             error: SessionError::Framing("the request cannot be carried in HTTP/2"),
             progress: Progress::Final,
@@ -164,7 +193,7 @@ pub async fn exchange_h2(
         Err(e) => {
             backend.h2().forget(&generation);
             return Err(Unanswered {
-                error: SessionError::Broken(h2_failure(&e)),
+                error: SessionError::Stream(e),
                 progress: Progress::Unsent(body),
             });
         }
@@ -215,7 +244,7 @@ pub async fn exchange_h2(
                 Some(body) if unprocessed => Progress::Unsent(body),
                 _ => Progress::NoAnswer,
             };
-            (SessionError::Broken(h2_failure(&e)), progress)
+            (SessionError::Stream(e), progress)
         }
     };
     Err(Unanswered { error, progress })

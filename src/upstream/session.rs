@@ -18,7 +18,7 @@ use bytes::Bytes;
 use super::h2_session::{H2Answer, exchange_h2};
 use super::request_body::{BodyError, RequestBody};
 use super::upload::{Upload, UploadError};
-use super::{Backend, ConnectError, QueueError, UpstreamConn};
+use super::{Backend, ConnectError, Outbound, QueueError, UpstreamConn};
 use crate::config::Timeouts;
 use crate::http1::{PartialWrite, ResponseHead, UpstreamError, WireError, parse_response_head};
 
@@ -27,17 +27,22 @@ use crate::http1::{PartialWrite, ResponseHead, UpstreamError, WireError, parse_r
 const STALE_CONNECTION_TRIES: usize = 3;
 
 /// The request as every attempt sends it.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct SessionRequest<'a> {
-    /// The encoded head, for this backend.
-    pub head: Cow<'a, [u8]>,
-    pub head_request: bool,
-    pub idempotent: bool,
-    /// The protocols the request offers to switch to: a `101` to one of them is its answer.
-    pub upgrade: Option<&'a http::HeaderValue>,
+    pub outbound: &'a Outbound,
     /// How much of a streamed body a session may keep to send it again when a backend turned
     /// the request away unprocessed (`retry.max_body_buffer`; HTTP/2 backends).
     pub keep_body: u64,
+}
+
+/// What an HTTP/1.1 exchange needs of the request: its head for this backend, and what the
+/// answer is read against.
+struct Http1Request<'a> {
+    head: Cow<'a, [u8]>,
+    head_request: bool,
+    idempotent: bool,
+    /// The protocols the request offers to switch to: a `101` to one of them is its answer.
+    upgrade: Option<&'a http::HeaderValue>,
 }
 
 /// A backend's response head, with what its body will come through.
@@ -75,6 +80,10 @@ pub enum SessionError {
     Queue(#[from] QueueError),
     #[error("{0}")]
     Broken(UpstreamError),
+    /// An HTTP/2 backend's connection or stream failed; the error keeps its kind
+    /// (REFUSED_STREAM, GOAWAY, flow control, I/O).
+    #[error("HTTP/2: {0}")]
+    Stream(#[source] h2::Error),
     #[error("no response head within {0:?}")]
     Timeout(Duration),
     /// A response head alb will not forward (ambiguous framing, a protocol switch it did not ask
@@ -111,7 +120,7 @@ pub struct Unanswered {
 /// One attempt on `backend`: sends the request and waits for the response head.
 pub async fn exchange(
     backend: &Backend,
-    request: &SessionRequest<'_>,
+    request: SessionRequest<'_>,
     mut body: RequestBody,
     timeouts: &Timeouts,
 ) -> Result<Answer, Unanswered> {
@@ -120,6 +129,13 @@ pub async fn exchange(
             .await
             .map(Answer::Http2);
     }
+    let outbound = request.outbound;
+    let request = &Http1Request {
+        head: outbound.http1_head().for_backend(backend.host_header()),
+        head_request: outbound.is_head(),
+        idempotent: outbound.idempotent,
+        upgrade: outbound.upgrade.as_ref(),
+    };
     let mut stale_tries = 0;
     loop {
         let pooled = if stale_tries < STALE_CONNECTION_TRIES {
@@ -192,7 +208,7 @@ pub async fn exchange(
 /// answered before the body was all sent.
 async fn exchange_on(
     conn: &mut UpstreamConn,
-    request: &SessionRequest<'_>,
+    request: &Http1Request<'_>,
     body: &mut RequestBody,
     timeouts: &Timeouts,
 ) -> Result<(ResponseHead, Option<Upload>), Broken> {
@@ -257,7 +273,7 @@ async fn exchange_on(
 async fn upload_and_await(
     conn: &mut UpstreamConn,
     upload: &mut Option<Upload>,
-    request: &SessionRequest<'_>,
+    request: &Http1Request<'_>,
     limit: Duration,
 ) -> Result<(ResponseHead, Option<Upload>), Broken> {
     let mut write_failed = None;
@@ -399,7 +415,7 @@ impl Broken {
 /// `101` to an offered upgrade is final: see [`parse_response_head`]).
 fn poll_head(
     conn: &mut UpstreamConn,
-    request: &SessionRequest<'_>,
+    request: &Http1Request<'_>,
     received: &mut bool,
     cx: &mut Context<'_>,
 ) -> Poll<Result<ResponseHead, Broken>> {

@@ -1,0 +1,94 @@
+//! The request as alb sends it to a backend, in no protocol's terms: method, target, the fields
+//! left and added by the proxy's header policy, and how the body is delimited. The proxy builds
+//! one per request; every attempt's session sends it, each in its own protocol (an HTTP/1.1 head
+//! encoded once and kept for every attempt, an HTTP/2 request built from the fields).
+//!
+//! The body travels beside it: it moves from attempt to attempt (see [`super::Progress`]), the
+//! head does not change.
+
+use std::sync::OnceLock;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Uri};
+use smallvec::SmallVec;
+
+use crate::http1::{BodyFraming, RequestHead, encode_request_head};
+
+/// Fields the proxy adds for this hop, written after the client's own.
+pub type AddedFields = SmallVec<[(HeaderName, HeaderValue); 4]>;
+
+/// One request, ready for any backend.
+#[derive(Debug)]
+pub struct Outbound {
+    pub method: Method,
+    /// Its target: only the path and query are sent (origin form).
+    pub uri: Uri,
+    /// The client's end-to-end fields as the header policy left them.
+    pub fields: HeaderMap,
+    /// What the header policy adds (X-Forwarded-*), after `fields`.
+    pub added: AddedFields,
+    /// How the body alb sends is delimited (not what the client declared).
+    pub framing: BodyFraming,
+    /// The protocols offered to switch to (the request's filtered `Upgrade`), if any.
+    pub upgrade: Option<HeaderValue>,
+    /// Whether it may be sent twice.
+    pub idempotent: bool,
+    /// The HTTP/1.1 head, encoded by the first attempt on an HTTP/1.1 backend, reused by the rest.
+    http1: OnceLock<RequestHead>,
+}
+
+impl Outbound {
+    pub fn new(
+        method: Method,
+        uri: Uri,
+        fields: HeaderMap,
+        added: AddedFields,
+        framing: BodyFraming,
+        upgrade: Option<HeaderValue>,
+        idempotent: bool,
+    ) -> Outbound {
+        Outbound {
+            method,
+            uri,
+            fields,
+            added,
+            framing,
+            upgrade,
+            idempotent,
+            http1: OnceLock::new(),
+        }
+    }
+
+    /// A HEAD request: its answer has no body whatever it declares.
+    pub fn is_head(&self) -> bool {
+        self.method == Method::HEAD
+    }
+
+    /// The origin-form target.
+    pub fn target(&self) -> &str {
+        match self.uri.path_and_query().map(|p| p.as_str()) {
+            Some(target) if !target.is_empty() => target,
+            _ => "/",
+        }
+    }
+
+    /// Every field sent, in order: the client's (as the policy left them), then alb's.
+    pub fn fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.fields
+            .iter()
+            .chain(self.added.iter().map(|(n, v)| (n, v)))
+    }
+
+    /// The HTTP/1.1 head, encoded once whatever the number of attempts.
+    pub fn http1_head(&self) -> &RequestHead {
+        self.http1.get_or_init(|| {
+            encode_request_head(
+                &self.method,
+                self.target(),
+                self.fields(),
+                self.framing,
+                self.upgrade.as_ref(),
+            )
+        })
+    }
+}
