@@ -161,7 +161,7 @@ impl Knobs {
         if !*self.killed.borrow() {
             return Ok(());
         }
-        let listener = crate::server::listen(addr, 1024)
+        let listener = crate::downstream::listen(addr, 1024)
             .map_err(|source| KnobError::Rebind { addr, source })?;
         *self.revived.lock().unwrap_or_else(|e| e.into_inner()) = Some(listener);
         self.killed.send_replace(false);

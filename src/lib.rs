@@ -18,19 +18,20 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod app;
 pub mod balance;
 pub mod config;
 pub mod control;
 pub mod deadline;
 pub mod demo;
+pub mod downstream;
 pub mod health;
 pub mod http1;
 pub mod http2;
 pub mod proxy;
 pub mod runtime;
-pub mod server;
 pub mod telemetry;
 pub mod upstream;
 
+pub use app::Server;
 pub use config::Config;
-pub use server::Server;

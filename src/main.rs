@@ -11,10 +11,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
+use alb::app::handover::SOCKET_ENV;
+use alb::app::{Inherited, Program, upgrade};
 use alb::config::EXPIRY_WARNING_DAYS;
 use alb::demo::{DemoBackend, DemoBackends, backend_addrs};
-use alb::server::handover::SOCKET_ENV;
-use alb::server::{Inherited, Program, upgrade};
 use alb::telemetry::{self, LogFormat};
 use alb::{Config, Server};
 
@@ -335,9 +335,9 @@ async fn run(launch: Launch) -> anyhow::Result<()> {
             }
             .with_source(path);
             watch_upgrade(&server, program)?;
-            let proxy = server.proxy().clone();
+            let control = server.control().clone();
             if no_access_log {
-                proxy.force_access_log_off();
+                control.force_access_log_off();
             }
             let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
                 .context("cannot watch SIGHUP")?;
@@ -345,7 +345,7 @@ async fn run(launch: Launch) -> anyhow::Result<()> {
                 while hangup.recv().await.is_some() {
                     tracing::info!("received SIGHUP: reloading the configuration");
                     // A refused reload is logged by `reload` itself; the old config keeps serving.
-                    let _ = proxy.reload();
+                    let _ = control.reload();
                 }
             });
             server.run(shutdown).await?;

@@ -62,7 +62,7 @@ async fn a_hash_key_keeps_each_user_on_one_backend_and_a_leaving_backend_moves_o
         assert_eq!(&backend_of(&headers), backend, "{user}");
     }
     // b2 leaves: its users move, nobody else does.
-    lb.proxy
+    lb.control
         .set_admin_state(&backends[2].url(), alb::upstream::AdminState::Disabled)
         .unwrap();
     let mut moved = 0;

@@ -249,7 +249,7 @@ async fn a_name_brought_by_a_change_is_resolved_at_once() {
         "test.toml",
     )
     .unwrap();
-    balancer.proxy.apply(&config);
+    balancer.control.apply(&config);
     wait_backends(&balancer, 2, Duration::from_secs(3)).await;
     assert_eq!(
         urls(&balancer),

@@ -187,7 +187,7 @@ async fn a_reload_does_not_take_a_known_backend_out_on_one_failed_probe() {
     a.set_mode(Mode::Fail);
     let before = a.probes();
     let config = lb.proxy.snapshot().config().clone();
-    lb.proxy.apply(&config);
+    lb.control.apply(&config);
     let backend = lb.proxy.backends()[0].clone();
     wait_until(Duration::from_secs(2), || {
         backend.last_probe().is_some_and(|(passed, _)| !passed)

@@ -322,7 +322,7 @@ async fn a_reload_applies_max_header_bytes() {
     assert!(send().await.starts_with("HTTP/1.1 431"));
     let mut config = lb.proxy.snapshot().config().clone();
     config.limits.max_header_bytes = 64 * 1024;
-    let report = lb.proxy.apply(&config);
+    let report = lb.control.apply(&config);
     assert!(report.needs_restart.is_empty(), "{report:?}");
     let answer = send().await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");

@@ -320,7 +320,7 @@ async fn a_reload_changes_routes_under_load_without_failing_a_request() {
         "alb.toml",
         &format!("listen = \"127.0.0.1:0\"\n{second}\n[admin]\nlisten = \"off\"\n"),
     );
-    lb.proxy.reload().expect("reload");
+    lb.control.reload().expect("reload");
     let web_before = b.web.hits();
     wait_until(Duration::from_secs(5), || b.web.hits() > web_before + 50)
         .await

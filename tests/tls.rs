@@ -311,7 +311,7 @@ async fn a_reload_swaps_the_certificate_for_new_handshakes_and_open_connections_
 
     let renewed = site.pki.leaf("site.test renewed", &["site.test"], None);
     write_leaf(&site.dir, "site", &renewed);
-    site.balancer.proxy.reload().expect("reload");
+    site.balancer.control.reload().expect("reload");
     assert_eq!(
         peer_cn(&site.connect("site.test").await),
         "site.test renewed"
@@ -324,7 +324,7 @@ async fn a_reload_swaps_the_certificate_for_new_handshakes_and_open_connections_
     site.dir.write("site.pem", "not a certificate\n");
     let refused = site
         .balancer
-        .proxy
+        .control
         .reload()
         .expect_err("a broken certificate");
     let message = refused.to_string();

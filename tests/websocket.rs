@@ -599,7 +599,7 @@ async fn a_removed_backends_tunnels_are_closed_after_the_drain_time() {
     } else {
         (second, first)
     };
-    lb.proxy.remove_backend(&a.url()).expect("removed");
+    lb.control.remove_backend(&a.url()).expect("removed");
     let removed = Instant::now();
     // Still carried during the drain time.
     echo(&mut on_a, Message::text("still here")).await;

@@ -1,13 +1,12 @@
 //! The JSON admin API: backends with their live state, and the operator's levers (drain, disable,
 //! enable, add, remove, reload). Writes need the bearer token; without one configured they are off.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::control::ChangeError;
+use crate::control::ControlPlane;
 use crate::proxy::Proxy;
 use crate::upstream::{AdminState, Backend};
 
@@ -189,7 +188,8 @@ fn find(proxy: &Proxy, url: &str) -> Option<BackendView> {
 }
 
 /// Handles `/api/...` once authorisation is settled. `path` is without the `/api` prefix.
-pub fn handle(proxy: &Arc<Proxy>, method: &Method, path: &str, body: &Bytes) -> Answer {
+pub fn handle(control: &ControlPlane, method: &Method, path: &str, body: &Bytes) -> Answer {
+    let proxy = control.proxy();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, parts.as_slice()) {
         (&Method::GET, ["backends"]) => json(StatusCode::OK, &snapshot(proxy)),
@@ -198,7 +198,7 @@ pub fn handle(proxy: &Arc<Proxy>, method: &Method, path: &str, body: &Bytes) -> 
             None => error(StatusCode::NOT_FOUND, "no such backend"),
         },
         (&Method::POST, ["backends"]) => match serde_json::from_slice::<NewBackend>(body) {
-            Ok(new) => match proxy.add_backend(&new.url, new.weight) {
+            Ok(new) => match control.add_backend(&new.url, new.weight) {
                 Ok(report) => json(StatusCode::CREATED, &report),
                 Err(e) => change_error(&e),
             },
@@ -208,7 +208,7 @@ pub fn handle(proxy: &Arc<Proxy>, method: &Method, path: &str, body: &Bytes) -> 
             ),
         },
         (&Method::DELETE, ["backends", id]) => {
-            match proxy.remove_backend(&format!("http://{id}")) {
+            match control.remove_backend(&format!("http://{id}")) {
                 Ok(report) => json(StatusCode::OK, &report),
                 Err(e) => change_error(&e),
             }
@@ -226,7 +226,7 @@ pub fn handle(proxy: &Arc<Proxy>, method: &Method, path: &str, body: &Bytes) -> 
                 }
             };
             let url = format!("http://{id}");
-            match proxy.set_admin_state(&url, state) {
+            match control.set_admin_state(&url, state) {
                 Ok(()) => match find(proxy, &url) {
                     Some(found) => json(StatusCode::OK, &found),
                     None => error(StatusCode::NOT_FOUND, "no such backend"),
@@ -234,7 +234,7 @@ pub fn handle(proxy: &Arc<Proxy>, method: &Method, path: &str, body: &Bytes) -> 
                 Err(e) => change_error(&e),
             }
         }
-        (&Method::POST, ["reload"]) => match proxy.reload() {
+        (&Method::POST, ["reload"]) => match control.reload() {
             Ok(report) => json(StatusCode::OK, &report),
             Err(e) => change_error(&e),
         },

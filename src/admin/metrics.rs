@@ -11,13 +11,14 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::proxy::{HeaderRefusal, Proxy, TlsFailure};
+use crate::control::ControlPlane;
+use crate::proxy::{HeaderRefusal, TlsFailure};
 use crate::upstream::{Histogram, METHOD_CLASSES, STATUS_CLASSES};
 
 /// Renders every metric in the Prometheus text format.
-pub fn render(proxy: &Arc<Proxy>) -> String {
+pub fn render(control: &Arc<ControlPlane>) -> String {
     let mut registry = Registry::with_prefix("alb");
-    registry.register_collector(Box::new(ProxyCollector(proxy.clone())));
+    registry.register_collector(Box::new(ProxyCollector(control.clone())));
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
@@ -25,7 +26,7 @@ pub fn render(proxy: &Arc<Proxy>) -> String {
 }
 
 #[derive(Debug)]
-struct ProxyCollector(Arc<Proxy>);
+struct ProxyCollector(Arc<ControlPlane>);
 
 fn counter(
     encoder: &mut DescriptorEncoder,
@@ -71,7 +72,7 @@ fn histogram(
 
 impl Collector for ProxyCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let proxy = &self.0;
+        let proxy = self.0.proxy();
         let snapshot = proxy.snapshot();
         // Each backend with its pool: one URL may serve in two pools, as two backends.
         let backends: Vec<(&str, &crate::upstream::Backend)> = snapshot

@@ -36,6 +36,7 @@ pub use api::{BackendView, Snapshot, snapshot};
 pub use events::EventsBody;
 pub use probes::{Lifecycle, Phase, readiness};
 
+use crate::control::ControlPlane;
 use crate::demo::DemoBackends;
 use crate::proxy::Proxy;
 
@@ -58,12 +59,12 @@ impl AdminServer {
     pub async fn start(
         listen: SocketAddr,
         token: Option<String>,
-        proxy: Arc<Proxy>,
+        control: Arc<ControlPlane>,
         lifecycle: Arc<Lifecycle>,
         demo: Option<Arc<DemoBackends>>,
     ) -> std::io::Result<AdminServer> {
         let listener = TcpListener::bind(listen).await?;
-        AdminServer::serve_on(listener, token, proxy, lifecycle, demo)
+        AdminServer::serve_on(listener, token, control, lifecycle, demo)
     }
 
     /// Serves on a listener bound already (one handed over by the alb this one replaces).
@@ -71,11 +72,12 @@ impl AdminServer {
     pub fn serve_on(
         listener: TcpListener,
         token: Option<String>,
-        proxy: Arc<Proxy>,
+        control: Arc<ControlPlane>,
         lifecycle: Arc<Lifecycle>,
         demo: Option<Arc<DemoBackends>>,
     ) -> std::io::Result<AdminServer> {
         let addr = listener.local_addr()?;
+        let proxy = control.proxy().clone();
         let fd = std::os::fd::AsFd::as_fd(&listener).try_clone_to_owned()?;
         let (stop, stopped) = watch::channel(false);
         let history = Arc::new(std::sync::Mutex::new(history::History::default()));
@@ -87,6 +89,7 @@ impl AdminServer {
         let admin = Arc::new(Admin {
             history,
             proxy,
+            control,
             token,
             lifecycle,
             stopped: stopped.clone(),
@@ -108,7 +111,7 @@ impl AdminServer {
         self.addr
     }
 
-    /// Another descriptor of the listening socket (for [`crate::server::Upgrade`]).
+    /// Another descriptor of the listening socket (for [`crate::app::Upgrade`]).
     pub fn listener_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
         self.fd.try_clone()
     }
@@ -122,6 +125,7 @@ impl AdminServer {
 #[derive(Debug)]
 struct Admin {
     proxy: Arc<Proxy>,
+    control: Arc<ControlPlane>,
     /// Filled by the sampler task; read by `/api/history`.
     history: Arc<std::sync::Mutex<history::History>>,
     token: Option<String>,
@@ -276,7 +280,7 @@ impl Admin {
             "/metrics" => respond(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
-                metrics::render(&self.proxy),
+                metrics::render(&self.control),
             ),
             "/api/events" => {
                 let body = EventsBody::new(self.proxy.clone(), self.stopped.clone());
@@ -305,7 +309,7 @@ impl Admin {
                         );
                     }
                 };
-                let (status, json) = api::handle(&self.proxy, &method, &p["/api".len()..], &body);
+                let (status, json) = api::handle(&self.control, &method, &p["/api".len()..], &body);
                 respond(status, "application/json", json)
             }
             _ => respond(

@@ -1,6 +1,7 @@
 //! Configuration: the TOML file is parsed into raw structs (`raw`), then validated into the typed
 //! [`Config`] below (`validate`). Nothing on the request path ever sees raw config.
 
+mod backends;
 mod error;
 mod http2;
 mod ipnet;

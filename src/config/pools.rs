@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use http::HeaderName;
 
+use super::backends;
 use super::raw::{RawHealthCheck, RawLimits, RawPassiveHealth, RawPool, RawRetry, RawSticky};
 use super::sections;
 use super::values::{Problems, duration};
-use super::{
-    Algorithm, BackendSpec, HealthCheckConfig, PassiveHealthConfig, RetryConfig, validate,
-};
+use super::{Algorithm, BackendSpec, HealthCheckConfig, PassiveHealthConfig, RetryConfig};
 
 /// The name of the pool the top-level `backends` make, and where unrouted requests go.
 pub const DEFAULT_POOL: &str = "default";
@@ -160,7 +159,7 @@ pub(super) fn named(
         }
         let limits = limits.over(&top.limits);
         let (limits, backend_max) = problems.scoped(&prefix, |p| sections::limits(limits, p));
-        let backends = validate::backend_list(
+        let backends = backends::backend_list(
             &prefix,
             &pool.backends,
             &pool.backend,
@@ -175,7 +174,7 @@ pub(super) fn named(
                 "a pool needs at least one backend",
             );
         }
-        let algorithm = validate::algorithm(&prefix, pool.algorithm.as_deref(), problems);
+        let algorithm = backends::algorithm(&prefix, pool.algorithm.as_deref(), problems);
         let hash = hash(
             &prefix,
             algorithm,

@@ -1,20 +1,19 @@
 //! Turns [`RawConfig`] into a typed [`Config`], collecting every problem instead of stopping at the
 //! first one.
 
-use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::Path;
 
 use rustls::pki_types::ServerName;
 
-use std::collections::BTreeMap;
-
+use super::backends::{algorithm, backend_list};
 use super::pools::{self, DEFAULT_POOL};
-use super::raw::{RawBackend, RawConfig, RawRetry};
+use super::raw::{RawConfig, RawRetry};
 use super::routes;
 use super::sections;
 use super::values::{Problems, count};
-use super::{Algorithm, BackendAddr, BackendSpec, BackendTls, Config, MAX_WEIGHT, Problem};
+use super::{BackendAddr, BackendSpec, BackendTls, Config, Problem};
 use crate::http1::Underscores;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -208,170 +207,4 @@ fn underscores(value: Option<&str>, problems: &mut Problems) -> Underscores {
             Underscores::Drop
         }
     }
-}
-
-pub(super) fn algorithm(prefix: &str, value: Option<&str>, problems: &mut Problems) -> Algorithm {
-    let Some(text) = value else {
-        return Algorithm::default();
-    };
-    text.parse().unwrap_or_else(|()| {
-        problems.add(
-            format!("{prefix}algorithm"),
-            format!(
-                "unknown algorithm {text:?}, expected one of {}",
-                Algorithm::NAMES
-            ),
-        );
-        Algorithm::default()
-    })
-}
-
-/// The backends of one pool (`prefix` "" for the top level, `pools.NAME.` for a named one),
-/// given as `backends = [...]` or `[[backend]]` tables.
-pub(super) fn backend_list(
-    prefix: &str,
-    urls: &Option<Vec<String>>,
-    tables: &Option<Vec<RawBackend>>,
-    default_max: Option<u32>,
-    problems: &mut Problems,
-) -> Vec<BackendSpec> {
-    type Entry<'a> = (String, &'a str, Option<i64>, Option<i64>);
-    let entries: Vec<Entry> = match (urls, tables) {
-        (Some(_), Some(_)) => {
-            problems.add(
-                format!("{prefix}backend"),
-                "use either `backends = [...]` or `[[backend]]` tables, not both",
-            );
-            return Vec::new();
-        }
-        (Some(urls), None) => urls
-            .iter()
-            .enumerate()
-            .map(|(i, url)| (format!("{prefix}backends[{i}]"), url.as_str(), None, None))
-            .collect(),
-        (None, Some(tables)) => tables
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let key = format!("{prefix}backend[{i}]");
-                (key, b.url.as_str(), b.weight, b.max_connections)
-            })
-            .collect(),
-        (None, None) => Vec::new(),
-    };
-    let mut seen = HashSet::new();
-    let mut specs = Vec::with_capacity(entries.len());
-    for (key, url, weight, max_connections) in entries {
-        let weight = backend_weight(&key, weight, problems);
-        let max_connections = match max_connections {
-            Some(n) => Some(count(
-                &format!("{key}.max_connections"),
-                Some(n),
-                1,
-                1,
-                1_000_000,
-                problems,
-            )),
-            None => default_max,
-        };
-        let Some(mut spec) = backend_url(&key, url, weight, problems) else {
-            continue;
-        };
-        spec.max_connections = max_connections;
-        // One address is one backend, whatever the scheme: a port speaks TLS or it does not.
-        if !seen.insert(spec.authority.clone()) {
-            problems.add(key, format!("duplicate backend {}", spec.url));
-            continue;
-        }
-        specs.push(spec);
-    }
-    specs
-}
-
-fn backend_weight(key: &str, weight: Option<i64>, problems: &mut Problems) -> u32 {
-    match weight {
-        None => 1,
-        Some(w) if (1..=i64::from(MAX_WEIGHT)).contains(&w) => w as u32,
-        Some(w) => {
-            problems.add(
-                format!("{key}.weight"),
-                format!("weight must be between 1 and {MAX_WEIGHT}, got {w}"),
-            );
-            1
-        }
-    }
-}
-
-/// Accepts `http://host[:port][/]`, `https://...` and `h2c://...` (HTTP/2 by prior knowledge) only: no path prefix, query, user info or
-/// other scheme, since alb would otherwise silently drop them.
-fn backend_url(key: &str, url: &str, weight: u32, problems: &mut Problems) -> Option<BackendSpec> {
-    let mut fail = |reason: String| {
-        problems.add(key, format!("{url:?}: {reason}"));
-        None
-    };
-    if url.contains('#') {
-        return fail("a fragment is not supported, give only http://host:port".into());
-    }
-    let uri: http::Uri = match url.parse() {
-        Ok(uri) => uri,
-        Err(e) => return fail(format!("not a valid URL ({e})")),
-    };
-    let (scheme, default_port) = match uri.scheme_str() {
-        Some("http") => ("http", 80),
-        Some("https") => ("https", 443),
-        Some("h2c") => ("h2c", 80),
-        Some(other) => {
-            return fail(format!(
-                "scheme {other:?} is not supported, use http://, https:// or h2c://"
-            ));
-        }
-        None => return fail("missing scheme, write it as http://host:port".into()),
-    };
-    let Some(authority) = uri.authority() else {
-        return fail("missing host".into());
-    };
-    if authority.as_str().contains('@') {
-        return fail("user info in backend URLs is not supported".into());
-    }
-    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return fail("a path or query is not supported, give only http://host:port".into());
-    }
-    let host = authority.host();
-    if host.is_empty() {
-        return fail("missing host".into());
-    }
-    // Read the port text ourselves: `Authority::port` hides an out-of-range port as "no port".
-    let port_text = authority.as_str()[host.len()..]
-        .strip_prefix(':')
-        .unwrap_or("");
-    let port = match port_text {
-        "" => default_port,
-        text => match text.parse::<u16>() {
-            Ok(0) | Err(_) => return fail(format!("port {text:?} is not between 1 and 65535")),
-            Ok(port) => port,
-        },
-    };
-    let bare_host = host.trim_start_matches('[').trim_end_matches(']');
-    let (addr, authority) = match bare_host.parse::<IpAddr>() {
-        // The canonical text of the address, so that two spellings of one IP are one backend.
-        Ok(ip) => {
-            let sa = SocketAddr::new(ip, port);
-            (BackendAddr::Ip(sa), sa.to_string())
-        }
-        Err(_) => {
-            let host = bare_host.to_ascii_lowercase();
-            let authority = format!("{host}:{port}");
-            (BackendAddr::Name { host, port }, authority)
-        }
-    };
-    Some(BackendSpec {
-        url: format!("{scheme}://{authority}"),
-        authority,
-        addr,
-        weight,
-        max_connections: None,
-        dns_name: None,
-        tls: None,
-        http2: scheme == "h2c",
-    })
 }

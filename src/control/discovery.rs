@@ -18,8 +18,8 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 
+use super::ControlPlane;
 use crate::config::{BackendAddr, BackendSpec, DiscoveryConfig};
-use crate::proxy::Proxy;
 
 /// How long one lookup may take (per name server try).
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -122,7 +122,7 @@ struct Schedule {
     failures: u32,
 }
 
-impl Proxy {
+impl ControlPlane {
     /// Every backend name discovery knows, with what it resolved to and how its lookups went.
     pub fn discovered_names(&self) -> Vec<(String, NameRecord)> {
         crate::control::lock(&self.discovered).records()
@@ -133,7 +133,7 @@ impl Proxy {
     /// is applied when it answers), then keeps them resolved in a background task. None if no resolver could be
     /// set up: names are then resolved on each new connection, as before, and a warning says so.
     pub async fn start_discovery(self: &Arc<Self>) -> Option<DiscoveryTask> {
-        let config = self.snapshot().config().discovery.clone();
+        let config = self.proxy.snapshot().config().discovery.clone();
         let resolver = match resolver(&config) {
             Ok(resolver) => resolver,
             Err(e) => {
@@ -144,13 +144,13 @@ impl Proxy {
             }
         };
         let (first_round, first_round_done) = tokio::sync::oneshot::channel();
-        let proxy = self.clone();
+        let control = self.clone();
         let task = tokio::spawn(async move {
             let mut schedule = HashMap::new();
-            proxy.discover_due(&resolver, &mut schedule).await;
+            control.discover_due(&resolver, &mut schedule).await;
             let _ = first_round.send(());
             loop {
-                let notified = proxy.rediscover.notified();
+                let notified = control.rediscover.notified();
                 let next = schedule.values().map(|s: &Schedule| s.at).min();
                 match next {
                     Some(at) => {
@@ -161,7 +161,7 @@ impl Proxy {
                     }
                     None => notified.await,
                 }
-                proxy.discover_due(&resolver, &mut schedule).await;
+                control.discover_due(&resolver, &mut schedule).await;
             }
         });
         let _ = tokio::time::timeout(LOOKUP_TIMEOUT, first_round_done).await;
@@ -175,7 +175,7 @@ impl Proxy {
         resolver: &TokioResolver,
         schedule: &mut HashMap<String, Schedule>,
     ) {
-        let snapshot = self.snapshot();
+        let snapshot = self.proxy.snapshot();
         let config = snapshot.config();
         let bounds = (config.discovery.min_interval, config.discovery.max_interval);
         let specs: Vec<BackendSpec> = config

@@ -31,8 +31,9 @@ pub struct LiveResult {
 /// Resolves and probes every backend of `config`.
 pub async fn live_check(config: &Config) -> Vec<LiveResult> {
     let proxy = Arc::new(Proxy::new(config));
+    let control = Arc::new(super::ControlPlane::new(proxy.clone(), None));
     // Resolves every name once (or gives up after its lookup timeout) and applies the addresses.
-    let discovery = proxy.start_discovery().await;
+    let discovery = control.start_discovery().await;
     drop(discovery);
     let snapshot = proxy.snapshot();
     let mut probes = tokio::task::JoinSet::new();

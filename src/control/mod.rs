@@ -1,12 +1,16 @@
 //! The control plane: everything that replaces the data plane's [`Snapshot`] while requests run
 //! on it. A reload (SIGHUP or the admin API) or a runtime change builds a new snapshot from a
 //! config, carries over the backends that did not change (with their health, counters and
-//! connections), swaps it in whole, and restarts the health checks for it. Nothing here is on a
-//! request's path: a request loads the snapshot once and never waits on a change.
+//! connections), swaps it in whole, and restarts the health checks for it; discovery does the
+//! same when a name's addresses change. Nothing here is on a request's path: a request loads the
+//! snapshot once and never waits on a change, and the [`Proxy`] it runs on holds none of the
+//! state kept here.
 
 mod discovery;
 mod live_check;
 
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
@@ -47,10 +51,54 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Proxy {
+/// The control plane of one proxy: the config's source, the health checks, discovery's view of
+/// the names, and the lock that makes changes one at a time.
+#[derive(Debug)]
+pub struct ControlPlane {
+    proxy: Arc<Proxy>,
+    /// The config file, re-read on reload.
+    source: Option<PathBuf>,
+    health: Mutex<Option<HealthChecker>>,
+    /// Serialises changes: each one builds on the snapshot it replaces.
+    changes: Mutex<()>,
+    /// `--no-access-log` given on the command line: wins over every config reloaded later.
+    access_log_off: AtomicBool,
+    /// What the backends' DNS names last resolved to (written by discovery, read by every
+    /// change that builds a snapshot).
+    discovered: Mutex<Discovered>,
+    /// Woken when a change may have brought a name discovery has not resolved yet.
+    rediscover: tokio::sync::Notify,
+}
+
+impl ControlPlane {
+    /// The control plane of `proxy`, whose config (when it came from a file) is re-read from
+    /// `source` on reload.
+    pub fn new(proxy: Arc<Proxy>, source: Option<PathBuf>) -> ControlPlane {
+        ControlPlane {
+            proxy,
+            source,
+            health: Mutex::new(None),
+            changes: Mutex::new(()),
+            access_log_off: AtomicBool::new(false),
+            discovered: Mutex::default(),
+            rediscover: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The data plane it changes.
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
+    /// Keeps the access log off whatever reloaded configs say (`--no-access-log`), from now on
+    /// and for the running configuration.
+    pub fn force_access_log_off(&self) {
+        self.access_log_off.store(true, Ordering::Relaxed);
+    }
+
     /// Starts (or restarts) the health checks of the current backends.
     pub fn start_health(&self) {
-        let routing = self.snapshot.load();
+        let routing = self.proxy.snapshot.load();
         let mut checker = HealthChecker::default();
         for (pool, config) in routing.pools().iter().zip(routing.config().all_pools()) {
             checker.spawn(
@@ -79,18 +127,18 @@ impl Proxy {
     /// Rebuilds the snapshot after discovery saw a name's addresses change.
     fn apply_discovered(&self) {
         let _serial = lock(&self.changes);
-        let config = self.snapshot.load().config().clone();
+        let config = self.proxy.snapshot.load().config().clone();
         self.apply_locked(&config);
     }
 
     fn apply_locked(&self, config: &Config) -> ChangeReport {
-        let old = self.snapshot.load_full();
+        let old = self.proxy.snapshot.load_full();
         let new = {
             let discovered = lock(&self.discovered);
             Snapshot::new(
                 config,
                 &|specs| discovered.expand(specs),
-                self.stats.clone(),
+                self.proxy.stats.clone(),
                 Some(&old),
             )
         };
@@ -106,7 +154,7 @@ impl Proxy {
                 }
             }
         }
-        self.snapshot.store(Arc::new(new));
+        self.proxy.snapshot.store(Arc::new(new));
         if new_backends {
             // They may name hosts discovery has not resolved yet.
             self.rediscover.notify_one();
@@ -132,24 +180,20 @@ impl Proxy {
         };
         match Config::load(path) {
             Ok(mut config) => {
-                if self
-                    .access_log_off
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                {
+                if self.access_log_off.load(Ordering::Relaxed) {
                     config.access_log = false;
                 }
-                self.stats
-                    .reloads
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.proxy.stats.reloads.fetch_add(1, Ordering::Relaxed);
                 for warning in &config.warnings {
                     tracing::warn!("{}: {warning}", path.display());
                 }
                 Ok(self.apply(&config))
             }
             Err(e) => {
-                self.stats
+                self.proxy
+                    .stats
                     .reload_failures
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::error!("reload refused, the running configuration stays: {e}");
                 Err(e.into())
             }
@@ -159,7 +203,7 @@ impl Proxy {
     /// Adds a backend (validated like one in the config file) to the pool `default`.
     pub fn add_backend(&self, url: &str, weight: Option<u32>) -> Result<ChangeReport, ChangeError> {
         let _serial = lock(&self.changes);
-        let mut config = self.snapshot.load().config().clone();
+        let mut config = self.proxy.snapshot.load().config().clone();
         let probe = Config::with_backends(config.listen, &[url.to_string()])?;
         let mut spec = probe.backends[0].clone();
         if let Some(weight) = weight {
@@ -180,7 +224,7 @@ impl Proxy {
     /// Removes a backend from the pool `default`.
     pub fn remove_backend(&self, url: &str) -> Result<ChangeReport, ChangeError> {
         let _serial = lock(&self.changes);
-        let mut config = self.snapshot.load().config().clone();
+        let mut config = self.proxy.snapshot.load().config().clone();
         let backends = default_backends(&mut config);
         let before = backends.len();
         backends.retain(|b| b.url != url);
@@ -195,7 +239,7 @@ impl Proxy {
 
     /// Drains, disables or enables the backend of that URL, in every pool it serves in.
     pub fn set_admin_state(&self, url: &str, state: AdminState) -> Result<(), ChangeError> {
-        let snapshot = self.snapshot.load();
+        let snapshot = self.proxy.snapshot.load();
         let matching: Vec<_> = snapshot
             .backends()
             .iter()

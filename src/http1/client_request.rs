@@ -19,9 +19,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Version, request};
 use smallvec::SmallVec;
 
-use super::parse_length;
 use super::response_head::Framing;
 use super::target::{Target, is_authority};
+use super::{Rejected, bad, parse_length};
 
 /// Most fields in a request head (as hyper and nginx: a client needing more is broken).
 const MAX_FIELDS: usize = 100;
@@ -63,20 +63,6 @@ pub struct ClientRequest {
     pub close: bool,
     /// `Expect: 100-continue`: the client waits for an interim answer before sending the body.
     pub expects_continue: bool,
-}
-
-/// Why a request head was refused, and the status that says so.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rejected {
-    pub status: StatusCode,
-    pub reason: &'static str,
-}
-
-pub(super) fn bad(reason: &'static str) -> Rejected {
-    Rejected {
-        status: StatusCode::BAD_REQUEST,
-        reason,
-    }
 }
 
 /// Parses the request head at the front of `buf` and removes it. `Ok(None)`: not complete yet

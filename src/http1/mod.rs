@@ -29,7 +29,7 @@ pub use client_io::{
     ClientReadHalf, ClientStream, ClientWriteHalf, NotAPair, Prefixed, TlsClientStream,
 };
 pub use client_request::{
-    ClientRequest, Rejected, RequestRules, Underscores, keeps_field, parse_client_request,
+    ClientRequest, RequestRules, Underscores, keeps_field, parse_client_request,
 };
 pub use client_response::{BodyWrite, ResponsePlan, date_value, encode_response_head};
 pub use io::{PartialWrite, poll_fill, poll_fill_from, poll_write_within, write_all_within};
@@ -58,6 +58,21 @@ fn parse_length(value: &[u8]) -> Option<u64> {
             .iter()
             .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')),
     )
+}
+
+/// Why a client's request head was refused, and the status that says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejected {
+    pub status: http::StatusCode,
+    pub reason: &'static str,
+}
+
+/// A request refused as malformed: 400.
+fn bad(reason: &'static str) -> Rejected {
+    Rejected {
+        status: http::StatusCode::BAD_REQUEST,
+        reason,
+    }
 }
 
 /// What can be wrong with what a backend sent.

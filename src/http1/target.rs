@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use http::{HeaderValue, Method, Uri};
 
-use super::client_request::{Rejected, bad};
+use super::{Rejected, bad};
 
 /// The request target, in the two forms alb forwards.
 pub(super) enum Target {

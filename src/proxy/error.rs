@@ -3,12 +3,9 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
-use http_body_util::Full;
 
 use super::reply::Reply;
-use super::response_body::ResponseBody;
 use crate::http1::UpstreamError;
 use crate::upstream::{BodyError, ConnectError, QueueError, SessionError};
 
@@ -136,25 +133,14 @@ impl ProxyError {
     /// The response alb sends for this error. `retry_after` goes on 503s.
     pub fn to_reply(&self, retry_after: &HeaderValue) -> Reply {
         let status = self.status();
-        let text = format!(
-            "{} {}: {}\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or(""),
-            self.message()
-        );
-        let mut reply = Reply::new(status, ResponseBody::Local(Full::new(Bytes::from(text))));
+        let mut reply = Reply::local(status, self.message());
         let headers = &mut reply.headers;
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, retry_after.clone());
         }
         // After a client error the rest of the connection cannot be trusted (an unread body, a
         // stalled upload): answer and close. A request that was merely routed nowhere or
-        // limited was read like any other (an unread body still closes, see `server::conn`).
+        // limited was read like any other (an unread body still closes, see `downstream::h1`).
         if let ProxyError::RateLimited(wait) = self {
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));

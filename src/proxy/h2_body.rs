@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use super::access_log::Outcome;
-use super::response_body::{ResponseBodyError, Settlement};
+use super::settlement::{ResponseBodyError, Settlement};
 use crate::deadline::Deadline;
 use crate::http2::RecvBody;
 

@@ -2,8 +2,7 @@
 //! once and runs on to its end. Replacing it (reload, runtime changes, the health checks that go
 //! with it) is control-plane work, in [`crate::control`].
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::upstream::IncomingBody;
 use arc_swap::ArcSwap;
@@ -11,34 +10,19 @@ use http::Request;
 
 use super::{ClientInfo, ProxyStats, Reply, Snapshot};
 use crate::config::Config;
-use crate::health::{HealthChecker, OutlierDetector};
+use crate::health::OutlierDetector;
 use crate::upstream::Backend;
 
+/// The data plane: the snapshot requests run on, and the counters they share. What changes it
+/// lives in [`crate::control::ControlPlane`].
 #[derive(Debug)]
 pub struct Proxy {
     pub(crate) snapshot: ArcSwap<Snapshot>,
     pub(crate) stats: Arc<ProxyStats>,
-    /// The config file, re-read on reload.
-    pub(crate) source: Option<PathBuf>,
-    pub(crate) health: Mutex<Option<HealthChecker>>,
-    /// Serialises changes: each one builds on the snapshot it replaces.
-    pub(crate) changes: Mutex<()>,
-    /// `--no-access-log` given on the command line: wins over every config reloaded later.
-    pub(crate) access_log_off: std::sync::atomic::AtomicBool,
-    /// What the backends' DNS names last resolved to (written by discovery, read by every
-    /// change that builds a snapshot).
-    pub(crate) discovered: Mutex<crate::control::Discovered>,
-    /// Woken when a change may have brought a name discovery has not resolved yet.
-    pub(crate) rediscover: tokio::sync::Notify,
 }
 
 impl Proxy {
     pub fn new(config: &Config) -> Proxy {
-        Proxy::with_source(config, None)
-    }
-
-    /// A proxy that can re-read its config from `source` on reload.
-    pub fn with_source(config: &Config, source: Option<PathBuf>) -> Proxy {
         let stats = Arc::new(ProxyStats::default());
         Proxy {
             snapshot: ArcSwap::from_pointee(Snapshot::new(
@@ -47,20 +31,8 @@ impl Proxy {
                 stats.clone(),
                 None,
             )),
-            discovered: Mutex::default(),
-            rediscover: tokio::sync::Notify::new(),
             stats,
-            source,
-            health: Mutex::new(None),
-            changes: Mutex::new(()),
-            access_log_off: std::sync::atomic::AtomicBool::new(false),
         }
-    }
-
-    /// Keeps the access log off whatever reloaded configs say (`--no-access-log`).
-    pub fn force_access_log_off(&self) {
-        self.access_log_off
-            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {

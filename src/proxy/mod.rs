@@ -6,6 +6,7 @@
 mod access_log;
 mod affinity;
 mod error;
+mod h1_body;
 mod h2_body;
 mod header_policy;
 mod live;
@@ -17,6 +18,7 @@ mod reply;
 mod response_body;
 mod retry;
 mod route;
+mod settlement;
 mod snapshot;
 mod stats;
 mod sticky;
@@ -30,6 +32,7 @@ use http::{HeaderName, HeaderValue, Request};
 
 pub use access_log::{AccessRecord, Outcome};
 pub use error::ProxyError;
+pub use h1_body::UpstreamBody;
 pub use header_policy::{ClientInfo, Scheme, remove_hop_by_hop};
 pub use live::Proxy;
 pub use pool::BackendPool;
@@ -37,9 +40,10 @@ use prepare::Replay;
 pub use prepare::outbound_for;
 pub use rate_limit::{DEFAULT_MAX_KEYS, RateLimiter};
 pub use reply::Reply;
-pub use response_body::{ResponseBody, ResponseBodyError, UpstreamBody, UpstreamParts};
+pub use response_body::ResponseBody;
 pub use retry::{RetryBudget, RetryPolicy, is_idempotent};
 pub use route::RouteTable;
+pub use settlement::{ResponseBodyError, UpstreamParts};
 use snapshot::Plan;
 pub use snapshot::Snapshot;
 pub use stats::{HeaderRefusal, ProxyStats, TlsFailure};
@@ -403,12 +407,12 @@ impl Snapshot {
     fn respond_h2(
         &self,
         plan: &Plan<'_>,
-        answer: upstream::H2Answer,
+        response: http::Response<h2::RecvStream>,
         guard: InFlightGuard,
         log: Option<Box<AccessRecord>>,
         arrival: Arrival,
     ) -> Reply {
-        let (head, stream) = answer.response.into_parts();
+        let (head, stream) = response.into_parts();
         let length = head
             .headers
             .get(http::header::CONTENT_LENGTH)
@@ -424,7 +428,7 @@ impl Snapshot {
             started: arrival.started,
             stats: self.stats.clone(),
         };
-        let settlement = response_body::Settlement::new(head.status.as_u16(), &mut parts);
+        let settlement = settlement::Settlement::new(head.status.as_u16(), &mut parts);
         let body = h2_body::H2UpstreamBody::new(
             crate::http2::RecvBody::new(stream, length),
             settlement,

@@ -1,33 +1,17 @@
-//! The response body on its way to the client: a backend's body streamed through, or a short
-//! answer alb makes itself.
+//! The response body on its way to the client: a backend's body streamed through (one kind per
+//! backend protocol), a tunnel's empty one, or a short answer alb makes itself.
 
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 
-use super::access_log::{AccessRecord, Outcome};
-use crate::deadline::Deadline;
-use crate::health::OutlierDetector;
-use crate::http1::{BodyDecoder, Decoded, UpstreamError};
-use crate::upstream::{InFlightGuard, UpstreamConn};
-use crate::upstream::{Upload, UploadError};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ResponseBodyError {
-    #[error("backend broke off its response body: {0}")]
-    Upstream(#[source] UpstreamError),
-    #[error("backend sent no body data for {0:?}")]
-    Idle(Duration),
-    #[error("the request body, still being sent, failed on the client's side")]
-    ClientBody,
-    #[error("backend's HTTP/2 stream failed: {0}")]
-    Stream(#[source] h2::Error),
-}
+use super::h1_body::UpstreamBody;
+use super::h2_body::H2UpstreamBody;
+use super::settlement::ResponseBodyError;
+use super::tunnel::Tunnel;
 
 /// The upstream body is boxed: it is large (connection, guard, upload) and the
 /// response is moved several times on its way to the client; one allocation is cheaper than
@@ -36,9 +20,9 @@ pub enum ResponseBodyError {
 pub enum ResponseBody {
     Upstream(Box<UpstreamBody>),
     /// From an HTTP/2 backend.
-    Http2(Box<super::h2_body::H2UpstreamBody>),
+    Http2(Box<H2UpstreamBody>),
     /// A `101`: no body; the connection becomes this tunnel once the head is written.
-    Tunnel(Box<super::Tunnel>),
+    Tunnel(Box<Tunnel>),
     /// A short answer alb makes itself (errors).
     Local(Full<Bytes>),
 }
@@ -74,267 +58,6 @@ impl Body for ResponseBody {
             ResponseBody::Http2(body) => body.size_hint(),
             ResponseBody::Tunnel(_) => SizeHint::with_exact(0),
             ResponseBody::Local(body) => body.size_hint(),
-        }
-    }
-}
-
-/// A backend's response body, decoded from the connection by its framing and carrying what must
-/// outlive the response head: the in-flight guard (so least-connections counts the request until
-/// its last byte), the connection (handed back to the pool only after a clean end, since a
-/// half-read HTTP/1.1 connection cannot carry another request) and the access-log record.
-#[derive(Debug)]
-pub struct UpstreamBody {
-    decoder: BodyDecoder,
-    /// `None` once the body has ended (the connection is back in the pool or closed).
-    conn: Option<UpstreamConn>,
-    /// The rest of the request body, sent while the response streams back.
-    upload: Option<Upload>,
-    reusable: bool,
-    /// A break found while data was still to be passed on: reported on the next poll.
-    deferred: Option<UpstreamError>,
-    break_deferred: bool,
-    settlement: Settlement,
-    bytes: u64,
-    idle_limit: Duration,
-    /// `upstream_idle`, counted from when alb began waiting for the next piece (see `poll`).
-    idle: Deadline,
-}
-
-/// What every response body from a backend settles once it ends, however it ends (to its end,
-/// broken, cut by the client): statistics, passive health, the access-log line, and the
-/// in-flight count. **The in-flight guard of a streamed response is released here and only
-/// here**, so that least_conn counts a request until its body's last byte.
-#[derive(Debug)]
-pub(super) struct Settlement {
-    guard: Option<InFlightGuard>,
-    log: Option<Box<AccessRecord>>,
-    outliers: Option<std::sync::Arc<OutlierDetector>>,
-    status: u16,
-    started: std::time::Instant,
-    stats: std::sync::Arc<super::ProxyStats>,
-}
-
-impl Settlement {
-    pub(super) fn new(status: u16, parts: &mut UpstreamParts) -> Settlement {
-        Settlement {
-            guard: parts.guard.take(),
-            log: parts.log.take(),
-            outliers: Some(parts.outliers.clone()),
-            status,
-            started: parts.started,
-            stats: parts.stats.clone(),
-        }
-    }
-
-    /// Settles the response after `bytes` reached the client; runs once. The guard comes back
-    /// for the caller to drop once it has put the connection back (if it may).
-    pub(super) fn settle(&mut self, outcome: Outcome, bytes: u64) -> Option<InFlightGuard> {
-        let guard = self.guard.take()?;
-        let backend = guard.backend();
-        self.stats.request_duration.observe(self.started.elapsed());
-        self.stats
-            .bytes_to_clients
-            .fetch_add(bytes, Ordering::Relaxed);
-        backend
-            .stats()
-            .bytes_sent
-            .fetch_add(bytes, Ordering::Relaxed);
-        if matches!(outcome, Outcome::UpstreamBroken | Outcome::UpstreamIdle)
-            && let Some(outliers) = self.outliers.take()
-        {
-            outliers.record_failure(backend, outcome.as_str());
-        }
-        if let Some(log) = self.log.take() {
-            log.finish(self.status, Some(backend.url()), bytes, outcome);
-        }
-        Some(guard)
-    }
-}
-
-/// What an [`UpstreamBody`] needs besides the body itself.
-#[derive(Debug)]
-pub struct UpstreamParts {
-    pub conn: Option<UpstreamConn>,
-    pub upload: Option<Upload>,
-    /// Taken by the body's [`Settlement`].
-    pub guard: Option<InFlightGuard>,
-    pub log: Option<Box<AccessRecord>>,
-    pub outliers: std::sync::Arc<OutlierDetector>,
-    pub idle_limit: Duration,
-    /// Whether the connection may carry another request after this response.
-    pub reusable: bool,
-    /// When the request arrived.
-    pub started: std::time::Instant,
-    pub stats: std::sync::Arc<super::ProxyStats>,
-}
-
-/// What one look at the connection gave.
-enum Next {
-    Frame(Bytes),
-    End,
-    Broken(UpstreamError),
-    /// The client's body (still being uploaded beside the response) broke off or stalled: the
-    /// exchange cannot finish, and it is the client's doing, not the backend's.
-    ClientFailed,
-    Pending,
-}
-
-impl UpstreamBody {
-    pub fn new(decoder: BodyDecoder, status: u16, mut parts: UpstreamParts) -> UpstreamBody {
-        let mut body = UpstreamBody {
-            decoder,
-            settlement: Settlement::new(status, &mut parts),
-            conn: parts.conn,
-            upload: parts.upload,
-            reusable: parts.reusable,
-            deferred: None,
-            break_deferred: false,
-            bytes: 0,
-            idle_limit: parts.idle_limit,
-            idle: Deadline::default(),
-        };
-        if body.decoder.is_done() {
-            // No body at all (HEAD, 204, 304, a zero length): the connection is free already.
-            body.finish(Outcome::Complete);
-        }
-        body
-    }
-
-    pub fn is_end_stream(&self) -> bool {
-        self.decoder.is_done()
-    }
-
-    pub fn size_hint(&self) -> SizeHint {
-        self.decoder.size_hint()
-    }
-
-    fn poll(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
-        match self.next(cx) {
-            Next::Pending => self.poll_idle(cx),
-            Next::Frame(data) => {
-                self.idle.progress();
-                self.bytes += data.len() as u64;
-                if self.decoder.is_done() {
-                    self.finish(Outcome::Complete);
-                }
-                Poll::Ready(Some(Ok(Frame::data(data))))
-            }
-            Next::End => {
-                self.finish(Outcome::Complete);
-                Poll::Ready(None)
-            }
-            Next::Broken(e) if self.bytes > 0 && !self.break_deferred => {
-                // hyper drops what it has not yet written when a body fails: let it write out
-                // the part that did arrive, then report the break.
-                self.deferred = Some(e);
-                self.break_deferred = true;
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-            Next::ClientFailed => {
-                self.finish(Outcome::ClientAborted);
-                Poll::Ready(Some(Err(ResponseBodyError::ClientBody)))
-            }
-            Next::Broken(e) => {
-                tracing::warn!(error = %e, "backend broke off a response body");
-                self.finish(Outcome::UpstreamBroken);
-                Poll::Ready(Some(Err(ResponseBodyError::Upstream(e))))
-            }
-        }
-    }
-
-    /// Decodes what was read, reading more when that is not enough.
-    fn next(&mut self, cx: &mut Context<'_>) -> Next {
-        if let Some(e) = self.deferred.take() {
-            return Next::Broken(e);
-        }
-        let Some(conn) = self.conn.as_mut() else {
-            return Next::End;
-        };
-        if let Some(upload) = self.upload.as_mut() {
-            match upload.poll_send(conn, cx) {
-                Poll::Pending => {}
-                Poll::Ready(Ok(())) => self.upload = None,
-                Poll::Ready(Err(UploadError::Client(e))) => {
-                    tracing::debug!(error = %e, "the client's body failed while the response streamed");
-                    self.upload = None;
-                    self.reusable = false;
-                    return Next::ClientFailed;
-                }
-                Poll::Ready(Err(UploadError::Upstream(e))) => {
-                    // The answer goes on; the connection, with a request half sent, ends with it.
-                    tracing::debug!(error = %e, "upload stopped while the response streamed");
-                    self.upload = None;
-                    self.reusable = false;
-                }
-            }
-        }
-        loop {
-            match self.decoder.decode(&mut conn.buf) {
-                Ok(Decoded::Data(data)) => return Next::Frame(data),
-                Ok(Decoded::Done) => return Next::End,
-                Err(e) => return Next::Broken(e.into()),
-                Ok(Decoded::NeedMore) => {}
-            }
-            match conn.poll_fill(cx, self.decoder.want()) {
-                Poll::Pending => return Next::Pending,
-                Poll::Ready(Ok(0)) => {
-                    // The end of the connection ends a close-delimited body, and the connection.
-                    self.reusable = false;
-                    return match self.decoder.end_of_stream() {
-                        Ok(()) => Next::End,
-                        Err(e) => Next::Broken(e.into()),
-                    };
-                }
-                Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => return Next::Broken(e.into()),
-            }
-        }
-    }
-
-    /// The backend has nothing for us now. The idle clock starts here, when alb is ready for
-    /// more, not at the last piece: while the client was slow to take that piece, the backend
-    /// was held back by alb, and that wait must not be blamed on it.
-    fn poll_idle(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
-        let limit = self.idle_limit;
-        if self.idle.waited_too_long(limit, cx) {
-            tracing::warn!(timeout = ?limit, "backend went silent mid-body: response cut");
-            self.finish(Outcome::UpstreamIdle);
-            Poll::Ready(Some(Err(ResponseBodyError::Idle(limit))))
-        } else {
-            Poll::Pending
-        }
-    }
-
-    /// Returns the connection to the pool if the body ended cleanly, and settles the response.
-    fn finish(&mut self, outcome: Outcome) {
-        let Some(guard) = self.settlement.settle(outcome, self.bytes) else {
-            return;
-        };
-        let conn = self
-            .conn
-            .take()
-            .filter(|c| self.reusable && self.upload.is_none() && c.buf.is_empty());
-        if let (Outcome::Complete, Some(conn)) = (outcome, conn)
-            && self.decoder.is_done()
-        {
-            guard.backend().pool().checkin(conn);
-        }
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        if self.decoder.is_done() {
-            self.finish(Outcome::Complete);
-        } else {
-            self.finish(Outcome::ClientAborted);
         }
     }
 }

@@ -35,7 +35,7 @@ pub struct ProxyStats {
     pub h2_requests: AtomicU64,
     /// HTTP/2 connections closed with ENHANCE_YOUR_CALM for resetting streams too fast.
     pub h2_reset_floods: AtomicU64,
-    /// HTTP/2 connections h2's own guards closed with ENHANCE_YOUR_CALM (see `server::h2_connection`).
+    /// HTTP/2 connections h2's own guards closed with ENHANCE_YOUR_CALM (see `downstream::h2`).
     pub h2_abuse_closed: AtomicU64,
     /// Connections closed before their PROXY protocol header was taken, by [`HeaderRefusal`].
     proxy_header_refused: [AtomicU64; HeaderRefusal::ALL.len()],

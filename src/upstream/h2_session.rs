@@ -121,12 +121,6 @@ async fn connect(
     Ok(handle)
 }
 
-/// A backend's answer on an HTTP/2 stream: its head, and its body still to come.
-#[derive(Debug)]
-pub struct H2Answer {
-    pub response: http::Response<RecvStream>,
-}
-
 /// The HTTP/2 request for a backend, built from the neutral one: Host becomes `:authority` (the
 /// backend's own when the client sent none), connection-specific fields and the framing are left
 /// out (DATA frames delimit the body), and `te: trailers` says alb relays trailers, which gRPC
@@ -160,12 +154,12 @@ fn h2_request(
 }
 
 /// One attempt on an HTTP/2 `backend`.
-pub async fn exchange_h2(
+pub(super) async fn exchange_h2(
     backend: &Backend,
     request: SessionRequest<'_>,
     body: RequestBody,
     timeouts: &Timeouts,
-) -> Result<H2Answer, Unanswered> {
+) -> Result<http::Response<RecvStream>, Unanswered> {
     let scheme = if backend.tls().is_some() {
         "https"
     } else {
@@ -220,7 +214,7 @@ pub async fn exchange_h2(
     let (mut upload, mut stopped) = (upload, None);
     let waiting = await_head(response, &mut upload, &mut stopped, timeouts.response);
     let failed = match waiting.await {
-        Ok(response) => return Ok(H2Answer { response }),
+        Ok(response) => return Ok(response),
         Err(failed) => failed,
     };
     let (error, progress) = match failed {

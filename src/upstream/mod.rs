@@ -6,6 +6,7 @@
 //! for balancing decisions, and no other memory is published through it.
 
 mod conn;
+mod h1_session;
 mod h2_liveness;
 mod h2_session;
 mod limit;
@@ -27,12 +28,12 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use crate::config::{BackendAddr, BackendSpec, BackendTls};
 
 pub use conn::{ConnectError, UpstreamConn};
-pub use h2_session::{H2Answer, H2Connection};
+pub use h2_session::H2Connection;
 pub use limit::{ConnectionLimit, QueueError};
 pub use outbound::{AddedFields, Outbound};
 pub use pool::ConnectionPool;
 pub use request_body::{BodyError, BodyLimits, IncomingBody, IncomingError, RequestBody, Streamed};
-pub use session::{Answer, Progress, SessionError, SessionRequest, Unanswered, exchange};
+pub use session::{Answer, Progress, SessionError, SessionRequest, Unanswered};
 pub use stats::{
     BackendStats, Histogram, LATENCY_BUCKETS, METHOD_CLASSES, STATUS_CLASSES, method_class,
 };
@@ -59,6 +60,23 @@ impl AdminState {
             AdminState::Disabled => "disabled",
         }
     }
+}
+
+/// One attempt on `backend`: sends the request in the backend's protocol and waits for the
+/// response head.
+pub async fn exchange(
+    backend: &Backend,
+    request: SessionRequest<'_>,
+    body: RequestBody,
+    timeouts: &crate::config::Timeouts,
+) -> Result<Answer, Unanswered> {
+    if backend.is_http2() {
+        // Boxed: the rarer protocol's larger state does not weigh on every HTTP/1.1 request.
+        return Box::pin(h2_session::exchange_h2(backend, request, body, timeouts))
+            .await
+            .map(Answer::Http2);
+    }
+    h1_session::exchange_h1(backend, request, body, timeouts).await
 }
 
 /// Milliseconds since the first call: a clock that fits in an atomic.

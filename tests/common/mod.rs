@@ -394,6 +394,8 @@ pub struct TestBalancer {
     /// The `[tls]` listener's address, when configured.
     pub tls_addr: Option<SocketAddr>,
     pub proxy: Arc<alb::proxy::Proxy>,
+    /// What changes its configuration: reload, runtime changes.
+    pub control: Arc<alb::control::ControlPlane>,
     admin: Arc<std::sync::OnceLock<SocketAddr>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -436,6 +438,7 @@ impl TestBalancer {
         let addr = server.local_addr();
         let tls_addr = server.tls_addr();
         let proxy = server.proxy().clone();
+        let control = server.control().clone();
         let admin = server.admin_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -450,6 +453,7 @@ impl TestBalancer {
             addr,
             tls_addr,
             proxy,
+            control,
             admin,
             stop: Some(stop),
             task: Some(task),

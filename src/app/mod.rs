@@ -1,42 +1,31 @@
-//! The listener side: accepting client connections (up to `limits.max_client_connections`),
-//! serving HTTP/1.1 on each, and shutting down gracefully (stop accepting, let in-flight requests
-//! finish within the drain timeout). With `proxy_protocol` on, only trusted sources are served,
-//! and each must start with a PROXY protocol header ([`proxy_protocol`]). A binary upgrade hands
-//! the listeners to a new process ([`upgrade`], [`handover`]) and then drains the same way.
-//! With `[tls]`, a second listener takes TLS connections ([`tls`]): same connection limit,
-//! PROXY protocol setting and drain; after the handshake a connection is served like a plain one.
+//! The composition root: start-up and wind-down of the whole balancer. [`Server`] binds the
+//! listeners (or takes them over from the process it replaces, [`handover`]), builds the proxy,
+//! starts the control plane (discovery, health checks), the admin listener (with the demo's
+//! knobs under `alb demo`), then hands the client listeners to [`crate::downstream`] until
+//! shutdown or a binary upgrade ([`upgrade`]), and drains: no new connections, in-flight
+//! requests given `timeouts.drain` to finish.
 
-mod conn;
-mod h2_connection;
 pub mod handover;
-pub mod proxy_protocol;
-mod shutdown;
-pub mod tls;
 pub mod upgrade;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::pin::pin;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::net::TcpListener;
 
-pub use conn::{ConnSettings, Seat, serve_connection};
 pub use handover::Inherited;
-pub use shutdown::Shutdown;
 pub use upgrade::{Program, Upgrade, UpgradeError};
 
 use crate::admin::{AdminServer, Lifecycle};
 use crate::config::Config;
-use crate::http1::{ClientStream, RequestRules};
-use crate::proxy::{ClientInfo, HeaderRefusal, Proxy, Snapshot};
+use crate::control::ControlPlane;
+use crate::downstream::{Acceptor, listen, tls};
+use crate::proxy::Proxy;
 
-/// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// After a handover, how long a connection with no request under way may still bring one (see
 /// [`Shutdown::start_with_last_call`]). Long enough for a client that just got its answer to
 /// send the next request; the drain timeout still bounds the whole.
@@ -75,9 +64,9 @@ pub struct Server {
     /// The `[tls]` listener and its address.
     tls: Option<(TcpListener, SocketAddr)>,
     proxy: Arc<Proxy>,
+    /// What changes the proxy's snapshot: reloads, runtime changes, discovery, health checks.
+    control: Arc<ControlPlane>,
     config: Config,
-    /// New connections' settings and the configuration they were made from.
-    conn_settings: Option<(Weak<Snapshot>, Arc<ConnSettings>)>,
     admin_addr: Arc<std::sync::OnceLock<SocketAddr>>,
     /// Starting, serving or draining: what the admin listener's `/readyz` reports.
     lifecycle: Arc<Lifecycle>,
@@ -87,21 +76,6 @@ pub struct Server {
     inherited: Option<Inherited>,
     /// `alb demo`'s backends, for the admin listener's `/api/demo/...`.
     demo: Option<Arc<crate::demo::DemoBackends>>,
-}
-
-/// A listening socket on `addr` with room for `backlog` connections the kernel has completed
-/// and alb not yet accepted (tokio's `bind` leaves 1024 or less, and a burst of reconnecting
-/// clients, WebSocket ones after a deploy, would then wait out SYN retransmissions).
-pub fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    // As std and tokio do on Unix: a restart is not refused by connections in TIME_WAIT.
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(backlog)
 }
 
 impl Server {
@@ -141,13 +115,14 @@ impl Server {
             }
             None => None,
         };
+        let proxy = Arc::new(Proxy::new(&config));
         Ok(Server {
             listener,
             local_addr,
             tls,
-            proxy: Arc::new(Proxy::with_source(&config, None)),
+            control: Arc::new(ControlPlane::new(proxy.clone(), None)),
+            proxy,
             config,
-            conn_settings: None,
             admin_addr: Arc::default(),
             lifecycle: Arc::default(),
             upgrade: Arc::default(),
@@ -194,7 +169,7 @@ impl Server {
 
     /// Remembers the file the config came from, so that a reload (SIGHUP, admin API) re-reads it.
     pub fn with_source(mut self, path: std::path::PathBuf) -> Server {
-        self.proxy = Arc::new(Proxy::with_source(&self.config, Some(path)));
+        self.control = Arc::new(ControlPlane::new(self.proxy.clone(), Some(path)));
         self
     }
 
@@ -209,15 +184,15 @@ impl Server {
         let Some(listen) = admin.listen else {
             return Ok(None);
         };
-        let (token, proxy, lifecycle, demo) = (
+        let (token, control, lifecycle, demo) = (
             admin.token.clone(),
-            self.proxy.clone(),
+            self.control.clone(),
             self.lifecycle.clone(),
             self.demo.clone(),
         );
         let started = match inherited {
-            Some(listener) => AdminServer::serve_on(listener, token, proxy, lifecycle, demo),
-            None => AdminServer::start(listen, token, proxy, lifecycle, demo).await,
+            Some(listener) => AdminServer::serve_on(listener, token, control, lifecycle, demo),
+            None => AdminServer::start(listen, token, control, lifecycle, demo).await,
         };
         match started {
             Ok(server) => {
@@ -253,23 +228,29 @@ impl Server {
         &self.proxy
     }
 
+    /// Its control plane: reload, runtime changes.
+    pub fn control(&self) -> &Arc<ControlPlane> {
+        &self.control
+    }
+
     /// Serves until `shutdown` completes, then drains: no new connections, idle keep-alive
     /// connections closed, in-flight requests given `timeouts.drain` to finish. An upgrade
     /// ([`Server::upgrade`]) ends the loop the same way, except that connections between
     /// requests get a last call ([`LAST_CALL`]): the address is still served, by the new process.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         // Names are resolved before the health checks start, so that they check every address.
-        let discovery = self.proxy.start_discovery().await;
-        self.proxy.start_health();
+        let discovery = self.control.start_discovery().await;
+        self.control.start_health();
         let admin = self.start_admin().await?;
         self.offer_listeners(admin.as_ref())?;
-        let tls_server = match &self.tls {
-            Some(_) => Some(tls::server_config(self.proxy.clone()).map_err(ServerError::Tls)?),
-            None => None,
-        };
-        let slots = Arc::new(Semaphore::new(self.config.limits.max_client_connections));
-        let stop = Arc::new(Shutdown::default());
-        let mut connections = JoinSet::new();
+        let tls_addr = self.tls_addr();
+        let mut acceptor = Acceptor::new(
+            self.listener,
+            self.tls.map(|(listener, _)| listener),
+            self.proxy.clone(),
+            self.config.limits.max_client_connections,
+        )
+        .map_err(ServerError::Tls)?;
         let upgrade = self.upgrade.clone();
         let mut stopping = pin!(async {
             tokio::select! {
@@ -286,7 +267,7 @@ impl Server {
             pid = std::process::id(),
             "alb listening on {}", self.local_addr
         );
-        if let Some(addr) = self.tls_addr() {
+        if let Some(addr) = tls_addr {
             tracing::info!(%addr, "alb listening for TLS on {addr}");
         }
         if let Some(inherited) = self.inherited.take() {
@@ -302,66 +283,11 @@ impl Server {
                 }
             }
         }
-        let reason = loop {
-            // At the connection limit, stop accepting (the kernel's backlog holds newcomers)
-            // rather than accept and drop.
-            let slot = tokio::select! {
-                reason = &mut stopping => break reason,
-                slot = slots.clone().acquire_owned() => match slot {
-                    Ok(slot) => slot,
-                    Err(_) => break Stop::Shutdown,
-                },
-            };
-            let (accepted, over_tls) = tokio::select! {
-                reason = &mut stopping => break reason,
-                accepted = self.listener.accept() => (accepted, false),
-                accepted = accept_tls(self.tls.as_ref()) => (accepted, true),
-            };
-            let (stream, peer) = match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            };
-            while connections.try_join_next().is_some() {}
-            let Some(settings) = self.settings_for(peer) else {
-                continue;
-            };
-            let seat = Seat::new(slot, self.proxy.stats().clone());
-            let client = ClientInfo::new(peer);
-            // Spawned as is: wrapped in another async block, the connection's state would be
-            // stored twice in its task.
-            match (&tls_server, over_tls) {
-                (Some(server), true) => {
-                    connections.spawn(tls::serve_tls(
-                        stream,
-                        server.clone(),
-                        self.proxy.clone(),
-                        client,
-                        settings,
-                        stop.clone(),
-                        seat,
-                    ));
-                }
-                _ => {
-                    connections.spawn(serve_connection(
-                        ClientStream::Plain(stream),
-                        self.proxy.clone(),
-                        client,
-                        settings,
-                        stop.clone(),
-                        seat,
-                    ));
-                }
-            }
-        };
+        let reason = acceptor.run_until(stopping.as_mut()).await;
         self.lifecycle.draining();
         // Accepting stopped above; only now is this process's hold on the socket let go.
         self.upgrade.withdraw();
-        drop(self.listener);
-        drop(self.tls.take());
+        acceptor.close_listeners();
         let drain = self.proxy.snapshot().config().timeouts.drain;
         let mut admin = admin;
         let admin_gone = match reason {
@@ -369,30 +295,21 @@ impl Server {
                 tracing::info!(
                     "shutting down: no new connections, draining in-flight requests for up to {drain:?}"
                 );
-                stop.start();
+                acceptor.shutdown().start();
                 None
             }
             Stop::HandedOver => {
                 tracing::info!(
                     "upgrade: handed over, no new connections here; draining in-flight requests for up to {drain:?}"
                 );
-                stop.start_with_last_call(LAST_CALL);
+                acceptor.shutdown().start_with_last_call(LAST_CALL);
                 // The new process answers on the admin address too: stop accepting there now.
                 admin.take().map(|admin| tokio::spawn(admin.stop()))
             }
         };
-        let drained = async { while connections.join_next().await.is_some() {} };
-        if tokio::time::timeout(drain, drained).await.is_ok() {
-            tracing::info!("drained: all connections closed");
-        } else {
-            tracing::warn!(
-                open = connections.len(),
-                "drain timeout passed: closing the remaining connections"
-            );
-        }
-        connections.shutdown().await;
+        acceptor.drain(drain).await;
         drop(discovery);
-        self.proxy.stop_health().await;
+        self.control.stop_health().await;
         if let Some(admin) = admin {
             admin.stop().await;
         }
@@ -400,44 +317,6 @@ impl Server {
             let _ = stopping.await;
         }
         Ok(())
-    }
-
-    /// A new connection's settings as configured now (a reload applies to new connections), or
-    /// none when it must be closed: PROXY protocol is on and `peer` is not a trusted source.
-    /// Shared by the connections of one configuration, made again after a reload.
-    fn settings_for(&mut self, peer: SocketAddr) -> Option<Arc<ConnSettings>> {
-        let snapshot = self.proxy.snapshot();
-        let config = snapshot.config();
-        let proxy_protocol = &config.proxy_protocol;
-        if proxy_protocol.enabled && !proxy_protocol.trusts(peer.ip()) {
-            // Only a balancer may say who the client is; anyone else could choose the address
-            // alb logs and forwards.
-            self.proxy
-                .stats()
-                .record_header_refused(HeaderRefusal::Untrusted);
-            tracing::debug!(%peer, "connection closed: not a trusted PROXY protocol source");
-            return None;
-        }
-        if let Some((made_for, settings)) = &self.conn_settings
-            && Weak::ptr_eq(made_for, &Arc::downgrade(&snapshot))
-        {
-            return Some(settings.clone());
-        }
-        let timeouts = &config.timeouts;
-        let settings = Arc::new(ConnSettings {
-            header_timeout: timeouts.client_header,
-            keepalive_timeout: timeouts.keepalive_idle,
-            write_timeout: timeouts.write,
-            rules: RequestRules {
-                max_head: config.limits.max_header_bytes,
-                underscores: config.underscores_in_headers,
-            },
-            proxy_header: proxy_protocol.enabled,
-            http2: config.http2,
-            drain: timeouts.drain,
-        });
-        self.conn_settings = Some((Arc::downgrade(&snapshot), settings.clone()));
-        Some(settings)
     }
 
     /// Hands duplicates of the bound listeners to the upgrade handle.
@@ -462,15 +341,5 @@ impl Server {
         }
         self.upgrade.offer(listeners);
         Ok(())
-    }
-}
-
-/// The next connection on the TLS listener; never, without one.
-async fn accept_tls(
-    listener: Option<&(TcpListener, SocketAddr)>,
-) -> std::io::Result<(TcpStream, SocketAddr)> {
-    match listener {
-        Some((listener, _)) => listener.accept().await,
-        None => std::future::pending().await,
     }
 }

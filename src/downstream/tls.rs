@@ -18,8 +18,9 @@ use rustls::{PeerIncompatible, ServerConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::LazyConfigAcceptor;
 
-use super::conn::{ConnSettings, Seat, refuse_header, serve_connection};
-use super::h2_connection::serve_h2;
+use super::connection::{ConnSettings, Seat};
+use super::detect::{refuse_header, serve_connection};
+use super::h2::serve_h2;
 use super::proxy_protocol::{Source, read_header};
 use super::shutdown::Shutdown;
 use crate::config::crypto_provider;

@@ -25,11 +25,11 @@ use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 
-use super::conn::{ConnSettings, Seat};
+use super::connection::{ConnSettings, Seat, expects_continue};
 use super::shutdown::Shutdown;
-use crate::http1::{RequestRules, date_value};
+use crate::http1::RequestRules;
 use crate::http2::{RecvBody, SendError, forwardable, grpc, response_fields, send_body};
-use crate::proxy::{ClientInfo, Proxy, Reply, ResponseBody};
+use crate::proxy::{ClientInfo, Proxy, Reply};
 use crate::upstream::{IncomingBody, METHOD_CLASSES};
 
 /// Response bytes h2 may hold per stream beyond what the peer's window lets out.
@@ -129,14 +129,6 @@ pub async fn serve_h2<T>(
             () = sleep_until(closing), if closing.is_some() => break,
         }
     }
-}
-
-fn expects_continue(headers: &http::HeaderMap) -> bool {
-    headers.get(http::header::EXPECT).is_some_and(|v| {
-        v.as_bytes()
-            .trim_ascii()
-            .eq_ignore_ascii_case(b"100-continue")
-    })
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -241,9 +233,7 @@ impl StreamTask {
             Err(rejected) => {
                 tracing::debug!(status = %rejected.status, reason = rejected.reason, "HTTP/2 request refused");
                 stats.record_local(METHOD_CLASSES.len() - 1, rejected.status.as_u16());
-                let body = Bytes::from(format!("{}\n", rejected.reason));
-                let answer = ResponseBody::Local(http_body_util::Full::new(body));
-                let reply = Reply::new(rejected.status, answer);
+                let reply = Reply::local(rejected.status, rejected.reason);
                 return self.answer(respond, reply, grpc, head_request).await;
             }
         };
@@ -275,27 +265,16 @@ impl StreamTask {
         grpc: bool,
         head_request: bool,
     ) {
+        if grpc && reply.is_local() {
+            let _ = respond.send_response(reply.grpc_trailers_only(), true);
+            return;
+        }
         let Reply {
             status,
             relayed,
             headers,
             mut body,
         } = reply;
-        if grpc && let ResponseBody::Local(_) = body {
-            let reason = status.canonical_reason().unwrap_or("failed");
-            let mut head = grpc::trailers_only(grpc::code_of(status), &format!("alb: {reason}"));
-            let fields = head.headers_mut();
-            fields.insert(http::header::DATE, date_value());
-            // alb's own fields (explain, Retry-After) go along; the error page's are not this
-            // answer's: its content type would make gRPC clients ignore the status.
-            for (name, value) in &headers {
-                if name != http::header::CONTENT_TYPE && name != http::header::CONTENT_LENGTH {
-                    fields.append(name, value.clone());
-                }
-            }
-            let _ = respond.send_response(head, true);
-            return;
-        }
         let fields = response_fields(
             status,
             headers,

@@ -1,14 +1,11 @@
-//! One client connection: read a request head, hand the request to the proxy, write the response,
-//! and again while the connection is kept alive. Everything happens in the connection's own task.
+//! The HTTP/1.1 room of the client side: read a request head, hand the request to the proxy,
+//! write the response, and again while the connection is kept alive. Everything happens in the
+//! connection's own task.
 //!
 //! Timeouts: a client gets `timeouts.client_header` to send a whole head once it started one, or
 //! from the moment it connected (slowloris guard: 408 and close), and `timeouts.keepalive_idle`
 //! between requests (closed quietly). No timer runs while a request is served: the request has
 //! timeouts of its own. An idle connection holds no buffers.
-//!
-//! With `proxy_protocol` on, a PROXY protocol header comes first, under `timeouts.client_header`
-//! of its own (see `proxy_protocol`); its source address is then the client's for the life of
-//! the connection.
 
 use std::future::poll_fn;
 use std::io::IoSlice;
@@ -22,20 +19,17 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{Method, Request, StatusCode, Version};
 use http_body::{Body, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::deadline::Deadline;
 use crate::http1::{
-    BodyDecoder, BodyWrite, ClientBody, ClientRequest, ClientStream, ClientWriteHalf, Framing,
-    Prefixed, ReadSide, ReadSlot, Rejected, RequestRules, encode_response_head,
-    parse_client_request,
+    BodyDecoder, BodyWrite, ClientBody, ClientRequest, ClientWriteHalf, Framing, ReadSide,
+    ReadSlot, Rejected, encode_response_head, parse_client_request,
 };
 use crate::http1::{poll_write_within, write_all_within};
-use crate::proxy::{ClientInfo, Proxy, ProxyStats, Reply, ResponseBody};
+use crate::proxy::{ClientInfo, Proxy, Reply, ResponseBody};
 use crate::upstream::{IncomingBody, METHOD_CLASSES};
 
-use super::h2_connection::serve_h2;
-use super::proxy_protocol::{HeaderFailure, Source, read_header};
+use super::connection::{ConnSettings, Connection};
 use super::shutdown::Shutdown;
 
 /// What a response's buffer starts with: a typical head and a small body.
@@ -47,48 +41,6 @@ const COALESCE_BYTES: usize = 16 * 1024;
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 256 * 1024;
 
-/// A client connection's place under `limits.max_client_connections`, counted in the metrics
-/// for as long as the connection lives.
-#[derive(Debug)]
-pub struct Seat {
-    _permit: OwnedSemaphorePermit,
-    stats: Arc<ProxyStats>,
-}
-
-impl Seat {
-    pub fn new(permit: OwnedSemaphorePermit, stats: Arc<ProxyStats>) -> Seat {
-        stats.client_connections.fetch_add(1, Ordering::Relaxed);
-        Seat {
-            _permit: permit,
-            stats,
-        }
-    }
-}
-
-impl Drop for Seat {
-    fn drop(&mut self) {
-        self.stats
-            .client_connections
-            .fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// What a connection needs to know besides its socket.
-#[derive(Debug, Clone)]
-pub struct ConnSettings {
-    pub header_timeout: Duration,
-    pub keepalive_timeout: Duration,
-    /// `timeouts.write`: the longest a write to this client may make no progress.
-    pub write_timeout: Duration,
-    pub rules: RequestRules,
-    /// A PROXY protocol header must come first (the source is a trusted balancer; see
-    /// `proxy_protocol`), read within `header_timeout`.
-    pub proxy_header: bool,
-    pub http2: crate::config::Http2Config,
-    /// `timeouts.drain`: how long a closing HTTP/2 connection's streams may take to finish.
-    pub drain: Duration,
-}
-
 /// Why no request came.
 enum NoRequest {
     /// The client closed, went idle too long, or alb is shutting down: close quietly.
@@ -98,83 +50,28 @@ enum NoRequest {
     Rejected(Rejected),
 }
 
-/// Serves one client connection, plain or TLS (its handshake done), until it closes.
+/// Serves an HTTP/1.1 connection the detector handed over: request after request while it is
+/// kept alive.
 ///
-/// **An idle connection's task is this future, and its size is the cost of every idle client**:
-/// it is a plain function around an `async move` block because an `async fn` keeps each
-/// argument twice (as passed and as bound), the settings are shared behind an `Arc`, and
-/// everything a request needs is boxed apart (`serve_request`).
+/// The connection's task is this future once the detector is done: a plain function around an
+/// `async move` block holding each part once, everything a request needs boxed apart
+/// (`serve_request`).
 #[allow(clippy::manual_async_fn)] // see above: the state's size
-pub fn serve_connection(
-    stream: ClientStream,
-    proxy: Arc<Proxy>,
-    client: ClientInfo,
-    settings: Arc<ConnSettings>,
-    shutdown: Arc<Shutdown>,
-    seat: Seat,
-) -> impl Future<Output = ()> + Send {
-    // Responses are written whole; Nagle would only delay the last segment.
-    let _ = stream.tcp().set_nodelay(true);
-    // Over TLS, the PROXY header came before the handshake (see `tls`).
-    let proxy_header = settings.proxy_header && matches!(stream, ClientStream::Plain(_));
-    let (read, mut write) = stream.split();
-    let mut side = Some(ReadSide {
-        half: read,
-        buf: BytesMut::new(),
-    });
-    // Boxed: the task's size is rounded up to a multiple of 128 bytes, and this was the step.
-    let mut client = Box::new(client);
+pub(super) fn serve(conn: Connection) -> impl Future<Output = ()> + Send {
+    let Connection {
+        proxy,
+        client,
+        settings,
+        shutdown,
+        seat,
+        mut side,
+        mut write,
+    } = conn;
     async move {
+        let _seat = seat;
         let mut timer = Deadline::default();
         let mut stopping = pin!(shutdown.notified());
         stopping.as_mut().enable();
-        if let (true, Some(reader)) = (proxy_header, side.as_mut()) {
-            let header = Box::pin(read_header(
-                reader,
-                &mut timer,
-                settings.header_timeout,
-                &shutdown,
-                stopping.as_mut(),
-            ));
-            match header.await {
-                Ok(header) => {
-                    if let Source::Client(addr) = header.source {
-                        *client = ClientInfo::new(addr).over(client.scheme);
-                    }
-                }
-                Err(failure) => return refuse_header(&proxy, &client, &failure),
-            }
-        }
-        if settings.http2.cleartext
-            && let Some(reader) = side.as_mut()
-        {
-            match Box::pin(starts_with_preface(reader, settings.header_timeout)).await {
-                None => return,
-                Some(false) => {}
-                Some(true) => {
-                    let h2 = side
-                        .take()
-                        .and_then(|reader| match reader.half.reunite(write) {
-                            Ok(ClientStream::Plain(tcp)) => {
-                                let stream = Prefixed::new(reader.buf, tcp);
-                                Some(Box::pin(serve_h2(
-                                    stream,
-                                    proxy,
-                                    *client,
-                                    settings,
-                                    shutdown.clone(),
-                                    seat,
-                                )))
-                            }
-                            _ => None,
-                        });
-                    if let Some(h2) = h2 {
-                        h2.await;
-                    }
-                    return;
-                }
-            }
-        }
         proxy.stats().h1_connections.fetch_add(1, Ordering::Relaxed);
         let mut fresh = true;
         loop {
@@ -249,14 +146,17 @@ fn refusal_for(proxy: &Proxy, settings: &ConnSettings, failure: NoRequest) -> Op
         NoRequest::Closed => None,
         NoRequest::TooSlow => {
             tracing::info!(timeout = ?settings.header_timeout, "client too slow to send a request head: 408");
-            Some(REQUEST_TIMEOUT.to_vec())
+            Some(last_answer(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request head did not arrive in time",
+            ))
         }
         NoRequest::Rejected(rejected) => {
             tracing::debug!(status = %rejected.status, reason = rejected.reason, "request refused");
             // Counted with the methods alb does not name: the head may not even have one.
             let other = METHOD_CLASSES.len() - 1;
             proxy.stats().record_local(other, rejected.status.as_u16());
-            Some(refusal(rejected))
+            Some(last_answer(rejected.status, rejected.reason))
         }
     }
 }
@@ -430,40 +330,6 @@ fn serve_request(
             reader.buf = BytesMut::new();
         }
         Served::KeepAlive(write, side)
-    }
-}
-
-/// The connection preface every HTTP/2 client sends first (RFC 9113 §3.4).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Whether the client opened with the HTTP/2 preface (h2c by prior knowledge), read within
-/// `limit`; what was read stays in the buffer for whichever protocol it is. `None`: the client
-/// closed or said nothing in time.
-async fn starts_with_preface(reader: &mut ReadSide, limit: Duration) -> Option<bool> {
-    let sniff = async {
-        loop {
-            let n = reader.buf.len().min(H2_PREFACE.len());
-            if reader.buf[..n] != H2_PREFACE[..n] {
-                return Some(false);
-            }
-            if n == H2_PREFACE.len() {
-                return Some(true);
-            }
-            match poll_fn(|cx| reader.poll_fill(cx, H2_PREFACE.len() - n)).await {
-                Ok(0) | Err(_) => return None,
-                Ok(_) => {}
-            }
-        }
-    };
-    tokio::time::timeout(limit, sniff).await.ok().flatten()
-}
-
-/// Counts and logs a connection closed for want of a good PROXY protocol header. Logged at
-/// info: the source is a trusted balancer, so this is a misconfiguration worth seeing.
-pub(super) fn refuse_header(proxy: &Proxy, client: &ClientInfo, failure: &HeaderFailure) {
-    if let Some(reason) = failure.refusal() {
-        proxy.stats().record_header_refused(reason);
-        tracing::info!(peer = %client.addr, reason = reason.name(), "connection closed: {failure}");
     }
 }
 
@@ -727,26 +593,26 @@ async fn flush(
     Ok(())
 }
 
-const REQUEST_TIMEOUT: &[u8] =
-    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
-
-/// The answer to a request head that was refused.
-fn refusal(rejected: Rejected) -> Vec<u8> {
-    let status: StatusCode = rejected.status;
-    let body = format!(
-        "{} {}: {}\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or(""),
-        rejected.reason
+/// alb's own answer ([`Reply::local`]) to a request head it could not take, as the bytes to
+/// write before the connection closes.
+fn last_answer(status: StatusCode, message: &str) -> Vec<u8> {
+    let mut reply = Reply::local(status, message);
+    let mut out = BytesMut::with_capacity(256);
+    let size = reply.body.size_hint();
+    encode_response_head(
+        &mut out,
+        reply.status,
+        &reply.headers,
+        None,
+        size,
+        false,
+        Version::HTTP_11,
+        false,
     );
-    format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\n\
-         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or(""),
-        body.len()
-    )
-    .into_bytes()
+    if let Some(text) = reply.take_local_text() {
+        out.put_slice(&text);
+    }
+    out.to_vec()
 }
 
 /// Closes after a last answer: the write side first, then what the client still sends is read
