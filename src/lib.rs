@@ -2,18 +2,30 @@
 //!
 //! # Layout, in the order a request travels
 //! - [`config`]: the TOML file, parsed into raw structs, validated into a typed [`config::Config`]
-//!   (TLS certificates loaded and checked with it).
-//! - [`server`]: listeners (plain and TLS), client connections (HTTP/1.1, and HTTP/2 by ALPN or
-//!   prior knowledge), graceful shutdown.
-//! - [`proxy`]: one request: pick a backend, forward, stream back, header hygiene, error statuses.
+//!   (TLS certificates loaded and checked with it; a pool's backends read in one place).
+//! - [`downstream`]: the client side. The [`downstream::Acceptor`] owns the listeners (plain and
+//!   TLS) and the connection cap; each connection goes through the detector (PROXY protocol
+//!   header, h2c preface; ALPN over TLS) to the room of its protocol, HTTP/1.1 or HTTP/2, which
+//!   turns wire into requests for the proxy and its replies back into wire; graceful shutdown.
+//! - [`proxy`]: one request: route, rate limit, the header policy, the protocol-neutral
+//!   [`upstream::Outbound`] built once, pick and retry, the [`proxy::Reply`] (and
+//!   [`proxy::Reply::local`] for every answer alb makes itself), the body settled once.
 //! - [`balance`]: the [`balance::Selector`] trait and one file per algorithm.
 //! - [`upstream`]: backends, their live counters and health flag, pooled connections, the
-//!   session of one request with one backend (HTTP/1.1, or a stream on an HTTP/2 connection).
-//! - [`http1`], [`http2`]: the codecs; they import nothing above them.
-//! - [`health`]: active health checks with rise/fall.
+//!   session of one request with one backend ([`upstream::exchange`]: HTTP/1.1, or a stream on
+//!   an HTTP/2 connection) and how far a failed one got.
+//! - [`health`]: active health checks with rise/fall, passive ejection.
+//! - [`control`]: the control plane ([`control::ControlPlane`]): reloads, runtime backend
+//!   changes, health checks started and stopped, DNS discovery; it swaps the snapshot requests
+//!   run on.
 //! - [`admin`]: metrics, JSON API and live dashboard on their own listener.
-//! - [`demo`]: the built-in demo backend.
-//! - [`telemetry`]: log output set-up; [`runtime`]: the tokio runtime sized to the cores.
+//! - [`app`]: the composition root: [`app::Server`] binds the listeners, builds the proxy and
+//!   its control plane, serves and drains; binary upgrade and the listeners' handover.
+//! - [`http1`], [`http2`]: the codecs, for both hops; they import nothing above them.
+//! - [`demo`]: the built-in demo backend and its fault knobs.
+//! - [`deadline`]: a timeout cheap to move later, one timer per connection.
+//! - [`runtime`]: the tokio runtime sized to the cores; [`telemetry`]: log output and the
+//!   access log's writer thread.
 
 #![forbid(unsafe_code)]
 
