@@ -22,8 +22,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::deadline::Deadline;
 use crate::http1::{
-    BodyDecoder, BodyWrite, ClientBody, ClientRequest, ClientWriteHalf, Framing, ReadSide,
-    ReadSlot, Rejected, encode_response_head, parse_client_request,
+    BodyDecoder, BodyWrite, CHUNK_END, ClientBody, ClientRequest, ClientWriteHalf, Framing,
+    LAST_CHUNK, ReadSide, ReadSlot, Rejected, encode_response_head, parse_client_request,
+    put_chunk_head,
 };
 use crate::http1::{poll_write_within, write_all_within};
 use crate::proxy::{ClientInfo, Proxy, Reply, ResponseBody};
@@ -542,24 +543,19 @@ async fn write_response(
         };
         sent += data.len() as u64;
         if chunked {
-            out.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            put_chunk_head(out, data.len());
         }
         if data.len() <= COALESCE_BYTES {
             out.put_slice(&data);
-            if chunked {
-                out.put_slice(b"\r\n");
-            }
-        } else {
-            if flush(write, out, Some(data)).await.is_err() {
-                return false;
-            }
-            if chunked {
-                out.put_slice(b"\r\n");
-            }
+        } else if flush(write, out, Some(data)).await.is_err() {
+            return false;
+        }
+        if chunked {
+            out.put_slice(CHUNK_END);
         }
     }
     if chunked {
-        out.put_slice(b"0\r\n\r\n");
+        out.put_slice(LAST_CHUNK);
     }
     let complete = match plan.body {
         BodyWrite::Length(n) => sent == n,

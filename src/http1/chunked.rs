@@ -1,10 +1,36 @@
-//! Decoding a chunked body (RFC 9112 §7.1), byte-exact and strict: a framing that a different
-//! parser could read differently (bare LF, a size with a sign or spaces inside, an oversized size)
-//! is refused, since a mismatch between two parsers is how requests get smuggled.
+//! The chunked coding (RFC 9112 §7.1), both ways. Decoding is byte-exact and strict: a framing
+//! that a different parser could read differently (bare LF, a size with a sign or spaces inside,
+//! an oversized size) is refused, since a mismatch between two parsers is how requests get
+//! smuggled. Encoding writes the one plain form: the size in lowercase hex, no extensions, no
+//! trailers; the same for responses to clients and requests to backends.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::WireError;
+
+/// What ends a chunk's data.
+pub const CHUNK_END: &[u8] = b"\r\n";
+/// The last chunk, with no trailers: the end of a chunked body.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Appends the line that opens a chunk of `len` bytes: its size in hex, CRLF.
+pub fn put_chunk_head(out: &mut impl BufMut, len: usize) {
+    let mut line = [0u8; 18];
+    let n = chunk_head(len, &mut line);
+    out.put_slice(&line[..n]);
+}
+
+/// The chunk-size line for `len` written into `line`; how many bytes it took.
+fn chunk_head(len: usize, line: &mut [u8; 18]) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (i, slot) in line[..digits].iter_mut().enumerate() {
+        let shift = 4 * (digits - 1 - i);
+        *slot = HEX[(len >> shift) & 0xf];
+    }
+    line[digits..digits + 2].copy_from_slice(b"\r\n");
+    digits + 2
+}
 
 /// Most bytes of chunk extensions (ignored) accepted per body.
 const MAX_EXTENSION_BYTES: usize = 16 * 1024;
@@ -146,6 +172,44 @@ impl ChunkedDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chunk_head_is_the_size_in_lowercase_hex_and_crlf() {
+        for (len, line) in [
+            (0usize, "0\r\n"),
+            (1, "1\r\n"),
+            (15, "f\r\n"),
+            (16, "10\r\n"),
+            (0x1234abcd, "1234abcd\r\n"),
+            (usize::MAX, "ffffffffffffffff\r\n"),
+        ] {
+            let mut out = BytesMut::new();
+            put_chunk_head(&mut out, len);
+            assert_eq!(&out[..], line.as_bytes(), "{len}");
+        }
+    }
+
+    #[test]
+    fn what_the_encoder_writes_the_decoder_reads_back() {
+        let mut wire = BytesMut::new();
+        for piece in [&b"hello"[..], &[b'x'; 300][..]] {
+            put_chunk_head(&mut wire, piece.len());
+            wire.put_slice(piece);
+            wire.put_slice(CHUNK_END);
+        }
+        wire.put_slice(LAST_CHUNK);
+        let mut decoder = ChunkedDecoder::default();
+        let mut body = Vec::new();
+        while !decoder.is_done() {
+            match decoder.decode(&mut wire).unwrap() {
+                Step::Data(data) => body.extend_from_slice(&data),
+                Step::NeedMore => panic!("the whole body was there"),
+                Step::Done => {}
+            }
+        }
+        assert_eq!(body.len(), 305);
+        assert!(wire.is_empty());
+    }
 
     /// Decodes `wire` fed in pieces of `step` bytes: the body, or the error.
     fn decode(wire: &[u8], step: usize) -> Result<Vec<u8>, WireError> {

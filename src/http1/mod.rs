@@ -24,6 +24,7 @@ mod target;
 mod upgrade;
 
 pub use body::{BodyDecoder, Decoded};
+pub use chunked::{CHUNK_END, LAST_CHUNK, put_chunk_head};
 pub use client_body::{ClientBody, ClientBodyError, ReadSide, ReadSlot};
 pub use client_io::{
     ClientReadHalf, ClientStream, ClientWriteHalf, NotAPair, Prefixed, TlsClientStream,

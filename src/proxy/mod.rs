@@ -41,7 +41,7 @@ pub use prepare::outbound_for;
 pub use rate_limit::{DEFAULT_MAX_KEYS, RateLimiter};
 pub use reply::Reply;
 pub use response_body::ResponseBody;
-pub use retry::{RetryBudget, RetryPolicy, is_idempotent};
+pub use retry::{AfterFailure, Reached, RetryBudget, RetryPolicy, is_idempotent};
 pub use route::RouteTable;
 pub use settlement::{ResponseBodyError, UpstreamParts};
 use snapshot::Plan;
@@ -254,10 +254,13 @@ impl Snapshot {
                     } else {
                         outliers.record_success(backend);
                     }
-                    let retry_status = more
-                        && retry.retries_status(status)
-                        && pool.has_other(&exclude)
-                        && replay.is_some();
+                    let retry_status = retry::retries_answer(
+                        status,
+                        replay.is_some(),
+                        more,
+                        pool.has_other(&exclude),
+                        retry,
+                    );
                     match replay.as_ref() {
                         Some(replay) if retry_status && retry.allow_retry() => {
                             tracing::info!(
@@ -302,32 +305,37 @@ impl Snapshot {
             if let Some(what) = error.passive_failure() {
                 pool.outliers().record_failure(backend, what);
             }
-            // How far the request got decides, and nothing else: what never left goes
-            // elsewhere as it is, and spends no budget (it adds no work anywhere); what was sent
-            // goes again only when it may run twice and its body was kept.
-            let (again, free) = match progress {
-                Progress::Unsent(body) => (Some(body), true),
-                Progress::NoAnswer => (replay.as_ref().map(Replay::rebuild), false),
-                Progress::NoAnswerInTime if retry.on_timeout => {
-                    (replay.as_ref().map(Replay::rebuild), false)
-                }
-                Progress::NoAnswerInTime | Progress::Final => (None, false),
+            // How far the request got decides (`retry::after_failure`), and nothing else.
+            let (reached, unsent_body) = match progress {
+                Progress::Unsent(body) => (Reached::Unsent, Some(body)),
+                Progress::NoAnswer => (Reached::NoAnswer, None),
+                Progress::NoAnswerInTime => (Reached::NoAnswerInTime, None),
+                Progress::Final => (Reached::Final, None),
             };
+            let free = reached == Reached::Unsent;
             let rejection = Rejection {
                 error,
                 backend: Some(backend.clone()),
                 unsent: free,
             }
             .or_earlier(last.take());
-            match again {
-                Some(next) if (free && retry.enabled()) || (more && retry.allow_retry()) => {
+            let next = match retry::after_failure(reached, replay.is_some(), more, retry) {
+                AfterFailure::Resend => unsent_body,
+                AfterFailure::Retry if retry.allow_retry() => match unsent_body {
+                    Some(body) => Some(body),
+                    None => replay.as_ref().map(Replay::rebuild),
+                },
+                AfterFailure::Retry | AfterFailure::Fail => None,
+            };
+            match next {
+                Some(next) => {
                     tracing::info!(backend = backend.url(), attempt, error = %rejection.error, "retrying on another backend");
                     self.count_retry(backend);
                     counted += u32::from(!free);
                     body = next;
                     last = Some(rejection);
                 }
-                _ => {
+                None => {
                     tracing::warn!(backend = backend.url(), attempt, error = %rejection.error, "request failed");
                     return Err(rejection);
                 }

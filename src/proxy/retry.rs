@@ -85,6 +85,69 @@ impl RetryPolicy {
     }
 }
 
+/// How far a failed attempt got, as the retry decision sees it: [`crate::upstream::Progress`]
+/// without the body it may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reached {
+    /// Nothing reached the backend.
+    Unsent,
+    /// Sent; the connection ended (or carried no response head) before an answer.
+    NoAnswer,
+    /// Sent; no response head within `timeouts.response`.
+    NoAnswerInTime,
+    /// Not to be sent again (an answer alb cannot forward, the client's own body failed).
+    Final,
+}
+
+/// What follows a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Send it to another backend as it is: it never left, so it adds no work anywhere and
+    /// spends neither budget nor an attempt.
+    Resend,
+    /// Send it again to another backend: one more attempt, if the budget allows.
+    Retry,
+    /// Answer the client with this failure.
+    Fail,
+}
+
+/// **What comes after a failed attempt is decided here and only here**, from how far it got and
+/// nothing else: what never left goes elsewhere as it is; what was sent goes again only when it
+/// may run twice (`replayable`: idempotent, its body kept), attempts remain (`more`), and, for a
+/// timeout, `retry.on_timeout` allows it.
+pub fn after_failure(
+    reached: Reached,
+    replayable: bool,
+    more: bool,
+    policy: &RetryPolicy,
+) -> AfterFailure {
+    let sent_again = match reached {
+        Reached::Unsent if policy.enabled() => return AfterFailure::Resend,
+        Reached::Unsent => true,
+        Reached::NoAnswer => replayable,
+        Reached::NoAnswerInTime => replayable && policy.on_timeout,
+        Reached::Final => false,
+    };
+    if sent_again && more {
+        AfterFailure::Retry
+    } else {
+        AfterFailure::Fail
+    }
+}
+
+/// Whether a backend's answer with `status` is sent to another backend instead of the client
+/// (`retry.on_status`): only a request that may run twice, with attempts and another backend
+/// left. The budget is asked after.
+pub fn retries_answer(
+    status: u16,
+    replayable: bool,
+    more: bool,
+    other_backend: bool,
+    policy: &RetryPolicy,
+) -> bool {
+    more && replayable && other_backend && policy.retries_status(status)
+}
+
 pub fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
@@ -167,6 +230,67 @@ impl WindowedCount {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn policy(attempts: u32, on_timeout: bool, on_status: &[u16]) -> RetryPolicy {
+        let config = RetryConfig {
+            attempts,
+            on_timeout,
+            on_status: on_status.to_vec(),
+            ..RetryConfig::default()
+        };
+        RetryPolicy::new(&config, std::sync::Arc::default())
+    }
+
+    #[test]
+    fn what_follows_a_failed_attempt() {
+        use AfterFailure::{Fail, Resend, Retry};
+        use Reached::{Final, NoAnswer, NoAnswerInTime, Unsent};
+        // (how far it got, replayable, more attempts, attempts, on_timeout) -> what follows
+        let table = [
+            // Never sent: elsewhere as it is, whatever the method or body, while retries are on.
+            (Unsent, false, false, 3, false, Resend),
+            (Unsent, true, true, 3, false, Resend),
+            // Retries off (attempts = 1): nothing is sent twice, nor elsewhere.
+            (Unsent, true, false, 1, false, Fail),
+            (NoAnswer, true, false, 1, true, Fail),
+            // Sent without an answer: again only if it may run twice and attempts remain.
+            (NoAnswer, true, true, 3, false, Retry),
+            (NoAnswer, false, true, 3, false, Fail),
+            (NoAnswer, true, false, 3, false, Fail),
+            // No answer in time: the same, and only with on_timeout.
+            (NoAnswerInTime, true, true, 3, true, Retry),
+            (NoAnswerInTime, true, true, 3, false, Fail),
+            (NoAnswerInTime, false, true, 3, true, Fail),
+            // Final: never again.
+            (Final, true, true, 3, true, Fail),
+        ];
+        for (reached, replayable, more, attempts, on_timeout, expected) in table {
+            let policy = policy(attempts, on_timeout, &[]);
+            assert_eq!(
+                after_failure(reached, replayable, more, &policy),
+                expected,
+                "{reached:?} replayable={replayable} more={more} attempts={attempts} \
+                 on_timeout={on_timeout}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_answer_goes_elsewhere_only_when_listed_replayable_and_somewhere_is_left() {
+        let listed = policy(3, false, &[503]);
+        assert!(retries_answer(503, true, true, true, &listed));
+        assert!(!retries_answer(500, true, true, true, &listed));
+        assert!(!retries_answer(503, false, true, true, &listed));
+        assert!(!retries_answer(503, true, false, true, &listed));
+        assert!(!retries_answer(503, true, true, false, &listed));
+        assert!(!retries_answer(
+            503,
+            true,
+            true,
+            true,
+            &policy(3, false, &[])
+        ));
+    }
 
     #[test]
     fn retries_follow_the_share_of_requests_beyond_the_floor() {

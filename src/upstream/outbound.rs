@@ -92,3 +92,52 @@ impl Outbound {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header;
+
+    fn outbound(framing: BodyFraming) -> Outbound {
+        let mut fields = HeaderMap::new();
+        fields.insert(header::HOST, HeaderValue::from_static("site.example"));
+        fields.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        // The framing the client declared is not what alb sends.
+        fields.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        let mut added = AddedFields::new();
+        added.push((
+            HeaderName::from_static("x-forwarded-for"),
+            HeaderValue::from_static("192.0.2.7"),
+        ));
+        let uri = Uri::from_static("/a?b=c");
+        Outbound::new(Method::PUT, uri, fields, added, framing, None, true)
+    }
+
+    #[test]
+    fn the_http1_head_has_the_fields_then_alb_s_then_the_framing_alb_sends() {
+        let outbound = outbound(BodyFraming::Chunked);
+        let head = outbound
+            .http1_head()
+            .for_backend(&HeaderValue::from_static("b:1"));
+        assert_eq!(
+            std::str::from_utf8(&head).unwrap(),
+            "PUT /a?b=c HTTP/1.1\r\nhost: site.example\r\naccept: */*\r\n\
+             x-forwarded-for: 192.0.2.7\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn the_http1_head_is_encoded_once_for_every_attempt() {
+        let outbound = outbound(BodyFraming::Length(3));
+        let first = outbound.http1_head() as *const RequestHead;
+        let second = outbound.http1_head() as *const RequestHead;
+        assert_eq!(first, second);
+    }
+
+    #[test]
+    fn an_empty_target_is_sent_as_the_root() {
+        let mut outbound = outbound(BodyFraming::None);
+        outbound.uri = Uri::from_static("http://site.example");
+        assert_eq!(outbound.target(), "/");
+    }
+}

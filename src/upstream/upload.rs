@@ -8,9 +8,10 @@ use std::io::IoSlice;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::request_body::{BodyError, Streamed};
+use crate::http1::{CHUNK_END, LAST_CHUNK, put_chunk_head};
 use crate::upstream::UpstreamConn;
 
 /// Why an upload stopped short.
@@ -86,7 +87,7 @@ impl Upload {
                 None => {
                     self.ended = true;
                     if self.chunked {
-                        self.queue.push_back(Bytes::from_static(b"0\r\n\r\n"));
+                        self.queue.push_back(Bytes::from_static(LAST_CHUNK));
                     }
                 }
                 Some(Err(e)) => return Poll::Ready(Err(UploadError::Client(e))),
@@ -104,10 +105,11 @@ impl Upload {
 
     fn queue_data(&mut self, data: Bytes) {
         if self.chunked {
-            self.queue
-                .push_back(Bytes::from(format!("{:x}\r\n", data.len())));
+            let mut head = BytesMut::with_capacity(18);
+            put_chunk_head(&mut head, data.len());
+            self.queue.push_back(head.freeze());
             self.queue.push_back(data);
-            self.queue.push_back(Bytes::from_static(b"\r\n"));
+            self.queue.push_back(Bytes::from_static(CHUNK_END));
         } else {
             self.queue.push_back(data);
         }
