@@ -7,6 +7,7 @@ mod accept;
 mod connection;
 mod detect;
 mod h1;
+mod h1_write;
 mod h2;
 pub mod proxy_protocol;
 mod shutdown;
