@@ -1,0 +1,2 @@
+mod downstream;
+mod upstream;

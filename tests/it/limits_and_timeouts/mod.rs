@@ -1,0 +1,2 @@
+mod deadlines;
+mod limits;
