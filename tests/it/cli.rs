@@ -6,7 +6,6 @@
 //! Synchronisation is on events: lines the child prints (read with a deadline), counters of the
 //! test backends, exit of the process.
 
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;

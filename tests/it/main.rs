@@ -13,6 +13,7 @@ mod ops;
 mod properties;
 mod proxy_protocol;
 mod proxying;
+mod retries;
 mod routing;
 mod smuggling;
 mod support;

@@ -7,7 +7,6 @@
 //! and alb's access log. Without haproxy installed those two print SKIPPED, except under CI
 //! (env `CI`), where they fail.
 
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -457,10 +456,18 @@ async fn through_haproxy(test: &str, send: &str) {
 
 #[tokio::test]
 async fn haproxy_send_proxy_v1_passes_the_client_address() {
-    through_haproxy("haproxy_send_proxy_v1_passes_the_client_address", "send-proxy").await;
+    through_haproxy(
+        "haproxy_send_proxy_v1_passes_the_client_address",
+        "send-proxy",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn haproxy_send_proxy_v2_passes_the_client_address() {
-    through_haproxy("haproxy_send_proxy_v2_passes_the_client_address", "send-proxy-v2").await;
+    through_haproxy(
+        "haproxy_send_proxy_v2_passes_the_client_address",
+        "send-proxy-v2",
+    )
+    .await;
 }

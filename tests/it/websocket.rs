@@ -3,7 +3,6 @@
 //! what the client and the backends see (RFC 6455 frames intact, the handshake's fields at the
 //! backend), and alb's own account of its tunnels (in flight, open, bytes).
 
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -366,7 +365,8 @@ async fn least_conn_counts_open_tunnels_not_handshakes() {
     assert_eq!((a.open(), b.open()), (10, 10));
     // Plain requests in between leave no trace once answered.
     for _ in 0..5 {
-        let (status, _, _) = crate::support::get(&crate::support::client(), &lb.url("/plain")).await;
+        let (status, _, _) =
+            crate::support::get(&crate::support::client(), &lb.url("/plain")).await;
         assert_eq!(status, 200);
     }
     let (on_a, rest): (Vec<_>, Vec<_>) = open.into_iter().partition(|(_, name)| name == "a");

@@ -3,13 +3,12 @@
 //! Every accepted form is checked value by value; every rejection is checked to name the key it is
 //! about, both in `ConfigError::problems()` and in the Display text an operator reads.
 
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::TempDir;
 use alb::Config;
 use alb::config::{Algorithm, BackendAddr, ConfigError, Problem};
-use crate::support::TempDir;
 
 const ONE_BACKEND: &str = "backends = [\"http://127.0.0.1:8081\"]\n";
 

@@ -7,7 +7,6 @@
 //! Without the validator the schema test prints SKIPPED and passes, except under CI (env `CI` set),
 //! where a missing validator is a failure: CI must not go green without having validated.
 
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -753,7 +753,10 @@ fn dead_addresses(n: usize) -> Vec<ClosedPort> {
 async fn no_backend_up_gives_unavailable_promptly() {
     init_logs();
     let dead = dead_addresses(2);
-    let urls: Vec<String> = dead.iter().map(|a| format!("\"h2c://{}\"", a.addr())).collect();
+    let urls: Vec<String> = dead
+        .iter()
+        .map(|a| format!("\"h2c://{}\"", a.addr()))
+        .collect();
     let lb = TestBalancer::start(&format!(
         "backends = [{}]\n[http2]\ncleartext = true\n[health_check]\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nfall = 1\n",
         urls.join(", ")

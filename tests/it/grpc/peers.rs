@@ -6,7 +6,6 @@
 //! Every backend names itself in its replies (`backend` field), counts the calls it served per
 //! TCP connection, and records what it saw of each call (`:authority`, Host, headers).
 
-
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;

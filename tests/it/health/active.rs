@@ -1,6 +1,5 @@
 //! Health: concurrent traffic, a backend dying and coming back, active checks with rise/fall.
 
-
 use std::time::Duration;
 
 use crate::support::*;

@@ -1,2 +1,2 @@
 mod active;
-mod resilience;
+mod passive;

@@ -23,7 +23,10 @@ use tokio::task::JoinHandle;
 
 use crate::support::binary::LoggedProcess;
 use crate::support::pki::{Pki, curl, port_after, write_leaf};
-use crate::support::{ClosedPort, Scenario, TempDir, TestBackend, TestBalancer, backends_line, pattern_byte, wait_until};
+use crate::support::{
+    ClosedPort, Scenario, TempDir, TestBackend, TestBalancer, backends_line, pattern_byte,
+    wait_until,
+};
 use h2raw::{Block, Frame, Next, Tap, Tapped};
 
 const QUIET_HEALTH: &str = "[health_check]\ninterval = \"60s\"\n";

@@ -3,15 +3,14 @@
 //! respected, REFUSED_STREAM taken as "not processed" (retried whatever the method), trailers
 //! relayed, and health checks spoken in HTTP/2.
 
-
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use crate::support::{TestBackend, TestBalancer, full, wait_until};
+use bytes::Bytes;
 use h2::Reason;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;

@@ -1,7 +1,6 @@
 //! Every wait on a peer has a deadline: clients that stop reading, backends that stop reading an
 //! upload, and a backend's keep-alive close racing a request that was not sent yet.
 
-
 use std::time::{Duration, Instant};
 
 use crate::support::recorder::Recorder;

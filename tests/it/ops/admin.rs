@@ -1,11 +1,10 @@
 //! The admin listener: metrics after known traffic, every API call (auth failures included), the
 //! per-request explanation headers, and runtime changes under traffic.
 
-
 use std::time::Duration;
 
-use bytes::Bytes;
 use crate::support::*;
+use bytes::Bytes;
 use http::{Method, Request};
 
 const TOKEN: &str = "test-token-0123456789";

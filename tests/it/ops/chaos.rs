@@ -2,7 +2,6 @@
 //! those GETs may fail. Plus slowloris: connections that trickle their heads are cut while normal
 //! clients are served promptly. Both are bounded in requests and time.
 
-
 use std::time::{Duration, Instant};
 
 use crate::support::*;

@@ -14,15 +14,14 @@
 //! and pass, unless `CI` or `ALB_REQUIRE_BROWSER` is set, where they fail. They take the browser
 //! one at a time.
 
-
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use base64::Engine;
 use bytes::Bytes;
-use crate::support::*;
 use http::Request;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};

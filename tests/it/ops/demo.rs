@@ -7,7 +7,6 @@
 //! and checks the exit status. Synchronisation is on the lines the child prints and on the
 //! admin API's answers (polled with a deadline: a health state has no event to wait for from outside).
 
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -1,7 +1,6 @@
 //! DNS discovery against a real (tiny) DNS server on loopback: a backend name stands for every
 //! address it resolves to, and follows the answers as they change, under load, losing nothing.
 
-
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -131,8 +130,11 @@ async fn a_name_follows_its_addresses_under_load_without_failing_a_request() {
     load.progress(100).await;
 
     // The metrics say what the name resolved to and that its lookups now fail.
-    let (_, _, metrics) =
-        crate::support::get(&crate::support::client(), &balancer.admin_url("/metrics").await).await;
+    let (_, _, metrics) = crate::support::get(
+        &crate::support::client(),
+        &balancer.admin_url("/metrics").await,
+    )
+    .await;
     let metrics = String::from_utf8_lossy(&metrics);
     assert!(
         metrics.contains(&format!("alb_dns_addresses{{name=\"{NAME}\"}} 1")),
@@ -207,8 +209,11 @@ async fn a_silent_name_does_not_hold_up_the_others() {
     .expect("the answered name is resolved");
     // Resolved while the silent name's first lookup still waits: none of its lookups has
     // failed yet (looked up one after the other, the answered name would come after that).
-    let (_, _, metrics) =
-        crate::support::get(&crate::support::client(), &balancer.admin_url("/metrics").await).await;
+    let (_, _, metrics) = crate::support::get(
+        &crate::support::client(),
+        &balancer.admin_url("/metrics").await,
+    )
+    .await;
     let metrics = String::from_utf8_lossy(&metrics);
     let silent_failed = metrics
         .lines()
@@ -217,7 +222,10 @@ async fn a_silent_name_does_not_hold_up_the_others() {
         })
         .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .unwrap_or(0);
-    assert_eq!(silent_failed, 0, "resolved only after the silent name failed:\n{metrics}");
+    assert_eq!(
+        silent_failed, 0,
+        "resolved only after the silent name failed:\n{metrics}"
+    );
     // The silent one stays as written, resolved per connection.
     assert!(urls(&balancer).contains(&format!("http://a-silent.alb.test:{port}")));
     balancer.stop().await;

@@ -8,7 +8,6 @@
 //! test first shows that an ordinary read is refused from there, so it cannot pass by accident if
 //! that test changes.
 
-
 use std::net::SocketAddr;
 use std::time::Duration;
 

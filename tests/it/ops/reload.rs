@@ -2,12 +2,11 @@
 //! backends come and go, weights and the algorithm change, an invalid file is refused, and no
 //! request fails.
 
-
 use std::time::Duration;
 
-use bytes::Bytes;
 use crate::support::binary::LoggedProcess;
 use crate::support::*;
+use bytes::Bytes;
 
 const TOKEN: &str = "reload-token-0123456789";
 
@@ -85,11 +84,16 @@ async fn reloads_under_load_drop_no_request() {
     let (status, _, body) = send(&client(), request).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let listed: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let weights: Vec<(String, u64)> = listed
+    let weights: Vec<(String, u64)> = listed["backends"]
         .as_array()
         .unwrap_or_else(|| panic!("a list of backends: {listed}"))
         .iter()
-        .map(|b| (b["url"].as_str().unwrap().to_string(), b["weight"].as_u64().unwrap()))
+        .map(|b| {
+            (
+                b["url"].as_str().unwrap().to_string(),
+                b["weight"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         weights,
@@ -105,7 +109,9 @@ async fn reloads_under_load_drop_no_request() {
     let total: f64 = delta.iter().sum();
     let shares: Vec<f64> = delta.iter().map(|d| d / total).collect();
     assert!(
-        (shares[1] - 0.6).abs() < 0.05 && (shares[0] - 0.2).abs() < 0.05 && (shares[2] - 0.2).abs() < 0.05,
+        (shares[1] - 0.6).abs() < 0.05
+            && (shares[0] - 0.2).abs() < 0.05
+            && (shares[2] - 0.2).abs() < 0.05,
         "shares a, b, c {shares:?} after weights 1, 3, 1 under round robin"
     );
 

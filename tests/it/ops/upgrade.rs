@@ -3,7 +3,6 @@
 //! connection per request run throughout: no request fails and no connection is refused. A new
 //! process whose config is invalid exits non-zero and the old one keeps serving.
 
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;

@@ -1,16 +1,13 @@
 //! Forwarding: methods, streamed bodies both ways, header hygiene, request targets, pooling.
 
-
 use std::time::Duration;
 
-use bytes::Bytes;
 use crate::support::*;
+use bytes::Bytes;
 use http::{Method, Request};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-
 
 #[tokio::test]
 async fn round_trip_returns_the_backends_answer() {

@@ -2,12 +2,11 @@
 //! cookies through a backend's death and return, and a route's rate limit with its 429s and its
 //! recovery. Which backend answered is read from the backend's own `x-backend` field.
 
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use crate::support::*;
+use bytes::Bytes;
 use http::{HeaderMap, Request};
 
 const QUIET: &str = "[health_check]\ninterval = \"60s\"\n";

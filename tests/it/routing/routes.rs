@@ -2,12 +2,11 @@
 //! 404 when nothing matches, weighted splits, strip_prefix, per-route timeouts and a reload that
 //! changes routes under load. What the backend received is checked at the backend.
 
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bytes::Bytes;
 use crate::support::*;
+use bytes::Bytes;
 use http::Request;
 
 const QUIET: &str = "[health_check]\ninterval = \"60s\"\n";

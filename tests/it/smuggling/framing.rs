@@ -2,7 +2,6 @@
 //! alb sent with a parser of its own ([`crate::support::recorder`]). Each case is a defect reproduced
 //! against an earlier alb (issue 10): what reached the backend there is in the comment.
 
-
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -8,10 +8,7 @@
 
 use super::differential::wire;
 
-use alb::http1::{
-    BodyFraming, Framing, RequestRules, Scheme, Underscores,
-    parse_client_request,
-};
+use alb::http1::{BodyFraming, Framing, RequestRules, Scheme, Underscores, parse_client_request};
 use bytes::BytesMut;
 use http::HeaderValue;
 use std::cell::Cell;
@@ -23,8 +20,9 @@ use proptest::test_runner::TestRunner;
 const NEXT: &[u8] = b"GET /next HTTP/1.1\r\nhost: next.example\r\n\r\n";
 const SMUGGLED: &str = "GET /smuggled HTTP/1.1\r\nHost: victim\r\n\r\n";
 
-/// The least share of cases alb accepts, in percent.
-const ACCEPTED_PERCENT: u32 = 10;
+/// The least share of cases alb accepts, in percent (it accepted 44 % of 2,048 in a run; the
+/// RFC requires accepting about 13 %).
+const ACCEPTED_PERCENT: u32 = 30;
 
 /// How the client frames its content.
 #[derive(Debug, Clone)]
@@ -187,9 +185,11 @@ fn client_bytes(case: &Case) -> (Vec<u8>, Vec<u8>) {
 /// coding, authority form, userinfo, Connection naming Host, framing fields or Upgrade.)
 fn mandated(case: &Case) -> bool {
     let target = match case.target {
-        "/p?q=1" | "/" | "http://abs.example:8080/a" | "http://abs.example" | "HTTP://abs.example/b" => {
-            true
-        }
+        "/p?q=1"
+        | "/"
+        | "http://abs.example:8080/a"
+        | "http://abs.example"
+        | "HTTP://abs.example/b" => true,
         "*" => case.method == "OPTIONS",
         _ => false,
     };
@@ -220,7 +220,10 @@ fn what_a_backend_reads_is_one_request_framed_as_the_client_meant() {
         .run(&case(), |case| {
             let was_accepted = check(&case)?;
             if mandated(&case) {
-                prop_assert!(was_accepted, "refused, though RFC 9112 requires accepting it");
+                prop_assert!(
+                    was_accepted,
+                    "refused, though RFC 9112 requires accepting it"
+                );
                 mandated_cases.set(mandated_cases.get() + 1);
             }
             accepted.set(accepted.get() + u32::from(was_accepted));
@@ -230,6 +233,7 @@ fn what_a_backend_reads_is_one_request_framed_as_the_client_meant() {
     // A parser refusing everything would pass every check above but the mandated ones: these
     // must have come up, and a good share of all cases must have reached the backend's side.
     let (accepted, mandated_cases) = (accepted.get(), mandated_cases.get());
+    println!("{accepted} of {CASES} cases accepted, {mandated_cases} of them required by the RFC");
     assert!(
         mandated_cases >= CASES / 20,
         "only {mandated_cases} of {CASES} cases are ones the RFC requires accepting"
@@ -245,7 +249,10 @@ fn what_a_backend_reads_is_one_request_framed_as_the_client_meant() {
 fn check(case: &Case) -> Result<bool, TestCaseError> {
     {
         let (bytes, content) = client_bytes(case);
-        let rules = RequestRules { max_head: 32 * 1024, underscores: Underscores::Drop };
+        let rules = RequestRules {
+            max_head: 32 * 1024,
+            underscores: Underscores::Drop,
+        };
         let mut buf = BytesMut::from(&bytes[..]);
         let Ok(Some(request)) = parse_client_request(&mut buf, &rules) else {
             // Refused: nothing reaches a backend, nothing to check here.
@@ -259,7 +266,10 @@ fn check(case: &Case) -> Result<bool, TestCaseError> {
             }
             Framing::Length(n) => {
                 prop_assert_eq!(n, content.len() as u64);
-                prop_assert!(matches!(case.framing, ClientFraming::Length | ClientFraming::LengthTwice));
+                prop_assert!(matches!(
+                    case.framing,
+                    ClientFraming::Length | ClientFraming::LengthTwice
+                ));
                 BodyFraming::Length(n)
             }
             Framing::Chunked => {
@@ -292,15 +302,23 @@ fn check(case: &Case) -> Result<bool, TestCaseError> {
 
         let (sent, used) = match wire::parse_request(&wire_bytes) {
             wire::Parsed::Complete(sent, used) => (sent, used),
-            other => return Err(TestCaseError::fail(format!(
-                "a backend cannot read what alb sends: {other:?}\n{}", wire::show(&wire_bytes)
-            ))),
+            other => {
+                return Err(TestCaseError::fail(format!(
+                    "a backend cannot read what alb sends: {other:?}\n{}",
+                    wire::show(&wire_bytes)
+                )));
+            }
         };
         // Exactly one framing, carrying the client's content.
-        let framing_fields = sent.values("content-length").len() + sent.values("transfer-encoding").len();
+        let framing_fields =
+            sent.values("content-length").len() + sent.values("transfer-encoding").len();
         prop_assert!(framing_fields <= 1, "{}", wire::show(&sent.head));
         prop_assert_eq!(&sent.body, &content);
-        prop_assert!(sent.fields.iter().all(|(name, _)| !name.contains(&b'_')), "{}", wire::show(&sent.head));
+        prop_assert!(
+            sent.fields.iter().all(|(name, _)| !name.contains(&b'_')),
+            "{}",
+            wire::show(&sent.head)
+        );
         // And then the next request, as itself: nothing was smuggled in between.
         match wire::parse_request(&wire_bytes[used..]) {
             wire::Parsed::Complete(next, rest) => {

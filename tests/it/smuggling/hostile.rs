@@ -5,7 +5,6 @@
 //! Every exchange reads with a deadline, so a balancer that keeps a connection open where it
 //! should close it fails the test instead of hanging it.
 
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +20,6 @@ use tokio::task::{JoinHandle, JoinSet};
 const READ_DEADLINE: Duration = Duration::from_secs(3);
 /// A request a smuggling attempt tries to slip past the balancer.
 const SMUGGLED: &str = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
-
 
 // ---------------------------------------------------------------------------------------------
 // Raw client side
@@ -860,7 +858,12 @@ async fn after_broken_answer_the_upstream_connection_is_not_reused(
 #[tokio::test]
 async fn backend_with_a_broken_response_head_gives_502_and_a_fresh_connection() {
     let raw = RawBackend::start(broken_backend).await;
-    let lb = Scenario::new().backend_url(raw.url()).quiet_health().start().await.lb;
+    let lb = Scenario::new()
+        .backend_url(raw.url())
+        .quiet_health()
+        .start()
+        .await
+        .lb;
     for broken in ["/bad-status", "/no-status-line", "/two-lengths"] {
         let got = raw_get(&lb, &format!("/before{broken}")).await;
         assert_eq!(got.status(), 200, "{}", got.text());
@@ -875,7 +878,12 @@ async fn backend_with_a_broken_response_head_gives_502_and_a_fresh_connection() 
 #[tokio::test]
 async fn backend_breaking_its_chunked_body_cuts_the_clients_response_short() {
     let raw = RawBackend::start(broken_backend).await;
-    let lb = Scenario::new().backend_url(raw.url()).quiet_health().start().await.lb;
+    let lb = Scenario::new()
+        .backend_url(raw.url())
+        .quiet_health()
+        .start()
+        .await
+        .lb;
     let got = raw_get(&lb, "/before").await;
     assert_eq!(got.status(), 200, "{}", got.text());
     let got = raw_get(&lb, "/bad-chunk").await;
@@ -899,7 +907,12 @@ async fn backend_breaking_its_chunked_body_cuts_the_clients_response_short() {
 #[tokio::test]
 async fn bytes_after_a_complete_response_are_not_served_to_the_next_client() {
     let raw = RawBackend::start(broken_backend).await;
-    let lb = Scenario::new().backend_url(raw.url()).quiet_health().start().await.lb;
+    let lb = Scenario::new()
+        .backend_url(raw.url())
+        .quiet_health()
+        .start()
+        .await
+        .lb;
     let got = raw_get(&lb, "/extra").await;
     assert_eq!(got.status(), 200, "{}", got.text());
     assert_eq!(got.responses()[0].body, b"ok");
@@ -915,7 +928,12 @@ async fn bytes_after_a_complete_response_are_not_served_to_the_next_client() {
 #[tokio::test]
 async fn backend_answer_with_content_length_and_chunked_does_not_reuse_the_connection() {
     let raw = RawBackend::start(broken_backend).await;
-    let lb = Scenario::new().backend_url(raw.url()).quiet_health().start().await.lb;
+    let lb = Scenario::new()
+        .backend_url(raw.url())
+        .quiet_health()
+        .start()
+        .await
+        .lb;
     let got = raw_get(&lb, "/before/cl-te").await;
     assert_eq!(got.status(), 200, "{}", got.text());
     let got = raw_get(&lb, "/cl-te").await;
@@ -932,7 +950,12 @@ async fn backend_answer_with_content_length_and_chunked_does_not_reuse_the_conne
 #[tokio::test]
 async fn backend_answer_with_content_length_and_chunked_is_not_truncated() {
     let raw = RawBackend::start(broken_backend).await;
-    let lb = Scenario::new().backend_url(raw.url()).quiet_health().start().await.lb;
+    let lb = Scenario::new()
+        .backend_url(raw.url())
+        .quiet_health()
+        .start()
+        .await
+        .lb;
     let mut conn = RawConn::connect(lb.addr).await;
     conn.send(b"GET /cl-te HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let response = conn.next_response().await;
@@ -953,7 +976,12 @@ async fn backend_answer_with_content_length_and_chunked_is_not_truncated() {
 #[tokio::test]
 async fn backend_answer_with_a_transfer_coding_besides_chunked_keeps_it() {
     let raw = RawBackend::start(broken_backend).await;
-    let lb = Scenario::new().backend_url(raw.url()).quiet_health().start().await.lb;
+    let lb = Scenario::new()
+        .backend_url(raw.url())
+        .quiet_health()
+        .start()
+        .await
+        .lb;
     let mut conn = RawConn::connect(lb.addr).await;
     conn.send(b"GET /gzip-chunked HTTP/1.1\r\nHost: x\r\n\r\n")
         .await;

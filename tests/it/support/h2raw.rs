@@ -7,7 +7,6 @@
 //! Every read has a deadline: a server that keeps a connection open where it should close it
 //! fails the test instead of hanging it.
 
-
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};

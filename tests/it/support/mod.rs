@@ -2,7 +2,6 @@
 //! and can be told to be slow, hang, fail or die; a balancer started in-process on port 0; and a
 //! plain HTTP client. Every server started here is stopped by the test that started it.
 
-
 pub mod binary;
 pub mod dns;
 pub mod encode;
@@ -12,8 +11,8 @@ pub mod pki;
 pub mod prerequisite;
 pub mod recorder;
 mod scenario;
-pub use scenario::Scenario;
 pub use load::SteadyLoad;
+pub use scenario::Scenario;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -30,7 +29,8 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -361,7 +361,6 @@ impl ClosedPort {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
-
 }
 
 impl std::fmt::Display for ClosedPort {
@@ -647,10 +646,7 @@ impl TempDir {
         // one name apart.
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let path = std::env::temp_dir().join(format!(
-            "alb-test-{}-{n}-{name}",
-            std::process::id()
-        ));
+        let path = std::env::temp_dir().join(format!("alb-test-{}-{n}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("create temp dir");
         TempDir(path)
@@ -668,4 +664,13 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Reads until the peer closes or `within` passes; returns what came and whether it closed.
+pub async fn read_until_close(stream: &mut TcpStream, within: Duration) -> (String, bool) {
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(within, stream.read_to_end(&mut out))
+        .await
+        .is_ok();
+    (String::from_utf8_lossy(&out).into_owned(), closed)
 }

@@ -88,4 +88,3 @@ pub fn port_after(line: &str, marker: &str) -> u16 {
         .and_then(|port| port.parse().ok())
         .unwrap_or_else(|| panic!("no port after {marker:?} in {line}"))
 }
-

@@ -232,9 +232,7 @@ async fn serve(stream: TcpStream, idle: Duration, log: Arc<Mutex<Log>>) {
 }
 
 /// Reads one request by RFC 9112, refusing whatever a server could frame two ways.
-async fn read_request(
-    wire: &mut Wire,
-) -> Result<Option<Recorded>, (String, String)> {
+async fn read_request(wire: &mut Wire) -> Result<Option<Recorded>, (String, String)> {
     let fail = |head: &str, why: String| (head.to_string(), why);
     let line = match wire.line().await {
         Ok(Some(line)) => line,

@@ -1,7 +1,6 @@
 //! TLS with the real binary: `alb check` on certificates, SIGHUP re-reading them, a binary
 //! upgrade handing the TLS listener over; and what the config says of a bad `[tls]`.
 
-
 use std::time::{Duration, SystemTime};
 
 use crate::support::binary::{LoggedProcess, Replacement};

@@ -2,7 +2,6 @@
 //! backends that record what reached them, certificates from a test CA (`crate::support::pki`) written
 //! next to the config, whose paths are relative to it. The real binary: `tls_binary.rs`.
 
-
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};

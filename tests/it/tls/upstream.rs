@@ -2,7 +2,6 @@
 //! made here with rcgen. What is checked is what the backend saw (the SNI, a client certificate,
 //! how many handshakes and whether they resumed) and what the client got.
 
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
