@@ -175,7 +175,7 @@ async fn absolute_form_target_becomes_origin_form_with_its_host() {
     let scenario = Scenario::new().backend("solo").quiet_health().start().await;
     let (backend, lb) = (&scenario.backends[0], &scenario.lb);
     let answer = raw_exchange(
-        &lb,
+        lb,
         b"GET http://shop.example/abs?q=1 HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
     )
     .await;
@@ -190,7 +190,7 @@ async fn absolute_form_target_becomes_origin_form_with_its_host() {
 async fn http_1_0_request_without_host_gets_the_backends_authority() {
     let scenario = Scenario::new().backend("solo").quiet_health().start().await;
     let (backend, lb) = (&scenario.backends[0], &scenario.lb);
-    let answer = raw_exchange(&lb, b"GET /old HTTP/1.0\r\n\r\n").await;
+    let answer = raw_exchange(lb, b"GET /old HTTP/1.0\r\n\r\n").await;
     assert!(
         answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
         "{answer}"
@@ -206,7 +206,7 @@ async fn connect_method_is_refused() {
     let scenario = Scenario::new().backend("solo").quiet_health().start().await;
     let (backend, lb) = (&scenario.backends[0], &scenario.lb);
     let answer = raw_exchange(
-        &lb,
+        lb,
         b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\nConnection: close\r\n\r\n",
     )
     .await;

@@ -33,7 +33,7 @@ async fn a_hash_key_keeps_each_user_on_one_backend_and_a_leaving_backend_moves_o
     let mut home: HashMap<String, String> = HashMap::new();
     for user in 0..400 {
         let user = format!("user-{user}");
-        let (status, headers) = ask(&lb, "/", &[("x-user", &user)]).await;
+        let (status, headers) = ask(lb, "/", &[("x-user", &user)]).await;
         assert_eq!(status, 200);
         home.insert(user, backend_of(&headers));
     }
@@ -49,7 +49,7 @@ async fn a_hash_key_keeps_each_user_on_one_backend_and_a_leaving_backend_moves_o
     assert!(per_backend.values().all(|&n| n >= 50), "{per_backend:?}");
     // Asked again, every user lands where it did.
     for (user, backend) in home.iter().take(100) {
-        let (_, headers) = ask(&lb, "/", &[("x-user", user)]).await;
+        let (_, headers) = ask(lb, "/", &[("x-user", user)]).await;
         assert_eq!(&backend_of(&headers), backend, "{user}");
     }
     // b2 leaves: its users move, nobody else does.
@@ -58,7 +58,7 @@ async fn a_hash_key_keeps_each_user_on_one_backend_and_a_leaving_backend_moves_o
         .unwrap();
     let mut moved = 0;
     for (user, backend) in &home {
-        let (_, headers) = ask(&lb, "/", &[("x-user", user)]).await;
+        let (_, headers) = ask(lb, "/", &[("x-user", user)]).await;
         let now = backend_of(&headers);
         if backend == "b2" {
             assert_ne!(now, "b2");
@@ -73,7 +73,7 @@ async fn a_hash_key_keeps_each_user_on_one_backend_and_a_leaving_backend_moves_o
     // Requests without the key are balanced as least_conn does: over all remaining backends.
     let mut seen = std::collections::HashSet::new();
     for _ in 0..30 {
-        seen.insert(backend_of(&ask(&lb, "/", &[]).await.1));
+        seen.insert(backend_of(&ask(lb, "/", &[]).await.1));
     }
     assert_eq!(seen.len(), 3, "{seen:?}");
     scenario.stop().await;

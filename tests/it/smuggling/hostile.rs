@@ -451,7 +451,7 @@ async fn malformed_requests_get_4xx_and_the_connection_closes_without_reaching_a
         assert_eq!(backend.hits(), 0, "{case}: forwarded to the backend");
     }
     // A client on another connection is unaffected.
-    healthy_get_succeeds(&lb).await;
+    healthy_get_succeeds(lb).await;
     assert_eq!(backend.hits(), 1);
     scenario.stop().await;
 }
@@ -486,9 +486,9 @@ async fn cl_te_smuggling_is_framed_by_chunked_and_the_connection_closes() {
         }
         other => panic!("unexpected status {other}:\n{}", got.text()),
     }
-    assert_not_smuggled("CL.TE", &backend);
-    healthy_get_succeeds(&lb).await;
-    assert_not_smuggled("CL.TE", &backend);
+    assert_not_smuggled("CL.TE", backend);
+    healthy_get_succeeds(lb).await;
+    assert_not_smuggled("CL.TE", backend);
     scenario.stop().await;
 }
 
@@ -519,8 +519,8 @@ async fn te_cl_smuggling_is_framed_by_chunked_and_the_connection_closes() {
         }
         other => panic!("unexpected status {other}:\n{}", got.text()),
     }
-    assert_not_smuggled("TE.CL", &backend);
-    healthy_get_succeeds(&lb).await;
+    assert_not_smuggled("TE.CL", backend);
+    healthy_get_succeeds(lb).await;
     scenario.stop().await;
 }
 
@@ -554,9 +554,9 @@ async fn bad_chunk_sizes_get_400_close_the_connection_and_smuggle_nothing() {
         assert_answered_and_closed(case, &got, 400);
         // The head may have been forwarded before the body broke; nothing else may have been.
         assert!(backend.hits() <= 1, "{case}: {} hits", backend.hits());
-        assert_not_smuggled(case, &backend);
+        assert_not_smuggled(case, backend);
     }
-    healthy_get_succeeds(&lb).await;
+    healthy_get_succeeds(lb).await;
     scenario.stop().await;
 }
 
