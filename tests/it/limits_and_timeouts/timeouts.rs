@@ -116,8 +116,9 @@ async fn the_overall_request_deadline_gives_504() {
     let (status, _, _) = get(&client(), &lb.url("/")).await;
     assert_eq!(status, 504);
     assert!(
-        started.elapsed() < Duration::from_millis(1500),
-        "{:?}",
+        started.elapsed() >= Duration::from_millis(300)
+            && started.elapsed() < Duration::from_secs(2),
+        "{:?}: not at the 300 ms deadline, before the backend's 2 s answer",
         started.elapsed()
     );
     scenario.stop().await;

@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{Request as WsRequest, Re
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::support::pki::{Pki, curl, write_leaf};
-use crate::support::{ReservedPort, TempDir, TestBackend, TestBalancer, backends_line};
+use crate::support::{ReservedPort, TempDir, TestBackend, TestBalancer, backends_line, wait_until};
 
 /// A balancer with a TLS listener, its config file and certificates in `dir`.
 struct Site {
@@ -591,8 +591,14 @@ async fn the_end_of_a_large_answer_leaves_even_when_the_client_reads_late() {
     tls.write_all(format!("GET /bytes/{size} HTTP/1.1\r\nhost: site.test\r\n\r\n").as_bytes())
         .await
         .unwrap();
-    // Let every buffer between alb and this client fill up.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The buffers between alb and this client fill up: at least 64 KiB wait unread in this
+    // socket's receive queue, so alb's writes meet a closed window from here on.
+    let tcp = &tls.get_ref().0;
+    wait_until(Duration::from_secs(5), || {
+        rustix::io::ioctl_fionread(tcp).is_ok_and(|unread| unread >= 64 * 1024)
+    })
+    .await
+    .expect("alb wrote 64 KiB the client has not read");
     // The backend streams it, so it comes chunked: read to the last chunk, then count.
     let read_all = async {
         let mut got = Vec::with_capacity(size + 1024);
