@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use crate::support::*;
 
-const QUIET_HEALTH: &str = "[health_check]\ninterval = \"60s\"\n";
-
 /// Sends `total` GETs from `workers` concurrent clients; returns how many each backend answered.
 async fn spread(lb: &TestBalancer, workers: usize, total: usize) -> HashMap<String, usize> {
     let url = Arc::new(lb.url("/"));
@@ -40,15 +38,38 @@ fn share(counts: &HashMap<String, usize>, name: &str) -> f64 {
     counts.get(name).copied().unwrap_or(0) as f64 / total as f64
 }
 
+/// A fast and a slow backend (their delays in ms) behind `algorithm`.
+async fn fast_and_slow(algorithm: &str, fast_ms: u64, slow_ms: u64) -> Running {
+    let scenario = Scenario::new()
+        .backends(["fast", "slow"])
+        .algorithm(algorithm)
+        .quiet_health()
+        .start()
+        .await;
+    scenario
+        .backend("fast")
+        .set_delay(Duration::from_millis(fast_ms));
+    scenario
+        .backend("slow")
+        .set_delay(Duration::from_millis(slow_ms));
+    scenario
+}
+
+/// `heavy` (weight 3) and `light` (weight 1) behind `algorithm`.
+async fn heavy_and_light(algorithm: &str) -> Running {
+    Scenario::new()
+        .backends(["heavy", "light"])
+        .weights([3, 1])
+        .algorithm(algorithm)
+        .quiet_health()
+        .start()
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_conn_prefers_the_fast_backend() {
-    let fast = TestBackend::start("fast").await;
-    let slow = TestBackend::start("slow").await;
-    fast.set_delay(Duration::from_millis(1));
-    slow.set_delay(Duration::from_millis(100));
-    let lb =
-        TestBalancer::start(&format!("{}{QUIET_HEALTH}", backends_line(&[&fast, &slow]))).await;
-    let counts = spread(&lb, 16, 1600).await;
+    let scenario = fast_and_slow("least_conn", 1, 100).await;
+    let counts = spread(&scenario.lb, 16, 1600).await;
     let fast_share = share(&counts, "fast");
     assert!(
         fast_share >= 0.8,
@@ -59,64 +80,44 @@ async fn least_conn_prefers_the_fast_backend() {
         counts.get("slow").copied().unwrap_or(0) > 0,
         "the slow backend still gets some: {counts:?}"
     );
-    lb.stop().await;
-    fast.stop().await;
-    slow.stop().await;
+    scenario.stop().await;
 }
 
 #[tokio::test]
 async fn least_conn_rotates_ties() {
-    let a = TestBackend::start("a").await;
-    let b = TestBackend::start("b").await;
-    let lb = TestBalancer::start(&format!("{}{QUIET_HEALTH}", backends_line(&[&a, &b]))).await;
-    let counts = spread(&lb, 1, 100).await;
+    let scenario = Scenario::new()
+        .backends(["a", "b"])
+        .quiet_health()
+        .start()
+        .await;
+    let counts = spread(&scenario.lb, 1, 100).await;
     assert_eq!(counts["a"], 50, "{counts:?}");
     assert_eq!(counts["b"], 50, "{counts:?}");
-    lb.stop().await;
-    a.stop().await;
-    b.stop().await;
+    scenario.stop().await;
 }
 
 #[tokio::test]
 async fn round_robin_splits_evenly() {
-    let backends = [
-        TestBackend::start("a").await,
-        TestBackend::start("b").await,
-        TestBackend::start("c").await,
-    ];
-    let refs: Vec<&TestBackend> = backends.iter().collect();
-    let lb = TestBalancer::start(&format!(
-        "algorithm = \"round_robin\"\n{}{QUIET_HEALTH}",
-        backends_line(&refs)
-    ))
-    .await;
-    let counts = spread(&lb, 1, 300).await;
+    let scenario = Scenario::new()
+        .backends(["a", "b", "c"])
+        .algorithm("round_robin")
+        .quiet_health()
+        .start()
+        .await;
+    let counts = spread(&scenario.lb, 1, 300).await;
     for name in ["a", "b", "c"] {
         assert_eq!(counts[name], 100, "{counts:?}");
     }
     // Concurrent clients get an even split too.
-    let counts = spread(&lb, 6, 600).await;
+    let counts = spread(&scenario.lb, 6, 600).await;
     for name in ["a", "b", "c"] {
         assert_eq!(counts[name], 200, "{counts:?}");
     }
-    lb.stop().await;
-    for b in backends {
-        b.stop().await;
-    }
-}
-
-fn weighted(algorithm: &str, heavy: &TestBackend, light: &TestBackend) -> String {
-    format!(
-        "algorithm = \"{algorithm}\"\n{QUIET_HEALTH}[[backend]]\nurl = \"{}\"\nweight = 3\n[[backend]]\nurl = \"{}\"\nweight = 1\n",
-        heavy.url(),
-        light.url()
-    )
+    scenario.stop().await;
 }
 
 #[tokio::test]
 async fn weights_are_honoured_by_every_algorithm() {
-    let heavy = TestBackend::start("heavy").await;
-    let light = TestBackend::start("light").await;
     // Sequential requests: exact shares for the deterministic algorithms.
     for (algorithm, total, tolerance) in [
         ("round_robin", 400, 0.0),
@@ -124,72 +125,52 @@ async fn weights_are_honoured_by_every_algorithm() {
         ("random", 2000, 0.05),
         ("p2c", 2000, 0.06),
     ] {
-        let lb = TestBalancer::start(&weighted(algorithm, &heavy, &light)).await;
-        let counts = spread(&lb, 1, total).await;
+        let scenario = heavy_and_light(algorithm).await;
+        let counts = spread(&scenario.lb, 1, total).await;
         let heavy_share = share(&counts, "heavy");
         assert!(
             (heavy_share - 0.75).abs() <= tolerance,
             "{algorithm}: heavy got {:.3} ({counts:?})",
             heavy_share
         );
-        lb.stop().await;
+        scenario.stop().await;
     }
-    heavy.stop().await;
-    light.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_conn_weights_hold_under_concurrency() {
-    let heavy = TestBackend::start("heavy").await;
-    let light = TestBackend::start("light").await;
-    heavy.set_delay(Duration::from_millis(10));
-    light.set_delay(Duration::from_millis(10));
-    let lb = TestBalancer::start(&weighted("least_conn", &heavy, &light)).await;
-    let counts = spread(&lb, 16, 800).await;
+    let scenario = heavy_and_light("least_conn").await;
+    scenario
+        .backend("heavy")
+        .set_delay(Duration::from_millis(10));
+    scenario
+        .backend("light")
+        .set_delay(Duration::from_millis(10));
+    let counts = spread(&scenario.lb, 16, 800).await;
     let heavy_share = share(&counts, "heavy");
     assert!(
         (0.65..=0.85).contains(&heavy_share),
         "heavy got {heavy_share:.3} ({counts:?})"
     );
-    lb.stop().await;
-    heavy.stop().await;
-    light.stop().await;
+    scenario.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2c_prefers_the_fast_backend() {
-    let fast = TestBackend::start("fast").await;
-    let slow = TestBackend::start("slow").await;
-    fast.set_delay(Duration::from_millis(1));
-    slow.set_delay(Duration::from_millis(50));
-    let lb = TestBalancer::start(&format!(
-        "algorithm = \"p2c\"\n{}{QUIET_HEALTH}",
-        backends_line(&[&fast, &slow])
-    ))
-    .await;
-    let counts = spread(&lb, 16, 1600).await;
+    let scenario = fast_and_slow("p2c", 1, 50).await;
+    let counts = spread(&scenario.lb, 16, 1600).await;
     assert!(share(&counts, "fast") >= 0.8, "{counts:?}");
-    lb.stop().await;
-    fast.stop().await;
-    slow.stop().await;
+    scenario.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_time_favours_the_faster_backend_more_than_least_conn() {
-    let fast = TestBackend::start("fast").await;
-    let slow = TestBackend::start("slow").await;
-    fast.set_delay(Duration::from_millis(1));
-    slow.set_delay(Duration::from_millis(20));
     let mut shares = Vec::new();
     for algorithm in ["least_conn", "least_time"] {
-        let lb = TestBalancer::start(&format!(
-            "algorithm = \"{algorithm}\"\n{}{QUIET_HEALTH}",
-            backends_line(&[&fast, &slow])
-        ))
-        .await;
-        let counts = spread(&lb, 32, 1600).await;
+        let scenario = fast_and_slow(algorithm, 1, 20).await;
+        let counts = spread(&scenario.lb, 32, 1600).await;
         shares.push(share(&counts, "fast"));
-        lb.stop().await;
+        scenario.stop().await;
     }
     println!(
         "fast backend's share: least_conn {:.3}, least_time {:.3}",
@@ -204,6 +185,4 @@ async fn least_time_favours_the_faster_backend_more_than_least_conn() {
         shares[1],
         shares[0]
     );
-    fast.stop().await;
-    slow.stop().await;
 }

@@ -118,6 +118,7 @@ impl TestBackend {
         self.state.connections.load(Ordering::SeqCst)
     }
 
+    /// Delays each proxied request by `delay` (health checks are answered at once).
     pub fn set_delay(&self, delay: Duration) {
         self.state
             .delay_ms
@@ -202,8 +203,11 @@ async fn answer(
             headers: req.headers().clone(),
         });
     }
+    // Only proxied requests are delayed: a slow backend still passes its health checks (a test
+    // wanting a probe to time out uses `Mode::Hang`), so a delay set before alb's first probe
+    // cannot mark the backend DOWN halfway through a test.
     let delay = state.delay_ms.load(Ordering::SeqCst);
-    if delay > 0 {
+    if delay > 0 && !health_check {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     match state.mode.load(Ordering::SeqCst) {

@@ -14,7 +14,7 @@ pub mod prerequisite;
 pub mod recorder;
 mod scenario;
 pub use load::SteadyLoad;
-pub use scenario::Scenario;
+pub use scenario::{Running, Scenario};
 
 mod backend;
 mod balancer;

@@ -17,6 +17,7 @@ use super::{TestBackend, TestBalancer};
 pub struct Scenario {
     names: Vec<String>,
     urls: Vec<String>,
+    weights: Vec<u32>,
     algorithm: Option<String>,
     config: String,
     quiet_health: bool,
@@ -59,6 +60,13 @@ impl Scenario {
         self
     }
 
+    /// Weights of the named backends, in order (the config then lists them as `[[backend]]`
+    /// tables).
+    pub fn weights(mut self, weights: impl IntoIterator<Item = u32>) -> Scenario {
+        self.weights.extend(weights);
+        self
+    }
+
     /// The default pool's algorithm.
     pub fn algorithm(mut self, name: &str) -> Scenario {
         self.algorithm = Some(name.to_string());
@@ -93,9 +101,12 @@ impl Scenario {
             .iter()
             .map(TestBackend::url)
             .chain(self.urls.iter().cloned())
-            .map(|url| format!("\"{url}\""))
             .collect();
-        let mut toml = format!("backends = [{}]\n", urls.join(", "));
+        let mut toml = String::new();
+        if self.weights.is_empty() {
+            let quoted: Vec<String> = urls.iter().map(|url| format!("\"{url}\"")).collect();
+            toml.push_str(&format!("backends = [{}]\n", quoted.join(", ")));
+        }
         if let Some(algorithm) = &self.algorithm {
             toml.push_str(&format!("algorithm = \"{algorithm}\"\n"));
         }
@@ -106,6 +117,14 @@ impl Scenario {
                 "the config has its own [health_check]: set its interval there"
             );
             toml.push_str("[health_check]\ninterval = \"60s\"\n");
+        }
+        if !self.weights.is_empty() {
+            for (i, url) in urls.iter().enumerate() {
+                let weight = self.weights.get(i).copied().unwrap_or(1);
+                toml.push_str(&format!(
+                    "[[backend]]\nurl = \"{url}\"\nweight = {weight}\n"
+                ));
+            }
         }
         if let Some(token) = &self.admin_token {
             toml.push_str(&format!(
