@@ -219,7 +219,6 @@ async fn unrouted_call_gets_unimplemented() {
 /// alb's message, decoded from the trailers-only answer.
 #[tokio::test]
 async fn request_timeout_reaches_a_tonic_client_as_deadline_exceeded() {
-    init_logs();
     let backend = GrpcBackend::start("alpha").await;
     let lb = TestBalancer::start(&config(
         &[&backend],
@@ -323,7 +322,6 @@ async fn backend_killed_mid_stream_gives_unavailable_then_the_other_backend_answ
 /// and once the health checks have marked every backend down.
 #[tokio::test]
 async fn no_backend_up_gives_unavailable_promptly() {
-    init_logs();
     let dead = dead_addresses(2);
     let urls: Vec<String> = dead
         .iter()
@@ -386,7 +384,6 @@ async fn no_backend_up_gives_unavailable_promptly() {
 /// every call succeeds.
 #[tokio::test]
 async fn refused_stream_is_retried_on_the_other_backend_when_the_body_was_kept() {
-    init_logs();
     let refuser = RefusingBackend::start().await;
     let good = GrpcBackend::start("good").await;
     let lb = TestBalancer::start(&format!(
@@ -442,7 +439,6 @@ async fn refused_stream_is_retried_on_the_other_backend_when_the_body_was_kept()
 /// succeed, a refused stream being one the backend guarantees it did not process.
 #[tokio::test]
 async fn refused_stream_is_retried_for_a_grpc_client() {
-    init_logs();
     let refuser = RefusingBackend::start().await;
     let good = GrpcBackend::start("good").await;
     let lb = TestBalancer::start(&format!(

@@ -5,7 +5,8 @@
 //!
 //! Backends are `h2c://` (HTTP/2 by prior knowledge, one multiplexed connection from alb per
 //! backend); clients speak h2c to alb's plain listener (`[http2] cleartext = true`).
-//! `RUST_LOG=alb=debug cargo test --test grpc -- --nocapture` shows alb's log beside each test.
+//! `RUST_LOG=alb=debug cargo test --test it grpc:: -- --nocapture` shows alb's log beside each
+//! test.
 
 mod calls;
 mod failures;
@@ -19,16 +20,6 @@ use crate::support::{ClosedPort, Scenario, TestBalancer};
 use peers::*;
 use tokio::net::TcpStream;
 use tonic::{Code, Request};
-
-/// alb's log lines go to the test's output (shown when it fails).
-fn init_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("alb=info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
-}
 
 /// Health checks on `/health` once a minute: quiet, backends start healthy.
 const QUIET_HEALTH: &str = "[health_check]\npath = \"/health\"\ninterval = \"60s\"\n";
@@ -46,7 +37,6 @@ fn config(backends: &[&GrpcBackend], top: &str, tables: &str) -> String {
 }
 
 async fn balancer(backends: &[&GrpcBackend]) -> TestBalancer {
-    init_logs();
     Scenario::new()
         .backend_urls(backends.iter().map(|b| b.url()))
         .config("[http2]\ncleartext = true\n")
@@ -150,7 +140,6 @@ fn field(response: &http::Response<h2::RecvStream>, name: &str) -> Option<String
 /// A balancer with three outcomes by path: `/test.Echo/` to a live backend, `/dead.Svc/` to a
 /// pool whose backend is down, anything else unrouted (no default pool).
 async fn routed_balancer() -> (TestBalancer, GrpcBackend, ClosedPort) {
-    init_logs();
     let backend = GrpcBackend::start("alpha").await;
     let dead = ClosedPort::new();
     let lb = TestBalancer::start(&format!(

@@ -1,4 +1,4 @@
-//! gRPC on both sides of alb for tests/grpc.rs: a tonic server without codegen (messages derived
+//! gRPC on both sides of alb for the grpc tests: a tonic server without codegen (messages derived
 //! by hand, one service `test.Echo` dispatched on the path, served by hyper's HTTP/2 server so
 //! that a test can cut every connection of a backend at once), tonic clients, and a raw `h2`
 //! client for checking alb's own answers byte for byte.

@@ -40,7 +40,7 @@ async fn a_backend_stopped_midway_costs_nothing_and_comes_back() {
     let lb = TestBalancer::start(&format!("{}{FAST_HEALTH}", backends_line(&[&a, &b]))).await;
 
     // Steady traffic from 8 workers while `a` is killed.
-    // Bounded, with room for the whole test on a fast machine (see tests/chaos.rs).
+    // Bounded, with room for the whole test on a fast machine (see ops/chaos.rs).
     let load = SteadyLoad::start(&lb.url("/"), 8, 50_000);
     wait_until(Duration::from_secs(10), || a.hits() >= 100)
         .await

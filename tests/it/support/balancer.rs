@@ -50,6 +50,7 @@ impl TestBalancer {
     }
 
     async fn start_server(config: Config, source: Option<std::path::PathBuf>) -> TestBalancer {
+        init_logs();
         let listener = TcpListener::bind(config.listen)
             .await
             .expect("bind balancer");
@@ -133,4 +134,19 @@ pub fn backends_line(backends: &[&TestBackend]) -> String {
         .map(|b| format!("\"{}\"", b.url()))
         .collect();
     format!("backends = [{}]\n", urls.join(", "))
+}
+
+/// alb's log lines (at info, without the access log's line per request; `RUST_LOG` overrides)
+/// go to the output of the test whose balancer wrote them, shown when it fails. The subscriber is
+/// the process's, so it is set once, by the first balancer started.
+fn init_logs() {
+    static LOGS: std::sync::Once = std::sync::Once::new();
+    LOGS.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("alb=info,alb::access=off"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
 }
