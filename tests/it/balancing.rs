@@ -68,6 +68,7 @@ async fn heavy_and_light(algorithm: &str) -> Running {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_conn_prefers_the_fast_backend() {
+    let _cpu = crate::support::cpu::alone().await;
     let scenario = fast_and_slow("least_conn", 1, 100).await;
     let counts = spread(&scenario.lb, 16, 1600).await;
     let fast_share = share(&counts, "fast");
@@ -85,6 +86,7 @@ async fn least_conn_prefers_the_fast_backend() {
 
 #[tokio::test]
 async fn least_conn_rotates_ties() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new()
         .backends(["a", "b"])
         .quiet_health()
@@ -98,6 +100,7 @@ async fn least_conn_rotates_ties() {
 
 #[tokio::test]
 async fn round_robin_splits_evenly() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new()
         .backends(["a", "b", "c"])
         .algorithm("round_robin")
@@ -118,6 +121,7 @@ async fn round_robin_splits_evenly() {
 
 #[tokio::test]
 async fn weights_are_honoured_by_every_algorithm() {
+    let _cpu = crate::support::cpu::shared().await;
     // Sequential requests: exact shares for the deterministic algorithms.
     for (algorithm, total, tolerance) in [
         ("round_robin", 400, 0.0),
@@ -139,6 +143,7 @@ async fn weights_are_honoured_by_every_algorithm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_conn_weights_hold_under_concurrency() {
+    let _cpu = crate::support::cpu::alone().await;
     let scenario = heavy_and_light("least_conn").await;
     scenario
         .backend("heavy")
@@ -157,6 +162,7 @@ async fn least_conn_weights_hold_under_concurrency() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2c_prefers_the_fast_backend() {
+    let _cpu = crate::support::cpu::alone().await;
     let scenario = fast_and_slow("p2c", 1, 50).await;
     let counts = spread(&scenario.lb, 16, 1600).await;
     assert!(share(&counts, "fast") >= 0.8, "{counts:?}");
@@ -165,6 +171,7 @@ async fn p2c_prefers_the_fast_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_time_favours_the_faster_backend_more_than_least_conn() {
+    let _cpu = crate::support::cpu::alone().await;
     let mut shares = Vec::new();
     for algorithm in ["least_conn", "least_time"] {
         let scenario = fast_and_slow(algorithm, 1, 20).await;

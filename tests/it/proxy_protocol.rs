@@ -108,6 +108,7 @@ fn refused(lb: &TestBalancer, reason: HeaderRefusal) -> u64 {
 
 #[tokio::test]
 async fn v1_header_gives_the_client_address_and_the_request_after_it_is_kept() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b").await;
     let lb = balancer(&backend, "\"127.0.0.1/32\"", "").await;
 
@@ -141,6 +142,7 @@ async fn v1_header_gives_the_client_address_and_the_request_after_it_is_kept() {
 
 #[tokio::test]
 async fn v2_header_gives_the_client_address_and_tlvs_are_skipped() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b").await;
     let lb = balancer(&backend, "\"127.0.0.1\", \"::1/128\"", "").await;
 
@@ -183,6 +185,7 @@ async fn v2_header_gives_the_client_address_and_tlvs_are_skipped() {
 
 #[tokio::test]
 async fn an_untrusted_source_is_closed_without_a_response() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b").await;
     let lb = balancer(
         &backend,
@@ -216,6 +219,7 @@ async fn an_untrusted_source_is_closed_without_a_response() {
 
 #[tokio::test]
 async fn a_missing_or_malformed_header_from_a_trusted_source_is_closed() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b").await;
     let lb = balancer(&backend, "\"127.0.0.0/8\"", "").await;
 
@@ -264,6 +268,7 @@ async fn a_missing_or_malformed_header_from_a_trusted_source_is_closed() {
 
 #[tokio::test]
 async fn a_slow_or_silent_sender_is_closed_at_the_header_timeout() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b").await;
     let lb = balancer(
         &backend,
@@ -288,6 +293,7 @@ async fn a_slow_or_silent_sender_is_closed_at_the_header_timeout() {
 
 #[tokio::test]
 async fn a_client_that_hangs_up_mid_header_is_counted_as_closed() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b").await;
     let lb = balancer(&backend, "\"127.0.0.1/32\"", "").await;
     let mut stream = TcpStream::connect(lb.addr).await.unwrap();
@@ -304,6 +310,7 @@ async fn a_client_that_hangs_up_mid_header_is_counted_as_closed() {
 
 #[tokio::test]
 async fn without_the_section_a_header_is_just_bad_http() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b").await;
     let lb = TestBalancer::start(&backends_line(&[&backend])).await;
     let got = exchange(
@@ -456,6 +463,7 @@ async fn through_haproxy(test: &str, send: &str) {
 
 #[tokio::test]
 async fn haproxy_send_proxy_v1_passes_the_client_address() {
+    let _cpu = crate::support::cpu::shared().await;
     through_haproxy(
         "haproxy_send_proxy_v1_passes_the_client_address",
         "send-proxy",
@@ -465,6 +473,7 @@ async fn haproxy_send_proxy_v1_passes_the_client_address() {
 
 #[tokio::test]
 async fn haproxy_send_proxy_v2_passes_the_client_address() {
+    let _cpu = crate::support::cpu::shared().await;
     through_haproxy(
         "haproxy_send_proxy_v2_passes_the_client_address",
         "send-proxy-v2",

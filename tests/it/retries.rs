@@ -24,6 +24,7 @@ const NO_EJECTION: &str = "[passive_health]\nenabled = false\n";
 
 #[tokio::test]
 async fn an_idempotent_request_broken_off_is_retried_on_another_backend() {
+    let _cpu = crate::support::cpu::shared().await;
     let good = TestBackend::start("good").await;
     let broken = TestBackend::start("broken").await;
     let lb = TestBalancer::start(&format!(
@@ -49,6 +50,7 @@ async fn an_idempotent_request_broken_off_is_retried_on_another_backend() {
 
 #[tokio::test]
 async fn a_post_with_a_body_that_was_sent_is_not_retried() {
+    let _cpu = crate::support::cpu::shared().await;
     let good = TestBackend::start("good").await;
     let broken = TestBackend::start("broken").await;
     let lb = TestBalancer::start(&format!(
@@ -81,6 +83,7 @@ async fn a_post_with_a_body_that_was_sent_is_not_retried() {
 
 #[tokio::test]
 async fn a_spent_retry_budget_turns_retries_into_failures() {
+    let _cpu = crate::support::cpu::shared().await;
     let broken = TestBackend::start("broken").await;
     let good = TestBackend::start("good").await;
     broken.set_mode(Mode::DropTraffic);
@@ -123,6 +126,7 @@ async fn a_spent_retry_budget_turns_retries_into_failures() {
 
 #[tokio::test]
 async fn retry_on_status_is_opt_in_and_idempotent_only() {
+    let _cpu = crate::support::cpu::shared().await;
     let failing = TestBackend::start("failing").await;
     let good = TestBackend::start("good").await;
     failing.set_mode(Mode::FailTraffic);
@@ -169,6 +173,7 @@ async fn retry_on_status_is_opt_in_and_idempotent_only() {
 
 #[tokio::test]
 async fn a_small_put_body_is_kept_and_replayed_but_a_large_one_is_not() {
+    let _cpu = crate::support::cpu::shared().await;
     let broken = TestBackend::start("broken").await;
     let good = TestBackend::start("good").await;
     broken.set_mode(Mode::DropTraffic);
@@ -206,6 +211,7 @@ async fn a_small_put_body_is_kept_and_replayed_but_a_large_one_is_not() {
 
 #[tokio::test]
 async fn a_post_is_retried_when_the_connection_could_not_be_made() {
+    let _cpu = crate::support::cpu::shared().await;
     let dead = TestBackend::start("dead").await;
     let good = TestBackend::start("good").await;
     let lb = pair(&dead, &good, NO_EJECTION).await;
@@ -234,6 +240,7 @@ async fn a_post_is_retried_when_the_connection_could_not_be_made() {
 
 #[tokio::test]
 async fn a_response_timeout_is_retried_for_get_but_not_for_post() {
+    let _cpu = crate::support::cpu::shared().await;
     let hung = TestBackend::start("hung").await;
     let good = TestBackend::start("good").await;
     hung.set_mode(Mode::HangTraffic);
@@ -263,6 +270,7 @@ async fn a_response_timeout_is_retried_for_get_but_not_for_post() {
 
 #[tokio::test]
 async fn a_chunked_body_is_streamed_not_kept() {
+    let _cpu = crate::support::cpu::shared().await;
     // Unknown length: streamed even for an idempotent method, and delivered whole.
     let b = TestBackend::start("b").await;
     let lb = TestBalancer::start(&backends_line(&[&b])).await;
@@ -323,6 +331,7 @@ async fn fin_acknowledged(local: std::net::SocketAddr, peer: std::net::SocketAdd
 /// by the peek before reuse; `upstream::conn`'s unit test catches that instant.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_never_takes_a_connection_the_backend_closed() {
+    let _cpu = crate::support::cpu::shared().await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -252,6 +252,7 @@ fn tunnels_open(lb: &TestBalancer) -> i64 {
 
 #[tokio::test]
 async fn text_binary_and_a_one_mebibyte_message_pass_intact() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = WsBackend::start("b1").await;
     let lb = balancer(&[&backend], "").await;
     let (mut ws, name) = connect(&lb, "/chat?room=1").await;
@@ -306,6 +307,7 @@ async fn text_binary_and_a_one_mebibyte_message_pass_intact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_tunnels_are_spread_evenly_and_all_echo() {
+    let _cpu = crate::support::cpu::shared().await;
     let (a, b) = (WsBackend::start("a").await, WsBackend::start("b").await);
     let lb = balancer(&[&a, &b], "").await;
     let clients = 200;
@@ -356,6 +358,7 @@ async fn two_hundred_concurrent_tunnels_are_spread_evenly_and_all_echo() {
 /// one backend, the next ten all go there.
 #[tokio::test]
 async fn least_conn_counts_open_tunnels_not_handshakes() {
+    let _cpu = crate::support::cpu::shared().await;
     let (a, b) = (WsBackend::start("a").await, WsBackend::start("b").await);
     let lb = balancer(&[&a, &b], "").await;
     let mut open = Vec::new();
@@ -392,6 +395,7 @@ async fn least_conn_counts_open_tunnels_not_handshakes() {
 
 #[tokio::test]
 async fn a_backend_dying_mid_tunnel_closes_the_clients_connection() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = WsBackend::start("b1").await;
     let lb = balancer(&[&backend], "").await;
     let (mut ws, _) = connect(&lb, "/").await;
@@ -414,6 +418,7 @@ async fn a_backend_dying_mid_tunnel_closes_the_clients_connection() {
 
 #[tokio::test]
 async fn an_idle_tunnel_is_closed_after_tunnel_idle_and_a_busy_one_is_not() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = WsBackend::start("b1").await;
     let lb = balancer(&[&backend], "[timeouts]\ntunnel_idle = \"400ms\"").await;
     // Busy: a message every 100 ms for 1.2 s, three times the idle limit.
@@ -439,6 +444,7 @@ async fn an_idle_tunnel_is_closed_after_tunnel_idle_and_a_busy_one_is_not() {
 /// progress, and `timeouts.write` later the tunnel is closed both ways and its slot freed.
 #[tokio::test]
 async fn a_client_that_stops_reading_loses_its_tunnel_after_the_write_timeout() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = WsBackend::start("b1").await;
     let lb = balancer(&[&backend], "[timeouts]\nwrite = \"500ms\"").await;
     let mut stream = TcpStream::connect(lb.addr).await.unwrap();
@@ -498,6 +504,7 @@ async fn raw_exchange(stream: &mut TcpStream, request: &str) -> String {
 
 #[tokio::test]
 async fn a_refused_upgrade_is_a_normal_response_and_the_connection_stays_http() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = WsBackend::start("b1").await;
     let lb = balancer(&[&backend], "").await;
     let mut stream = TcpStream::connect(lb.addr).await.unwrap();
@@ -515,6 +522,7 @@ async fn a_refused_upgrade_is_a_normal_response_and_the_connection_stays_http() 
 
 #[tokio::test]
 async fn h2c_is_not_tunnelled_and_upgrade_is_stripped_without_connection_upgrade() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = WsBackend::start("b1").await;
     let lb = balancer(&[&backend], "").await;
     let mut stream = TcpStream::connect(lb.addr).await.unwrap();
@@ -541,6 +549,7 @@ async fn h2c_is_not_tunnelled_and_upgrade_is_stripped_without_connection_upgrade
 
 #[tokio::test]
 async fn a_switch_to_a_protocol_not_offered_is_a_502() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = WsBackend::start("b1").await;
     let lb = balancer(&[&backend], "").await;
     let mut stream = TcpStream::connect(lb.addr).await.unwrap();
@@ -556,6 +565,7 @@ async fn a_switch_to_a_protocol_not_offered_is_a_502() {
 /// to another backend, like any request that was never sent.
 #[tokio::test]
 async fn a_handshake_never_sent_is_retried_on_another_backend() {
+    let _cpu = crate::support::cpu::shared().await;
     let (full, free) = (
         WsBackend::start("full").await,
         WsBackend::start("free").await,
@@ -587,6 +597,7 @@ async fn a_handshake_never_sent_is_retried_on_another_backend() {
 /// backend that stays goes on.
 #[tokio::test]
 async fn a_removed_backends_tunnels_are_closed_after_the_drain_time() {
+    let _cpu = crate::support::cpu::shared().await;
     let (a, b) = (WsBackend::start("a").await, WsBackend::start("b").await);
     let lb = balancer(&[&a, &b], "[timeouts]\ndrain = \"500ms\"").await;
     let (first, first_name) = connect(&lb, "/").await;
@@ -615,6 +626,7 @@ async fn a_removed_backends_tunnels_are_closed_after_the_drain_time() {
 /// goes on through the drain time, then is closed, and alb exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_logs_each_tunnel_and_drains_tunnels_on_sigterm() {
+    let _cpu = crate::support::cpu::shared().await;
     use crate::support::TempDir;
     use crate::support::binary::LoggedProcess;
     let backend = WsBackend::start("b1").await;

@@ -26,6 +26,7 @@ const BAD_KEYS: [&str; 3] = ["algorithm", "backends[0]", "health_check.interval"
 
 #[tokio::test]
 async fn check_accepts_a_valid_config() {
+    let _cpu = crate::support::cpu::shared().await;
     let dir = TempDir::new("check-ok");
     let path = dir.write("good.toml", GOOD_CONFIG);
     let (status, stdout, stderr) = alb_output(&["check", "--config", path.to_str().unwrap()]).await;
@@ -46,6 +47,7 @@ async fn check_accepts_a_valid_config() {
 
 #[tokio::test]
 async fn check_reports_every_problem_and_fails() {
+    let _cpu = crate::support::cpu::shared().await;
     let dir = TempDir::new("check-bad");
     let path = dir.write("bad.toml", BAD_CONFIG);
     let (status, stdout, stderr) = alb_output(&["check", "--config", path.to_str().unwrap()]).await;
@@ -62,6 +64,7 @@ async fn check_reports_every_problem_and_fails() {
 
 #[tokio::test]
 async fn check_shows_the_proxy_protocol_sources_and_names_a_bad_one() {
+    let _cpu = crate::support::cpu::shared().await;
     let dir = TempDir::new("check-pp");
     let section = "[proxy_protocol]\nenabled = true\n";
     let good = dir.write(
@@ -91,6 +94,7 @@ async fn check_shows_the_proxy_protocol_sources_and_names_a_bad_one() {
 
 #[tokio::test]
 async fn check_names_a_missing_file() {
+    let _cpu = crate::support::cpu::shared().await;
     let dir = TempDir::new("check-missing");
     let path = dir.0.join("does-not-exist.toml");
     let (status, stdout, stderr) = alb_output(&["check", "--config", path.to_str().unwrap()]).await;
@@ -102,6 +106,7 @@ async fn check_names_a_missing_file() {
 
 #[tokio::test]
 async fn run_refuses_to_start_on_a_bad_config() {
+    let _cpu = crate::support::cpu::shared().await;
     let dir = TempDir::new("run-bad");
     let path = dir.write("bad.toml", BAD_CONFIG);
     let (status, stdout, stderr) = alb_output(&["run", "--config", path.to_str().unwrap()]).await;
@@ -127,6 +132,7 @@ async fn run_refuses_to_start_on_a_bad_config() {
 
 #[tokio::test]
 async fn check_lists_pools_refuses_a_shadowed_route_and_warns_of_an_unused_pool() {
+    let _cpu = crate::support::cpu::shared().await;
     let dir = TempDir::new("check-routes");
     let good = dir.write(
         "routes.toml",
@@ -169,6 +175,7 @@ async fn check_lists_pools_refuses_a_shadowed_route_and_warns_of_an_unused_pool(
 
 #[tokio::test]
 async fn check_live_probes_every_backend_and_fails_when_a_pool_has_no_healthy_one() {
+    let _cpu = crate::support::cpu::shared().await;
     let up = TestBackend::start("up").await;
     let failing = TestBackend::start("failing").await;
     failing.set_mode(Mode::Fail);

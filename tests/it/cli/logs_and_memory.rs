@@ -47,6 +47,7 @@ impl Body for Generated {
 /// 256 MiB each way: over six times the RSS limit, so a proxy that buffered a body would fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streaming_large_bodies_each_way_keeps_memory_bounded() {
+    let _cpu = crate::support::cpu::shared().await;
     const DOWNLOAD: u64 = 256 * 1024 * 1024;
     const UPLOAD: u64 = 256 * 1024 * 1024;
     const LIMIT_KIB: u64 = 40 * 1024;
@@ -117,6 +118,7 @@ async fn discard(mut body: hyper::body::Incoming) -> u64 {
 
 #[tokio::test]
 async fn json_log_format_writes_one_object_per_line() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("one").await;
     let dir = TempDir::new("json");
     let config = dir.write(
@@ -184,6 +186,7 @@ async fn json_log_format_writes_one_object_per_line() {
 /// text mode the whole problem list appears twice).
 #[tokio::test]
 async fn json_log_format_also_covers_start_up_errors() {
+    let _cpu = crate::support::cpu::shared().await;
     let dir = TempDir::new("json-bad");
     let path = dir.write("bad.toml", BAD_CONFIG);
     let (status, _, stderr) = alb_output(&[
@@ -210,6 +213,7 @@ async fn json_log_format_also_covers_start_up_errors() {
 /// are exactly those sent and answered, and each client's requests are logged in its order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_access_line_is_written_in_order_by_exit() {
+    let _cpu = crate::support::cpu::shared().await;
     const CLIENTS: usize = 8;
     const PER_CLIENT: usize = 250;
     let backend = TestBackend::start("one").await;

@@ -37,6 +37,7 @@ async fn curl(url: &str) -> (u16, String, String) {
 
 #[tokio::test]
 async fn demo_balances_over_both_backends_and_exits_cleanly_on_sigterm() {
+    let _cpu = crate::support::cpu::shared().await;
     let mut alb = Alb::spawn(&["demo", "--listen", "127.0.0.1:0"]);
     let mut stdout = BufReader::new(alb.stdout.take().unwrap()).lines();
     let mut backend_urls = Vec::new();
@@ -91,6 +92,7 @@ async fn demo_balances_over_both_backends_and_exits_cleanly_on_sigterm() {
 
 #[tokio::test]
 async fn sigterm_lets_the_in_flight_request_finish_and_refuses_new_connections() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("slow").await;
     backend.set_delay(Duration::from_millis(1500));
     let dir = TempDir::new("graceful");
@@ -144,6 +146,7 @@ async fn sigterm_lets_the_in_flight_request_finish_and_refuses_new_connections()
 
 #[tokio::test]
 async fn health_transitions_are_logged_once_each() {
+    let _cpu = crate::support::cpu::shared().await;
     let steady = TestBackend::start("steady").await;
     let flaky = TestBackend::start("flaky").await;
     let dir = TempDir::new("health");
@@ -220,6 +223,7 @@ async fn health_transitions_are_logged_once_each() {
 /// fix this failed in about 40 % of tries; ten tries make a miss unlikely.
 #[tokio::test]
 async fn sigterm_right_after_the_listening_line_is_graceful() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("one").await;
     let dir = TempDir::new("early-sigterm");
     let config = dir.write(

@@ -251,6 +251,7 @@ fn the_grace_period_covers_the_prestop_pause_and_the_drain() {
 
 #[tokio::test]
 async fn the_probes_name_paths_and_a_port_alb_answers_on() {
+    let _cpu = crate::support::cpu::shared().await;
     let docs = documents();
     let (text, config) = (configmap_text(&docs), configmap_config(&docs));
     let alb = find(&docs, "Deployment", "alb");

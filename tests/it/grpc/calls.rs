@@ -5,6 +5,7 @@ use super::*;
 
 #[tokio::test]
 async fn unary_call_arrives_with_authority_and_forwarded_for() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = GrpcBackend::start("alpha").await;
     let lb = balancer(&[&backend]).await;
     let mut client = EchoClient::connect(lb.addr).await;
@@ -73,6 +74,7 @@ async fn unary_call_arrives_with_authority_and_forwarded_for() {
 
 #[tokio::test]
 async fn server_streaming_delivers_100_messages_in_order_then_ok() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = GrpcBackend::start("alpha").await;
     let lb = balancer(&[&backend]).await;
     let mut client = EchoClient::connect(lb.addr).await;
@@ -120,6 +122,7 @@ async fn server_streaming_delivers_100_messages_in_order_then_ok() {
 
 #[tokio::test]
 async fn client_streaming_sums_100_messages() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = GrpcBackend::start("alpha").await;
     let lb = balancer(&[&backend]).await;
     let mut client = EchoClient::connect(lb.addr).await;
@@ -150,6 +153,7 @@ async fn client_streaming_sums_100_messages() {
 /// while every answer but the last arrives, so both directions stream at once through alb.
 #[tokio::test]
 async fn bidirectional_ping_pong_of_50_messages() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = GrpcBackend::start("alpha").await;
     let lb = balancer(&[&backend]).await;
     let mut client = EchoClient::connect(lb.addr).await;
@@ -195,6 +199,7 @@ async fn bidirectional_ping_pong_of_50_messages() {
 /// A 4 MiB message each way (many DATA frames, flow control on both hops) comes back intact.
 #[tokio::test]
 async fn four_mib_message_is_echoed_intact() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = GrpcBackend::start("alpha").await;
     let lb = balancer(&[&backend]).await;
     let mut client = EchoClient::connect(lb.addr).await;
@@ -226,6 +231,7 @@ async fn four_mib_message_is_echoed_intact() {
 /// (per stream), not per connection. alb also keeps to one connection per backend.
 #[tokio::test]
 async fn calls_on_one_connection_are_balanced_per_call() {
+    let _cpu = crate::support::cpu::shared().await;
     let alpha = GrpcBackend::start("alpha").await;
     let beta = GrpcBackend::start("beta").await;
     let lb = balancer(&[&alpha, &beta]).await;

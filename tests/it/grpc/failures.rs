@@ -7,6 +7,7 @@ use super::*;
 /// metadata, whether sent trailers-only (in the head) or in trailers after messages.
 #[tokio::test]
 async fn handler_status_and_message_are_relayed_untouched() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = GrpcBackend::start("alpha").await;
     let lb = balancer(&[&backend]).await;
     let mut client = EchoClient::connect(lb.addr).await;
@@ -47,6 +48,7 @@ async fn handler_status_and_message_are_relayed_untouched() {
 /// answers, and the handler is cancelled at the backend (alb passed the cancellation on).
 #[tokio::test]
 async fn grpc_timeout_ends_a_slow_call_in_time() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = GrpcBackend::start("alpha").await;
     let lb = balancer(&[&backend]).await;
     let mut client = EchoClient::connect(lb.addr).await;
@@ -95,6 +97,7 @@ async fn grpc_timeout_ends_a_slow_call_in_time() {
 /// at the deadline and not before; read with a raw h2 client that has no timer of its own.
 #[tokio::test]
 async fn alb_answers_a_passed_grpc_timeout_with_deadline_exceeded() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = GrpcBackend::start("alpha").await;
     let lb = balancer(&[&backend]).await;
     let mut cancelled = backend.cancelled();
@@ -148,6 +151,7 @@ async fn alb_answers_a_passed_grpc_timeout_with_deadline_exceeded() {
 /// (grpc-timeout, 4), 503 (no backend up, 14) and 404 (no route, 12).
 #[tokio::test]
 async fn alb_trailers_only_answers_are_content_type_application_grpc() {
+    let _cpu = crate::support::cpu::shared().await;
     let (lb, backend, _dead) = routed_balancer().await;
     let mut cancelled = backend.cancelled();
     for (path, timeout, code) in [
@@ -188,6 +192,7 @@ async fn alb_trailers_only_answers_are_content_type_application_grpc() {
 /// gRPC server gives for an unknown method.
 #[tokio::test]
 async fn unrouted_call_gets_unimplemented() {
+    let _cpu = crate::support::cpu::shared().await;
     let (lb, backend, _dead) = routed_balancer().await;
     let mut client = EchoClient::connect(lb.addr).await;
     let routed = within(
@@ -219,6 +224,7 @@ async fn unrouted_call_gets_unimplemented() {
 /// alb's message, decoded from the trailers-only answer.
 #[tokio::test]
 async fn request_timeout_reaches_a_tonic_client_as_deadline_exceeded() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = GrpcBackend::start("alpha").await;
     let lb = TestBalancer::start(&config(
         &[&backend],
@@ -254,6 +260,7 @@ async fn request_timeout_reaches_a_tonic_client_as_deadline_exceeded() {
 /// (retryable), not INTERNAL or UNKNOWN; the next call goes to the other backend.
 #[tokio::test]
 async fn backend_killed_mid_stream_gives_unavailable_then_the_other_backend_answers() {
+    let _cpu = crate::support::cpu::shared().await;
     let mut alpha = GrpcBackend::start("alpha").await;
     let mut beta = GrpcBackend::start("beta").await;
     let lb = balancer(&[&alpha, &beta]).await;
@@ -322,6 +329,7 @@ async fn backend_killed_mid_stream_gives_unavailable_then_the_other_backend_answ
 /// and once the health checks have marked every backend down.
 #[tokio::test]
 async fn no_backend_up_gives_unavailable_promptly() {
+    let _cpu = crate::support::cpu::shared().await;
     let dead = dead_addresses(2);
     let urls: Vec<String> = dead
         .iter()
@@ -384,6 +392,7 @@ async fn no_backend_up_gives_unavailable_promptly() {
 /// every call succeeds.
 #[tokio::test]
 async fn refused_stream_is_retried_on_the_other_backend_when_the_body_was_kept() {
+    let _cpu = crate::support::cpu::shared().await;
     let refuser = RefusingBackend::start().await;
     let good = GrpcBackend::start("good").await;
     let lb = TestBalancer::start(&format!(
@@ -439,6 +448,7 @@ async fn refused_stream_is_retried_on_the_other_backend_when_the_body_was_kept()
 /// succeed, a refused stream being one the backend guarantees it did not process.
 #[tokio::test]
 async fn refused_stream_is_retried_for_a_grpc_client() {
+    let _cpu = crate::support::cpu::shared().await;
     let refuser = RefusingBackend::start().await;
     let good = GrpcBackend::start("good").await;
     let lb = TestBalancer::start(&format!(

@@ -9,6 +9,7 @@ const FAST_HEALTH: &str = "[health_check]\ninterval = \"100ms\"\ntimeout = \"200
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_requests_all_succeed() {
+    let _cpu = crate::support::cpu::shared().await;
     let a = TestBackend::start("a").await;
     let b = TestBackend::start("b").await;
     let lb = TestBalancer::start(&backends_line(&[&a, &b])).await;
@@ -35,6 +36,7 @@ async fn fifty_concurrent_requests_all_succeed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_stopped_midway_costs_nothing_and_comes_back() {
+    let _cpu = crate::support::cpu::shared().await;
     let a = TestBackend::start("a").await;
     let b = TestBackend::start("b").await;
     let lb = TestBalancer::start(&format!("{}{FAST_HEALTH}", backends_line(&[&a, &b]))).await;
@@ -67,6 +69,7 @@ async fn a_backend_stopped_midway_costs_nothing_and_comes_back() {
 
 #[tokio::test]
 async fn a_failing_backend_gets_no_traffic_until_it_recovers() {
+    let _cpu = crate::support::cpu::shared().await;
     let good = TestBackend::start("good").await;
     let sick = TestBackend::start("sick").await;
     let lb = TestBalancer::start(&format!("{}{FAST_HEALTH}", backends_line(&[&good, &sick]))).await;
@@ -96,6 +99,7 @@ async fn a_failing_backend_gets_no_traffic_until_it_recovers() {
 
 #[tokio::test]
 async fn a_hanging_backend_is_marked_down_by_the_probe_timeout() {
+    let _cpu = crate::support::cpu::shared().await;
     let good = TestBackend::start("good").await;
     let hung = TestBackend::start("hung").await;
     let lb = TestBalancer::start(&format!("{}{FAST_HEALTH}", backends_line(&[&good, &hung]))).await;
@@ -111,6 +115,7 @@ async fn a_hanging_backend_is_marked_down_by_the_probe_timeout() {
 
 #[tokio::test]
 async fn a_backend_down_at_start_is_out_after_its_first_probe() {
+    let _cpu = crate::support::cpu::shared().await;
     let good = TestBackend::start("good").await;
     let dead_addr = ClosedPort::new();
     // Long interval: only the immediate first probe can mark it DOWN in time.
@@ -132,6 +137,7 @@ async fn a_backend_down_at_start_is_out_after_its_first_probe() {
 
 #[tokio::test]
 async fn rise_needs_consecutive_successes() {
+    let _cpu = crate::support::cpu::shared().await;
     let b = TestBackend::start("b").await;
     let config = format!(
         "{}[health_check]\ninterval = \"50ms\"\nrise = 3\nfall = 1\n",
@@ -154,6 +160,7 @@ async fn rise_needs_consecutive_successes() {
 
 #[tokio::test]
 async fn health_checks_use_the_configured_path() {
+    let _cpu = crate::support::cpu::shared().await;
     let b = TestBackend::start("b").await;
     // /status/500 fails every probe; the backend itself is fine.
     let config = format!(
@@ -171,6 +178,7 @@ async fn health_checks_use_the_configured_path() {
 /// restart, as if alb had never seen it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_does_not_take_a_known_backend_out_on_one_failed_probe() {
+    let _cpu = crate::support::cpu::shared().await;
     let a = TestBackend::start("a").await;
     let lb = TestBalancer::start(&format!(
         "{}[health_check]\ninterval = \"60s\"\nfall = 3\n",

@@ -6,6 +6,7 @@ use crate::support::*;
 
 #[tokio::test]
 async fn consecutive_failures_eject_a_backend_until_it_recovers() {
+    let _cpu = crate::support::cpu::shared().await;
     let flaky = TestBackend::start("flaky").await;
     let good = TestBackend::start("good").await;
     flaky.set_mode(Mode::DropTraffic);
@@ -48,6 +49,7 @@ async fn consecutive_failures_eject_a_backend_until_it_recovers() {
 
 #[tokio::test]
 async fn five_hundreds_count_as_failures_only_when_configured() {
+    let _cpu = crate::support::cpu::shared().await;
     let failing = TestBackend::start("failing").await;
     let good = TestBackend::start("good").await;
     failing.set_mode(Mode::FailTraffic);
@@ -79,6 +81,7 @@ async fn five_hundreds_count_as_failures_only_when_configured() {
 
 #[tokio::test]
 async fn never_more_than_max_ejected_percent_of_the_pool_is_ejected() {
+    let _cpu = crate::support::cpu::shared().await;
     let a = TestBackend::start("a").await;
     let b = TestBackend::start("b").await;
     a.set_mode(Mode::DropTraffic);
@@ -109,6 +112,7 @@ async fn never_more_than_max_ejected_percent_of_the_pool_is_ejected() {
 
 #[tokio::test]
 async fn slow_start_ramps_a_recovered_backend_in() {
+    let _cpu = crate::support::cpu::shared().await;
     let sick = TestBackend::start("sick").await;
     let steady = TestBackend::start("steady").await;
     let config = format!(
@@ -145,6 +149,7 @@ async fn slow_start_ramps_a_recovered_backend_in() {
 /// most of its requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_hole_backend_is_ejected_by_default() {
+    let _cpu = crate::support::cpu::alone().await;
     let (failed, hole_ejected) = black_hole_run("").await;
     assert!(hole_ejected, "the hole was not ejected");
     assert!(

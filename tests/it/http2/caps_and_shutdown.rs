@@ -9,6 +9,7 @@ use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_advertise_the_stream_cap_and_streams_over_it_are_refused() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b1").await;
     backend.set_delay(Duration::from_millis(300));
     let lb = h2c_balancer(
@@ -76,6 +77,7 @@ async fn settings_advertise_the_stream_cap_and_streams_over_it_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_whose_client_opens_no_window_is_reset_after_the_write_timeout() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b1").await;
     let lb = h2c_balancer(&[&backend], "[timeouts]\nwrite = \"500ms\"\n").await;
     let mut builder = h2::client::Builder::new();
@@ -140,6 +142,7 @@ async fn a_stream_whose_client_opens_no_window_is_reset_after_the_write_timeout(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_sends_goaway_and_the_stream_in_flight_completes() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b1").await;
     backend.set_delay(Duration::from_secs(1));
     let lb = h2c_balancer(&[&backend], "[timeouts]\ndrain = \"5s\"\n").await;
@@ -216,6 +219,7 @@ async fn shutdown_sends_goaway_and_the_stream_in_flight_completes() {
 
 #[tokio::test]
 async fn an_idle_connection_gets_goaway_after_keepalive_idle() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b1").await;
     let lb = h2c_balancer(&[&backend], "[timeouts]\nkeepalive_idle = \"300ms\"\n").await;
     let h2 = h2c(lb.addr).await;
@@ -248,6 +252,7 @@ async fn an_idle_connection_gets_goaway_after_keepalive_idle() {
 
 #[tokio::test]
 async fn a_grpc_call_gets_alb_made_failures_as_grpc_status() {
+    let _cpu = crate::support::cpu::shared().await;
     // A backend address nobody listens on: 502 from alb.
     let closed = ClosedPort::new();
     let dead = closed.addr();
@@ -293,6 +298,7 @@ async fn a_grpc_call_gets_alb_made_failures_as_grpc_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2load_2000_requests_over_4_connections_all_succeed() {
+    let _cpu = crate::support::cpu::shared().await;
     let Some(h2load) = which("h2load") else {
         crate::support::prerequisite::missing(
             "h2load_2000_requests_over_4_connections_all_succeed",

@@ -9,6 +9,7 @@ use super::*;
 
 #[tokio::test]
 async fn a_header_list_over_max_header_bytes_gets_431_and_the_connection_goes_on() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b1").await;
     let lb = h2c_balancer(&[&backend], "[limits]\nmax_header_bytes = \"8KiB\"\n").await;
     let h2 = h2c(lb.addr).await;
@@ -54,6 +55,7 @@ async fn h2c_binary(dir: &TempDir, backend: &TestBackend) -> (LoggedProcess, Soc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_hpack_bomb_is_refused_without_growing_memory() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b1").await;
     let dir = TempDir::new("h2-hpack-bomb");
     let (mut alb, addr) = h2c_binary(&dir, &backend).await;
@@ -225,6 +227,7 @@ async fn continuation_flood(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_continuation_flood_closes_the_connection_with_memory_bounded() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b1").await;
     let dir = TempDir::new("h2-continuation");
     let (mut alb, addr) = h2c_binary(&dir, &backend).await;
@@ -318,6 +321,7 @@ async fn goaway_from(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_opened_and_reset_at_once_get_goaway_enhance_your_calm() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b1").await;
     backend.set_delay(Duration::from_secs(2));
     let lb = h2c_balancer(&[&backend], "").await;
@@ -435,6 +439,7 @@ async fn reset_in_flight(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resets_of_streams_in_flight_over_the_cap_close_the_connection_and_under_it_do_not() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b1").await;
     backend.set_delay(Duration::from_secs(5));
     let lb = h2c_balancer(&[&backend], "[admin]\nlisten = \"127.0.0.1:0\"\n").await;

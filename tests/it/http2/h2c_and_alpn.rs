@@ -8,6 +8,7 @@ use super::*;
 
 #[tokio::test]
 async fn curl_h2c_prior_knowledge_reaches_the_backend_with_host_and_forwarded_fields() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b1").await;
     let lb = h2c_balancer(&[&backend], "").await;
     let port = lb.addr.port();
@@ -43,6 +44,7 @@ async fn curl_h2c_prior_knowledge_reaches_the_backend_with_host_and_forwarded_fi
 
 #[tokio::test]
 async fn without_cleartext_the_h2c_preface_is_refused_as_a_malformed_http1_request() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b1").await;
     let lb = TestBalancer::start(&format!("{}{QUIET_HEALTH}", backends_line(&[&backend]))).await;
     let (ok, out, err) = curl(&[
@@ -135,6 +137,7 @@ async fn curl_tls(dir: &TempDir, lb: &TestBalancer) -> (bool, String, String) {
 
 #[tokio::test]
 async fn curl_over_tls_negotiates_h2_by_alpn_and_the_backend_sees_https() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b1").await;
     let dir = TempDir::new("h2-alpn");
     let lb = tls_balancer(&dir, &backend, "").await;
@@ -155,6 +158,7 @@ async fn curl_over_tls_negotiates_h2_by_alpn_and_the_backend_sees_https() {
 
 #[tokio::test]
 async fn with_http2_tls_off_curl_falls_back_to_http1_over_tls() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b1").await;
     let dir = TempDir::new("h2-alpn-off");
     let lb = tls_balancer(&dir, &backend, "tls = false\n").await;

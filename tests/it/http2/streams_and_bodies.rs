@@ -8,6 +8,7 @@ use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_of_one_connection_are_spread_over_the_backends() {
+    let _cpu = crate::support::cpu::shared().await;
     let b1 = TestBackend::start("b1").await;
     let b2 = TestBackend::start("b2").await;
     // Slow enough that the streams overlap: least_conn then sees each pick's load.
@@ -88,6 +89,7 @@ async fn send_pattern(stream: &mut h2::SendStream<Bytes>, total: u64) -> Result<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_one_mib_request_body_reaches_the_backend_intact() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b1").await;
     let lb = h2c_balancer(&[&backend], "").await;
     let h2 = h2c(lb.addr).await;
@@ -165,6 +167,7 @@ async fn a_streamed_one_mib_request_body_reaches_the_backend_intact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_body_over_max_body_bytes_gets_413() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b1").await;
     let lb = h2c_balancer(&[&backend], "[limits]\nmax_body_bytes = \"64KiB\"\n").await;
     let h2 = h2c(lb.addr).await;
@@ -212,6 +215,7 @@ async fn a_request_body_over_max_body_bytes_gets_413() {
 
 #[tokio::test]
 async fn host_must_match_authority_cookies_are_joined_and_connection_fields_reset_the_stream() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b1").await;
     let lb = h2c_balancer(&[&backend], "").await;
     let (mut reader, writer) = h2raw::connect(lb.addr, &[]).await;

@@ -159,6 +159,7 @@ async fn post(balancer: &TestBalancer, body: &'static [u8]) -> (StatusCode, Stri
 
 #[tokio::test]
 async fn a_refused_stream_is_sent_to_another_backend_even_for_a_post() {
+    let _cpu = crate::support::cpu::shared().await;
     let refusing = H2Backend::start("a", Mode::Refuse, Duration::ZERO, 100).await;
     let answering = H2Backend::start("b", Mode::Answer, Duration::ZERO, 100).await;
     let balancer = TestBalancer::start(&config(
@@ -181,6 +182,7 @@ async fn a_refused_stream_is_sent_to_another_backend_even_for_a_post() {
 
 #[tokio::test]
 async fn streams_are_counted_in_flight_over_one_connection_per_backend() {
+    let _cpu = crate::support::cpu::shared().await;
     let delay = Duration::from_millis(400);
     let one = H2Backend::start("one", Mode::Answer, delay, 100).await;
     let two = H2Backend::start("two", Mode::Answer, delay, 100).await;
@@ -205,6 +207,7 @@ async fn streams_are_counted_in_flight_over_one_connection_per_backend() {
 
 #[tokio::test]
 async fn the_backends_stream_limit_is_respected() {
+    let _cpu = crate::support::cpu::shared().await;
     let only = H2Backend::start("only", Mode::Answer, Duration::from_millis(100), 2).await;
     let balancer = Arc::new(TestBalancer::start(&config(&[&only], "")).await);
     let calls: Vec<_> = (0..8)
@@ -223,6 +226,7 @@ async fn the_backends_stream_limit_is_respected() {
 
 #[tokio::test]
 async fn trailers_reach_an_http2_client_and_the_body_an_http1_one() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = H2Backend::start("t", Mode::Answer, Duration::ZERO, 100).await;
     let balancer = TestBalancer::start(&config(&[&backend], "")).await;
     let tcp = TcpStream::connect(balancer.addr).await.unwrap();
@@ -252,6 +256,7 @@ async fn trailers_reach_an_http2_client_and_the_body_an_http1_one() {
 
 #[tokio::test]
 async fn a_backend_that_speaks_only_http1_is_down_when_named_h2c() {
+    let _cpu = crate::support::cpu::shared().await;
     let http1 = TestBackend::start("h1").await;
     let h2c_url = http1.url().replace("http://", "h2c://");
     let balancer = TestBalancer::start(&format!(
@@ -336,6 +341,7 @@ async fn start_goaway_backend() -> (SocketAddr, Arc<AtomicU64>, JoinHandle<()>) 
 
 #[tokio::test]
 async fn a_stream_left_out_of_a_goaway_is_sent_to_another_backend() {
+    let _cpu = crate::support::cpu::shared().await;
     let (goaway, turned_away, task) = start_goaway_backend().await;
     let answering = H2Backend::start("b", Mode::Answer, Duration::ZERO, 100).await;
     // Probes get the GOAWAY too: they may fail without taking the backend out.
@@ -365,6 +371,7 @@ async fn a_stream_left_out_of_a_goaway_is_sent_to_another_backend() {
 /// back from the session whole (what was sent, then the rest) and goes to the other backend.
 #[tokio::test]
 async fn a_streamed_body_is_rewound_after_a_refused_stream() {
+    let _cpu = crate::support::cpu::shared().await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let refusing = H2Backend::start("a", Mode::Refuse, Duration::ZERO, 100).await;
     let answering = H2Backend::start("b", Mode::Answer, Duration::ZERO, 100).await;
@@ -421,6 +428,7 @@ async fn start_silent_backend() -> (SocketAddr, Arc<AtomicU64>, JoinHandle<()>) 
 /// a new one.
 #[tokio::test]
 async fn a_silent_backend_connection_is_found_out_by_ping() {
+    let _cpu = crate::support::cpu::shared().await;
     let (silent, requests, task) = start_silent_backend().await;
     let balancer = TestBalancer::start(&format!(
         "backends = [\"h2c://{silent}\"]\n[timeouts]\nupstream_idle = \"300ms\"\n\

@@ -28,6 +28,7 @@ async fn read_until(stream: &mut TcpStream, what: &str, within: Duration) -> Str
 /// the slots come free, and the stalled clients count nothing against the backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_stop_reading_lose_their_backend_slots() {
+    let _cpu = crate::support::cpu::shared().await;
     let b = TestBackend::start("b").await;
     let lb = TestBalancer::start(&format!(
         "{}[limits]\nbackend_max_connections = 2\nbackend_queue_timeout = \"10s\"\n\
@@ -73,6 +74,7 @@ async fn clients_that_stop_reading_lose_their_backend_slots() {
 /// the write and response timeouts, and the backend's slot is free again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_to_a_backend_that_stopped_reading_ends() {
+    let _cpu = crate::support::cpu::shared().await;
     let b = TestBackend::start("b").await;
     b.set_mode(Mode::HangTraffic);
     let lb = TestBalancer::start(&format!(
@@ -132,6 +134,7 @@ async fn an_upload_to_a_backend_that_stopped_reading_ends() {
 /// the backend's failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_not_yet_sent_survives_the_backends_keepalive_close() {
+    let _cpu = crate::support::cpu::shared().await;
     let recorder = Recorder::with_idle_limit(Duration::from_millis(300)).await;
     let lb = TestBalancer::start(&format!(
         "backends = [\"{}\"]\n[passive_health]\nconsecutive_failures = 1\n\
@@ -179,6 +182,7 @@ async fn a_request_not_yet_sent_survives_the_backends_keepalive_close() {
 /// abort; it used to run into the backend's idle limit and eject the backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_stalling_its_upload_does_not_eject_the_backend() {
+    let _cpu = crate::support::cpu::shared().await;
     let a = TestBackend::start("a").await;
     let b = TestBackend::start("b").await;
     // Two backends, so that the ejection cap (half the pool) would let one go.
@@ -223,6 +227,7 @@ async fn a_client_stalling_its_upload_does_not_eject_the_backend() {
 /// With `backend_max_connections = 2`, two such clients used to leave a third with a 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_small_uploads_hold_no_backend_slot() {
+    let _cpu = crate::support::cpu::shared().await;
     let b = TestBackend::start("b").await;
     let lb = TestBalancer::start(&format!(
         "{}[limits]\nbackend_max_connections = 2\nbackend_queue_timeout = \"1s\"\n\

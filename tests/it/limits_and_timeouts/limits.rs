@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn an_oversized_head_gets_431_and_a_long_uri_414() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new()
         .backend("b")
         .config("[limits]\nmax_header_bytes = \"4KiB\"\nmax_uri_bytes = 1000")
@@ -39,6 +40,7 @@ async fn an_oversized_head_gets_431_and_a_long_uri_414() {
 
 #[tokio::test]
 async fn an_oversized_body_gets_413_declared_or_streamed() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new()
         .backend("b")
         .config("[limits]\nmax_body_bytes = 1000")
@@ -69,6 +71,7 @@ async fn an_oversized_body_gets_413_declared_or_streamed() {
 
 #[tokio::test]
 async fn at_max_client_connections_alb_stops_accepting_until_one_closes() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new()
         .backend("b")
         .config("[limits]\nmax_client_connections = 2")
@@ -103,6 +106,7 @@ async fn at_max_client_connections_alb_stops_accepting_until_one_closes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_at_max_connections_queues_then_refuses() {
+    let _cpu = crate::support::cpu::shared().await;
     let b = TestBackend::start("b").await;
     b.set_delay(Duration::from_millis(500));
     let config = format!(
@@ -167,6 +171,7 @@ async fn a_backend_at_max_connections_queues_then_refuses() {
 /// full for good: every later request that had to wait got an immediate 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_cancelled_in_the_queue_give_their_place_back() {
+    let _cpu = crate::support::cpu::shared().await;
     let b = TestBackend::start("b").await;
     let config = format!(
         "{}[limits]\nbackend_max_connections = 1\nbackend_queue = 2\nbackend_queue_timeout = \"10s\"\n\
@@ -213,6 +218,7 @@ async fn requests_cancelled_in_the_queue_give_their_place_back() {
 /// started with, without listing it under `needs_restart` either).
 #[tokio::test]
 async fn a_reload_applies_max_header_bytes() {
+    let _cpu = crate::support::cpu::shared().await;
     let b = TestBackend::start("b").await;
     let lb = TestBalancer::start(&format!(
         "{}[limits]\nmax_header_bytes = \"2KiB\"\n[health_check]\ninterval = \"60s\"\n",
@@ -245,6 +251,7 @@ async fn a_reload_applies_max_header_bytes() {
 /// kernel reports it: `ss` shows a listener's backlog as its Send-Q), capped by somaxconn.
 #[tokio::test]
 async fn the_client_listener_has_the_configured_backlog() {
+    let _cpu = crate::support::cpu::shared().await;
     let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
         .ok()
         .and_then(|v| v.trim().parse().ok())

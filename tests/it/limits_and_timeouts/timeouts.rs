@@ -13,6 +13,7 @@ use crate::support::*;
 
 #[tokio::test]
 async fn a_client_slow_to_send_its_head_gets_408_and_is_closed() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new()
         .backend("b")
         .config("[timeouts]\nclient_header = \"300ms\"")
@@ -36,6 +37,7 @@ async fn a_client_slow_to_send_its_head_gets_408_and_is_closed() {
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_quietly() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new()
         .backend("b")
         .config("[timeouts]\nkeepalive_idle = \"300ms\"\nclient_header = \"10s\"")
@@ -58,6 +60,7 @@ async fn an_idle_keep_alive_connection_is_closed_quietly() {
 
 #[tokio::test]
 async fn a_stalled_request_body_gets_408() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new()
         .backend("b")
         .config("[timeouts]\nclient_body_idle = \"300ms\"")
@@ -76,6 +79,7 @@ async fn a_stalled_request_body_gets_408() {
 
 #[tokio::test]
 async fn a_backend_silent_mid_body_has_its_response_cut() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new()
         .backend("b")
         .config("[timeouts]\nupstream_idle = \"300ms\"")
@@ -105,6 +109,7 @@ async fn a_backend_silent_mid_body_has_its_response_cut() {
 
 #[tokio::test]
 async fn the_overall_request_deadline_gives_504() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new()
         .backend("b")
         .config("[timeouts]\nrequest = \"300ms\"\nresponse = \"10s\"")
@@ -126,6 +131,7 @@ async fn the_overall_request_deadline_gives_504() {
 
 #[tokio::test]
 async fn hung_backend_gives_504_within_the_response_timeout() {
+    let _cpu = crate::support::cpu::shared().await;
     let b = TestBackend::start("b").await;
     let lb = TestBalancer::start(&format!(
         "{}[timeouts]\nresponse = \"300ms\"\n[health_check]\ninterval = \"60s\"\n",
@@ -152,6 +158,7 @@ async fn hung_backend_gives_504_within_the_response_timeout() {
 
 #[tokio::test]
 async fn a_slow_upload_is_not_cut_by_the_response_timeout() {
+    let _cpu = crate::support::cpu::shared().await;
     let b = TestBackend::start("b").await;
     let lb = TestBalancer::start(&format!(
         "{}[timeouts]\nresponse = \"300ms\"\n[health_check]\ninterval = \"60s\"\n",

@@ -49,6 +49,7 @@ fn metric(text: &str, line_start: &str) -> f64 {
 
 #[tokio::test]
 async fn metrics_count_known_traffic() {
+    let _cpu = crate::support::cpu::shared().await;
     let a = TestBackend::start("a").await;
     let b = TestBackend::start("b").await;
     let lb = balancer(&[&a, &b], "").await;
@@ -124,6 +125,7 @@ async fn metrics_count_known_traffic() {
 
 #[tokio::test]
 async fn writes_need_the_token_and_reads_do_not_on_localhost() {
+    let _cpu = crate::support::cpu::shared().await;
     let a = TestBackend::start("a").await;
     let lb = balancer(&[&a], "").await;
     let id = a.addr.to_string();
@@ -196,6 +198,7 @@ async fn writes_need_the_token_and_reads_do_not_on_localhost() {
 
 #[tokio::test]
 async fn drain_disable_enable_add_and_remove_backends() {
+    let _cpu = crate::support::cpu::shared().await;
     let a = TestBackend::start("a").await;
     let b = TestBackend::start("b").await;
     b.set_delay(Duration::from_millis(400));
@@ -370,6 +373,7 @@ async fn drain_disable_enable_add_and_remove_backends() {
 
 #[tokio::test]
 async fn explain_headers_say_where_and_why() {
+    let _cpu = crate::support::cpu::shared().await;
     let a = TestBackend::start("a").await;
     let lb = TestBalancer::start(&format!("explain = true\n{}", backends_line(&[&a]))).await;
     let (status, headers, _) = get(&client(), &lb.url("/")).await;
@@ -390,6 +394,7 @@ async fn explain_headers_say_where_and_why() {
 
 #[tokio::test]
 async fn the_event_stream_sends_snapshots() {
+    let _cpu = crate::support::cpu::shared().await;
     let a = TestBackend::start("a").await;
     let lb = balancer(&[&a], "").await;
     let response = client()

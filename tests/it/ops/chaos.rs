@@ -14,6 +14,7 @@ const MAX_PER_WORKER: u64 = 2_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_losing_and_regaining_backends_under_load_fails_no_get() {
+    let _cpu = crate::support::cpu::alone().await;
     let a = TestBackend::start("a").await;
     let b = TestBackend::start("b").await;
     let c = TestBackend::start("c").await;
@@ -87,6 +88,7 @@ const TRICKLERS: usize = 200;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_connections_are_cut_while_others_are_served() {
+    let _cpu = crate::support::cpu::alone().await;
     let backend = TestBackend::start("b").await;
     let lb = TestBalancer::start(&format!(
         "{}[timeouts]\nclient_header = \"1s\"\n",
@@ -186,6 +188,7 @@ async fn trickle(addr: std::net::SocketAddr) -> (Duration, String) {
 /// bounded here: 64 clients, five kill-and-revive cycles, no request may fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_killed_and_revived_under_load_fails_no_request() {
+    let _cpu = crate::support::cpu::alone().await;
     const CLIENTS: usize = 64;
     let mut a = TestBackend::start("a").await;
     let b = TestBackend::start("b").await;

@@ -254,6 +254,7 @@ impl Browser {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_a_backend_going_down_and_drains_it() {
+    let _cpu = crate::support::cpu::shared().await;
     if !browser_installed("the_dashboard_shows_a_backend_going_down_and_drains_it") {
         return;
     }
@@ -490,6 +491,7 @@ async fn wait_knobs(admin: &str, n: usize, done: impl Fn(&Value) -> bool) -> Val
 /// the page fits a narrow screen. Without the demo (an in-process balancer) no panel shows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_panel_kills_and_revives_a_demo_backend() {
+    let _cpu = crate::support::cpu::shared().await;
     if !browser_installed("the_demo_panel_kills_and_revives_a_demo_backend") {
         return;
     }

@@ -154,6 +154,7 @@ async fn post(url: &str) -> (StatusCode, String) {
 
 #[tokio::test]
 async fn killed_backend_fails_over_with_no_failed_request_and_comes_back_on_revive() {
+    let _cpu = crate::support::cpu::shared().await;
     let mut demo = Demo::start().await;
     assert_eq!(demo.state(1).await, "up");
 
@@ -226,6 +227,7 @@ async fn killed_backend_fails_over_with_no_failed_request_and_comes_back_on_revi
 
 #[tokio::test]
 async fn failing_backend_is_ejected_after_five_errors_then_traffic_goes_to_the_other() {
+    let _cpu = crate::support::cpu::shared().await;
     let mut demo = Demo::start().await;
     let knobs = demo.knob(2, "errors?rate=1.0").await;
     assert_eq!(knobs["error_rate"], 1.0);
@@ -272,6 +274,7 @@ async fn failing_backend_is_ejected_after_five_errors_then_traffic_goes_to_the_o
 
 #[tokio::test]
 async fn slow_backend_gets_a_smaller_share_under_concurrent_load() {
+    let _cpu = crate::support::cpu::shared().await;
     let mut demo = Demo::start().await;
     let knobs = demo.knob(1, "latency?ms=200").await;
     assert_eq!(knobs["latency_ms"], 200);
@@ -318,6 +321,7 @@ async fn slow_backend_gets_a_smaller_share_under_concurrent_load() {
 
 #[tokio::test]
 async fn backend_flags_inject_errors_and_latency() {
+    let _cpu = crate::support::cpu::shared().await;
     let mut backend = spawn(&[
         "backend",
         "--port",

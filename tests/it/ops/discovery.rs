@@ -54,6 +54,7 @@ async fn wait_backends(balancer: &TestBalancer, n: usize, within: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_follows_its_addresses_under_load_without_failing_a_request() {
+    let _cpu = crate::support::cpu::shared().await;
     let backends = backends_on_one_port(3).await;
     let port = backends[0].addr.port();
     let dns = TestDns::start().await;
@@ -167,6 +168,7 @@ async fn a_name_follows_its_addresses_under_load_without_failing_a_request() {
 
 #[tokio::test]
 async fn a_name_never_resolved_is_still_one_backend_resolved_per_connection() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b").await;
     let dns = TestDns::start().await;
     // No answer from this server for `localhost`-like names: the backend stays as written.
@@ -189,6 +191,7 @@ async fn a_name_never_resolved_is_still_one_backend_resolved_per_connection() {
 
 #[tokio::test]
 async fn a_silent_name_does_not_hold_up_the_others() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b").await;
     let port = backend.addr.port();
     let dns = TestDns::start().await;
@@ -234,6 +237,7 @@ async fn a_silent_name_does_not_hold_up_the_others() {
 
 #[tokio::test]
 async fn a_name_brings_at_most_256_backends() {
+    let _cpu = crate::support::cpu::shared().await;
     let dns = TestDns::start().await;
     let many: Vec<Ipv4Addr> = (0..300u32)
         .map(|i| Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250 + 1) as u8))
@@ -258,6 +262,7 @@ async fn a_name_brings_at_most_256_backends() {
 
 #[tokio::test]
 async fn a_name_brought_by_a_change_is_resolved_at_once() {
+    let _cpu = crate::support::cpu::shared().await;
     let backends = backends_on_one_port(2).await;
     let port = backends[0].addr.port();
     let dns = TestDns::start().await;

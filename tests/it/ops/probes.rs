@@ -63,6 +63,7 @@ async fn poll_until(port: u16, path: &str, status: u16, within: Duration) -> (u1
 
 #[tokio::test]
 async fn probes_answer_a_non_loopback_source_without_a_token() {
+    let _cpu = crate::support::cpu::shared().await;
     let a = TestBackend::start("a").await;
     // With a token configured (reads from elsewhere need it) and without one (they are refused).
     for (admin, refusal) in [
@@ -100,6 +101,7 @@ async fn probes_answer_a_non_loopback_source_without_a_token() {
 
 #[tokio::test]
 async fn readyz_fails_while_every_backend_is_down_and_recovers_with_one() {
+    let _cpu = crate::support::cpu::shared().await;
     let a = TestBackend::start("a").await;
     let b = TestBackend::start("b").await;
     let lb = balancer(&[&a, &b], "listen = \"127.0.0.1:0\"", FAST_CHECKS).await;
@@ -173,6 +175,7 @@ async fn readyz_fails_while_every_backend_is_down_and_recovers_with_one() {
 
 #[tokio::test]
 async fn readyz_fails_as_soon_as_shutdown_begins() {
+    let _cpu = crate::support::cpu::shared().await;
     let a = TestBackend::start("a").await;
     a.set_delay(Duration::from_millis(1500));
     let lb = balancer(

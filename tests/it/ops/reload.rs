@@ -35,6 +35,7 @@ fn config(backends: &[(&TestBackend, u32)], algorithm: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_under_load_drop_no_request() {
+    let _cpu = crate::support::cpu::shared().await;
     let (a, b, c) = (
         TestBackend::start("a").await,
         TestBackend::start("b").await,

@@ -151,6 +151,7 @@ impl Load {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigusr2_hands_the_listeners_over_without_a_refused_connection() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b").await;
     let dir = TempDir::new("upgrade");
     let path = dir.write("alb.toml", &config(&backend));
@@ -203,6 +204,7 @@ async fn sigusr2_hands_the_listeners_over_without_a_refused_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_process_with_an_invalid_config_leaves_the_old_one_serving() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b").await;
     let dir = TempDir::new("upgrade-invalid");
     let path = dir.write("alb.toml", &config(&backend));

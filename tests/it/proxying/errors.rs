@@ -7,6 +7,7 @@ use crate::support::*;
 
 #[tokio::test]
 async fn all_backends_down_gives_503_with_retry_after() {
+    let _cpu = crate::support::cpu::shared().await;
     let a = TestBackend::start("a").await;
     let b = TestBackend::start("b").await;
     let lb = TestBalancer::start(&format!(
@@ -33,6 +34,7 @@ async fn all_backends_down_gives_503_with_retry_after() {
 /// answer. Nothing reached a backend, so nothing counts as a backend's bad answer either.
 #[tokio::test]
 async fn unreachable_backends_give_503_with_retry_after() {
+    let _cpu = crate::support::cpu::shared().await;
     let a = TestBackend::start("a").await;
     let b = TestBackend::start("b").await;
     let lb = TestBalancer::start(&format!(
@@ -65,6 +67,7 @@ async fn unreachable_backends_give_503_with_retry_after() {
 
 #[tokio::test]
 async fn backend_closing_before_its_headers_gives_502() {
+    let _cpu = crate::support::cpu::shared().await;
     let b = TestBackend::start("b").await;
     let lb = TestBalancer::start(&format!(
         "{}[health_check]\ninterval = \"60s\"\n",

@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn round_trip_returns_the_backends_answer() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new().backend("solo").quiet_health().start().await;
     let (backend, lb) = (&scenario.backends[0], &scenario.lb);
     let (status, headers, body) = get(&client(), &lb.url("/hello?x=1")).await;
@@ -23,6 +24,7 @@ async fn round_trip_returns_the_backends_answer() {
 
 #[tokio::test]
 async fn every_method_is_forwarded() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new().backend("solo").quiet_health().start().await;
     let (backend, lb) = (&scenario.backends[0], &scenario.lb);
     let c = client();
@@ -52,6 +54,7 @@ const BIG: u64 = 64 * 1024 * 1024;
 
 #[tokio::test]
 async fn streams_a_64_mib_download() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new().backend("solo").quiet_health().start().await;
     let lb = &scenario.lb;
     let response = client()
@@ -69,6 +72,7 @@ async fn streams_a_64_mib_download() {
 
 #[tokio::test]
 async fn streams_a_64_mib_upload_and_its_echo() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new().backend("solo").quiet_health().start().await;
     let lb = &scenario.lb;
     let request = Request::post(lb.url("/echo"))
@@ -82,6 +86,7 @@ async fn streams_a_64_mib_upload_and_its_echo() {
 
 #[tokio::test]
 async fn hop_by_hop_request_fields_are_removed_and_forwarding_fields_appended() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new().backend("solo").quiet_health().start().await;
     let (backend, lb) = (&scenario.backends[0], &scenario.lb);
     let request = Request::get(lb.url("/h"))
@@ -128,6 +133,7 @@ async fn hop_by_hop_request_fields_are_removed_and_forwarding_fields_appended() 
 
 #[tokio::test]
 async fn hop_by_hop_response_fields_are_removed() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new().backend("solo").quiet_health().start().await;
     let lb = &scenario.lb;
     let (status, headers, body) = get(&client(), &lb.url("/hop")).await;
@@ -145,6 +151,7 @@ async fn hop_by_hop_response_fields_are_removed() {
 
 #[tokio::test]
 async fn backend_errors_pass_through_untouched() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new().backend("solo").quiet_health().start().await;
     let (backend, lb) = (&scenario.backends[0], &scenario.lb);
     let c = client();
@@ -172,6 +179,7 @@ async fn raw_exchange(lb: &TestBalancer, request: &[u8]) -> String {
 
 #[tokio::test]
 async fn absolute_form_target_becomes_origin_form_with_its_host() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new().backend("solo").quiet_health().start().await;
     let (backend, lb) = (&scenario.backends[0], &scenario.lb);
     let answer = raw_exchange(
@@ -188,6 +196,7 @@ async fn absolute_form_target_becomes_origin_form_with_its_host() {
 
 #[tokio::test]
 async fn http_1_0_request_without_host_gets_the_backends_authority() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new().backend("solo").quiet_health().start().await;
     let (backend, lb) = (&scenario.backends[0], &scenario.lb);
     let answer = raw_exchange(lb, b"GET /old HTTP/1.0\r\n\r\n").await;
@@ -203,6 +212,7 @@ async fn http_1_0_request_without_host_gets_the_backends_authority() {
 
 #[tokio::test]
 async fn connect_method_is_refused() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new().backend("solo").quiet_health().start().await;
     let (backend, lb) = (&scenario.backends[0], &scenario.lb);
     let answer = raw_exchange(
@@ -217,6 +227,7 @@ async fn connect_method_is_refused() {
 
 #[tokio::test]
 async fn upstream_connections_are_pooled_and_reused() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new().backend("solo").quiet_health().start().await;
     let (backend, lb) = (&scenario.backends[0], &scenario.lb);
     let c = client();
@@ -236,6 +247,7 @@ async fn upstream_connections_are_pooled_and_reused() {
 
 #[tokio::test]
 async fn a_client_going_away_mid_body_releases_the_in_flight_count() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new().backend("solo").quiet_health().start().await;
     let lb = &scenario.lb;
     let response = client()

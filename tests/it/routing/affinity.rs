@@ -22,6 +22,7 @@ async fn ask(lb: &TestBalancer, path: &str, fields: &[(&str, &str)]) -> (u16, He
 
 #[tokio::test]
 async fn a_hash_key_keeps_each_user_on_one_backend_and_a_leaving_backend_moves_only_its_users() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new()
         .backends(["b0", "b1", "b2", "b3"])
         .algorithm("hash")
@@ -86,6 +87,7 @@ fn cookie_of(headers: &HeaderMap) -> Option<String> {
 
 #[tokio::test]
 async fn a_sticky_cookie_holds_a_client_to_its_backend_through_its_death_and_return() {
+    let _cpu = crate::support::cpu::shared().await;
     let mut backends = vec![
         TestBackend::start("b0").await,
         TestBackend::start("b1").await,
@@ -154,6 +156,7 @@ async fn a_sticky_cookie_holds_a_client_to_its_backend_through_its_death_and_ret
 
 #[tokio::test]
 async fn a_rate_limit_answers_429_with_retry_after_per_key_and_recovers() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b").await;
     let lb = TestBalancer::start(&format!(
         "{}{QUIET}[[route]]\npath_prefix = \"/limited\"\npool = \"default\"\n\

@@ -62,6 +62,7 @@ impl Three {
 
 #[tokio::test]
 async fn hosts_route_exactly_or_by_wildcard_case_and_port_ignored_and_the_host_goes_on_unchanged() {
+    let _cpu = crate::support::cpu::shared().await;
     let b = Three::start().await;
     let lb = TestBalancer::start(&b.config(
         "[[route]]\nhost = \"api.example.com\"\npool = \"api\"\n\
@@ -111,6 +112,7 @@ async fn hosts_route_exactly_or_by_wildcard_case_and_port_ignored_and_the_host_g
 
 #[tokio::test]
 async fn path_prefixes_match_whole_segments_as_the_backend_resolves_the_path() {
+    let _cpu = crate::support::cpu::shared().await;
     let b = Three::start().await;
     let lb = TestBalancer::start(&b.config(
         "[[route]]\npath_prefix = \"/static/\"\npool = \"web\"\n\
@@ -142,6 +144,7 @@ async fn path_prefixes_match_whole_segments_as_the_backend_resolves_the_path() {
 
 #[tokio::test]
 async fn methods_and_headers_must_all_hold_and_the_first_match_wins() {
+    let _cpu = crate::support::cpu::shared().await;
     let b = Three::start().await;
     let lb = TestBalancer::start(&b.config(
         "[[route]]\npath_prefix = \"/w\"\nmethods = [\"POST\", \"PUT\"]\npool = \"web\"\n\
@@ -182,6 +185,7 @@ async fn methods_and_headers_must_all_hold_and_the_first_match_wins() {
 
 #[tokio::test]
 async fn without_a_default_pool_unrouted_requests_get_404_and_are_counted() {
+    let _cpu = crate::support::cpu::shared().await;
     let api = TestBackend::start("api").await;
     let lb = TestBalancer::start(&format!(
         "{QUIET}[pools.api]\nbackends = [\"{}\"]\n[[route]]\nhost = \"api.example.com\"\npool = \"api\"\n",
@@ -210,6 +214,7 @@ async fn without_a_default_pool_unrouted_requests_get_404_and_are_counted() {
 
 #[tokio::test]
 async fn a_split_follows_its_weights_within_three_percent_over_ten_thousand_requests() {
+    let _cpu = crate::support::cpu::shared().await;
     let b = Three::start().await;
     let lb = TestBalancer::start(&b.config(
         "[[route]]\nsplit = [{ pool = \"api\", weight = 90 }, { pool = \"web\", weight = 10 }]\n",
@@ -232,6 +237,7 @@ async fn a_split_follows_its_weights_within_three_percent_over_ten_thousand_requ
 
 #[tokio::test]
 async fn strip_prefix_forwards_the_rest_of_the_path_with_its_query() {
+    let _cpu = crate::support::cpu::shared().await;
     let b = Three::start().await;
     let lb = TestBalancer::start(&b.config(
         "[[route]]\npath_prefix = \"/api/\"\nstrip_prefix = true\npool = \"api\"\n\
@@ -253,6 +259,7 @@ async fn strip_prefix_forwards_the_rest_of_the_path_with_its_query() {
 
 #[tokio::test]
 async fn a_routes_timeouts_apply_to_its_requests_only() {
+    let _cpu = crate::support::cpu::shared().await;
     let b = Three::start().await;
     b.api.set_delay(Duration::from_millis(400));
     let lb = TestBalancer::start(&format!(
@@ -273,6 +280,7 @@ async fn a_routes_timeouts_apply_to_its_requests_only() {
 
 #[tokio::test]
 async fn a_pool_inherits_the_top_level_sections_key_by_key() {
+    let _cpu = crate::support::cpu::shared().await;
     let b = Three::start().await;
     let lb = TestBalancer::start(&format!(
         "{}[health_check]\ninterval = \"60s\"\nrise = 7\n\
@@ -300,6 +308,7 @@ async fn a_pool_inherits_the_top_level_sections_key_by_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_changes_routes_under_load_without_failing_a_request() {
+    let _cpu = crate::support::cpu::shared().await;
     let b = Three::start().await;
     let dir = TempDir::new("routing-reload");
     let first = b.config("[[route]]\npath_prefix = \"/a\"\npool = \"api\"\n");
@@ -332,6 +341,7 @@ async fn a_reload_changes_routes_under_load_without_failing_a_request() {
 
 #[tokio::test]
 async fn explain_names_the_route_and_pool_that_took_the_request() {
+    let _cpu = crate::support::cpu::shared().await;
     let b = Three::start().await;
     let lb = TestBalancer::start(&format!(
         "explain = true\n{}",
@@ -347,6 +357,7 @@ async fn explain_names_the_route_and_pool_that_took_the_request() {
 
 #[tokio::test]
 async fn wildcard_hosts_match_at_any_depth_and_a_host_of_many_labels_is_still_routed() {
+    let _cpu = crate::support::cpu::shared().await;
     let b = Three::start().await;
     let lb = TestBalancer::start(&b.config(
         "[[route]]\nhost = \"*.a.example\"\npool = \"api\"\n\

@@ -130,6 +130,7 @@ async fn victim_is_served(lb: &TestBalancer, recorder: &Recorder) {
 /// so the backend read the body as a second request with a forged X-Forwarded-For.
 #[tokio::test]
 async fn connection_cannot_remove_the_framing() {
+    let _cpu = crate::support::cpu::shared().await;
     for nominated in [
         "content-length",
         "Content-Length, close",
@@ -161,6 +162,7 @@ async fn connection_cannot_remove_the_framing() {
 /// RFC 9112 §3.2.3: that form is for CONNECT only. User info never names a host.
 #[tokio::test]
 async fn authority_form_and_user_info_get_400() {
+    let _cpu = crate::support::cpu::shared().await;
     let recorder = Recorder::start().await;
     let lb = balancer(&recorder, "").await;
     for target in [
@@ -194,6 +196,7 @@ async fn authority_form_and_user_info_get_400() {
 /// address as Host. RFC 9112 §3.2: 400. (HTTP/1.0 may omit it.)
 #[tokio::test]
 async fn http11_without_host_gets_400() {
+    let _cpu = crate::support::cpu::shared().await;
     let recorder = Recorder::start().await;
     let lb = balancer(&recorder, "").await;
     let got = send_raw(lb.addr, b"GET /nohost HTTP/1.1\r\n\r\n").await;
@@ -219,6 +222,7 @@ async fn http11_without_host_gets_400() {
 /// carries exactly one framing field, written by alb.
 #[tokio::test]
 async fn repeated_equal_lengths_reach_the_backend_as_one() {
+    let _cpu = crate::support::cpu::shared().await;
     let recorder = Recorder::start().await;
     let lb = balancer(&recorder, "").await;
     let got = send_raw(
@@ -246,6 +250,7 @@ const LOOKALIKES: [&str; 3] = [
 /// client. By default (`underscores_in_headers = "drop"`) they are left out.
 #[tokio::test]
 async fn framing_lookalikes_are_dropped_by_default() {
+    let _cpu = crate::support::cpu::shared().await;
     let recorder = Recorder::start().await;
     let lb = balancer(&recorder, "").await;
     for (i, field) in LOOKALIKES.iter().enumerate() {
@@ -272,6 +277,7 @@ async fn framing_lookalikes_are_dropped_by_default() {
 
 #[tokio::test]
 async fn underscores_can_be_refused() {
+    let _cpu = crate::support::cpu::shared().await;
     let recorder = Recorder::start().await;
     let lb = balancer(&recorder, "underscores_in_headers = \"refuse\"").await;
     let got = send_raw(lb.addr, b"GET / HTTP/1.1\r\nHost: h\r\nX_Custom: 1\r\n\r\n").await;
@@ -287,6 +293,7 @@ async fn underscores_can_be_refused() {
 /// request smuggled in the body before it closed.
 #[tokio::test]
 async fn allowed_underscores_never_pass_a_lookalike() {
+    let _cpu = crate::support::cpu::shared().await;
     let recorder = Recorder::start().await;
     let lb = balancer(&recorder, "underscores_in_headers = \"allow\"").await;
     let got = send_raw(
@@ -327,6 +334,7 @@ async fn allowed_underscores_never_pass_a_lookalike() {
 /// `trust proxy`, for one) took the client's word for the host and the scheme.
 #[tokio::test]
 async fn forwarded_host_and_proto_are_alb_s_alone() {
+    let _cpu = crate::support::cpu::shared().await;
     let recorder = Recorder::start().await;
     let lb = balancer(&recorder, "").await;
     let got = send_raw(

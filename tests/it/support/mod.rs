@@ -5,6 +5,7 @@
 //! started it.
 
 pub mod binary;
+pub mod cpu;
 pub mod dns;
 pub mod encode;
 pub mod h2raw;

@@ -30,6 +30,7 @@ async fn check(dir: &TempDir, leaf: &str, key: &str) -> (bool, String, String) {
 
 #[tokio::test]
 async fn alb_check_lists_certificates_warns_near_expiry_and_refuses_expired_or_mismatched() {
+    let _cpu = crate::support::cpu::shared().await;
     let dir = TempDir::new("check");
     let pki = Pki::new();
     let good = pki.leaf("site.test", &["site.test", "*.site.test"], None);
@@ -73,6 +74,7 @@ async fn alb_check_lists_certificates_warns_near_expiry_and_refuses_expired_or_m
 
 #[tokio::test]
 async fn the_real_binary_serves_tls_and_reloads_certificates_on_sighup() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b1").await;
     let dir = TempDir::new("binary");
     let pki = Pki::new();
@@ -113,6 +115,7 @@ async fn the_real_binary_serves_tls_and_reloads_certificates_on_sighup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_binary_upgrade_hands_the_tls_listener_over() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b1").await;
     let dir = TempDir::new("tls-upgrade");
     let pki = Pki::new();

@@ -174,6 +174,7 @@ async fn get_on(
 
 #[tokio::test]
 async fn curl_over_tls_reaches_the_backend_with_https_and_the_clients_host() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b1").await;
     let site = start_site("curl", &[&backend], "", "").await;
     // HTTP/1.1 asked for: alb offers h2 first (tests/http2.rs takes that road).
@@ -214,6 +215,7 @@ async fn curl_over_tls_reaches_the_backend_with_https_and_the_clients_host() {
 
 #[tokio::test]
 async fn openssl_s_client_gets_tls_1_2_and_1_3_and_is_refused_1_0_and_1_1() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b1").await;
     let site = start_site("versions", &[&backend], "", "").await;
     let port = site.tls_port();
@@ -237,6 +239,7 @@ async fn openssl_s_client_gets_tls_1_2_and_1_3_and_is_refused_1_0_and_1_1() {
 
 #[tokio::test]
 async fn sni_chooses_the_certificate_and_a_client_without_sni_gets_the_first() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b1").await;
     let site = start_site("sni", &[&backend], "", "").await;
     let subject = |err: &str| {
@@ -275,6 +278,7 @@ async fn sni_chooses_the_certificate_and_a_client_without_sni_gets_the_first() {
 
 #[tokio::test]
 async fn a_name_no_certificate_has_is_refused_and_counted() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b1").await;
     let site = start_site("unknown", &[&backend], "", "").await;
     // A wildcard covers one label only.
@@ -297,6 +301,7 @@ async fn a_name_no_certificate_has_is_refused_and_counted() {
 
 #[tokio::test]
 async fn a_reload_swaps_the_certificate_for_new_handshakes_and_open_connections_go_on() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b1").await;
     let site = start_site("reload", &[&backend], "", "").await;
     let old = site.connect("site.test").await;
@@ -343,6 +348,7 @@ async fn a_reload_swaps_the_certificate_for_new_handshakes_and_open_connections_
 
 #[tokio::test]
 async fn plain_http_sent_to_the_tls_port_is_closed_without_an_answer_and_counted() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b1").await;
     let site = start_site("plaintext", &[&backend], "", "").await;
     let mut stream = TcpStream::connect(site.balancer.tls_addr.unwrap())
@@ -365,6 +371,7 @@ async fn plain_http_sent_to_the_tls_port_is_closed_without_an_answer_and_counted
 
 #[tokio::test]
 async fn a_handshake_that_does_not_finish_is_cut_after_client_header() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b1").await;
     let site = start_site(
         "slow",
@@ -451,6 +458,7 @@ async fn ws_backend() -> (
 
 #[tokio::test]
 async fn a_websocket_upgrade_works_over_tls() {
+    let _cpu = crate::support::cpu::shared().await;
     let (addr, proto, task) = ws_backend().await;
     let backend_line = format!("backends = [\"http://{addr}\"]\n");
     let site = start_site_with_line("ws", &backend_line, "").await;
@@ -495,6 +503,7 @@ async fn start_site_with_line(name: &str, backends: &str, extra: &str) -> Site {
 
 #[tokio::test]
 async fn redirect_http_answers_308_to_the_same_url_on_the_tls_port() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b1").await;
     // The redirect names the TLS port: a fixed one (port 0 is refused with redirect_http).
     let tls_port = ReservedPort::new();
@@ -550,6 +559,7 @@ async fn redirect_http_answers_308_to_the_same_url_on_the_tls_port() {
 
 #[tokio::test]
 async fn the_proxy_protocol_header_comes_before_the_handshake() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b1").await;
     let site = start_site(
         "proxy-header",
@@ -584,6 +594,7 @@ async fn the_proxy_protocol_header_comes_before_the_handshake() {
 /// on a connection kept alive, long before `keepalive_idle`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_end_of_a_large_answer_leaves_even_when_the_client_reads_late() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("b1").await;
     let site = start_site("tls-tail", &[&backend], "", "").await;
     let mut tls = site.connect("site.test").await;

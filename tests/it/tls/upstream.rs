@@ -228,6 +228,7 @@ async fn body_of(lb: &TestBalancer, path: &str) -> (u16, String) {
 
 #[tokio::test]
 async fn an_https_backend_is_verified_against_the_ca_and_its_connections_are_pooled() {
+    let _cpu = crate::support::cpu::shared().await;
     let pki = Pki::new("test CA");
     let (cert, key) = pki.leaf(&["localhost"]);
     let backend = TlsBackend::start(&cert, &key, None, false).await;
@@ -248,6 +249,7 @@ async fn an_https_backend_is_verified_against_the_ca_and_its_connections_are_poo
 
 #[tokio::test]
 async fn new_connections_resume_the_tls_session() {
+    let _cpu = crate::support::cpu::shared().await;
     let pki = Pki::new("test CA");
     let (cert, key) = pki.leaf(&["localhost"]);
     // Every answer closes its connection: each request needs a handshake.
@@ -272,6 +274,7 @@ async fn new_connections_resume_the_tls_session() {
 /// (same TLS settings) takes the backend out with the verifier's word for it.
 #[tokio::test]
 async fn a_certificate_from_another_ca_is_refused_with_502() {
+    let _cpu = crate::support::cpu::shared().await;
     let (good, other) = (Pki::new("test CA"), Pki::new("another CA"));
     let (cert, key) = good.leaf(&["127.0.0.1"]);
     // Connections close after each answer, so that each request makes a new handshake.
@@ -305,6 +308,7 @@ async fn a_certificate_from_another_ca_is_refused_with_502() {
 
 #[tokio::test]
 async fn a_client_certificate_is_presented_to_a_backend_that_asks_for_one() {
+    let _cpu = crate::support::cpu::shared().await;
     let (server_pki, client_pki) = (Pki::new("server CA"), Pki::new("client CA"));
     let (cert, key) = server_pki.leaf(&["127.0.0.1"]);
     let backend = TlsBackend::start(&cert, &key, Some(&client_pki.ca_pem), false).await;
@@ -336,6 +340,7 @@ async fn a_client_certificate_is_presented_to_a_backend_that_asks_for_one() {
 /// to send; without it, the IP itself must be in the certificate.
 #[tokio::test]
 async fn server_name_verifies_an_ip_backend_by_the_name_its_certificate_carries() {
+    let _cpu = crate::support::cpu::shared().await;
     let pki = Pki::new("test CA");
     let (cert, key) = pki.leaf(&["backend.test"]);
     let backend = TlsBackend::start(&cert, &key, None, false).await;
@@ -364,6 +369,7 @@ async fn server_name_verifies_an_ip_backend_by_the_name_its_certificate_carries(
 
 #[tokio::test]
 async fn verify_false_takes_any_certificate() {
+    let _cpu = crate::support::cpu::shared().await;
     let key = KeyPair::generate().unwrap();
     let params = CertificateParams::new(vec!["elsewhere.test".to_string()]).unwrap();
     let cert = params.self_signed(&key).unwrap().pem();
@@ -382,6 +388,7 @@ async fn verify_false_takes_any_certificate() {
 /// rustls had to hold back while the socket was full.
 #[tokio::test]
 async fn a_tunnel_to_a_tls_backend_carries_bytes_both_ways() {
+    let _cpu = crate::support::cpu::shared().await;
     let pki = Pki::new("test CA");
     let (cert, key) = pki.leaf(&["localhost"]);
     let backend = TlsBackend::start(&cert, &key, None, false).await;
@@ -473,6 +480,7 @@ fn tls_problems_name_their_key_and_file() {
 /// that fails is checked in-process above).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_logs_why_a_backend_certificate_was_refused() {
+    let _cpu = crate::support::cpu::shared().await;
     use crate::support::binary::LoggedProcess;
     let (good, other) = (Pki::new("test CA"), Pki::new("another CA"));
     let (cert, key) = other.leaf(&["127.0.0.1"]);

@@ -18,6 +18,7 @@ const MINUTE: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn alb_deploys_on_a_real_docker_engine() {
+    let _cpu = crate::support::cpu::shared().await;
     let compose = match compose_command() {
         Ok(compose) => compose,
         Err(why) => {

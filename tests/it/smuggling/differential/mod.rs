@@ -74,6 +74,7 @@ fn config(backend: &RecordingBackend) -> String {
 
 #[tokio::test]
 async fn hostile_requests_through_alb_in_process_smuggle_nothing() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = RecordingBackend::start().await;
     let lb = TestBalancer::start(&config(&backend)).await;
     let cases = cases::all();
@@ -85,6 +86,7 @@ async fn hostile_requests_through_alb_in_process_smuggle_nothing() {
 
 #[tokio::test]
 async fn hostile_requests_through_the_alb_binary_smuggle_nothing() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = RecordingBackend::start().await;
     let dir = TempDir::new("differential");
     let path = dir.write(

@@ -171,6 +171,7 @@ async fn after_broken_answer_the_upstream_connection_is_not_reused(
 
 #[tokio::test]
 async fn backend_with_a_broken_response_head_gives_502_and_a_fresh_connection() {
+    let _cpu = crate::support::cpu::shared().await;
     let raw = RawBackend::start(broken_backend).await;
     let lb = Scenario::new()
         .backend_url(raw.url())
@@ -191,6 +192,7 @@ async fn backend_with_a_broken_response_head_gives_502_and_a_fresh_connection() 
 
 #[tokio::test]
 async fn backend_breaking_its_chunked_body_cuts_the_clients_response_short() {
+    let _cpu = crate::support::cpu::shared().await;
     let raw = RawBackend::start(broken_backend).await;
     let lb = Scenario::new()
         .backend_url(raw.url())
@@ -220,6 +222,7 @@ async fn backend_breaking_its_chunked_body_cuts_the_clients_response_short() {
 /// answer to the next request sent over that connection.
 #[tokio::test]
 async fn bytes_after_a_complete_response_are_not_served_to_the_next_client() {
+    let _cpu = crate::support::cpu::shared().await;
     let raw = RawBackend::start(broken_backend).await;
     let lb = Scenario::new()
         .backend_url(raw.url())
@@ -241,6 +244,7 @@ async fn bytes_after_a_complete_response_are_not_served_to_the_next_client() {
 /// connection it came over is not reused.
 #[tokio::test]
 async fn backend_answer_with_content_length_and_chunked_does_not_reuse_the_connection() {
+    let _cpu = crate::support::cpu::shared().await;
     let raw = RawBackend::start(broken_backend).await;
     let lb = Scenario::new()
         .backend_url(raw.url())
@@ -263,6 +267,7 @@ async fn backend_answer_with_content_length_and_chunked_does_not_reuse_the_conne
 /// the message as an error). The backend sends `Content-Length: 5` with an 11-byte chunked body.
 #[tokio::test]
 async fn backend_answer_with_content_length_and_chunked_is_not_truncated() {
+    let _cpu = crate::support::cpu::shared().await;
     let raw = RawBackend::start(broken_backend).await;
     let lb = Scenario::new()
         .backend_url(raw.url())
@@ -289,6 +294,7 @@ async fn backend_answer_with_content_length_and_chunked_is_not_truncated() {
 /// must keep its gzip coding on the way to the client (or be refused), not lose it.
 #[tokio::test]
 async fn backend_answer_with_a_transfer_coding_besides_chunked_keeps_it() {
+    let _cpu = crate::support::cpu::shared().await;
     let raw = RawBackend::start(broken_backend).await;
     let lb = Scenario::new()
         .backend_url(raw.url())
@@ -320,6 +326,7 @@ async fn backend_answer_with_a_transfer_coding_besides_chunked_keeps_it() {
 /// not send its next request into a connection that is going away.
 #[tokio::test]
 async fn an_unread_request_body_is_announced_with_connection_close() {
+    let _cpu = crate::support::cpu::shared().await;
     let backend = TestBackend::start("a").await;
     let lb = TestBalancer::start(&format!(
         "{}[health_check]\ninterval = \"3s\"\n",
@@ -346,6 +353,7 @@ async fn an_unread_request_body_is_announced_with_connection_close() {
 /// Two Host fields name two targets, depending on which one a server reads: refused.
 #[tokio::test]
 async fn two_host_fields_get_400_and_close() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new().backend("solo").quiet_health().start().await;
     let (backend, lb) = (&scenario.backends[0], &scenario.lb);
     let got = exchange(

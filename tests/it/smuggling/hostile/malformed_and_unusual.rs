@@ -167,6 +167,7 @@ fn rejected_requests() -> Vec<(&'static str, Vec<u8>, &'static [u16])> {
 
 #[tokio::test]
 async fn malformed_requests_get_4xx_and_the_connection_closes_without_reaching_a_backend() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new().backend("solo").quiet_health().start().await;
     let (backend, lb) = (&scenario.backends[0], &scenario.lb);
     for (case, request, statuses) in rejected_requests() {
@@ -196,6 +197,7 @@ async fn malformed_requests_get_4xx_and_the_connection_closes_without_reaching_a
 /// Content-Length is dropped, and the bytes after the body are never parsed as a request.
 #[tokio::test]
 async fn cl_te_smuggling_is_framed_by_chunked_and_the_connection_closes() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new().backend("solo").quiet_health().start().await;
     let (backend, lb) = (&scenario.backends[0], &scenario.lb);
     let body = format!("0\r\n\r\n{SMUGGLED}");
@@ -230,6 +232,7 @@ async fn cl_te_smuggling_is_framed_by_chunked_and_the_connection_closes() {
 /// request is only ever body bytes, forwarded without the conflicting Content-Length.
 #[tokio::test]
 async fn te_cl_smuggling_is_framed_by_chunked_and_the_connection_closes() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new().backend("solo").quiet_health().start().await;
     let (backend, lb) = (&scenario.backends[0], &scenario.lb);
     let request = format!(
@@ -280,6 +283,7 @@ fn bad_chunked_bodies() -> Vec<(&'static str, String)> {
 /// connection closed, and nothing after the broken body taken as a request.
 #[tokio::test]
 async fn bad_chunk_sizes_get_400_close_the_connection_and_smuggle_nothing() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new().backend("solo").quiet_health().start().await;
     let (backend, lb) = (&scenario.backends[0], &scenario.lb);
     for (case, request) in bad_chunked_bodies() {
@@ -297,6 +301,7 @@ async fn bad_chunk_sizes_get_400_close_the_connection_and_smuggle_nothing() {
 /// it, the backend must never receive a field value containing a line break.
 #[tokio::test]
 async fn bare_lf_in_a_header_line_is_a_line_end_or_rejected() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new().backend("solo").quiet_health().start().await;
     let (backend, lb) = (&scenario.backends[0], &scenario.lb);
     let got = exchange(
@@ -326,6 +331,7 @@ async fn bare_lf_in_a_header_line_is_a_line_end_or_rejected() {
 /// bytes as a plain body.
 #[tokio::test]
 async fn unknown_transfer_coding_before_chunked_is_refused() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new().backend("solo").quiet_health().start().await;
     let (backend, lb) = (&scenario.backends[0], &scenario.lb);
     let got = exchange(
@@ -349,6 +355,7 @@ async fn unknown_transfer_coding_before_chunked_is_refused() {
 
 #[tokio::test]
 async fn a_100_kib_header_section_gets_431_and_the_connection_closes() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new().backend("solo").quiet_health().start().await;
     let (backend, lb) = (&scenario.backends[0], &scenario.lb);
     let request = format!(
@@ -367,6 +374,7 @@ async fn a_100_kib_header_section_gets_431_and_the_connection_closes() {
 
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new().backend("solo").quiet_health().start().await;
     let (backend, lb) = (&scenario.backends[0], &scenario.lb);
     let mut stream = TcpStream::connect(lb.addr).await.unwrap();
@@ -392,6 +400,7 @@ async fn pipelined_requests_are_answered_in_order() {
 
 #[tokio::test]
 async fn expect_100_continue_gets_100_then_the_echoed_body() {
+    let _cpu = crate::support::cpu::shared().await;
     let scenario = Scenario::new().backend("solo").quiet_health().start().await;
     let (backend, lb) = (&scenario.backends[0], &scenario.lb);
     let mut conn = RawConn::connect(lb.addr).await;
