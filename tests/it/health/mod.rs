@@ -1,0 +1,2 @@
+mod active;
+mod passive;

@@ -1,0 +1,3 @@
+mod deadlines;
+mod limits;
+mod timeouts;

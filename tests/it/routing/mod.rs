@@ -1,0 +1,2 @@
+mod affinity;
+mod routes;

@@ -1,0 +1,4 @@
+mod differential;
+mod framing;
+mod framing_properties;
+mod hostile;

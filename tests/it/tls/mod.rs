@@ -1,0 +1,3 @@
+mod binary;
+mod listener;
+mod upstream;
