@@ -251,7 +251,7 @@ fn serve_request(
                 &mut out,
                 status,
                 &headers,
-                relayed.as_ref(),
+                relayed.as_deref(),
                 SizeHint::with_exact(0),
                 false,
                 version,

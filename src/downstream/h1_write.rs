@@ -78,7 +78,7 @@ pub(super) async fn write_response(
         out,
         status,
         &headers,
-        relayed.as_ref(),
+        relayed.as_deref(),
         body.size_hint(),
         head_request,
         version,

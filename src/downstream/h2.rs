@@ -278,7 +278,7 @@ impl StreamTask {
         let fields = response_fields(
             status,
             headers,
-            relayed.as_ref(),
+            relayed.as_deref(),
             body.size_hint(),
             head_request,
         );

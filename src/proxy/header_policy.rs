@@ -92,10 +92,10 @@ pub fn forward(headers: &mut HeaderMap, client: &ClientInfo) -> AddedFields {
         client.ip_header.clone()
     };
     let mut added = AddedFields::new();
-    added.push((X_FORWARDED_FOR.clone(), forwarded_for));
-    added.push((X_FORWARDED_PROTO.clone(), client.scheme.header_value()));
-    if let Some(host) = headers.get(header::HOST) {
-        added.push((X_FORWARDED_HOST.clone(), host.clone()));
+    added.push((&X_FORWARDED_FOR, forwarded_for));
+    added.push((&X_FORWARDED_PROTO, client.scheme.header_value()));
+    if let Some(host) = scan.host {
+        added.push((&X_FORWARDED_HOST, host));
     }
     added
 }
@@ -128,9 +128,11 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name.as_str() == "proxy-connection"
 }
 
-/// What one pass over the field names found.
-#[derive(Debug, Clone, Copy, Default)]
+/// What one pass over the fields found.
+#[derive(Debug, Default)]
 struct HopScan {
+    /// The first Host, found on the way (a lookup would cost a hash and a probe).
+    host: Option<HeaderValue>,
     /// Any hop-by-hop field at all.
     any: bool,
     /// The client sent X-Forwarded-For.
@@ -143,8 +145,12 @@ struct HopScan {
 /// policy removes and need nothing more.
 fn hop_scan(headers: &HeaderMap) -> HopScan {
     let mut scan = HopScan::default();
-    for name in headers.keys() {
-        if is_hop_by_hop(name) {
+    for (name, value) in headers {
+        if name == header::HOST {
+            if scan.host.is_none() {
+                scan.host = Some(value.clone());
+            }
+        } else if is_hop_by_hop(name) {
             scan.any = true;
         } else if name == X_FORWARDED_FOR {
             scan.forwarded_for = true;
@@ -258,7 +264,7 @@ mod tests {
     fn sent(headers: &HeaderMap, added: &AddedFields) -> Vec<(String, String)> {
         headers
             .iter()
-            .chain(added.iter().map(|(n, v)| (n, v)))
+            .chain(added.iter().map(|(n, v)| (*n, v)))
             .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
             .collect()
     }
@@ -307,7 +313,7 @@ mod tests {
         let mut h = map(&[("x-forwarded-host", "evil.example")]);
         let added = forward(&mut h, &client(Scheme::Http));
         assert!(h.is_empty());
-        assert!(added.iter().all(|(n, _)| n != X_FORWARDED_HOST));
+        assert!(added.iter().all(|(n, _)| **n != X_FORWARDED_HOST));
     }
 
     #[test]

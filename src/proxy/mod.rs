@@ -197,7 +197,7 @@ impl Snapshot {
     async fn dispatch(
         &self,
         plan: &Plan<'_>,
-        (outbound, mut body): (Outbound, RequestBody),
+        (outbound, mut body): (Box<Outbound>, RequestBody),
         log: &mut Option<Box<AccessRecord>>,
         arrival: Arrival,
     ) -> Result<Reply, Rejection> {
@@ -406,7 +406,7 @@ impl Snapshot {
         };
         let body = UpstreamBody::new(BodyDecoder::new(framing), status.as_u16(), upstream);
         let mut reply = Reply::new(status, ResponseBody::Upstream(Box::new(body)));
-        reply.relayed = Some(fields);
+        reply.relayed = Some(Box::new(fields));
         reply
     }
 
@@ -471,7 +471,7 @@ impl Snapshot {
             ResponseBody::Tunnel(Box::new(tunnel)),
         );
         // The `101`'s end-to-end fields (`Sec-WebSocket-Accept`, ...).
-        reply.relayed = Some(fields);
+        reply.relayed = Some(Box::new(fields));
         // Checked against the request's offer by the parser: a token list, so a valid value.
         if let Ok(value) = HeaderValue::from_maybe_shared(protocol) {
             reply.headers.insert(http::header::UPGRADE, value);

@@ -23,7 +23,7 @@ impl Snapshot {
         req: Request<IncomingBody>,
         client: &ClientInfo,
         max_body_buffer: u64,
-    ) -> Result<(Outbound, RequestBody), ProxyError> {
+    ) -> Result<(Box<Outbound>, RequestBody), ProxyError> {
         let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
             + req.uri().authority().map_or(0, |a| a.as_str().len());
         if target_len > self.limits.max_uri_bytes {
@@ -105,11 +105,13 @@ fn outbound(
     added: crate::upstream::AddedFields,
     framing: BodyFraming,
     upgrade: Option<http::HeaderValue>,
-) -> Outbound {
+) -> Box<Outbound> {
     // Once sent, an upgrade may have switched the backend's connection to a protocol alb knows
     // nothing of: never sent twice.
     let idempotent = is_idempotent(&parts.method) && upgrade.is_none();
-    Outbound::new(
+    // Boxed: the request's futures move it from step to step, and each move of a value this size
+    // costs more than the allocation.
+    Box::new(Outbound::new(
         parts.method,
         parts.uri,
         parts.headers,
@@ -117,7 +119,7 @@ fn outbound(
         framing,
         upgrade,
         idempotent,
-    )
+    ))
 }
 
 /// The request alb sends upstream for a client's request head (`parts`, as the client-side
@@ -128,7 +130,7 @@ pub fn outbound_for(
     mut parts: http::request::Parts,
     client: &ClientInfo,
     framing: BodyFraming,
-) -> Outbound {
+) -> Box<Outbound> {
     let added = header_policy::forward(&mut parts.headers, client);
     outbound(parts, added, framing, None)
 }

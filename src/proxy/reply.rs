@@ -21,8 +21,9 @@ use crate::http2::grpc;
 pub struct Reply {
     pub status: StatusCode,
     /// An HTTP/1.1 backend's end-to-end fields, kept as spans of its head (passing them on is a
-    /// copy, with no map built), written first.
-    pub relayed: Option<RawFields>,
+    /// copy, with no map built), written first. Boxed: a reply is moved from step to step on its
+    /// way out, and each move of the spans inline costs more than their allocation.
+    pub relayed: Option<Box<RawFields>>,
     /// Fields in a map: an HTTP/2 backend's, those of an answer alb makes itself, and what alb
     /// adds to a backend's (Set-Cookie, `x-alb-*`).
     pub headers: HeaderMap,
