@@ -16,64 +16,14 @@
 //! costs a hash and a probe each. The fields alb adds are not inserted into the map either (which
 //! may grow it): they ride beside it in [`AddedFields`], written after the client's.
 
-use std::net::SocketAddr;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use super::client::ClientInfo;
 use crate::upstream::AddedFields;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// The scheme a client used to reach alb: what X-Forwarded-Proto tells the backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Scheme {
-    #[default]
-    Http,
-    /// The client came over the TLS listener.
-    Https,
-}
-
-impl Scheme {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scheme::Http => "http",
-            Scheme::Https => "https",
-        }
-    }
-
-    fn header_value(self) -> HeaderValue {
-        HeaderValue::from_static(self.as_str())
-    }
-}
-
-/// The client connection a request arrived on, computed once per connection.
-#[derive(Debug, Clone)]
-pub struct ClientInfo {
-    pub addr: SocketAddr,
-    /// The client's IP as an X-Forwarded-For element.
-    pub ip_header: HeaderValue,
-    /// Which listener it came to: X-Forwarded-Proto, and whether `tls.redirect_http` applies.
-    pub scheme: Scheme,
-}
-
-impl ClientInfo {
-    pub fn new(addr: SocketAddr) -> ClientInfo {
-        let ip = addr.ip().to_string();
-        let ip_header = HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("unknown"));
-        ClientInfo {
-            addr,
-            ip_header,
-            scheme: Scheme::Http,
-        }
-    }
-
-    /// The same client, come over `scheme`.
-    pub fn over(self, scheme: Scheme) -> ClientInfo {
-        ClientInfo { scheme, ..self }
-    }
-}
 
 /// Applies the policy to a request's fields (hop-by-hop ones, the client's forwarding fields
 /// removed) and returns the fields alb adds for this hop.
@@ -203,6 +153,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::Scheme;
     use http::header::HeaderValue;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {

@@ -5,6 +5,7 @@
 
 mod access_log;
 mod affinity;
+mod client;
 mod error;
 mod h1_body;
 mod h2_body;
@@ -31,9 +32,10 @@ use std::time::Instant;
 use http::{HeaderName, HeaderValue, Request};
 
 pub use access_log::{AccessRecord, Outcome};
+pub use client::{ClientInfo, Scheme, TlsSession};
 pub use error::ProxyError;
 pub use h1_body::UpstreamBody;
-pub use header_policy::{ClientInfo, Scheme, remove_hop_by_hop};
+pub use header_policy::remove_hop_by_hop;
 pub use live::Proxy;
 pub use pool::BackendPool;
 use prepare::Replay;

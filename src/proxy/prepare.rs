@@ -8,7 +8,8 @@ use http::{Method, Request};
 use http_body::Body;
 use http_body_util::BodyExt;
 
-use super::header_policy::{self, ClientInfo};
+use super::ClientInfo;
+use super::header_policy;
 use super::retry::is_idempotent;
 use super::{ProxyError, Snapshot};
 use crate::http1::{BodyFraming, requested_upgrade};
