@@ -39,6 +39,12 @@ pub enum ProxyError {
     MethodNotAllowed(&'static str),
     #[error("no route matches the request and there is no pool \"default\"")]
     NoRoute,
+    /// A path common backends resolve in more than one way (`route::PathReading`).
+    #[error("the path reads differently to different servers")]
+    AmbiguousPath,
+    /// The route does not admit this client (its address, or no verified certificate).
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
     /// Over its route's `rate_limit`; the next request is allowed in this long.
     #[error("over the rate limit, next allowed in {0:?}")]
     RateLimited(Duration),
@@ -82,6 +88,8 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::AmbiguousPath => StatusCode::BAD_REQUEST,
+            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -126,6 +134,10 @@ impl ProxyError {
             ProxyError::UpstreamFraming(_) => "the backend sent a response alb cannot forward",
             ProxyError::BadRequest(m) | ProxyError::MethodNotAllowed(m) => m,
             ProxyError::NoRoute => "no route for this request",
+            ProxyError::AmbiguousPath => {
+                "the path holds an encoded /, a \\ or a ; that servers resolve differently"
+            }
+            ProxyError::Forbidden(m) => m,
             ProxyError::RateLimited(_) => "too many requests, slow down",
         }
     }
@@ -140,11 +152,14 @@ impl ProxyError {
         }
         // After a client error the rest of the connection cannot be trusted (an unread body, a
         // stalled upload): answer and close. A request that was merely routed nowhere or
-        // limited was read like any other (an unread body still closes, see `downstream::h1`).
+        // limited or refused by its route's policy was read like any other (an unread body still
+        // closes, see `downstream::h1`).
         if let ProxyError::RateLimited(wait) = self {
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
-        } else if status.is_client_error() && !matches!(self, ProxyError::NoRoute) {
+        } else if status.is_client_error()
+            && !matches!(self, ProxyError::NoRoute | ProxyError::Forbidden(_))
+        {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let ProxyError::MethodNotAllowed(_) = self {

@@ -44,7 +44,7 @@ pub use rate_limit::{DEFAULT_MAX_KEYS, RateLimiter};
 pub use reply::Reply;
 pub use response_body::ResponseBody;
 pub use retry::{AfterFailure, Reached, RetryBudget, RetryPolicy, is_idempotent};
-pub use route::RouteTable;
+pub use route::{AmbiguousPath, RouteTable};
 pub use settlement::{ResponseBodyError, UpstreamParts};
 use snapshot::Plan;
 pub use snapshot::Snapshot;
@@ -137,9 +137,14 @@ impl Snapshot {
                     Err(error) => self.local_response(&error, None, log, method),
                 };
             }
-            let Some(plan) = self.plan(&req, client) else {
-                self.stats.no_route.fetch_add(1, Ordering::Relaxed);
-                return self.local_response(&ProxyError::NoRoute, None, log, method);
+            let plan = match self.plan(&req, client) {
+                Ok(plan) => plan,
+                Err(error) => {
+                    if let ProxyError::NoRoute = error {
+                        self.stats.no_route.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return self.local_response(&error, None, log, method);
+                }
             };
             if let Some(wait) = plan.route.and_then(|r| self.over_limit(r, &req, client)) {
                 self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);

@@ -81,24 +81,25 @@ fn first_segment(path: &str) -> &str {
 pub(super) struct RequestKey<'a> {
     /// Lower case, without port or trailing dot.
     host: Option<Cow<'a, str>>,
-    /// Dot segments resolved and unreserved characters decoded, as a backend will read it.
-    path: Cow<'a, str>,
+    /// Dot segments resolved and unreserved characters decoded, as a backend will read it, and
+    /// how the most liberal backend would (see [`PathReading`]).
+    path: PathReading<'a>,
     method: &'a Method,
     headers: &'a HeaderMap,
 }
 
 impl<'a> RequestKey<'a> {
-    pub(super) fn of<B>(request: &'a Request<B>) -> RequestKey<'a> {
-        RequestKey {
+    pub(super) fn of<B>(request: &'a Request<B>) -> Result<RequestKey<'a>, AmbiguousPath> {
+        Ok(RequestKey {
             host: request
                 .headers()
                 .get(http::header::HOST)
                 .and_then(|v| v.to_str().ok())
                 .map(host_of),
-            path: normalize_path(request.uri().path()),
+            path: PathReading::of(request.uri().path())?,
             method: request.method(),
             headers: request.headers(),
-        }
+        })
     }
 }
 
@@ -143,14 +144,30 @@ impl RouteTable {
             .collect()
     }
 
-    /// The first route, in file order, that `request` meets (counted as a hit).
-    pub fn route_of<B>(&self, request: &Request<B>) -> Option<usize> {
-        self.find(&RequestKey::of(request))
+    /// The first route, in file order, that `request` meets (counted as a hit); `Err` for a
+    /// path backends read in more than one way (see [`PathReading`]).
+    pub fn route_of<B>(&self, request: &Request<B>) -> Result<Option<usize>, AmbiguousPath> {
+        self.find(&RequestKey::of(request)?)
     }
 
-    /// The first route, in file order, whose conditions all hold, counted as a hit.
-    pub(super) fn find(&self, request: &RequestKey<'_>) -> Option<usize> {
-        let segment = first_segment(&request.path);
+    /// The first route, in file order, whose conditions all hold, counted as a hit; `Err` when
+    /// the liberal reading of the path would choose another.
+    pub(super) fn find(&self, request: &RequestKey<'_>) -> Result<Option<usize>, AmbiguousPath> {
+        let found = self.lookup(request, &request.path.path);
+        if let Some(liberal) = &request.path.liberal
+            && self.lookup(request, liberal) != found
+        {
+            return Err(AmbiguousPath);
+        }
+        if let Some(found) = found {
+            self.hits[found].fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(found)
+    }
+
+    /// The first route whose conditions hold for `request` with its path read as `path`.
+    fn lookup(&self, request: &RequestKey<'_>, path: &str) -> Option<usize> {
+        let segment = first_segment(path);
         let mut lists = Lists::new();
         if let Some(host) = request.host.as_deref() {
             if let Some(bucket) = self.exact.get(host) {
@@ -165,20 +182,20 @@ impl RouteTable {
             }
         }
         self.hostless.candidates(segment, &mut lists);
-        let found = merged(&mut lists, |i| self.rest_matches(&self.routes[i], request))?;
-        self.hits[found].fetch_add(1, Ordering::Relaxed);
-        Some(found)
+        merged(&mut lists, |i| {
+            self.rest_matches(&self.routes[i], request, path)
+        })
     }
 
     /// Every condition but the host one (the table already matched it).
-    fn rest_matches(&self, route: &RouteConfig, request: &RequestKey<'_>) -> bool {
+    fn rest_matches(&self, route: &RouteConfig, request: &RequestKey<'_>, path: &str) -> bool {
         if let Some(prefix) = &route.path_prefix
-            && !prefix_matches(prefix, &request.path)
+            && !prefix_matches(prefix, path)
         {
             return false;
         }
-        if let Some(path) = &route.path
-            && *path != request.path
+        if let Some(exact) = &route.path
+            && exact != path
         {
             return false;
         }
@@ -251,21 +268,26 @@ fn host_of(value: &str) -> Cow<'_, str> {
 }
 
 /// The path as a backend resolves it (RFC 3986 §6.2.2): percent-encoded unreserved characters
-/// decoded, dot segments removed and repeated slashes merged, so that `/%73tatic/x` and `/api/../static/x` match the
-/// routes of `/static/`, as the backend will serve them. An encoded `/` stays encoded: it is not
-/// a segment boundary to the backend either. Most paths need none of this and are borrowed.
+/// decoded, dot segments removed and repeated slashes merged, so that `/%73tatic/x` and
+/// `/api/../static/x` match the routes of `/static/`, as the backend will serve them. An encoded
+/// `/` stays encoded here; [`PathReading::of`] decides what happens when a backend could read
+/// it, a `\` or a `;` otherwise. Most paths need none of this and are borrowed.
 pub(super) fn normalize_path(path: &str) -> Cow<'_, str> {
     if !path.contains('%') && !path.contains("/.") && !path.contains("//") {
         return Cow::Borrowed(path);
     }
-    let decoded = decode_unreserved(path);
+    Cow::Owned(resolve_segments(&decode_unreserved(path)))
+}
+
+/// Dot segments removed and empty segments merged (`//` is one `/` to most servers, nginx
+/// merges them by default: `//api/x` must not pass the `/api` route's limit by reaching its
+/// backend another way).
+fn resolve_segments(path: &str) -> String {
     let mut out: Vec<&str> = Vec::new();
-    let segments: Vec<&str> = decoded.split('/').skip(1).collect();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
     let last = segments.len().saturating_sub(1);
     for (k, segment) in segments.iter().enumerate() {
         match *segment {
-            // `//` is one `/` to most servers (nginx merges slashes by default): `//api/x`
-            // must not pass the `/api` route's limit by reaching its backend another way.
             "" if k != last => {}
             "." => {}
             ".." => {
@@ -278,7 +300,85 @@ pub(super) fn normalize_path(path: &str) -> Cow<'_, str> {
             out.push("");
         }
     }
-    Cow::Owned(format!("/{}", out.join("/")))
+    format!("/{}", out.join("/"))
+}
+
+/// How a request's path is read for routing, and whether every common backend reads it the same.
+///
+/// **This is where alb makes sure no backend can resolve a path to somewhere its route did not
+/// lead.** Backends disagree on three things alb's reading ([`normalize_path`]) leaves alone:
+/// nginx and Python's http.server decode `%2F` before resolving dot segments, IIS and some Java
+/// and Node servers read `\` (and `%5C`) as `/`, and Tomcat drops a segment's `;parameters`
+/// (so `..;` is `..`). The liberal reading applies all three. A path is refused (400) when
+///
+/// - the liberal reading finds a dot segment where alb's found none (`/public/..%2fadmin`,
+///   `/public/..\admin`, `/public/..;/admin`): no client needs that, it can only climb out of
+///   the route it matched;
+/// - or the two readings would choose different routes (`/api%2Fv1/x` when `/api/v1/` and
+///   `/api/` lead to different pools).
+///
+/// Otherwise the path goes on as the client sent it: `/files/a%2Fb` stays one segment for the
+/// backends that keep it so, under the route both readings chose.
+pub(super) struct PathReading<'a> {
+    /// alb's reading, the one routes match.
+    pub(super) path: Cow<'a, str>,
+    /// The liberal reading, when it differs from alb's (without a dot segment).
+    pub(super) liberal: Option<String>,
+}
+
+/// A path some common backend resolves through a dot segment alb's reading does not have.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AmbiguousPath;
+
+impl<'a> PathReading<'a> {
+    pub(super) fn of(raw: &'a str) -> Result<PathReading<'a>, AmbiguousPath> {
+        let path = normalize_path(raw);
+        if !path.bytes().any(|b| matches!(b, b'%' | b'\\' | b';')) {
+            return Ok(PathReading {
+                path,
+                liberal: None,
+            });
+        }
+        let liberal = liberal_segments(&path);
+        if liberal.split('/').any(|s| s == "." || s == "..") {
+            return Err(AmbiguousPath);
+        }
+        let liberal = resolve_segments(&liberal);
+        let liberal = (liberal != path).then_some(liberal);
+        Ok(PathReading { path, liberal })
+    }
+}
+
+/// `path` (dot segments already resolved) with `%2F` and `%5C` decoded, `\` read as `/`, each
+/// segment's `;parameters` dropped and its encoded dots decoded: what the most liberal of the
+/// common backends resolves.
+fn liberal_segments(path: &str) -> String {
+    let mut decoded = String::with_capacity(path.len());
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| path.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match (bytes[i], escaped) {
+            (_, Some(b'/' | b'\\')) | (b'\\', _) => decoded.push('/'),
+            (_, Some(b'.')) => decoded.push('.'),
+            (_, Some(b';')) => decoded.push(';'),
+            _ => {
+                let len = path[i..].chars().next().map_or(1, char::len_utf8);
+                decoded.push_str(&path[i..i + len]);
+                i += len;
+                continue;
+            }
+        }
+        i += if bytes[i] == b'%' { 3 } else { 1 };
+    }
+    decoded
+        .split('/')
+        .map(|segment| segment.split(';').next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn decode_unreserved(path: &str) -> String {
@@ -326,6 +426,45 @@ mod tests {
             ("/a/", "/a/"),
         ] {
             assert_eq!(normalize_path(raw), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn paths_a_backend_could_resolve_through_an_encoded_separator_are_refused() {
+        for raw in [
+            "/public/..%2fadmin",
+            "/public/%2e%2e%2fadmin",
+            "/public/..%2Fadmin",
+            "/public/..\\admin",
+            "/public/..%5cadmin",
+            "/public/..;/admin",
+            "/public/.;x/..;y/admin",
+            "/public/%2e%2e;/admin",
+            "/x/../..%2fy",
+            "/public/.%2e%2fadmin",
+        ] {
+            assert_eq!(PathReading::of(raw).err(), Some(AmbiguousPath), "{raw}");
+        }
+    }
+
+    #[test]
+    fn encoded_separators_without_dot_segments_keep_alb_reading() {
+        for (raw, path, liberal) in [
+            ("/files/a%2Fb", "/files/a%2Fb", Some("/files/a/b")),
+            ("/api;v=1/x", "/api;v=1/x", Some("/api/x")),
+            ("/a\\b", "/a\\b", Some("/a/b")),
+            (
+                "/app/page;jsessionid=1",
+                "/app/page;jsessionid=1",
+                Some("/app/page"),
+            ),
+            ("/%41pi/x", "/Api/x", None),
+            ("/plain/path", "/plain/path", None),
+            ("/a%2e%2e/b", "/a../b", None),
+        ] {
+            let reading = PathReading::of(raw).unwrap();
+            assert_eq!(reading.path, path, "{raw}");
+            assert_eq!(reading.liberal.as_deref(), liberal, "{raw}");
         }
     }
 

@@ -8,7 +8,7 @@ use http::{HeaderValue, Request};
 
 use super::Scheme;
 use super::route::{RequestKey, RouteTable};
-use super::{BackendPool, ClientInfo, ProxyStats, RateLimiter, RetryPolicy, affinity};
+use super::{BackendPool, ClientInfo, ProxyError, ProxyStats, RateLimiter, RetryPolicy, affinity};
 use crate::config::{BackendSpec, Config, DEFAULT_POOL, Limits, Timeouts};
 use crate::health::OutlierDetector;
 use crate::upstream::Backend;
@@ -177,20 +177,28 @@ impl Snapshot {
     }
 
     /// Where `request` goes: the first route that matches it, else the pool `default`.
-    pub(super) fn plan<B>(&self, request: &Request<B>, client: &ClientInfo) -> Option<Plan<'_>> {
+    pub(super) fn plan<B>(
+        &self,
+        request: &Request<B>,
+        client: &ClientInfo,
+    ) -> Result<Plan<'_>, ProxyError> {
+        let ambiguous = |_| ProxyError::AmbiguousPath;
         let (route, target) = if self.routes.is_empty() {
             (None, None)
         } else {
-            let route = self.routes.find(&RequestKey::of(request));
+            let route = self
+                .routes
+                .find(&RequestKey::of(request).map_err(ambiguous)?)
+                .map_err(ambiguous)?;
             (route, route.and_then(|r| self.split(r)))
         };
         let pool_index = match (route, target) {
             (Some(_), Some(target)) => target.pool,
-            (Some(_), None) => return None,
-            (None, _) => self.default_pool?,
+            (Some(_), None) => return Err(ProxyError::NoRoute),
+            (None, _) => self.default_pool.ok_or(ProxyError::NoRoute)?,
         };
         let pool = &self.pools[pool_index];
-        Some(Plan {
+        Ok(Plan {
             pool,
             retry: target.and_then(|t| t.retry.as_ref()).unwrap_or(&pool.retry),
             timeouts: route

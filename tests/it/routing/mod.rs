@@ -1,2 +1,3 @@
 mod affinity;
+mod path_readings;
 mod routes;
