@@ -1,6 +1,7 @@
 //! An IP network in CIDR notation (`10.0.0.0/8`, `::1/128`), as `proxy_protocol.trusted` lists
 //! them. Small enough to keep here rather than pull in a crate for one comparison per connection.
 
+use super::values::Problems;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -29,6 +30,22 @@ impl IpNet {
             _ => false,
         }
     }
+}
+
+/// The networks of a list of CIDRs given under `key`; each that does not parse is a problem
+/// naming its place in the list.
+pub(super) fn networks(key: &str, given: &[String], problems: &mut Problems) -> Vec<IpNet> {
+    given
+        .iter()
+        .enumerate()
+        .filter_map(|(i, text)| match text.trim().parse() {
+            Ok(net) => Some(net),
+            Err(reason) => {
+                problems.add(format!("{key}[{i}]"), format!("{text:?}: {reason}"));
+                None
+            }
+        })
+        .collect()
 }
 
 impl fmt::Display for IpNet {

@@ -2,11 +2,14 @@
 //! [`Config`] below (`validate`). Nothing on the request path ever sees raw config.
 
 mod backends;
+mod edge;
 mod error;
+mod header_rules;
 mod http2;
 mod ipnet;
 mod pools;
 mod raw;
+mod route_policy;
 mod routes;
 mod sections;
 mod tls;
@@ -21,10 +24,13 @@ use std::time::Duration;
 
 use crate::http1::Underscores;
 
+pub use edge::{ForwardedConfig, RequestIdConfig};
 pub use error::{ConfigError, Problem};
+pub use header_rules::{HeaderRules, Template, Var, is_protected};
 pub use http2::Http2Config;
 pub use ipnet::IpNet;
 pub use pools::{DEFAULT_POOL, HashConfig, HashKey, PoolConfig, StickyConfig};
+pub use route_policy::{Redirect, RoutePolicy};
 pub use routes::{
     HeaderCondition, HeaderTest, HostPattern, RateKey, RateLimitConfig, RouteConfig, RouteTarget,
     prefix_matches,
@@ -66,6 +72,11 @@ pub struct Config {
     pub admin: AdminConfig,
     pub discovery: DiscoveryConfig,
     pub proxy_protocol: ProxyProtocolConfig,
+    pub forwarded: ForwardedConfig,
+    pub request_id: RequestIdConfig,
+    /// Header rules for every request and every response, before a route's own.
+    pub request_headers: HeaderRules,
+    pub response_headers: HeaderRules,
     /// `[upstream_tls]`, built when a backend is `https://` or the section is written.
     pub upstream_tls: Option<std::sync::Arc<UpstreamTls>>,
     /// The TLS listener (`[tls]`); none: plain HTTP only.

@@ -23,6 +23,10 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     pub discovery: Option<RawDiscovery>,
     pub proxy_protocol: Option<RawProxyProtocol>,
+    pub forwarded: Option<RawForwarded>,
+    pub request_id: Option<RawRequestId>,
+    pub request_headers: Option<super::header_rules::RawHeaderRules>,
+    pub response_headers: Option<super::header_rules::RawHeaderRules>,
     pub upstream_tls: Option<RawUpstreamTls>,
     pub tls: Option<RawTls>,
     pub http2: Option<RawHttp2>,
@@ -74,6 +78,13 @@ pub struct RawRoute {
     pub timeouts: Option<RawTimeouts>,
     pub retry: Option<RawRetry>,
     pub rate_limit: Option<RawRateLimit>,
+    pub client_certificate: Option<bool>,
+    pub allow: Option<Vec<String>>,
+    pub deny: Option<Vec<String>>,
+    pub rewrite_prefix: Option<String>,
+    pub redirect: Option<super::route_policy::RawRedirect>,
+    pub request_headers: Option<super::header_rules::RawHeaderRules>,
+    pub response_headers: Option<super::header_rules::RawHeaderRules>,
 }
 
 /// A header condition: a value the field must have, or `true` (present) / `false` (absent).
@@ -153,6 +164,22 @@ pub struct RawHttp2 {
 pub struct RawProxyProtocol {
     pub enabled: Option<bool>,
     pub trusted: Option<Vec<String>>,
+}
+
+/// `[forwarded]`: which peers are believed about the client.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForwarded {
+    pub trusted: Option<Vec<String>>,
+    pub rfc7239: Option<bool>,
+}
+
+/// `[request_id]`: the X-Request-Id every forwarded request carries.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRequestId {
+    pub enabled: Option<bool>,
+    pub response: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

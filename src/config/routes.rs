@@ -11,7 +11,7 @@ use super::pools::DEFAULT_POOL;
 use super::raw::{RawHeaderMatch, RawRateLimit, RawRetry, RawRoute, RawTimeouts};
 use super::sections;
 use super::values::{Problems, count};
-use super::{Problem, RetryConfig, Timeouts};
+use super::{Problem, RetryConfig, RoutePolicy, Timeouts};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
@@ -28,6 +28,9 @@ pub struct RouteConfig {
     /// The route's `timeouts` over the top-level ones, when it gives any.
     pub timeouts: Option<Timeouts>,
     pub rate_limit: Option<RateLimitConfig>,
+    /// Condition: the client presented a certificate the TLS listener verified.
+    pub client_certificate: bool,
+    pub policy: RoutePolicy,
 }
 
 impl RouteConfig {
@@ -38,6 +41,7 @@ impl RouteConfig {
             && self.path.is_none()
             && self.methods.is_empty()
             && self.headers.is_empty()
+            && !self.client_certificate
     }
 }
 
@@ -169,12 +173,13 @@ pub(super) fn unused_pools<'a>(
 
 fn one(
     prefix: &str,
-    raw: RawRoute,
+    mut raw: RawRoute,
     pool_retry: &BTreeMap<String, RawRetry>,
     top_timeouts: &RawTimeouts,
     problems: &mut Problems,
 ) -> RouteConfig {
     let key = |k: &str| format!("{prefix}{k}");
+    let policy = super::route_policy::route_policy(prefix, &mut raw, problems);
     let host = raw
         .host
         .as_deref()
@@ -239,7 +244,17 @@ fn one(
             }
         })
         .collect();
-    let targets = targets(prefix, raw.pool, raw.split, raw.retry, pool_retry, problems);
+    let targets = if policy.redirect.is_some() {
+        if raw.pool.is_some() || raw.split.is_some() || raw.retry.is_some() {
+            problems.add(
+                key("redirect"),
+                "a redirect route sends to no pool: give no pool, split or retry",
+            );
+        }
+        Vec::new()
+    } else {
+        targets(prefix, raw.pool, raw.split, raw.retry, pool_retry, problems)
+    };
     let timeouts = raw.timeouts.map(|t| {
         if t.client_header.is_some()
             || t.client_body_idle.is_some()
@@ -263,6 +278,8 @@ fn one(
         strip_prefix,
         timeouts,
         rate_limit: raw.rate_limit.map(|r| rate_limit(prefix, r, problems)),
+        client_certificate: raw.client_certificate.unwrap_or(false),
+        policy,
     }
 }
 
@@ -438,5 +455,6 @@ fn covers(earlier: &RouteConfig, later: &RouteConfig) -> bool {
     let methods = earlier.methods.is_empty()
         || (!later.methods.is_empty() && later.methods.iter().all(|m| earlier.methods.contains(m)));
     let headers = earlier.headers.iter().all(|h| later.headers.contains(h));
-    host && path && methods && headers
+    let certificate = !earlier.client_certificate || later.client_certificate;
+    host && path && methods && headers && certificate
 }

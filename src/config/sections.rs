@@ -9,8 +9,8 @@ use super::raw::{
 };
 use super::values::{Problems, count, duration, positive_duration, size};
 use super::{
-    ADMIN_TOKEN_ENV, AdminConfig, DiscoveryConfig, HealthCheckConfig, IpNet, Limits,
-    PassiveHealthConfig, ProxyProtocolConfig, RetryConfig, Timeouts,
+    ADMIN_TOKEN_ENV, AdminConfig, DiscoveryConfig, HealthCheckConfig, Limits, PassiveHealthConfig,
+    ProxyProtocolConfig, RetryConfig, Timeouts,
 };
 
 pub(super) fn admin(raw: RawAdmin, problems: &mut Problems) -> AdminConfig {
@@ -51,20 +51,7 @@ pub(super) fn proxy_protocol(
 ) -> ProxyProtocolConfig {
     let enabled = raw.enabled.unwrap_or(false);
     let given = raw.trusted.unwrap_or_default();
-    let trusted: Vec<IpNet> = given
-        .iter()
-        .enumerate()
-        .filter_map(|(i, text)| match text.trim().parse() {
-            Ok(net) => Some(net),
-            Err(reason) => {
-                problems.add(
-                    format!("proxy_protocol.trusted[{i}]"),
-                    format!("{text:?}: {reason}"),
-                );
-                None
-            }
-        })
-        .collect();
+    let trusted = super::ipnet::networks("proxy_protocol.trusted", &given, problems);
     if enabled && given.is_empty() {
         problems.add(
             "proxy_protocol.trusted",

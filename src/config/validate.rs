@@ -107,6 +107,18 @@ pub(super) fn validate(mut raw: RawConfig, base: &Path) -> Result<Config, Vec<Pr
     let discovery = sections::discovery(raw.discovery.take().unwrap_or_default(), &mut problems);
     let proxy_protocol =
         sections::proxy_protocol(raw.proxy_protocol.take().unwrap_or_default(), &mut problems);
+    let forwarded = super::edge::forwarded(raw.forwarded.take().unwrap_or_default(), &mut problems);
+    let request_id = super::edge::request_id(raw.request_id.take().unwrap_or_default());
+    let request_headers = super::route_policy::top_rules(
+        "request_headers",
+        raw.request_headers.take(),
+        &mut problems,
+    );
+    let response_headers = super::route_policy::top_rules(
+        "response_headers",
+        raw.response_headers.take(),
+        &mut problems,
+    );
     let http2 = super::http2::http2(raw.http2.take().unwrap_or_default(), &mut problems);
     let tls = raw
         .tls
@@ -153,6 +165,10 @@ pub(super) fn validate(mut raw: RawConfig, base: &Path) -> Result<Config, Vec<Pr
         admin,
         discovery,
         proxy_protocol,
+        forwarded,
+        request_id,
+        request_headers,
+        response_headers,
         upstream_tls,
         tls,
         http2,

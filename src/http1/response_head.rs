@@ -84,6 +84,18 @@ impl RawFields {
             .map(|(_, v)| v)
     }
 
+    /// Leaves out every field named `name` (compared without regard to case): a response rule
+    /// removed or replaced it.
+    pub fn remove(&mut self, name: &str) {
+        let head = &self.head;
+        self.spans.retain(|f| {
+            !head[f.name.0 as usize..f.name.1 as usize].eq_ignore_ascii_case(name.as_bytes())
+        });
+        if name.eq_ignore_ascii_case("date") {
+            self.has_date = false;
+        }
+    }
+
     /// Writes every field passed on as `name: value` lines. Fields that follow each other in the
     /// head go as one copy of their lines.
     pub fn write_to(&self, out: &mut BytesMut) {

@@ -25,6 +25,9 @@ pub struct AccessRecord {
     client: SocketAddr,
     started: Instant,
     attempts: u32,
+    /// The X-Request-Id the backend got, and a verified client certificate's subject.
+    request_id: Option<http::HeaderValue>,
+    subject: Option<std::sync::Arc<str>>,
 }
 
 /// How a response ended, as written in the log line.
@@ -58,7 +61,26 @@ impl AccessRecord {
             client,
             started,
             attempts: 1,
+            request_id: None,
+            subject: None,
         }
+    }
+
+    /// Who the request is: its id, and the subject of the client's certificate.
+    pub fn identify(
+        &mut self,
+        request_id: Option<&http::HeaderValue>,
+        subject: Option<std::sync::Arc<str>>,
+    ) {
+        self.request_id = request_id.cloned();
+        self.subject = subject;
+    }
+
+    fn request_id(&self) -> &str {
+        self.request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
     }
 
     /// How many backends were tried (retries included).
@@ -88,6 +110,7 @@ impl AccessRecord {
             bytes = to_client,
             bytes_to_backend = to_backend,
             attempts = self.attempts,
+            request_id = self.request_id(),
             outcome = end,
             "{} {} 101 tunnel",
             self.method,
@@ -125,6 +148,8 @@ impl AccessRecord {
             duration_ms = format_args!("{:.3}", self.started.elapsed().as_secs_f64() * 1000.0),
             bytes,
             attempts = self.attempts,
+            request_id = self.request_id(),
+            tls_client_subject = self.subject.as_deref(),
             outcome = outcome.as_str(),
             "{} {} {}",
             self.method,
@@ -171,6 +196,12 @@ impl Line<'_> {
         out.extend_from_slice(n.format(self.bytes).as_bytes());
         out.extend_from_slice(b" attempts=");
         out.extend_from_slice(n.format(r.attempts).as_bytes());
+        out.extend_from_slice(b" request_id=");
+        out.extend_from_slice(r.request_id().as_bytes());
+        if let Some(subject) = &r.subject {
+            out.extend_from_slice(b" tls_client_subject=");
+            json_string(out, subject);
+        }
         out.extend_from_slice(b" outcome=\"");
         out.extend_from_slice(self.outcome.as_str().as_bytes());
         out.extend_from_slice(b"\"\n");
@@ -199,6 +230,12 @@ impl Line<'_> {
         out.extend_from_slice(n.format(self.bytes).as_bytes());
         out.extend_from_slice(b",\"attempts\":");
         out.extend_from_slice(n.format(r.attempts).as_bytes());
+        out.extend_from_slice(b",\"request_id\":");
+        json_string(out, r.request_id());
+        if let Some(subject) = &r.subject {
+            out.extend_from_slice(b",\"tls_client_subject\":");
+            json_string(out, subject);
+        }
         out.extend_from_slice(b",\"outcome\":\"");
         out.extend_from_slice(self.outcome.as_str().as_bytes());
         out.extend_from_slice(b"\",\"target\":\"alb::access\"}\n");

@@ -4,10 +4,15 @@
 //!
 //! - Hop-by-hop fields are removed (RFC 9110 §7.6.1), and so is every field the Connection field
 //!   names, but for Host and the framing (see [`may_be_nominated`]).
-//! - X-Forwarded-For is a list of hops: alb appends its client to what came.
-//! - X-Forwarded-Proto and X-Forwarded-Host say what *this* hop received, and frameworks read their
-//!   first element: alb writes them alone, so that no client chooses the scheme or the host a
-//!   backend acts on.
+//! - From a peer alb does not trust (`[forwarded] trusted`; by default none), every field by which
+//!   a client could tell a backend who it is or how it came is removed: `Forwarded` (RFC 7239,
+//!   which Spring, Jetty, Undertow and Quarkus prefer), X-Real-IP, X-Forwarded-Proto, -Host,
+//!   -Port, -Prefix, -Ssl and the like ([`is_forwarding`]). X-Forwarded-For becomes the peer's
+//!   address alone, X-Forwarded-Proto and -Host say what this hop received, and X-Request-Id is
+//!   alb's own. No client chooses the scheme, host or address a backend acts on.
+//! - From a trusted peer they are kept: X-Forwarded-For gets the peer appended, X-Forwarded-Proto
+//!   and -Host are written only where the peer sent none.
+//! - With `rfc7239`, alb writes its own `Forwarded` element (after a trusted peer's).
 //! - Host is kept as the client sent it; a request without one (HTTP/1.0) gets the backend's
 //!   authority from the session that sends it ([`crate::http1::RequestHead::for_backend`]).
 //!
@@ -19,43 +24,161 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::client::ClientInfo;
+use super::edge::{FORWARDED, X_FORWARDED_FOR, X_REQUEST_ID};
 use crate::upstream::AddedFields;
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Applies the policy to a request's fields (hop-by-hop ones, the client's forwarding fields
-/// removed) and returns the fields alb adds for this hop.
-pub fn forward(headers: &mut HeaderMap, client: &ClientInfo) -> AddedFields {
+/// The hop a request is forwarded from, as the policy needs it.
+pub struct Hop<'a> {
+    /// The connection's peer (after a PROXY protocol header): the hop alb appends.
+    pub peer: &'a ClientInfo,
+    /// `[forwarded] trusted` lists the peer.
+    pub trusted_peer: bool,
+    /// Write an RFC 7239 `Forwarded` element.
+    pub rfc7239: bool,
+    /// alb's X-Request-Id, replacing any the client sent; none: the field is left as it came.
+    pub request_id: Option<&'a HeaderValue>,
+}
+
+impl<'a> Hop<'a> {
+    /// A hop from an untrusted peer with no request id: the default policy.
+    pub fn untrusted(peer: &'a ClientInfo) -> Hop<'a> {
+        Hop {
+            peer,
+            trusted_peer: false,
+            rfc7239: false,
+            request_id: None,
+        }
+    }
+}
+
+/// Applies the policy to a request's fields (hop-by-hop ones, and the client's forwarding fields
+/// unless its peer is trusted, removed) and returns the fields alb adds for this hop.
+pub fn forward(headers: &mut HeaderMap, hop: &Hop<'_>) -> AddedFields {
     let scan = hop_scan(headers);
     if scan.any {
         strip_hop_by_hop(headers);
     }
-    if scan.forwarded_this_hop {
-        headers.remove(&X_FORWARDED_PROTO);
-        headers.remove(&X_FORWARDED_HOST);
+    let peer = hop.peer;
+    if !hop.trusted_peer && scan.forwarding {
+        let found: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| is_forwarding(n))
+            .cloned()
+            .collect();
+        for name in found {
+            headers.remove(name);
+        }
     }
-    let forwarded_for = if scan.forwarded_for {
-        earlier_hops(headers, &client.ip_header)
-    } else {
-        client.ip_header.clone()
+    let forwarded_for = match (scan.forwarded_for, hop.trusted_peer) {
+        (true, true) => earlier_hops(headers, &peer.ip_header),
+        (true, false) => {
+            headers.remove(&X_FORWARDED_FOR);
+            peer.ip_header.clone()
+        }
+        (false, _) => peer.ip_header.clone(),
     };
     let mut added = AddedFields::new();
     added.push((&X_FORWARDED_FOR, forwarded_for));
-    added.push((&X_FORWARDED_PROTO, client.scheme.header_value()));
-    if let Some(host) = scan.host {
-        added.push((&X_FORWARDED_HOST, host));
+    if !(hop.trusted_peer && scan.proto) {
+        added.push((&X_FORWARDED_PROTO, peer.scheme.header_value()));
+    }
+    if !(hop.trusted_peer && scan.forwarded_host)
+        && let Some(host) = &scan.host
+    {
+        added.push((&X_FORWARDED_HOST, host.clone()));
+    }
+    if hop.rfc7239 {
+        let earlier = (hop.trusted_peer && scan.rfc7239).then(|| {
+            let joined = join_values(headers, &FORWARDED);
+            headers.remove(&FORWARDED);
+            joined
+        });
+        added.push((
+            &FORWARDED,
+            forwarded_element(earlier, peer, scan.host.as_ref()),
+        ));
+    }
+    if let Some(id) = hop.request_id {
+        if scan.request_id {
+            headers.remove(&X_REQUEST_ID);
+        }
+        added.push((&X_REQUEST_ID, id.clone()));
     }
     added
+}
+
+/// The values of every `name` line, joined with `, ` (one list, RFC 9110 §5.3).
+fn join_values(headers: &HeaderMap, name: &HeaderName) -> Vec<u8> {
+    let mut joined = Vec::with_capacity(64);
+    for value in headers.get_all(name) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    joined
+}
+
+/// This hop's `Forwarded` element (RFC 7239 §4), after the `earlier` ones a trusted peer sent:
+/// `for` the peer (an IPv6 address bracketed and quoted), `proto`, and `host` quoted (a port's
+/// `:` is not a token character).
+fn forwarded_element(
+    earlier: Option<Vec<u8>>,
+    peer: &ClientInfo,
+    host: Option<&HeaderValue>,
+) -> HeaderValue {
+    let mut text = earlier.unwrap_or_default();
+    if !text.is_empty() {
+        text.extend_from_slice(b", ");
+    }
+    match peer.addr.ip() {
+        std::net::IpAddr::V4(ip) => text.extend_from_slice(format!("for={ip}").as_bytes()),
+        std::net::IpAddr::V6(ip) => text.extend_from_slice(format!("for=\"[{ip}]\"").as_bytes()),
+    }
+    text.extend_from_slice(b";proto=");
+    text.extend_from_slice(peer.scheme.as_str().as_bytes());
+    // A Host with a quote or a backslash would need escaping; such a Host is no authority.
+    if let Some(host) = host.filter(|h| !h.as_bytes().iter().any(|b| matches!(b, b'"' | b'\\'))) {
+        text.extend_from_slice(b";host=\"");
+        text.extend_from_slice(host.as_bytes());
+        text.push(b'"');
+    }
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| peer.ip_header.clone())
+}
+
+/// Fields by which a client says who it is or how it came, which frameworks believe: removed
+/// from untrusted peers. X-Forwarded-For is the list of hops, handled on its own.
+fn is_forwarding(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "forwarded"
+            | "x-forwarded-proto"
+            | "x-forwarded-host"
+            | "x-forwarded-port"
+            | "x-forwarded-prefix"
+            | "x-forwarded-ssl"
+            | "x-forwarded-scheme"
+            | "x-forwarded-protocol"
+            | "x-forwarded-server"
+            | "x-real-ip"
+            | "x-client-ip"
+            | "client-ip"
+            | "true-client-ip"
+            | "x-cluster-client-ip"
+            | "x-url-scheme"
+            | "front-end-https"
+    )
 }
 
 /// X-Forwarded-For as one field: the client's elements (its repeated lines folded, in order,
 /// and taken out of the map), then `last`.
 fn earlier_hops(headers: &mut HeaderMap, last: &HeaderValue) -> HeaderValue {
-    let mut joined = Vec::with_capacity(64);
-    for value in headers.get_all(&X_FORWARDED_FOR) {
-        joined.extend_from_slice(value.as_bytes());
+    let mut joined = join_values(headers, &X_FORWARDED_FOR);
+    // Empty when the Connection field named it (and it went with the hop-by-hop fields).
+    if !joined.is_empty() {
         joined.extend_from_slice(b", ");
     }
     joined.extend_from_slice(last.as_bytes());
@@ -87,8 +210,13 @@ struct HopScan {
     any: bool,
     /// The client sent X-Forwarded-For.
     forwarded_for: bool,
-    /// The client sent X-Forwarded-Proto or -Host.
-    forwarded_this_hop: bool,
+    /// Any of [`is_forwarding`]'s fields.
+    forwarding: bool,
+    /// X-Forwarded-Proto, X-Forwarded-Host, Forwarded, X-Request-Id.
+    proto: bool,
+    forwarded_host: bool,
+    rfc7239: bool,
+    request_id: bool,
 }
 
 /// Looks at every name once, touching no value: most messages have none of the fields the
@@ -104,8 +232,13 @@ fn hop_scan(headers: &HeaderMap) -> HopScan {
             scan.any = true;
         } else if name == X_FORWARDED_FOR {
             scan.forwarded_for = true;
-        } else if name == X_FORWARDED_PROTO || name == X_FORWARDED_HOST {
-            scan.forwarded_this_hop = true;
+        } else if name == X_REQUEST_ID {
+            scan.request_id = true;
+        } else if is_forwarding(name) {
+            scan.forwarding = true;
+            scan.proto |= name == X_FORWARDED_PROTO;
+            scan.forwarded_host |= name == X_FORWARDED_HOST;
+            scan.rfc7239 |= name == FORWARDED;
         }
     }
     scan
@@ -221,7 +354,7 @@ mod tests {
     }
 
     #[test]
-    fn appends_this_hop_to_forwarded_for_and_writes_proto_and_host_alone() {
+    fn a_trusted_peer_gets_its_hop_appended_and_anyone_else_is_replaced() {
         let mut h = map(&[
             ("host", "example.com"),
             ("x-forwarded-for", "1.1.1.1"),
@@ -230,12 +363,32 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("accept", "*/*"),
         ]);
-        let added = forward(&mut h, &client(Scheme::Http));
+        let peer = client(Scheme::Http);
+        let trusted = Hop {
+            trusted_peer: true,
+            ..Hop::untrusted(&peer)
+        };
+        let mut from_untrusted = h.clone();
+        let added = forward(&mut h, &trusted);
         let pairs = sent(&h, &added);
         let expected = [
             ("host", "example.com"),
             ("accept", "*/*"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-proto", "https"),
             ("x-forwarded-for", "1.1.1.1, 2.2.2.2, 10.0.0.1"),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(pairs, expected, "a trusted peer's fields are kept");
+        let added = forward(&mut from_untrusted, &Hop::untrusted(&peer));
+        let pairs = sent(&from_untrusted, &added);
+        let expected = [
+            ("host", "example.com"),
+            ("accept", "*/*"),
+            ("x-forwarded-for", "10.0.0.1"),
             ("x-forwarded-proto", "http"),
             ("x-forwarded-host", "example.com"),
         ];
@@ -249,7 +402,8 @@ mod tests {
     #[test]
     fn a_clean_request_keeps_its_map_and_gets_three_fields() {
         let mut h = map(&[("host", "a.example"), ("accept", "*/*")]);
-        let added = forward(&mut h, &client(Scheme::Https));
+        let peer = client(Scheme::Https);
+        let added = forward(&mut h, &Hop::untrusted(&peer));
         assert_eq!(h.len(), 2);
         let names: Vec<&str> = added.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
@@ -262,7 +416,8 @@ mod tests {
     #[test]
     fn a_request_without_host_gets_no_forwarded_host() {
         let mut h = map(&[("x-forwarded-host", "evil.example")]);
-        let added = forward(&mut h, &client(Scheme::Http));
+        let peer = client(Scheme::Http);
+        let added = forward(&mut h, &Hop::untrusted(&peer));
         assert!(h.is_empty());
         assert!(added.iter().all(|(n, _)| **n != X_FORWARDED_HOST));
     }
@@ -274,8 +429,80 @@ mod tests {
             ("connection", "x-forwarded-for"),
             ("x-forwarded-for", "6.6.6.6"),
         ]);
-        let added = forward(&mut h, &client(Scheme::Http));
+        let peer = client(Scheme::Http);
+        let trusted = Hop {
+            trusted_peer: true,
+            ..Hop::untrusted(&peer)
+        };
+        let added = forward(&mut h, &trusted);
         assert_eq!(added[0].1, "10.0.0.1");
         assert!(!h.contains_key(&X_FORWARDED_FOR));
+    }
+
+    #[test]
+    fn an_untrusted_client_names_no_scheme_host_or_address_in_any_field() {
+        let lies = [
+            ("host", "a.example"),
+            ("forwarded", "for=6.6.6.6;proto=https;host=evil.example"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-forwarded-ssl", "on"),
+            ("x-forwarded-scheme", "https"),
+            ("true-client-ip", "6.6.6.6"),
+            ("x-request-id", "chosen"),
+            ("x-kept", "1"),
+        ];
+        let peer = client(Scheme::Http);
+        let id = HeaderValue::from_static("0123");
+        let hop = Hop {
+            rfc7239: true,
+            request_id: Some(&id),
+            ..Hop::untrusted(&peer)
+        };
+        let mut h = map(&lies);
+        let added = forward(&mut h, &hop);
+        let pairs = sent(&h, &added);
+        let expected = [
+            ("host", "a.example"),
+            ("x-kept", "1"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "a.example"),
+            ("forwarded", "for=10.0.0.1;proto=http;host=\"a.example\""),
+            ("x-request-id", "0123"),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(pairs, expected);
+    }
+
+    #[test]
+    fn a_trusted_peers_forwarded_gets_this_hop_appended() {
+        let peer = ClientInfo::new("[2001:db8::2]:5000".parse().unwrap()).over(Scheme::Https);
+        let hop = Hop {
+            trusted_peer: true,
+            rfc7239: true,
+            ..Hop::untrusted(&peer)
+        };
+        let mut h = map(&[
+            ("host", "a.example:8443"),
+            ("forwarded", "for=192.0.2.60;proto=http"),
+        ]);
+        let added = forward(&mut h, &hop);
+        let forwarded: Vec<&HeaderValue> = added
+            .iter()
+            .filter(|(n, _)| **n == FORWARDED)
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(
+            forwarded,
+            [
+                "for=192.0.2.60;proto=http, for=\"[2001:db8::2]\";proto=https;host=\"a.example:8443\""
+            ]
+        );
+        assert!(!h.contains_key(&FORWARDED));
     }
 }

@@ -6,10 +6,13 @@
 mod access_log;
 mod affinity;
 mod client;
+mod edge;
 mod error;
 mod h1_body;
 mod h2_body;
+mod handle;
 mod header_policy;
+mod header_rules;
 mod live;
 mod pool;
 mod prepare;
@@ -29,13 +32,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use http::{HeaderName, HeaderValue, Request};
+use http::{HeaderName, HeaderValue};
 
 pub use access_log::{AccessRecord, Outcome};
 pub use client::{ClientInfo, Scheme, TlsSession};
 pub use error::ProxyError;
 pub use h1_body::UpstreamBody;
-pub use header_policy::remove_hop_by_hop;
+pub use header_policy::{Hop, remove_hop_by_hop};
 pub use live::Proxy;
 pub use pool::BackendPool;
 use prepare::Replay;
@@ -58,7 +61,7 @@ use crate::config::Timeouts;
 use crate::http1::{BodyDecoder, ResponseHead};
 use crate::upstream::{
     self, Answer, Backend, InFlightGuard, Outbound, Progress, RequestBody, SessionRequest,
-    Unanswered, method_class,
+    Unanswered,
 };
 
 /// When a request arrived and its method class: what the dispatch keeps of it for statistics.
@@ -101,101 +104,6 @@ impl Rejection {
 }
 
 impl Snapshot {
-    /// Proxies one request. Never fails: every error becomes a response.
-    ///
-    /// A plain function around an `async move` block on an owned snapshot: an `async fn` would
-    /// keep the request twice in its state, and a future that borrowed the snapshot would need
-    /// a layer of its own to hold it; each is a copy made per request.
-    #[allow(clippy::manual_async_fn)] // see above: the state's size
-    pub fn handle(
-        self: Arc<Self>,
-        req: Request<crate::upstream::IncomingBody>,
-        client: &ClientInfo,
-    ) -> impl Future<Output = Reply> + Send + '_ {
-        async move {
-            let started = Instant::now();
-            let method = method_class(req.method());
-            let mut log = self.access_log.then(|| {
-                Box::new(AccessRecord::new(
-                    req.method(),
-                    req.uri().path(),
-                    client.addr,
-                    started,
-                ))
-            });
-            if client.scheme == Scheme::Http
-                && let Some(tls) = self.config.tls.as_ref().filter(|tls| tls.redirect_http)
-            {
-                return match redirect::to_https(&req, tls.listen.port()) {
-                    Ok(reply) => {
-                        self.stats.record_local(method, reply.status.as_u16());
-                        if let Some(log) = log {
-                            log.finish(reply.status.as_u16(), None, 0, Outcome::Complete);
-                        }
-                        reply
-                    }
-                    Err(error) => self.local_response(&error, None, log, method),
-                };
-            }
-            let plan = match self.plan(&req, client) {
-                Ok(plan) => plan,
-                Err(error) => {
-                    if let ProxyError::NoRoute = error {
-                        self.stats.no_route.fetch_add(1, Ordering::Relaxed);
-                    }
-                    return self.local_response(&error, None, log, method);
-                }
-            };
-            if let Some(wait) = plan.route.and_then(|r| self.over_limit(r, &req, client)) {
-                self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
-                return self.local_response(&ProxyError::RateLimited(wait), None, log, method);
-            }
-            let mut req = req;
-            if let Some(route) = plan.route.map(|r| self.routes.get(r))
-                && route.strip_prefix
-                && let Some(prefix) = &route.path_prefix
-            {
-                route::strip_prefix(&mut req, prefix);
-            }
-            // A gRPC caller's deadline bounds the wait for the answer like `timeouts.request`.
-            let deadline = match (
-                plan.timeouts.request,
-                crate::http2::grpc::timeout(req.headers()),
-            ) {
-                (Some(limit), Some(caller)) => Some(limit.min(caller)),
-                (limit, caller) => limit.or(caller),
-            };
-            let outbound = match self.prepare(req, client, plan.retry.max_body_buffer).await {
-                Ok(prepared) => prepared,
-                Err(error) => return self.local_response(&error, None, log, method),
-            };
-            let arrival = Arrival { started, method };
-            let result = match deadline {
-                Some(limit) => {
-                    tokio::time::timeout(limit, self.dispatch(&plan, outbound, &mut log, arrival))
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err(Rejection {
-                                error: ProxyError::Deadline(limit),
-                                backend: None,
-                                unsent: false,
-                            })
-                        })
-                }
-                None => self.dispatch(&plan, outbound, &mut log, arrival).await,
-            };
-            match result {
-                Ok(response) => response,
-                Err(rejection) => self.local_response(
-                    &rejection.error,
-                    rejection.backend.as_deref(),
-                    log.take(),
-                    method,
-                ),
-            }
-        }
-    }
-
     /// Tries backends until one answers, a failure may not be retried, or attempts run out.
     /// `retry.attempts` bounds the tries that reached a backend; a try that never left alb
     /// (connect refused, no route, queue full) is not one of them, so that two dead backends

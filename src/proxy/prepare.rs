@@ -9,7 +9,8 @@ use http_body::Body;
 use http_body_util::BodyExt;
 
 use super::ClientInfo;
-use super::header_policy;
+use super::handle::RequestRules;
+use super::header_policy::{self, Hop};
 use super::retry::is_idempotent;
 use super::{ProxyError, Snapshot};
 use crate::http1::{BodyFraming, requested_upgrade};
@@ -22,7 +23,8 @@ impl Snapshot {
     pub(super) async fn prepare(
         &self,
         req: Request<IncomingBody>,
-        client: &ClientInfo,
+        hop: &Hop<'_>,
+        rules: Option<RequestRules<'_>>,
         max_body_buffer: u64,
     ) -> Result<(Box<Outbound>, RequestBody), ProxyError> {
         let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
@@ -46,7 +48,10 @@ impl Snapshot {
         // out of the fields and put an absolute-form target's authority into Host.
         let has_body = !http_body::Body::is_end_stream(&body);
         let upgrade = requested_upgrade(&parts.headers, parts.version, has_body);
-        let added = header_policy::forward(&mut parts.headers, client);
+        let mut added = header_policy::forward(&mut parts.headers, hop);
+        if let Some(rules) = rules {
+            rules.apply(&mut parts.headers, &mut added);
+        }
         // A body of known length up to the route's `retry.max_body_buffer` is read whole before a backend is
         // picked, whatever the method: a client trickling it holds alb's memory (bounded) and
         // not a backend's connection slot; an idempotent request can also be replayed with it.
@@ -132,7 +137,7 @@ pub fn outbound_for(
     client: &ClientInfo,
     framing: BodyFraming,
 ) -> Box<Outbound> {
-    let added = header_policy::forward(&mut parts.headers, client);
+    let added = header_policy::forward(&mut parts.headers, &Hop::untrusted(client));
     outbound(parts, added, framing, None)
 }
 

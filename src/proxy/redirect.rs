@@ -74,3 +74,19 @@ mod tests {
         assert_eq!(at("", "/", 443), None);
     }
 }
+
+/// A route's `redirect`: its status, and its `to` filled in for the request.
+pub(super) fn to_route_target(
+    redirect: &crate::config::Redirect,
+    vars: &super::header_rules::RequestVars,
+) -> Result<Reply, ProxyError> {
+    let location = vars.location(&redirect.to).ok_or(ProxyError::BadRequest(
+        "this redirect needs a Host that names a server",
+    ))?;
+    let mut reply = Reply::new(
+        redirect.status,
+        ResponseBody::Local(Full::new(Bytes::new())),
+    );
+    reply.headers.insert(header::LOCATION, location);
+    Ok(reply)
+}

@@ -86,10 +86,15 @@ pub(super) struct RequestKey<'a> {
     path: PathReading<'a>,
     method: &'a Method,
     headers: &'a HeaderMap,
+    /// The client presented a certificate the TLS listener verified.
+    verified_client: bool,
 }
 
 impl<'a> RequestKey<'a> {
-    pub(super) fn of<B>(request: &'a Request<B>) -> Result<RequestKey<'a>, AmbiguousPath> {
+    pub(super) fn of<B>(
+        request: &'a Request<B>,
+        verified_client: bool,
+    ) -> Result<RequestKey<'a>, AmbiguousPath> {
         Ok(RequestKey {
             host: request
                 .headers()
@@ -99,6 +104,7 @@ impl<'a> RequestKey<'a> {
             path: PathReading::of(request.uri().path())?,
             method: request.method(),
             headers: request.headers(),
+            verified_client,
         })
     }
 }
@@ -147,7 +153,7 @@ impl RouteTable {
     /// The first route, in file order, that `request` meets (counted as a hit); `Err` for a
     /// path backends read in more than one way (see [`PathReading`]).
     pub fn route_of<B>(&self, request: &Request<B>) -> Result<Option<usize>, AmbiguousPath> {
-        self.find(&RequestKey::of(request)?)
+        self.find(&RequestKey::of(request, false)?)
     }
 
     /// The first route, in file order, whose conditions all hold, counted as a hit; `Err` when
@@ -202,6 +208,9 @@ impl RouteTable {
         if !route.methods.is_empty() && !route.methods.contains(request.method) {
             return false;
         }
+        if route.client_certificate && !request.verified_client {
+            return false;
+        }
         route.headers.iter().all(|condition| {
             let mut values = request.headers.get_all(&condition.name).iter();
             match &condition.test {
@@ -213,10 +222,11 @@ impl RouteTable {
     }
 }
 
-/// Forwards `request` without `prefix` at the front of its path: `/api/users?x` under
-/// `path_prefix = "/api/"` goes on as `/users?x`. The path the prefix matched is the normalised
-/// one, so that is the one cut and sent.
-pub(super) fn strip_prefix<B>(request: &mut Request<B>, prefix: &str) {
+/// Forwards `request` with `replacement` instead of `prefix` at the front of its path:
+/// `/api/users?x` under `path_prefix = "/api/"` goes on as `/users?x` (`strip_prefix`, an empty
+/// replacement) or `/v2/users?x` (`rewrite_prefix = "/v2/"`). The path the prefix matched is
+/// the normalised one, so that is the one cut and sent.
+pub(super) fn replace_prefix<B>(request: &mut Request<B>, prefix: &str, replacement: &str) {
     let path = normalize_path(request.uri().path());
     let Some(rest) = path.strip_prefix(prefix.trim_end_matches('/')) else {
         return;
@@ -225,9 +235,10 @@ pub(super) fn strip_prefix<B>(request: &mut Request<B>, prefix: &str) {
         .uri()
         .query()
         .map_or(String::new(), |q| format!("?{q}"));
+    let front = replacement.trim_end_matches('/');
     let slash = if rest.starts_with('/') { "" } else { "/" };
     let mut parts = request.uri().clone().into_parts();
-    match format!("{slash}{rest}{query}").parse() {
+    match format!("{front}{slash}{rest}{query}").parse() {
         Ok(path_and_query) => parts.path_and_query = Some(path_and_query),
         Err(_) => return,
     }

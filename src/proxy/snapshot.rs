@@ -176,22 +176,33 @@ impl Snapshot {
         self.pools[0].outliers()
     }
 
-    /// Where `request` goes: the first route that matches it, else the pool `default`.
-    pub(super) fn plan<B>(
+    /// The route `request` takes, if any (counted as a hit); `Err` for a path backends read in
+    /// more than one way.
+    pub(super) fn route_for<B>(
         &self,
         request: &Request<B>,
         client: &ClientInfo,
-    ) -> Result<Plan<'_>, ProxyError> {
+    ) -> Result<Option<usize>, ProxyError> {
+        if self.routes.is_empty() {
+            return Ok(None);
+        }
         let ambiguous = |_| ProxyError::AmbiguousPath;
-        let (route, target) = if self.routes.is_empty() {
-            (None, None)
-        } else {
-            let route = self
-                .routes
-                .find(&RequestKey::of(request).map_err(ambiguous)?)
-                .map_err(ambiguous)?;
-            (route, route.and_then(|r| self.split(r)))
-        };
+        let verified = client
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_subject.is_some());
+        let key = RequestKey::of(request, verified).map_err(ambiguous)?;
+        self.routes.find(&key).map_err(ambiguous)
+    }
+
+    /// Where `request` goes once routing chose `route` (none: the pool `default`).
+    pub(super) fn plan<B>(
+        &self,
+        route: Option<usize>,
+        request: &Request<B>,
+        client: &ClientInfo,
+    ) -> Result<Plan<'_>, ProxyError> {
+        let target = route.and_then(|r| self.split(r));
         let pool_index = match (route, target) {
             (Some(_), Some(target)) => target.pool,
             (Some(_), None) => return Err(ProxyError::NoRoute),

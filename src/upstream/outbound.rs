@@ -15,8 +15,9 @@ use smallvec::SmallVec;
 use crate::http1::{BodyFraming, RequestHead, encode_request_head};
 
 /// Fields the proxy adds for this hop, written after the client's own: names of alb's own
-/// (static, nothing to clone or drop), room for the three X-Forwarded-* inline.
-pub type AddedFields = SmallVec<[(&'static HeaderName, HeaderValue); 3]>;
+/// (static, nothing to clone or drop), room inline for the X-Forwarded-* three, X-Request-Id,
+/// `Forwarded` and `traceparent`.
+pub type AddedFields = SmallVec<[(&'static HeaderName, HeaderValue); 6]>;
 
 /// One request, ready for any backend.
 #[derive(Debug)]

@@ -1,0 +1,232 @@
+//! What alb settles about a request before routing it: which client it speaks for, and its id.
+//!
+//! **The client address is decided here and only here.** A peer alb does not trust (by default,
+//! every peer) is the client, whatever its fields say. A trusted peer (`[forwarded] trusted`: a
+//! CDN, a balancer in front) speaks for someone else: the client is the rightmost address of its
+//! X-Forwarded-For (or, without one, of its `Forwarded` `for=`) that is not itself a trusted hop,
+//! as nginx's `real_ip_recursive` reads it. That one address is what routes' IP lists, rate
+//! limits, hashing on `client_ip`, the access log and header rules see; X-Forwarded-For still
+//! records the hop that connected (see `header_policy`).
+
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::ClientInfo;
+use crate::config::{ForwardedConfig, RequestIdConfig};
+
+pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(super) static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+pub(super) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The client a request speaks for.
+pub(super) struct Seen<'a> {
+    pub(super) client: Cow<'a, ClientInfo>,
+    /// The connection's peer is trusted: its forwarding fields are kept.
+    pub(super) trusted_peer: bool,
+}
+
+pub(super) fn seen<'a>(
+    config: &ForwardedConfig,
+    peer: &'a ClientInfo,
+    headers: &HeaderMap,
+) -> Seen<'a> {
+    if config.trusted.is_empty() || !config.trusts(peer.addr.ip()) {
+        return Seen {
+            client: Cow::Borrowed(peer),
+            trusted_peer: false,
+        };
+    }
+    let hops = hops_of(headers);
+    let client = hops
+        .into_iter()
+        .rev()
+        .map_while(|hop| hop)
+        .find(|ip| !config.trusts(*ip));
+    let client = match client {
+        Some(ip) => {
+            let mut seen = ClientInfo::new(SocketAddr::new(ip, 0)).over(peer.scheme);
+            seen.tls = peer.tls.clone();
+            Cow::Owned(seen)
+        }
+        // Every hop trusted, or a hop alb cannot read: the peer, the one hop alb can vouch for.
+        None => Cow::Borrowed(peer),
+    };
+    Seen {
+        client,
+        trusted_peer: true,
+    }
+}
+
+/// The addresses a trusted peer lists, first hop first; `None` for an element that is no address
+/// (`unknown`, an obfuscated name): the walk from the right stops there.
+fn hops_of(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+    let listed: Vec<Option<IpAddr>> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|element| address(std::str::from_utf8(element).ok()?.trim()))
+        .collect();
+    if !listed.is_empty() {
+        return listed;
+    }
+    headers
+        .get_all(&FORWARDED)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|element| {
+            let element = std::str::from_utf8(element).ok()?;
+            let value = element.split(';').find_map(|pair| {
+                let (name, value) = pair.trim().split_once('=')?;
+                name.eq_ignore_ascii_case("for").then_some(value)
+            })?;
+            address(value.trim().trim_matches('"'))
+        })
+        .collect()
+}
+
+/// `192.0.2.1`, `192.0.2.1:4711`, `2001:db8::1`, `[2001:db8::1]:4711`.
+fn address(text: &str) -> Option<IpAddr> {
+    text.parse()
+        .ok()
+        .or_else(|| text.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            let inner = text.strip_prefix('[')?.split(']').next()?;
+            inner.parse().ok()
+        })
+}
+
+/// What becomes of a request's X-Request-Id.
+pub(super) enum RequestId {
+    /// Ids are off: the field, if any, is the client's to send.
+    Off,
+    /// A trusted peer's id, left where it is.
+    Kept(HeaderValue),
+    /// alb's id, replacing whatever the client sent.
+    Made(HeaderValue),
+}
+
+impl RequestId {
+    pub(super) fn of(
+        config: RequestIdConfig,
+        headers: &HeaderMap,
+        trusted_peer: bool,
+    ) -> RequestId {
+        if !config.enabled {
+            return RequestId::Off;
+        }
+        let theirs = headers
+            .get(&X_REQUEST_ID)
+            .filter(|v| trusted_peer && (1..=200).contains(&v.len()));
+        match theirs {
+            Some(id) if id.as_bytes().iter().all(|b| b.is_ascii_graphic()) => {
+                RequestId::Kept(id.clone())
+            }
+            _ => RequestId::Made(new_id()),
+        }
+    }
+
+    pub(super) fn value(&self) -> Option<&HeaderValue> {
+        match self {
+            RequestId::Off => None,
+            RequestId::Kept(v) | RequestId::Made(v) => Some(v),
+        }
+    }
+}
+
+/// 128 random bits in hex: unique enough for a fleet's logs, and no coordination to make.
+fn new_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = fastrand::u128(..);
+    let mut text = [0u8; 32];
+    for (i, byte) in text.iter_mut().enumerate() {
+        *byte = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("-"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trusting(nets: &[&str]) -> ForwardedConfig {
+        ForwardedConfig {
+            trusted: nets.iter().map(|n| n.parse().unwrap()).collect(),
+            rfc7239: false,
+        }
+    }
+
+    fn fields(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn client_of(config: &ForwardedConfig, peer: &str, pairs: &[(&str, &str)]) -> String {
+        let peer = ClientInfo::new(format!("{peer}:5000").parse().unwrap());
+        seen(config, &peer, &fields(pairs))
+            .client
+            .addr
+            .ip()
+            .to_string()
+    }
+
+    #[test]
+    fn an_untrusted_peer_is_the_client_whatever_it_writes() {
+        let config = trusting(&["10.0.0.0/8"]);
+        let lies = [("x-forwarded-for", "1.2.3.4"), ("forwarded", "for=5.6.7.8")];
+        assert_eq!(client_of(&config, "192.0.2.9", &lies), "192.0.2.9");
+        assert_eq!(client_of(&trusting(&[]), "10.0.0.1", &lies), "10.0.0.1");
+    }
+
+    #[test]
+    fn a_trusted_peer_speaks_for_the_rightmost_untrusted_hop() {
+        let config = trusting(&["10.0.0.0/8"]);
+        let xff = [("x-forwarded-for", "6.6.6.6, 198.51.100.7, 10.1.1.1")];
+        assert_eq!(client_of(&config, "10.0.0.2", &xff), "198.51.100.7");
+        let split = [
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "198.51.100.7:4711, 10.1.1.1"),
+        ];
+        assert_eq!(client_of(&config, "10.0.0.2", &split), "198.51.100.7");
+        let rfc = [(
+            "forwarded",
+            "for=6.6.6.6, for=\"[2001:db8::7]:4711\";proto=https, for=10.2.2.2",
+        )];
+        assert_eq!(client_of(&config, "10.0.0.2", &rfc), "2001:db8::7");
+    }
+
+    #[test]
+    fn a_hop_that_is_no_address_leaves_the_peer_as_the_client() {
+        let config = trusting(&["10.0.0.0/8"]);
+        let xff = [("x-forwarded-for", "198.51.100.7, garbage, 10.1.1.1")];
+        assert_eq!(client_of(&config, "10.0.0.2", &xff), "10.0.0.2");
+        let all_trusted = [("x-forwarded-for", "10.3.3.3")];
+        assert_eq!(client_of(&config, "10.0.0.2", &all_trusted), "10.0.0.2");
+        assert_eq!(client_of(&config, "10.0.0.2", &[]), "10.0.0.2");
+    }
+
+    #[test]
+    fn request_ids_are_kept_from_trusted_peers_only() {
+        let config = RequestIdConfig::default();
+        let h = fields(&[("x-request-id", "abc-123")]);
+        assert!(matches!(RequestId::of(config, &h, true), RequestId::Kept(v) if v == "abc-123"));
+        let made = RequestId::of(config, &h, false);
+        let RequestId::Made(id) = made else {
+            panic!("untrusted ids are replaced")
+        };
+        assert_eq!(id.len(), 32);
+        assert_ne!(id, "abc-123");
+        let off = RequestIdConfig {
+            enabled: false,
+            response: false,
+        };
+        assert!(matches!(RequestId::of(off, &h, false), RequestId::Off));
+    }
+}

@@ -1,0 +1,235 @@
+//! One request from arrival to answer, the protocol-neutral part: who the client is and its id
+//! ([`edge`]), the route and what its policy says (who may enter, a redirect, the rate limit,
+//! the path rewritten, header rules), then [`Snapshot::dispatch`] to a backend, and the rules on
+//! the way back.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use http::Request;
+
+use super::edge::{self, RequestId};
+use super::header_rules::{self, RequestVars};
+use super::route;
+use super::{
+    AccessRecord, Arrival, ClientInfo, Hop, Outcome, ProxyError, Rejection, Reply, Scheme,
+    Snapshot, redirect,
+};
+use crate::config::{HeaderRules, RouteConfig};
+use crate::upstream::method_class;
+
+impl Snapshot {
+    /// Proxies one request. Never fails: every error becomes a response.
+    ///
+    /// A plain function around an `async move` block on an owned snapshot: an `async fn` would
+    /// keep the request twice in its state, and a future that borrowed the snapshot would need
+    /// a layer of its own to hold it; each is a copy made per request.
+    #[allow(clippy::manual_async_fn)] // see above: the state's size
+    pub fn handle(
+        self: Arc<Self>,
+        req: Request<crate::upstream::IncomingBody>,
+        client: &ClientInfo,
+    ) -> impl Future<Output = Reply> + Send + '_ {
+        async move {
+            let started = Instant::now();
+            let method = method_class(req.method());
+            let peer = client;
+            let edge::Seen {
+                client,
+                trusted_peer,
+            } = edge::seen(&self.config.forwarded, peer, req.headers());
+            let client = &*client;
+            let request_id = RequestId::of(self.config.request_id, req.headers(), trusted_peer);
+            let mut log = self.access_log.then(|| {
+                let mut record =
+                    AccessRecord::new(req.method(), req.uri().path(), client.addr, started);
+                let subject = client.tls.as_ref().and_then(|t| t.client_subject.clone());
+                record.identify(request_id.value(), subject);
+                Box::new(record)
+            });
+            let mut vars = None;
+            let mut route = None;
+            let mut reply = 'answer: {
+                if client.scheme == Scheme::Http
+                    && let Some(tls) = self.config.tls.as_ref().filter(|tls| tls.redirect_http)
+                {
+                    break 'answer self.local_answer(
+                        redirect::to_https(&req, tls.listen.port()),
+                        log.take(),
+                        method,
+                    );
+                }
+                route = match self.route_for(&req, client) {
+                    Ok(route) => route,
+                    Err(error) => {
+                        break 'answer self.local_response(&error, None, log.take(), method);
+                    }
+                };
+                let config = route.map(|r| self.routes.get(r));
+                if self.has_rules(config) {
+                    vars = Some(RequestVars::of(&req, client, request_id.value()));
+                }
+                if let Some(config) = config {
+                    if !config.policy.admits(client.addr.ip()) {
+                        let error = ProxyError::Forbidden("this client may not use this route");
+                        break 'answer self.local_response(&error, None, log.take(), method);
+                    }
+                    if let (Some(to), Some(vars)) = (&config.policy.redirect, &vars) {
+                        break 'answer self.local_answer(
+                            redirect::to_route_target(to, vars),
+                            log.take(),
+                            method,
+                        );
+                    }
+                }
+                let plan = match self.plan(route, &req, client) {
+                    Ok(plan) => plan,
+                    Err(error) => {
+                        if let ProxyError::NoRoute = error {
+                            self.stats.no_route.fetch_add(1, Ordering::Relaxed);
+                        }
+                        break 'answer self.local_response(&error, None, log.take(), method);
+                    }
+                };
+                if let Some(wait) = route.and_then(|r| self.over_limit(r, &req, client)) {
+                    self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    let error = ProxyError::RateLimited(wait);
+                    break 'answer self.local_response(&error, None, log.take(), method);
+                }
+                let mut req = req;
+                if let Some(config) = config
+                    && let Some(prefix) = &config.path_prefix
+                {
+                    if config.strip_prefix {
+                        route::replace_prefix(&mut req, prefix, "");
+                    } else if let Some(to) = &config.policy.rewrite_prefix {
+                        route::replace_prefix(&mut req, prefix, to);
+                    }
+                }
+                // A gRPC caller's deadline bounds the wait for the answer like `timeouts.request`.
+                let deadline = match (
+                    plan.timeouts.request,
+                    crate::http2::grpc::timeout(req.headers()),
+                ) {
+                    (Some(limit), Some(caller)) => Some(limit.min(caller)),
+                    (limit, caller) => limit.or(caller),
+                };
+                let hop = Hop {
+                    peer,
+                    trusted_peer,
+                    rfc7239: self.config.forwarded.rfc7239,
+                    request_id: match &request_id {
+                        RequestId::Made(id) => Some(id),
+                        _ => None,
+                    },
+                };
+                let rules = vars.as_ref().map(|vars| RequestRules {
+                    vars,
+                    top: &self.config.request_headers,
+                    route: config.map(|c| &c.policy.request_headers),
+                });
+                let prepared = self
+                    .prepare(req, &hop, rules, plan.retry.max_body_buffer)
+                    .await;
+                let outbound = match prepared {
+                    Ok(prepared) => prepared,
+                    Err(error) => {
+                        break 'answer self.local_response(&error, None, log.take(), method);
+                    }
+                };
+                let arrival = Arrival { started, method };
+                let result = match deadline {
+                    Some(limit) => tokio::time::timeout(
+                        limit,
+                        self.dispatch(&plan, outbound, &mut log, arrival),
+                    )
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Rejection {
+                            error: ProxyError::Deadline(limit),
+                            backend: None,
+                            unsent: false,
+                        })
+                    }),
+                    None => self.dispatch(&plan, outbound, &mut log, arrival).await,
+                };
+                match result {
+                    Ok(response) => response,
+                    Err(rejection) => self.local_response(
+                        &rejection.error,
+                        rejection.backend.as_deref(),
+                        log.take(),
+                        method,
+                    ),
+                }
+            };
+            if let Some(vars) = &vars {
+                header_rules::apply_to_response(&self.config.response_headers, vars, &mut reply);
+                if let Some(config) = route.map(|r| self.routes.get(r)) {
+                    header_rules::apply_to_response(
+                        &config.policy.response_headers,
+                        vars,
+                        &mut reply,
+                    );
+                }
+            }
+            if self.config.request_id.response
+                && let Some(id) = request_id.value()
+            {
+                reply.headers.insert(&edge::X_REQUEST_ID, id.clone());
+            }
+            reply
+        }
+    }
+
+    /// Whether a request on `route` needs [`RequestVars`]: some header rule or a redirect.
+    fn has_rules(&self, route: Option<&RouteConfig>) -> bool {
+        !self.config.request_headers.is_empty()
+            || !self.config.response_headers.is_empty()
+            || route.is_some_and(|r| {
+                r.policy.redirect.is_some()
+                    || !r.policy.request_headers.is_empty()
+                    || !r.policy.response_headers.is_empty()
+            })
+    }
+
+    /// An answer alb makes without a backend (a redirect), or the error that stopped it.
+    fn local_answer(
+        &self,
+        made: Result<Reply, ProxyError>,
+        log: Option<Box<AccessRecord>>,
+        method: usize,
+    ) -> Reply {
+        match made {
+            Ok(reply) => {
+                self.stats.record_local(method, reply.status.as_u16());
+                if let Some(log) = log {
+                    log.finish(reply.status.as_u16(), None, 0, Outcome::Complete);
+                }
+                reply
+            }
+            Err(error) => self.local_response(&error, None, log, method),
+        }
+    }
+}
+
+/// The request rules that apply to one request, and what their templates are filled from.
+pub(super) struct RequestRules<'a> {
+    pub(super) vars: &'a RequestVars,
+    pub(super) top: &'a HeaderRules,
+    pub(super) route: Option<&'a HeaderRules>,
+}
+
+impl RequestRules<'_> {
+    pub(super) fn apply(
+        &self,
+        headers: &mut http::HeaderMap,
+        added: &mut crate::upstream::AddedFields,
+    ) {
+        header_rules::apply_to_request(self.top, self.vars, headers, added);
+        if let Some(route) = self.route {
+            header_rules::apply_to_request(route, self.vars, headers, added);
+        }
+    }
+}
