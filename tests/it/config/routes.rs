@@ -203,3 +203,57 @@ fn a_route_retry_goes_over_its_pool_retry_key_by_key() {
     assert_eq!(retry.on_status, [503], "the pool's");
     assert!(!retry.on_timeout, "the top level's");
 }
+
+#[test]
+fn edge_policy_refusals_name_their_keys() {
+    let keys = problem_keys(&format!(
+        "{TOP}[forwarded]\ntrusted = [\"10.0.0.0/33\"]\n\
+         [response_headers]\nset = {{ content-length = \"1\" }}\n\
+         [[route]]\npath_prefix = \"/a/\"\npool = \"default\"\nallow = [\"nope\"]\n\
+         [route.request_headers]\nremove = [\"transfer-encoding\"]\nset = {{ x-a = \"{{unknown}}\" }}\n\
+         [[route]]\npath = \"/b\"\nrewrite_prefix = \"/c/\"\npool = \"default\"\n\
+         [[route]]\npath_prefix = \"/d/\"\npool = \"default\"\nredirect = {{ to = \"https://{{host}}\", status = 200 }}\n\
+         [[route]]\npath_prefix = \"/e/\"\npool = \"default\"\nredirect = {{ to = \"https://x\" }}\n"
+    ));
+    assert_eq!(
+        keys,
+        [
+            "route[0].allow[0]",
+            "route[0].request_headers.remove[0]",
+            "route[0].request_headers.set.x-a",
+            "route[1].rewrite_prefix",
+            "route[2].redirect.status",
+            "route[3].redirect",
+            "forwarded.trusted[0]",
+            "response_headers.set.content-length",
+        ]
+    );
+}
+
+#[test]
+fn edge_policy_reads_every_key() {
+    let config = parse(&format!(
+        "{TOP}[forwarded]\ntrusted = [\"10.0.0.0/8\"]\nrfc7239 = true\n\
+         [request_id]\nresponse = true\n\
+         [[route]]\npath_prefix = \"/a/\"\nclient_certificate = true\nallow = [\"10.0.0.0/8\"]\n\
+         deny = [\"10.6.0.0/16\"]\nrewrite_prefix = \"/b/\"\npool = \"default\"\n\
+         [route.response_headers]\nadd = {{ x-a = \"{{request_id}}\" }}\n\
+         [[route]]\npath_prefix = \"/r/\"\nredirect = {{ to = \"https://{{host}}{{path}}\" }}\n"
+    ));
+    assert!(config.forwarded.trusts("10.1.2.3".parse().unwrap()));
+    assert!(config.forwarded.rfc7239 && config.request_id.enabled && config.request_id.response);
+    let route = &config.routes[0];
+    assert!(route.client_certificate);
+    assert!(route.policy.admits("10.1.2.3".parse().unwrap()));
+    assert!(!route.policy.admits("10.6.2.3".parse().unwrap()));
+    assert!(!route.policy.admits("192.0.2.1".parse().unwrap()));
+    assert_eq!(route.policy.rewrite_prefix.as_deref(), Some("/b/"));
+    assert_eq!(route.policy.response_headers.add.len(), 1);
+    let redirect = config.routes[1]
+        .policy
+        .redirect
+        .as_ref()
+        .expect("a redirect");
+    assert_eq!(redirect.status, 308);
+    assert!(config.routes[1].targets.is_empty());
+}

@@ -1,2 +1,3 @@
+mod edge_policy;
 mod errors;
 mod forwarding;

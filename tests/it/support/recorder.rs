@@ -221,7 +221,7 @@ async fn serve(stream: TcpStream, idle: Duration, log: Arc<Mutex<Log>>) {
             format!("request {} {}", log.requests.len() - 1, request.target)
         };
         let answer = format!(
-            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n{}\r\n{body}",
+            "HTTP/1.1 200 OK\r\nserver: recorder\r\ncontent-length: {}\r\n{}\r\n{body}",
             body.len(),
             if close { "connection: close\r\n" } else { "" }
         );
