@@ -152,12 +152,21 @@ pub fn parse_client_request(
 /// writes for this hop.
 /// Whether a field named `name` is forwarded under [`RequestRules::underscores`] (`Ok(false)`:
 /// left out), for requests of either HTTP version: the one place that rule is applied.
+///
+/// A name with a run of `-` or a `-` at an end (`Transfer--Encoding`) is dropped when it reads as
+/// one of alb's fields once the runs collapse, whatever the rule: no client needs such a name,
+/// and a server that collapses them would take it for the real one.
 pub fn keeps_field(name: &[u8], rules: &RequestRules) -> Result<bool, Rejected> {
     // A plain loop: names are short, and a memchr call per field costs more (callgrind).
-    #[allow(clippy::manual_contains)]
-    let underscore = name.iter().any(|&b| b == b'_');
+    let (mut underscore, mut dashes, mut previous) = (false, false, b'-');
+    for &b in name {
+        underscore |= b == b'_';
+        dashes |= b == b'-' && previous == b'-';
+        previous = b;
+    }
+    dashes |= previous == b'-';
     if !underscore {
-        return Ok(true);
+        return Ok(!(dashes && reads_as_alb_field(name)));
     }
     match rules.underscores {
         Underscores::Drop => Ok(false),
@@ -521,5 +530,21 @@ mod tests {
         }
         assert!(!reads_as_alb_field(b"x_content_length"));
         assert!(!reads_as_alb_field(b"x_api_key"));
+    }
+
+    #[test]
+    fn names_with_runs_of_dashes_that_read_as_framing_are_dropped_under_every_rule() {
+        let text = "GET / HTTP/1.1\r\nHost: x\r\ntransfer---encoding: chunked\r\n\
+                    Content-Length-: 5\r\nx--trace: 1\r\n-host: evil\r\n\r\n";
+        for underscores in [Underscores::Drop, Underscores::Refuse, Underscores::Allow] {
+            let rules = RequestRules {
+                max_head: 8192,
+                underscores,
+            };
+            let parsed = parse_client_request(&mut BytesMut::from(text), &rules);
+            let parsed = parsed.unwrap().unwrap();
+            let names: Vec<&str> = parsed.parts.headers.keys().map(|n| n.as_str()).collect();
+            assert_eq!(names, ["host", "x--trace"], "{underscores:?}");
+        }
     }
 }

@@ -37,6 +37,20 @@ pub fn forwardable(
     parts: &mut request::Parts,
     rules: &RequestRules,
 ) -> Result<Option<u64>, Rejected> {
+    if parts.method == http::Method::CONNECT {
+        return Err(Rejected {
+            status: http::StatusCode::METHOD_NOT_ALLOWED,
+            reason: "CONNECT is not supported by this proxy",
+        });
+    }
+    // RFC 9113 §8.2.1: a value that starts or ends with whitespace makes the message malformed
+    // (HTTP/1.1's parser trims it; h2 leaves it to the application).
+    if parts.headers.values().any(|v| {
+        let bytes = v.as_bytes();
+        matches!(bytes.first(), Some(b' ' | b'\t')) || matches!(bytes.last(), Some(b' ' | b'\t'))
+    }) {
+        return Err(bad("a field value starts or ends with whitespace"));
+    }
     let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let host = hosts.next().cloned();
@@ -69,7 +83,10 @@ pub fn forwardable(
     }
     let length = declared_length(&parts.headers)?;
     parts.headers.remove(header::CONTENT_LENGTH);
-    if parts.headers.keys().any(|name| name.as_str().contains('_')) {
+    let odd = |name: &str| {
+        name.contains('_') || name.contains("--") || name.starts_with('-') || name.ends_with('-')
+    };
+    if parts.headers.keys().any(|name| odd(name.as_str())) {
         parts.headers = kept_fields(std::mem::take(&mut parts.headers), rules)?;
     }
     join_cookies(&mut parts.headers);
@@ -78,6 +95,12 @@ pub fn forwardable(
         .path_and_query()
         .cloned()
         .ok_or_else(|| bad("no :path"))?;
+    // RFC 9113 §8.3.1: `:path` is an origin-form target, or `*` for OPTIONS (as HTTP/1.1's
+    // parser holds it).
+    let asterisk = target.as_str() == "*" && parts.method == http::Method::OPTIONS;
+    if !target.as_str().starts_with('/') && !asterisk {
+        return Err(bad(":path is not an origin-form target"));
+    }
     parts.uri = Uri::from(target);
     Ok(length)
 }

@@ -162,12 +162,6 @@ impl ProxyError {
         {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if let ProxyError::MethodNotAllowed(_) = self {
-            headers.insert(
-                header::ALLOW,
-                HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE"),
-            );
-        }
         reply
     }
 }

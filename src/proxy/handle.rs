@@ -51,6 +51,13 @@ impl Snapshot {
             let mut vars = None;
             let mut route = None;
             let mut reply = 'answer: {
+                // Before routing: a CONNECT names no path a route could match (405 over either
+                // protocol, not a 404 for its authority).
+                if req.method() == http::Method::CONNECT {
+                    let error =
+                        ProxyError::MethodNotAllowed("CONNECT is not supported by this proxy");
+                    break 'answer self.local_response(&error, None, log.take(), method);
+                }
                 if client.scheme == Scheme::Http
                     && let Some(tls) = self.config.tls.as_ref().filter(|tls| tls.redirect_http)
                 {

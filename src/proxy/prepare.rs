@@ -4,7 +4,7 @@
 
 use crate::upstream::IncomingBody;
 use bytes::Bytes;
-use http::{Method, Request};
+use http::Request;
 use http_body::Body;
 use http_body_util::BodyExt;
 
@@ -38,11 +38,6 @@ impl Snapshot {
             && length > max
         {
             return Err(BodyError::TooLarge(max).into());
-        }
-        if parts.method == Method::CONNECT {
-            return Err(ProxyError::MethodNotAllowed(
-                "CONNECT is not supported by this proxy",
-            ));
         }
         // The head parser refused transfer codings other than chunked (501), took the framing
         // out of the fields and put an absolute-form target's authority into Host.

@@ -56,6 +56,13 @@ impl Reply {
         reply
             .headers
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        // RFC 9110 §15.5.6: a 405 lists the methods there are (alb refuses only CONNECT).
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            reply.headers.insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE"),
+            );
+        }
         reply
     }
 

@@ -10,6 +10,7 @@
 mod caps_and_shutdown;
 mod defences;
 mod h2c_and_alpn;
+mod malformed_fields;
 mod streams_and_bodies;
 mod upstream;
 
