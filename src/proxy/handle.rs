@@ -48,7 +48,10 @@ impl Snapshot {
                 record.identify(request_id.value(), subject);
                 Box::new(record)
             });
-            let mut vars = None;
+            // Top-level rules apply to every answer, alb's own refusals included.
+            let mut vars = self
+                .has_rules(None)
+                .then(|| RequestVars::of(&req, client, request_id.value()));
             let mut route = None;
             let mut reply = 'answer: {
                 // Before routing: a CONNECT names no path a route could match (405 over either
@@ -74,7 +77,7 @@ impl Snapshot {
                     }
                 };
                 let config = route.map(|r| self.routes.get(r));
-                if self.has_rules(config) {
+                if vars.is_none() && self.has_rules(config) {
                     vars = Some(RequestVars::of(&req, client, request_id.value()));
                 }
                 if let Some(config) = config {
