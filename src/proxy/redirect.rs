@@ -48,6 +48,22 @@ fn location(host: &str, uri: &http::Uri, port: u16) -> Option<HeaderValue> {
     HeaderValue::from_str(&text).ok()
 }
 
+/// A route's `redirect`: its status, and its `to` filled in for the request.
+pub(super) fn to_route_target(
+    redirect: &crate::config::Redirect,
+    vars: &super::header_rules::RequestVars,
+) -> Result<Reply, ProxyError> {
+    let location = vars.location(&redirect.to).ok_or(ProxyError::BadRequest(
+        "this redirect needs a Host that names a server",
+    ))?;
+    let mut reply = Reply::new(
+        redirect.status,
+        ResponseBody::Local(Full::new(Bytes::new())),
+    );
+    reply.headers.insert(header::LOCATION, location);
+    Ok(reply)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,20 +89,4 @@ mod tests {
         );
         assert_eq!(at("", "/", 443), None);
     }
-}
-
-/// A route's `redirect`: its status, and its `to` filled in for the request.
-pub(super) fn to_route_target(
-    redirect: &crate::config::Redirect,
-    vars: &super::header_rules::RequestVars,
-) -> Result<Reply, ProxyError> {
-    let location = vars.location(&redirect.to).ok_or(ProxyError::BadRequest(
-        "this redirect needs a Host that names a server",
-    ))?;
-    let mut reply = Reply::new(
-        redirect.status,
-        ResponseBody::Local(Full::new(Bytes::new())),
-    );
-    reply.headers.insert(header::LOCATION, location);
-    Ok(reply)
 }
