@@ -416,6 +416,8 @@ impl Config {
                 backend_queue: self.limits.backend_queue,
                 backend_queue_timeout: self.limits.backend_queue_timeout,
                 sticky: self.sticky.clone(),
+                request_headers: HeaderRules::default(),
+                response_headers: HeaderRules::default(),
             });
         }
         pools.extend(self.pools.iter().cloned());

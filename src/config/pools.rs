@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use http::HeaderName;
 
+use super::HeaderRules;
 use super::backends;
 use super::raw::{RawHealthCheck, RawLimits, RawPassiveHealth, RawPool, RawRetry, RawSticky};
+use super::route_policy::top_rules;
 use super::sections;
 use super::values::{Problems, duration};
 use super::{Algorithm, BackendSpec, HealthCheckConfig, PassiveHealthConfig, RetryConfig};
@@ -31,6 +33,10 @@ pub struct PoolConfig {
     pub backend_queue: usize,
     pub backend_queue_timeout: Duration,
     pub sticky: Option<StickyConfig>,
+    /// `[pools.NAME.request_headers]` / `response_headers`: between the top-level rules and a
+    /// route's (empty for `default`, whose rules are the top-level ones).
+    pub request_headers: HeaderRules,
+    pub response_headers: HeaderRules,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -208,6 +214,16 @@ pub(super) fn named(
             backend_queue: limits.backend_queue,
             backend_queue_timeout: limits.backend_queue_timeout,
             sticky: pool.sticky.map(|s| sticky(&prefix, s, problems)),
+            request_headers: top_rules(
+                &format!("{prefix}request_headers"),
+                pool.request_headers,
+                problems,
+            ),
+            response_headers: top_rules(
+                &format!("{prefix}response_headers"),
+                pool.response_headers,
+                problems,
+            ),
             name,
         });
     }

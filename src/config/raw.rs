@@ -53,6 +53,8 @@ pub struct RawPool {
     pub retry: Option<RawRetry>,
     pub limits: Option<RawLimits>,
     pub sticky: Option<RawSticky>,
+    pub request_headers: Option<super::header_rules::RawHeaderRules>,
+    pub response_headers: Option<super::header_rules::RawHeaderRules>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -136,7 +136,7 @@ fn redirect(prefix: &str, raw: RawRedirect, problems: &mut Problems) -> Option<R
     Some(Redirect { to, status })
 }
 
-/// `request_headers` / `response_headers` at the top level: for every request.
+/// `request_headers` / `response_headers` at the top level (for every request) or of a pool.
 pub(super) fn top_rules(
     key: &str,
     raw: Option<RawHeaderRules>,

@@ -53,6 +53,7 @@ impl Snapshot {
                 .has_rules(None)
                 .then(|| RequestVars::of(&req, client, request_id.value()));
             let mut route = None;
+            let mut pool_rules: Option<&HeaderRules> = None;
             let mut reply = 'answer: {
                 // Before routing: a CONNECT names no path a route could match (405 over either
                 // protocol, not a 404 for its authority).
@@ -102,6 +103,13 @@ impl Snapshot {
                         break 'answer self.local_response(&error, None, log.take(), method);
                     }
                 };
+                if vars.is_none()
+                    && !(plan.pool.request_headers.is_empty()
+                        && plan.pool.response_headers.is_empty())
+                {
+                    vars = Some(RequestVars::of(&req, client, request_id.value()));
+                }
+                pool_rules = Some(&plan.pool.response_headers);
                 if let Some(wait) = route.and_then(|r| self.over_limit(r, &req, client)) {
                     self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
                     let error = ProxyError::RateLimited(wait);
@@ -137,6 +145,7 @@ impl Snapshot {
                 let rules = vars.as_ref().map(|vars| RequestRules {
                     vars,
                     top: &self.config.request_headers,
+                    pool: &plan.pool.request_headers,
                     route: config.map(|c| &c.policy.request_headers),
                 });
                 let prepared = self
@@ -176,6 +185,9 @@ impl Snapshot {
             };
             if let Some(vars) = &vars {
                 header_rules::apply_to_response(&self.config.response_headers, vars, &mut reply);
+                if let Some(rules) = pool_rules {
+                    header_rules::apply_to_response(rules, vars, &mut reply);
+                }
                 if let Some(config) = route.map(|r| self.routes.get(r)) {
                     header_rules::apply_to_response(
                         &config.policy.response_headers,
@@ -224,10 +236,12 @@ impl Snapshot {
     }
 }
 
-/// The request rules that apply to one request, and what their templates are filled from.
+/// The request rules that apply to one request (top level, pool, route, in that order), and what
+/// their templates are filled from.
 pub(super) struct RequestRules<'a> {
     pub(super) vars: &'a RequestVars,
     pub(super) top: &'a HeaderRules,
+    pub(super) pool: &'a HeaderRules,
     pub(super) route: Option<&'a HeaderRules>,
 }
 
@@ -238,6 +252,7 @@ impl RequestRules<'_> {
         added: &mut crate::upstream::AddedFields,
     ) {
         header_rules::apply_to_request(self.top, self.vars, headers, added);
+        header_rules::apply_to_request(self.pool, self.vars, headers, added);
         if let Some(route) = self.route {
             header_rules::apply_to_request(route, self.vars, headers, added);
         }

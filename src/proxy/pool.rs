@@ -25,6 +25,9 @@ pub struct BackendPool {
     pub(super) queue_timeout: Duration,
     /// `[pools.NAME.sticky]`: the cookie naming each backend.
     pub(super) sticky: Option<StickyCookies>,
+    /// The pool's header rules, each way.
+    pub(super) request_headers: crate::config::HeaderRules,
+    pub(super) response_headers: crate::config::HeaderRules,
 }
 
 impl BackendPool {
@@ -79,6 +82,8 @@ impl BackendPool {
         };
         BackendPool {
             name: config.name.clone(),
+            request_headers: config.request_headers.clone(),
+            response_headers: config.response_headers.clone(),
             sticky: config.sticky.as_ref().and_then(|sticky| {
                 let secret = match &sticky.secret {
                     Some(text) => super::derive_secret(text),

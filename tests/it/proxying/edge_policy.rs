@@ -246,3 +246,33 @@ async fn header_rules_redirects_and_rewrites_as_the_backend_and_client_see_them(
     lb.stop().await;
     recorder.stop().await;
 }
+
+#[tokio::test]
+async fn a_pools_rules_apply_between_the_top_level_and_the_routes() {
+    let recorder = Recorder::start().await;
+    let lb = balancer(
+        &recorder,
+        &format!(
+            "[request_headers]\nset = {{ x-layer = \"top\", x-top = \"1\" }}\n\
+             [pools.named]\nbackends = [\"{}\"]\n\
+             [pools.named.request_headers]\nset = {{ x-layer = \"pool\" }}\n\
+             [pools.named.response_headers]\nset = {{ x-pool = \"named\" }}\n\
+             [[route]]\npath_prefix = \"/named/route/\"\npool = \"named\"\n\
+             [route.request_headers]\nset = {{ x-layer = \"route\" }}\n\
+             [[route]]\npath_prefix = \"/named/\"\npool = \"named\"\n",
+            recorder.url()
+        ),
+    )
+    .await;
+    let url = |path: &str| format!("http://127.0.0.1:{}{path}", lb.addr.port());
+    let (status, head) = curl_head(&[&url("/named/x")]).await;
+    assert_eq!(status, 200);
+    assert!(head.to_ascii_lowercase().contains("x-pool: named"), "{head}");
+    let seen = recorder.only("/named/x");
+    assert_eq!(seen.values("x-layer"), ["pool"]);
+    assert_eq!(seen.values("x-top"), ["1"]);
+    assert_eq!(curl_head(&[&url("/named/route/x")]).await.0, 200);
+    assert_eq!(recorder.only("/named/route/x").values("x-layer"), ["route"]);
+    lb.stop().await;
+    recorder.stop().await;
+}
