@@ -14,8 +14,20 @@ use super::values::Problems;
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ForwardedConfig {
     pub trusted: Vec<IpNet>,
+    /// Which field of a trusted proxy names its client. One, chosen here: were alb to read
+    /// whichever is present, a client could send the one its proxy passes through untouched.
+    pub client_header: ClientHeader,
     /// Write an RFC 7239 `Forwarded` field of alb's own beside the X-Forwarded ones.
     pub rfc7239: bool,
+}
+
+/// `forwarded.client_header`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientHeader {
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded`, its `for=` parameters.
+    Forwarded,
 }
 
 impl ForwardedConfig {
@@ -49,7 +61,19 @@ impl Default for RequestIdConfig {
 
 pub(super) fn forwarded(raw: RawForwarded, problems: &mut Problems) -> ForwardedConfig {
     let given = raw.trusted.unwrap_or_default();
+    let client_header = match raw.client_header.as_deref() {
+        None | Some("x-forwarded-for") => ClientHeader::XForwardedFor,
+        Some("forwarded") => ClientHeader::Forwarded,
+        Some(other) => {
+            problems.add(
+                "forwarded.client_header",
+                format!("{other:?}: \"x-forwarded-for\" or \"forwarded\""),
+            );
+            ClientHeader::XForwardedFor
+        }
+    };
     ForwardedConfig {
+        client_header,
         trusted: networks("forwarded.trusted", &given, problems),
         rfc7239: raw.rfc7239.unwrap_or(false),
     }

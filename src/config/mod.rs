@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use crate::http1::Underscores;
 
-pub use edge::{ForwardedConfig, RequestIdConfig};
+pub use edge::{ClientHeader, ForwardedConfig, RequestIdConfig};
 pub use error::{ConfigError, Problem};
 pub use header_rules::{HeaderRules, Template, Var, is_protected};
 pub use http2::Http2Config;

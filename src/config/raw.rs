@@ -173,6 +173,7 @@ pub struct RawProxyProtocol {
 #[serde(deny_unknown_fields)]
 pub struct RawForwarded {
     pub trusted: Option<Vec<String>>,
+    pub client_header: Option<String>,
     pub rfc7239: Option<bool>,
 }
 

@@ -102,12 +102,16 @@ pub enum RateKey {
 }
 
 /// Whether `prefix` (a `path_prefix`) matches `path` on whole segments: `/static/` and
-/// `/static` both match `/static/app.js`, neither matches `/staticx`.
+/// `/static` both match `/static/app.js` and `/static`, neither matches `/staticx`.
 pub fn prefix_matches(prefix: &str, path: &str) -> bool {
-    path.starts_with(prefix)
-        && (prefix.ends_with('/')
+    if path.starts_with(prefix) {
+        return prefix.ends_with('/')
             || path.len() == prefix.len()
-            || path.as_bytes()[prefix.len()] == b'/')
+            || path.as_bytes()[prefix.len()] == b'/';
+    }
+    // `/admin` is under `/admin/`: most servers serve it as the directory (nginx redirects it
+    // there, Express's non-strict routing serves it), so it must not slip to another route.
+    prefix.len() > 1 && prefix.strip_suffix('/') == Some(path)
 }
 
 /// Timeouts that belong to a client connection, not to where its requests go.

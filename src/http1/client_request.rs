@@ -190,16 +190,7 @@ fn reads_as_alb_field(name: &[u8]) -> bool {
     while folded.last() == Some(&b'-') {
         folded.pop();
     }
-    [
-        &b"content-length"[..],
-        b"transfer-encoding",
-        b"connection",
-        b"host",
-        b"x-forwarded-for",
-        b"x-forwarded-host",
-        b"x-forwarded-proto",
-    ]
-    .contains(&folded.as_slice())
+    std::str::from_utf8(&folded).is_ok_and(super::forwarding::is_alb_field)
 }
 
 fn too_large() -> Rejected {
@@ -521,6 +512,10 @@ mod tests {
             b"X_Forwarded_For",
             b"x_forwarded__host",
             b"HOST_",
+            b"X_Real_IP",
+            b"x_request_id",
+            b"True_Client_IP",
+            b"X_Forwarded_Ssl",
         ] {
             assert!(
                 reads_as_alb_field(name),

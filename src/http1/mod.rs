@@ -17,6 +17,7 @@ mod client_body;
 mod client_io;
 mod client_request;
 mod client_response;
+mod forwarding;
 mod io;
 mod request_head;
 mod response_head;
@@ -33,6 +34,7 @@ pub use client_request::{
     ClientRequest, RequestRules, Underscores, keeps_field, parse_client_request,
 };
 pub use client_response::{BodyWrite, ResponsePlan, date_value, encode_response_head};
+pub use forwarding::{is_alb_field, is_forwarding};
 pub use io::{PartialWrite, poll_fill, poll_fill_from, poll_write_within, write_all_within};
 pub use request_head::{BodyFraming, RequestHead, encode_request_head};
 pub use response_head::{Framing, MAX_HEAD_BYTES, RawFields, ResponseHead, parse_response_head};

@@ -3,8 +3,9 @@
 //! **The client address is decided here and only here.** A peer alb does not trust (by default,
 //! every peer) is the client, whatever its fields say. A trusted peer (`[forwarded] trusted`: a
 //! CDN, a balancer in front) speaks for someone else: the client is the rightmost address of its
-//! X-Forwarded-For (or, without one, of its `Forwarded` `for=`) that is not itself a trusted hop,
-//! as nginx's `real_ip_recursive` reads it. That one address is what routes' IP lists, rate
+//! X-Forwarded-For (or, with `client_header = "forwarded"`, of its `Forwarded` `for=`; never
+//! whichever is present, which the client could choose) that is not itself a trusted hop, as
+//! nginx's `real_ip_recursive` reads it. That one address is what routes' IP lists, rate
 //! limits, hashing on `client_ip`, the access log and header rules see; X-Forwarded-For still
 //! records the hop that connected (see `header_policy`).
 
@@ -14,7 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::ClientInfo;
-use crate::config::{ForwardedConfig, RequestIdConfig};
+use crate::config::{ClientHeader, ForwardedConfig, RequestIdConfig};
 
 pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(super) static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
@@ -38,7 +39,7 @@ pub(super) fn seen<'a>(
             trusted_peer: false,
         };
     }
-    let hops = hops_of(headers);
+    let hops = hops_of(headers, config.client_header);
     let client = hops
         .into_iter()
         .rev()
@@ -59,17 +60,16 @@ pub(super) fn seen<'a>(
     }
 }
 
-/// The addresses a trusted peer lists, first hop first; `None` for an element that is no address
-/// (`unknown`, an obfuscated name): the walk from the right stops there.
-fn hops_of(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
-    let listed: Vec<Option<IpAddr>> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(|element| address(std::str::from_utf8(element).ok()?.trim()))
-        .collect();
-    if !listed.is_empty() {
-        return listed;
+/// The addresses a trusted peer lists in `field`, first hop first; `None` for an element that is
+/// no address (`unknown`, an obfuscated name): the walk from the right stops there.
+fn hops_of(headers: &HeaderMap, field: ClientHeader) -> Vec<Option<IpAddr>> {
+    if field == ClientHeader::XForwardedFor {
+        return headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(|element| address(std::str::from_utf8(element).ok()?.trim()))
+            .collect();
     }
     headers
         .get_all(&FORWARDED)
@@ -153,6 +153,7 @@ mod tests {
     fn trusting(nets: &[&str]) -> ForwardedConfig {
         ForwardedConfig {
             trusted: nets.iter().map(|n| n.parse().unwrap()).collect(),
+            client_header: ClientHeader::XForwardedFor,
             rfc7239: false,
         }
     }
@@ -199,7 +200,34 @@ mod tests {
             "forwarded",
             "for=6.6.6.6, for=\"[2001:db8::7]:4711\";proto=https, for=10.2.2.2",
         )];
-        assert_eq!(client_of(&config, "10.0.0.2", &rfc), "2001:db8::7");
+        let reading_forwarded = ForwardedConfig {
+            client_header: ClientHeader::Forwarded,
+            ..config.clone()
+        };
+        assert_eq!(
+            client_of(&reading_forwarded, "10.0.0.2", &rfc),
+            "2001:db8::7"
+        );
+    }
+
+    #[test]
+    fn only_the_configured_field_names_the_client() {
+        // A proxy that writes `Forwarded` and passes the client's X-Forwarded-For through.
+        let both = [
+            ("x-forwarded-for", "10.6.6.6"),
+            ("forwarded", "for=203.0.113.9;proto=https"),
+        ];
+        let config = ForwardedConfig {
+            client_header: ClientHeader::Forwarded,
+            ..trusting(&["127.0.0.0/8"])
+        };
+        assert_eq!(client_of(&config, "127.0.0.2", &both), "203.0.113.9");
+        let config = trusting(&["127.0.0.0/8"]);
+        let only_forwarded = [("forwarded", "for=203.0.113.9")];
+        assert_eq!(
+            client_of(&config, "127.0.0.2", &only_forwarded),
+            "127.0.0.2"
+        );
     }
 
     #[test]

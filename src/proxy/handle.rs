@@ -116,14 +116,20 @@ impl Snapshot {
                     break 'answer self.local_response(&error, None, log.take(), method);
                 }
                 let mut req = req;
-                if let Some(config) = config
-                    && let Some(prefix) = &config.path_prefix
-                {
-                    if config.strip_prefix {
-                        route::replace_prefix(&mut req, prefix, "");
-                    } else if let Some(to) = &config.policy.rewrite_prefix {
-                        route::replace_prefix(&mut req, prefix, to);
-                    }
+                let replacement = config.and_then(|c| {
+                    let prefix = c.path_prefix.as_deref()?;
+                    let to = if c.strip_prefix {
+                        Some("")
+                    } else {
+                        c.policy.rewrite_prefix.as_deref()
+                    };
+                    Some((prefix, to?))
+                });
+                match replacement {
+                    Some((prefix, to)) => route::replace_prefix(&mut req, prefix, to),
+                    // The backend gets the path the routes matched (see `route::PathReading`).
+                    None if !self.routes.is_empty() => route::forward_as_read(&mut req),
+                    None => {}
                 }
                 // A gRPC caller's deadline bounds the wait for the answer like `timeouts.request`.
                 let deadline = match (

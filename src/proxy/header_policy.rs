@@ -150,27 +150,10 @@ fn forwarded_element(
 }
 
 /// Fields by which a client says who it is or how it came, which frameworks believe: removed
-/// from untrusted peers. X-Forwarded-For is the list of hops, handled on its own.
+/// from untrusted peers ([`crate::http1::is_forwarding`] holds the list, shared with the
+/// look-alike check of field names).
 fn is_forwarding(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "forwarded"
-            | "x-forwarded-proto"
-            | "x-forwarded-host"
-            | "x-forwarded-port"
-            | "x-forwarded-prefix"
-            | "x-forwarded-ssl"
-            | "x-forwarded-scheme"
-            | "x-forwarded-protocol"
-            | "x-forwarded-server"
-            | "x-real-ip"
-            | "x-client-ip"
-            | "client-ip"
-            | "true-client-ip"
-            | "x-cluster-client-ip"
-            | "x-url-scheme"
-            | "front-end-https"
-    )
+    crate::http1::is_forwarding(name.as_str())
 }
 
 /// X-Forwarded-For as one field: the client's elements (its repeated lines folded, in order,

@@ -29,13 +29,16 @@ impl RequestVars {
             request_id: request_id.cloned(),
             host: request.headers().get(http::header::HOST).cloned(),
             scheme: client.scheme.as_str(),
-            path: Bytes::copy_from_slice(
-                request
-                    .uri()
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .as_bytes(),
-            ),
+            path: {
+                // As alb read it: `//evil.example` is no path to put in a Location.
+                let path = super::route::normalize_path(request.uri().path());
+                let mut target = path.into_owned().into_bytes();
+                if let Some(query) = request.uri().query() {
+                    target.push(b'?');
+                    target.extend_from_slice(query.as_bytes());
+                }
+                Bytes::from(target)
+            },
             subject: client.tls.as_ref().and_then(|t| t.client_subject.clone()),
         }
     }
@@ -67,6 +70,10 @@ impl RequestVars {
                     .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(b))
         };
         if template.uses(Var::Host) && !self.host.as_ref().is_some_and(authority) {
+            return None;
+        }
+        // `*` (OPTIONS) names no resource to send a client to.
+        if template.uses(Var::Path) && !self.path.starts_with(b"/") {
             return None;
         }
         self.render(template)

@@ -160,10 +160,12 @@ impl RouteTable {
     /// the liberal reading of the path would choose another.
     pub(super) fn find(&self, request: &RequestKey<'_>) -> Result<Option<usize>, AmbiguousPath> {
         let found = self.lookup(request, &request.path.path);
-        if let Some(liberal) = &request.path.liberal
-            && self.lookup(request, liberal) != found
-        {
-            return Err(AmbiguousPath);
+        for other in [&request.path.liberal, &request.path.folded] {
+            if let Some(other) = other
+                && self.lookup(request, other) != found
+            {
+                return Err(AmbiguousPath);
+            }
         }
         if let Some(found) = found {
             self.hits[found].fetch_add(1, Ordering::Relaxed);
@@ -317,52 +319,71 @@ fn resolve_segments(path: &str) -> String {
 /// How a request's path is read for routing, and whether every common backend reads it the same.
 ///
 /// **This is where alb makes sure no backend can resolve a path to somewhere its route did not
-/// lead.** Backends disagree on three things alb's reading ([`normalize_path`]) leaves alone:
-/// nginx and Python's http.server decode `%2F` before resolving dot segments, IIS and some Java
-/// and Node servers read `\` (and `%5C`) as `/`, and Tomcat drops a segment's `;parameters`
-/// (so `..;` is `..`). The liberal reading applies all three. A path is refused (400) when
+/// lead.** alb routes on its reading ([`normalize_path`]) and forwards that reading (see
+/// [`forward_as_read`]), so a backend that does not resolve dot segments or merge slashes (a
+/// raw `req.url` prefix mount) gets what alb matched. Backends disagree on more than that: nginx
+/// and Python's http.server decode `%2F` before resolving dot segments, IIS and some Java and
+/// Node servers read `\` (and `%5C`) as `/`, Tomcat drops a segment's `;parameters` (so `..;`
+/// is `..`), Windows drops a segment's trailing dots and spaces, and Express, ASP.NET and IIS
+/// match paths without regard to case. Two more readings cover them: the liberal one applies
+/// all the decoding, the folded one lower-cases. A path is refused (400) when
 ///
 /// - the liberal reading finds a dot segment where alb's found none (`/public/..%2fadmin`,
 ///   `/public/..\admin`, `/public/..;/admin`): no client needs that, it can only climb out of
 ///   the route it matched;
-/// - or the two readings would choose different routes (`/api%2Fv1/x` when `/api/v1/` and
-///   `/api/` lead to different pools).
+/// - or another reading would choose a different route (`/api%2Fv1/x` when `/api/v1/` and
+///   `/api/` lead to different pools; `/ADMIN/x` beside an `/admin/` route and a catch-all).
 ///
-/// Otherwise the path goes on as the client sent it: `/files/a%2Fb` stays one segment for the
-/// backends that keep it so, under the route both readings chose.
+/// Otherwise the path goes on as read: `/files/a%2Fb` stays one segment for the backends that
+/// keep it so, under the route every reading chose.
 pub(super) struct PathReading<'a> {
     /// alb's reading, the one routes match.
     pub(super) path: Cow<'a, str>,
     /// The liberal reading, when it differs from alb's (without a dot segment).
     pub(super) liberal: Option<String>,
+    /// The lower-cased reading, when the path has capitals.
+    pub(super) folded: Option<String>,
 }
 
-/// A path some common backend resolves through a dot segment alb's reading does not have.
+/// A path some common backend resolves through a dot segment alb's reading does not have, or to
+/// another route.
 #[derive(Debug, PartialEq, Eq)]
 pub struct AmbiguousPath;
 
 impl<'a> PathReading<'a> {
     pub(super) fn of(raw: &'a str) -> Result<PathReading<'a>, AmbiguousPath> {
         let path = normalize_path(raw);
-        if !path.bytes().any(|b| matches!(b, b'%' | b'\\' | b';')) {
+        let folded = path
+            .bytes()
+            .any(|b| b.is_ascii_uppercase())
+            .then(|| path.to_ascii_lowercase());
+        let odd = path.bytes().any(|b| matches!(b, b'%' | b'\\' | b';'))
+            || path.contains("./")
+            || path.ends_with('.');
+        if !odd {
             return Ok(PathReading {
                 path,
                 liberal: None,
+                folded,
             });
         }
         let liberal = liberal_segments(&path);
         if liberal.split('/').any(|s| s == "." || s == "..") {
             return Err(AmbiguousPath);
         }
-        let liberal = resolve_segments(&liberal);
+        let liberal = resolve_segments(&without_trailing_dots(&liberal));
         let liberal = (liberal != path).then_some(liberal);
-        Ok(PathReading { path, liberal })
+        Ok(PathReading {
+            path,
+            liberal,
+            folded,
+        })
     }
 }
 
-/// `path` (dot segments already resolved) with `%2F` and `%5C` decoded, `\` read as `/`, each
-/// segment's `;parameters` dropped and its encoded dots decoded: what the most liberal of the
-/// common backends resolves.
+/// `path` (dot segments already resolved) with `%2F`, `%5C`, `%3B` and `%20` decoded, `\` read
+/// as `/`, each segment's `;parameters` dropped and its encoded dots decoded: what the most
+/// liberal of the common backends resolves.
 fn liberal_segments(path: &str) -> String {
     let mut decoded = String::with_capacity(path.len());
     let bytes = path.as_bytes();
@@ -376,6 +397,7 @@ fn liberal_segments(path: &str) -> String {
             (_, Some(b'/' | b'\\')) | (b'\\', _) => decoded.push('/'),
             (_, Some(b'.')) => decoded.push('.'),
             (_, Some(b';')) => decoded.push(';'),
+            (_, Some(b' ')) => decoded.push(' '),
             _ => {
                 let len = path[i..].chars().next().map_or(1, char::len_utf8);
                 decoded.push_str(&path[i..i + len]);
@@ -390,6 +412,39 @@ fn liberal_segments(path: &str) -> String {
         .map(|segment| segment.split(';').next().unwrap_or(""))
         .collect::<Vec<_>>()
         .join("/")
+}
+
+/// Each segment without its trailing dots and spaces, as Windows names files (`admin.` and
+/// `admin ` are `admin`); a segment of dots alone was a dot segment already.
+fn without_trailing_dots(path: &str) -> String {
+    path.split('/')
+        .map(|segment| {
+            let trimmed = segment.trim_end_matches(['.', ' ']);
+            if trimmed.is_empty() { segment } else { trimmed }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Forwards `request` with its path as alb read it when that differs from what the client wrote
+/// (dot segments resolved, slashes merged, unreserved characters decoded; the query kept): a
+/// backend that does not resolve `/admin//../x` itself must not reach `/admin/` with it after
+/// alb routed it as `/x`.
+pub(super) fn forward_as_read<B>(request: &mut Request<B>) {
+    let Cow::Owned(path) = normalize_path(request.uri().path()) else {
+        return;
+    };
+    let target = match request.uri().query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    let mut parts = request.uri().clone().into_parts();
+    if let Ok(path_and_query) = target.parse() {
+        parts.path_and_query = Some(path_and_query);
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+    }
 }
 
 fn decode_unreserved(path: &str) -> String {

@@ -267,7 +267,10 @@ async fn a_pools_rules_apply_between_the_top_level_and_the_routes() {
     let url = |path: &str| format!("http://127.0.0.1:{}{path}", lb.addr.port());
     let (status, head) = curl_head(&[&url("/named/x")]).await;
     assert_eq!(status, 200);
-    assert!(head.to_ascii_lowercase().contains("x-pool: named"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("x-pool: named"),
+        "{head}"
+    );
     let seen = recorder.only("/named/x");
     assert_eq!(seen.values("x-layer"), ["pool"]);
     assert_eq!(seen.values("x-top"), ["1"]);
