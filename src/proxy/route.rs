@@ -526,11 +526,33 @@ mod tests {
             ),
             ("/%41pi/x", "/Api/x", None),
             ("/plain/path", "/plain/path", None),
-            ("/a%2e%2e/b", "/a../b", None),
+            ("/a%2e%2e/b", "/a../b", Some("/a/b")),
+            ("/admin./x", "/admin./x", Some("/admin/x")),
+            ("/admin%20/x", "/admin%20/x", Some("/admin/x")),
         ] {
             let reading = PathReading::of(raw).unwrap();
             assert_eq!(reading.path, path, "{raw}");
             assert_eq!(reading.liberal.as_deref(), liberal, "{raw}");
+        }
+    }
+
+    #[test]
+    fn capitals_give_a_folded_reading() {
+        let reading = PathReading::of("/ADMIN/x").unwrap();
+        assert_eq!(reading.folded.as_deref(), Some("/admin/x"));
+        assert!(PathReading::of("/admin/x").unwrap().folded.is_none());
+    }
+
+    #[test]
+    fn paths_go_on_as_read() {
+        for (raw, sent) in [
+            ("/admin//../x?q=1", "/x?q=1"),
+            ("/a/%7Eu/./b", "/a/~u/b"),
+            ("/plain?x=/../", "/plain?x=/../"),
+        ] {
+            let mut request = Request::get(raw).body(()).unwrap();
+            forward_as_read(&mut request);
+            assert_eq!(request.uri().to_string(), sent, "{raw}");
         }
     }
 

@@ -236,3 +236,46 @@ async fn paths_that_climb_through_an_encoded_slash_never_reach_a_python_file_ser
     lb.stop().await;
     python.kill().await;
 }
+
+/// What the backend receives for paths backends other than nginx read their own way: a raw
+/// prefix mount (no dot-segment resolution), a case-insensitive router, Windows' trailing dots.
+/// The recorder, with its own parser, shows the target as it arrived.
+#[tokio::test]
+async fn a_guarded_prefix_is_reached_by_no_spelling_through_the_catch_all() {
+    let recorder = crate::support::recorder::Recorder::start().await;
+    let lb = TestBalancer::start(&format!(
+        "listen = \"127.0.0.1:0\"\nbackends = [\"{}\"]\n[health_check]\ninterval = \"60s\"\n\
+         [[route]]\npath_prefix = \"/admin/\"\nallow = [\"10.0.0.0/8\"]\npool = \"default\"\n\
+         [[route]]\npath_prefix = \"/\"\npool = \"default\"\n",
+        recorder.url()
+    ))
+    .await;
+    // Refused outright: capitals, trailing dots or spaces, the bare directory name.
+    for path in ["/ADMIN/x", "/Admin/x", "/admin./x", "/admin%20/x", "/admin"] {
+        let (status, body) = raw_get(lb.addr, path, "").await;
+        assert!(matches!(status, 400 | 403), "{path}: {status} {body:?}");
+    }
+    // Resolved by alb and sent as resolved: a backend that mounts `/admin/` on the raw target
+    // never sees `/admin` in front.
+    for (path, sent) in [
+        ("/admin//../x", "/x"),
+        ("/admin/..", "/"),
+        ("/admin/x/../../y?q=/admin/", "/y?q=/admin/"),
+    ] {
+        let (status, _) = raw_get(lb.addr, path, "").await;
+        assert_eq!(status, 200, "{path}");
+        let seen = recorder.requests();
+        let last = seen.last().expect("the backend got it");
+        assert_eq!(last.target, sent, "{path}");
+    }
+    assert!(
+        recorder
+            .requests()
+            .iter()
+            .all(|r| !r.target.to_ascii_lowercase().starts_with("/admin")),
+        "{:?}",
+        recorder.requests()
+    );
+    lb.stop().await;
+    recorder.stop().await;
+}

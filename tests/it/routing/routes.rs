@@ -123,7 +123,8 @@ async fn path_prefixes_match_whole_segments_as_the_backend_resolves_the_path() {
     for (path, want) in [
         ("/static/app.js", "web"),
         ("/static/", "web"),
-        ("/static", "fallback"),
+        // The directory's own name is under it: a backend serves `/static` as `/static/`.
+        ("/static", "web"),
         ("/staticx/app.js", "fallback"),
         ("/api", "api"),
         ("/api/v1/users?x=1", "api"),
