@@ -71,7 +71,7 @@ impl Snapshot {
                         method,
                     );
                 }
-                route = match self.route_for(&req, client) {
+                route = match self.route_for(&req, client, trusted_peer) {
                     Ok(route) => route,
                     Err(error) => {
                         break 'answer self.local_response(&error, None, log.take(), method);

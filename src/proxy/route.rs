@@ -88,12 +88,15 @@ pub(super) struct RequestKey<'a> {
     headers: &'a HeaderMap,
     /// The client presented a certificate the TLS listener verified.
     verified_client: bool,
+    /// The peer is a trusted proxy: conditions on forwarding fields may read them.
+    trusted_peer: bool,
 }
 
 impl<'a> RequestKey<'a> {
     pub(super) fn of<B>(
         request: &'a Request<B>,
         verified_client: bool,
+        trusted_peer: bool,
     ) -> Result<RequestKey<'a>, AmbiguousPath> {
         Ok(RequestKey {
             host: request
@@ -105,6 +108,7 @@ impl<'a> RequestKey<'a> {
             method: request.method(),
             headers: request.headers(),
             verified_client,
+            trusted_peer,
         })
     }
 }
@@ -153,7 +157,7 @@ impl RouteTable {
     /// The first route, in file order, that `request` meets (counted as a hit); `Err` for a
     /// path backends read in more than one way (see [`PathReading`]).
     pub fn route_of<B>(&self, request: &Request<B>) -> Result<Option<usize>, AmbiguousPath> {
-        self.find(&RequestKey::of(request, false)?)
+        self.find(&RequestKey::of(request, false, false)?)
     }
 
     /// The first route, in file order, whose conditions all hold, counted as a hit; `Err` when
@@ -214,7 +218,15 @@ impl RouteTable {
             return false;
         }
         route.headers.iter().all(|condition| {
-            let mut values = request.headers.get_all(&condition.name).iter();
+            // A forwarding field from a client alb does not trust is not what the backend will
+            // see (the header policy replaces it): a condition reads it as absent.
+            let believed =
+                request.trusted_peer || !crate::http1::is_alb_field(condition.name.as_str());
+            let mut values = request
+                .headers
+                .get_all(&condition.name)
+                .iter()
+                .filter(|_| believed);
             match &condition.test {
                 HeaderTest::Present => values.next().is_some(),
                 HeaderTest::Absent => values.next().is_none(),

@@ -182,6 +182,7 @@ impl Snapshot {
         &self,
         request: &Request<B>,
         client: &ClientInfo,
+        trusted_peer: bool,
     ) -> Result<Option<usize>, ProxyError> {
         if self.routes.is_empty() {
             return Ok(None);
@@ -191,7 +192,7 @@ impl Snapshot {
             .tls
             .as_ref()
             .is_some_and(|t| t.client_subject.is_some());
-        let key = RequestKey::of(request, verified).map_err(ambiguous)?;
+        let key = RequestKey::of(request, verified, trusted_peer).map_err(ambiguous)?;
         self.routes.find(&key).map_err(ambiguous)
     }
 

@@ -279,3 +279,22 @@ async fn a_pools_rules_apply_between_the_top_level_and_the_routes() {
     lb.stop().await;
     recorder.stop().await;
 }
+
+#[tokio::test]
+async fn a_route_condition_on_a_forwarding_field_reads_what_the_backend_will_see() {
+    let recorder = Recorder::start().await;
+    let lb = balancer(
+        &recorder,
+        "[[route]]\npath_prefix = \"/\"\nheaders = { x-forwarded-proto = \"https\" }\n\
+         redirect = { to = \"https://secure.example{path}\" }\n\
+         [[route]]\npath_prefix = \"/\"\npool = \"default\"\n",
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{}/x", lb.addr.port());
+    // The client's claim is not what the backend would be told: the condition does not hold.
+    let (status, _) = curl_head(&["-H", "X-Forwarded-Proto: https", &url]).await;
+    assert_eq!(status, 200);
+    assert_eq!(recorder.only("/x").values("x-forwarded-proto"), ["http"]);
+    lb.stop().await;
+    recorder.stop().await;
+}
