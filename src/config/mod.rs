@@ -128,6 +128,10 @@ pub struct AdminConfig {
     pub explicit: bool,
     /// Bearer token for write calls, from the file or `ALB_ADMIN_TOKEN`; none: writes are off.
     pub token: Option<String>,
+    /// Names (lower case) or IP addresses a request's Host may give besides the listener's own
+    /// address and `localhost` (`admin.allowed_hosts`): any other Host is refused, so that a
+    /// page whose name was rebound to this address (DNS rebinding) cannot read or turn it.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for AdminConfig {
@@ -136,6 +140,7 @@ impl Default for AdminConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
             explicit: false,
             token: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }

@@ -160,6 +160,7 @@ pub struct RawProxyProtocol {
 pub struct RawAdmin {
     pub listen: Option<String>,
     pub token: Option<String>,
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

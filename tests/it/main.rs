@@ -1,6 +1,7 @@
 //! alb's integration tests, one crate with a module per topic. Every test talks to real things on
 //! loopback: real backends, alb in-process or as the real binary, real clients.
 
+mod admin_host;
 mod balancing;
 mod cli;
 mod config;
