@@ -50,6 +50,10 @@ pub fn server_config(proxy: Arc<Proxy>) -> Result<Arc<ServerConfig>, rustls::Err
     } else {
         vec![b"http/1.1".to_vec()]
     };
+    // alb's order of cipher suites wins over the client's (rustls' default order: AES-GCM
+    // first, ChaCha20 where the client asks for it first only matters on CPUs without AES
+    // instructions, which present-day servers and clients have), as every scanner expects.
+    config.ignore_client_order = true;
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
     Ok(Arc::new(config))
@@ -138,9 +142,17 @@ async fn accept_session(
     } else {
         (stream, BytesMut::new(), client)
     };
-    let handshake = handshake(Prefixed::new(early, stream), server, proxy);
+    let handshake = handshake(Prefixed::for_tls(early, stream), server, proxy);
     match tokio::time::timeout(settings.header_timeout, handshake).await {
-        Ok(Ok(session)) => Some((Box::new(session), client)),
+        Ok(Ok(mut session)) => {
+            let (io, tls) = session.get_mut();
+            if tls.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_2) {
+                io.refuse_renegotiation();
+            } else {
+                io.stop_watching();
+            }
+            Some((Box::new(session), client))
+        }
         Ok(Err((reason, detail))) => {
             failed(proxy, &client, reason, &detail);
             None
