@@ -2,6 +2,7 @@
 //! [`Config`] below (`validate`). Nothing on the request path ever sees raw config.
 
 mod backends;
+mod client_auth;
 mod error;
 mod http2;
 mod ipnet;
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use crate::http1::Underscores;
 
+pub use client_auth::{CertificateAuth, ClientAuth, ClientAuthMode};
 pub use error::{ConfigError, Problem};
 pub use http2::Http2Config;
 pub use ipnet::IpNet;

@@ -119,6 +119,8 @@ pub struct RawTls {
     pub key: Option<String>,
     pub redirect_http: Option<bool>,
     pub certificate: Option<Vec<RawCertificate>>,
+    pub client_ca: Option<String>,
+    pub client_auth: Option<String>,
 }
 
 /// A certificate chain and its key, both PEM files.
@@ -127,6 +129,8 @@ pub struct RawTls {
 pub struct RawCertificate {
     pub cert: Option<String>,
     pub key: Option<String>,
+    pub client_ca: Option<String>,
+    pub client_auth: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -39,6 +39,11 @@ pub enum ProxyError {
     MethodNotAllowed(&'static str),
     #[error("no route matches the request and there is no pool \"default\"")]
     NoRoute,
+    /// A request on a TLS connection for a host the connection's certificate does not name
+    /// (SNI said one site, Host another): 421, so that the client retries on a connection of
+    /// its own for that host (RFC 9110 §15.5.20).
+    #[error("the connection's certificate does not cover the requested host")]
+    Misdirected,
     /// Over its route's `rate_limit`; the next request is allowed in this long.
     #[error("over the rate limit, next allowed in {0:?}")]
     RateLimited(Duration),
@@ -82,6 +87,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -126,6 +132,9 @@ impl ProxyError {
             ProxyError::UpstreamFraming(_) => "the backend sent a response alb cannot forward",
             ProxyError::BadRequest(m) | ProxyError::MethodNotAllowed(m) => m,
             ProxyError::NoRoute => "no route for this request",
+            ProxyError::Misdirected => {
+                "this connection's certificate is not for the requested host: connect to it by its own name"
+            }
             ProxyError::RateLimited(_) => "too many requests, slow down",
         }
     }

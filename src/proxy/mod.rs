@@ -123,6 +123,13 @@ impl Snapshot {
                     started,
                 ))
             });
+            // SNI chose a certificate; a Host it does not name is another site's (RFC 9110 §15.5.20).
+            if let Some(tls) = &client.tls
+                && let Some(host) = req.headers().get(http::header::HOST)
+                && !host.to_str().is_ok_and(|host| tls.covers(host))
+            {
+                return self.local_response(&ProxyError::Misdirected, None, log, method);
+            }
             if client.scheme == Scheme::Http
                 && let Some(tls) = self.config.tls.as_ref().filter(|tls| tls.redirect_http)
             {
