@@ -96,14 +96,8 @@ pub(super) fn client_auth(
     let mode = mode?;
     let (ca_key, ca_file) = match (client_ca, inherited) {
         (Some(file), _) => (format!("{table}.client_ca"), base.join(file)),
-        // Only the mode changed: the listener's CA stays.
-        (None, Some(listener)) => {
-            return Some(Arc::new(ClientAuth {
-                mode,
-                ca_file: listener.ca_file.clone(),
-                verifier: verifier(mode, &listener.ca_file, provider).ok()?,
-            }));
-        }
+        // Only the mode changed: the listener's CA stays (read again for this verifier).
+        (None, Some(listener)) => (mode_key, listener.ca_file.clone()),
         (None, None) => {
             problems.add(
                 mode_key,

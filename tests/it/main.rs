@@ -11,6 +11,7 @@ mod h2c_preface;
 mod health;
 mod http2;
 mod limits_and_timeouts;
+mod mtls;
 mod ops;
 mod properties;
 mod proxy_protocol;
