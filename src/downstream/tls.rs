@@ -337,3 +337,27 @@ fn failed(proxy: &Proxy, client: &ClientInfo, reason: TlsFailure, detail: &str) 
         "TLS handshake failed, connection closed: {detail}"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_subject_is_the_leafs_in_rfc_4514_form() {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "client-1");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Example Ops");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("certificate");
+        let chain = [cert.der().clone()];
+        let subject = client_subject(Some(&chain)).expect("a subject");
+        assert!(subject.contains("CN=client-1"), "{subject}");
+        assert!(subject.contains("O=Example Ops"), "{subject}");
+        assert_eq!(client_subject(None), None);
+        assert_eq!(client_subject(Some(&[])), None);
+    }
+}

@@ -356,3 +356,33 @@ impl AsyncWrite for Prefixed {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record of `kind` with a body of `len` bytes.
+    fn record(kind: u8, len: u16) -> Vec<u8> {
+        let mut bytes = vec![kind, 3, 3];
+        bytes.extend_from_slice(&len.to_be_bytes());
+        bytes.extend(std::iter::repeat_n(0xAA, usize::from(len)));
+        bytes
+    }
+
+    #[test]
+    fn handshake_records_pass_until_refusing_then_fail_wherever_the_reads_cut() {
+        let mut stream = record(HANDSHAKE_RECORD, 300);
+        stream.extend(record(23, 20));
+        let mut watch = RecordWatch::default();
+        // Bodies may hold the byte 22 anywhere: only headers count.
+        for piece in stream.chunks(7) {
+            watch.follow(piece).expect("before the handshake is done");
+        }
+        watch.refusing = true;
+        watch.follow(&record(23, 5)).expect("application data");
+        watch.follow(&record(21, 2)).expect("an alert");
+        let renegotiation = record(HANDSHAKE_RECORD, 40);
+        watch.follow(&renegotiation[..3]).expect("half a header");
+        assert!(watch.follow(&renegotiation[3..]).is_err());
+    }
+}
