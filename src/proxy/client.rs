@@ -66,9 +66,12 @@ impl TlsSession {
     /// a client that connected to an address has no way to name it in the handshake, and the
     /// address cannot have chosen another certificate (or its client-certificate policy) either.
     /// A name is held to the `[tls] cert` certificate's names then, like any other session.
+    ///
+    /// Runs on every request of a TLS connection: it compares in place, without allocating (the
+    /// names are lower case already, see `config::tls`).
     pub fn covers(&self, host: &str) -> bool {
         let host = host_without_port(host);
-        let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+        let host = host.strip_suffix('.').unwrap_or(host);
         if let Ok(ip) = host.parse::<IpAddr>() {
             return !self.sni
                 || self
@@ -79,10 +82,10 @@ impl TlsSession {
         self.certificate_names
             .iter()
             .any(|name| match name.strip_prefix("*.") {
-                Some(parent) => host
-                    .split_once('.')
-                    .is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
-                None => *name == host,
+                Some(parent) => host.split_once('.').is_some_and(|(label, rest)| {
+                    !label.is_empty() && rest.eq_ignore_ascii_case(parent)
+                }),
+                None => name.eq_ignore_ascii_case(host),
             })
     }
 }

@@ -224,3 +224,32 @@ async fn client_auth_mistakes_refuse_the_config_naming_the_key() {
         assert!(error.contains(key), "{key} in: {error}");
     }
 }
+
+#[tokio::test]
+async fn alb_check_lists_each_certificates_client_policy() {
+    let dir = TempDir::new("mtls-check");
+    let pki = Pki::new();
+    write_leaf(&dir, "a", &pki.leaf("a", &["a.example"], None));
+    write_leaf(&dir, "b", &pki.leaf("b", &["b.example"], None));
+    dir.write("ca.pem", &pki.ca_pem());
+    let path = dir.write(
+        "alb.toml",
+        "listen = \"127.0.0.1:0\"\nbackends = [\"http://127.0.0.1:1\"]\n\
+         [tls]\ncert = \"a.pem\"\nkey = \"a.key\"\nclient_ca = \"ca.pem\"\nclient_auth = \"optional\"\n\
+         [[tls.certificate]]\ncert = \"b.pem\"\nkey = \"b.key\"\nclient_auth = \"none\"\n",
+    );
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_alb"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("alb check runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert_eq!(
+        text.matches("client certificates optional").count(),
+        1,
+        "tls has the listener's policy, tls.certificate[0] none: {text}"
+    );
+}
