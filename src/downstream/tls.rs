@@ -52,9 +52,10 @@ pub fn server_config(proxy: Arc<Proxy>) -> Result<Arc<ServerConfig>, rustls::Err
     } else {
         vec![b"http/1.1".to_vec()]
     };
-    // alb's order of cipher suites wins over the client's (rustls' default order: AES-GCM
-    // first, ChaCha20 where the client asks for it first only matters on CPUs without AES
-    // instructions, which present-day servers and clients have), as every scanner expects.
+    // alb's order of cipher suites wins over the client's, as scanners (testssl) expect of a
+    // server: rustls' order, AES-GCM before ChaCha20-Poly1305. Every suite is AEAD with
+    // forward secrecy either way; what a client listing ChaCha20 first loses is only speed on a
+    // CPU without AES instructions, which present-day servers and phones have.
     config.ignore_client_order = true;
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;

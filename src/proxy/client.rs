@@ -45,8 +45,9 @@ pub struct ClientInfo {
 /// What a TLS handshake settled that requests on the connection are held to.
 #[derive(Debug, Clone, Default)]
 pub struct TlsSession {
-    /// The DNS names (SANs, `*.example.com` wildcards kept as written) of the certificate the
-    /// handshake chose: a request whose Host none covers gets 421 (RFC 9110 §15.5.20).
+    /// The DNS names (SANs, `*.example.com` wildcards kept as written, lower case) and IP
+    /// addresses of the certificate the handshake chose: a request whose Host none covers gets
+    /// 421 (RFC 9110 §15.5.20), see [`TlsSession::covers`].
     pub certificate_names: Arc<[String]>,
     /// The subject of the client's certificate, when one was presented and verified (mTLS).
     pub client_subject: Option<Arc<str>>,
