@@ -57,6 +57,16 @@ pub struct TlsSession {
 }
 
 impl TlsSession {
+    /// Whether `req` asks for a host this session's certificate does not name (its Host, which
+    /// an HTTP/2 request's `:authority` became): answered 421 before any route, redirect or
+    /// limit. A request without Host (HTTP/1.0) names no other site, and matches no route
+    /// with a host condition.
+    pub fn misdirects<B>(&self, req: &http::Request<B>) -> bool {
+        req.headers()
+            .get(http::header::HOST)
+            .is_some_and(|host| !host.to_str().is_ok_and(|host| self.covers(host)))
+    }
+
     /// Whether a request for `host` (a Host or `:authority` value, port and all) may be served
     /// on this session: whether the certificate the handshake chose names it. Case and a
     /// trailing dot do not count, `*.example.com` covers exactly one more label (as a client's
@@ -156,6 +166,27 @@ mod tests {
         ] {
             assert!(!tls.covers(host), "{host}");
         }
+    }
+
+    #[test]
+    fn a_request_is_misdirected_by_a_host_the_certificate_does_not_name() {
+        let tls = session(&["a.example"], true);
+        let with_host = |host: &[u8]| {
+            let mut req = http::Request::new(());
+            let value = HeaderValue::from_bytes(host).expect("a field value");
+            req.headers_mut().insert(http::header::HOST, value);
+            req
+        };
+        assert!(!tls.misdirects(&with_host(b"a.example:443")));
+        assert!(tls.misdirects(&with_host(b"admin.example")));
+        assert!(
+            tls.misdirects(&with_host(b"a.ex\xe4mple")),
+            "not text: no name of ours"
+        );
+        assert!(
+            !tls.misdirects(&http::Request::new(())),
+            "no Host (HTTP/1.0)"
+        );
     }
 
     #[test]

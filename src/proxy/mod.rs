@@ -123,11 +123,7 @@ impl Snapshot {
                     started,
                 ))
             });
-            // SNI chose a certificate; a Host it does not name is another site's (RFC 9110 §15.5.20).
-            if let Some(tls) = &client.tls
-                && let Some(host) = req.headers().get(http::header::HOST)
-                && !host.to_str().is_ok_and(|host| tls.covers(host))
-            {
+            if client.tls.as_ref().is_some_and(|tls| tls.misdirects(&req)) {
                 return self.local_response(&ProxyError::Misdirected, None, log, method);
             }
             if client.scheme == Scheme::Http
