@@ -271,6 +271,13 @@ fn print_tls(tls: &alb::config::TlsConfig) {
             cert.subject,
             alb::config::date(cert.not_after),
         );
+        if let Some(auth) = &cert.client_auth {
+            println!(
+                "    client certificates {} (CA {})",
+                auth.policy.mode.name(),
+                auth.policy.ca_file.display()
+            );
+        }
         if days < EXPIRY_WARNING_DAYS {
             println!(
                 "  warning: {}: {}: expires in {days} days",

@@ -90,13 +90,20 @@ fn param<'q>(query: Option<&'q str>, key: &str) -> Option<&'q str> {
 }
 
 /// Whether a request either carries no `Origin` (curl, scripts) or comes from a page served by
-/// this admin listener (`Origin` is `http://` and its `Host`).
+/// this admin listener (`Origin` is `http://` or `https://` (a TLS terminator in front) and its
+/// `Host`). On its own, `Origin == Host` proves nothing under DNS rebinding (the rebound page's
+/// origin is its Host): it holds because the Host was checked first (see `super::host`), so the
+/// origin compared is one of this listener's own.
 pub fn same_origin<B>(req: &Request<B>) -> bool {
     let Some(origin) = req.headers().get(header::ORIGIN) else {
         return true;
     };
     let host = req.headers().get(header::HOST).map(|h| h.as_bytes());
-    match (origin.as_bytes().strip_prefix(b"http://"), host) {
+    let origin = origin.as_bytes();
+    let origin = origin
+        .strip_prefix(b"http://")
+        .or_else(|| origin.strip_prefix(b"https://"));
+    match (origin, host) {
         (Some(origin), Some(host)) => origin == host,
         _ => false,
     }

@@ -3,8 +3,12 @@
 //! [`history`]'s sampler, which runs as long as the admin server) and the current state
 //! (`/api/backends`; also streamed as server-sent events on `/api/events`).
 //!
+//! Every request but the probes must name this listener in its Host (its own address,
+//! `localhost`, or a name of `admin.allowed_hosts`; see [`host`]): the defence against DNS
+//! rebinding, under which a remote page's requests arrive from loopback.
+//!
 //! Reads are open to loopback clients; from elsewhere they need the token like writes do. Writes
-//! need `Authorization: Bearer <token>` (`admin.token` or `ALB_ADMIN_TOKEN`); with no token
+//! need `Authorization: Bearer <token>` (the scheme in any case, RFC 9110 §11.1) (`admin.token` or `ALB_ADMIN_TOKEN`); with no token
 //! configured they are refused. Under `alb demo`, `/api/demo/...` turns the demo backends' fault
 //! knobs: those calls are as open as reads (see [`demo`]). The probes `/healthz` and `/readyz` are the exception: open to
 //! every source, because orchestrators probe from outside the pod and without credentials.
@@ -13,6 +17,7 @@ mod api;
 mod demo;
 mod events;
 mod history;
+mod host;
 mod metrics;
 mod probes;
 
@@ -36,6 +41,7 @@ pub use api::{BackendView, Snapshot, snapshot};
 pub use events::EventsBody;
 pub use probes::{Lifecycle, Phase, readiness};
 
+use crate::config::AdminConfig;
 use crate::control::ControlPlane;
 use crate::demo::DemoBackends;
 use crate::proxy::Proxy;
@@ -56,22 +62,23 @@ pub struct AdminServer {
 
 impl AdminServer {
     /// Binds `listen` and serves; `lifecycle` is the server loop's phase, read by `/readyz`.
+    /// `config` gives the token and the allowed Hosts, fixed for the listener's life.
     pub async fn start(
         listen: SocketAddr,
-        token: Option<String>,
+        config: &AdminConfig,
         control: Arc<ControlPlane>,
         lifecycle: Arc<Lifecycle>,
         demo: Option<Arc<DemoBackends>>,
     ) -> std::io::Result<AdminServer> {
         let listener = TcpListener::bind(listen).await?;
-        AdminServer::serve_on(listener, token, control, lifecycle, demo)
+        AdminServer::serve_on(listener, config, control, lifecycle, demo)
     }
 
     /// Serves on a listener bound already (one handed over by the alb this one replaces).
     /// `demo`: the demo backends whose knobs `/api/demo/...` turns (`alb demo` only).
     pub fn serve_on(
         listener: TcpListener,
-        token: Option<String>,
+        config: &AdminConfig,
         control: Arc<ControlPlane>,
         lifecycle: Arc<Lifecycle>,
         demo: Option<Arc<DemoBackends>>,
@@ -90,7 +97,8 @@ impl AdminServer {
             history,
             proxy,
             control,
-            token,
+            token: config.token.clone(),
+            allowed_hosts: config.allowed_hosts.clone(),
             lifecycle,
             stopped: stopped.clone(),
             demo,
@@ -129,6 +137,8 @@ struct Admin {
     /// Filled by the sampler task; read by `/api/history`.
     history: Arc<std::sync::Mutex<history::History>>,
     token: Option<String>,
+    /// `admin.allowed_hosts`: names a request's Host may give (see [`host`]).
+    allowed_hosts: Vec<String>,
     lifecycle: Arc<Lifecycle>,
     stopped: watch::Receiver<bool>,
     demo: Option<Arc<DemoBackends>>,
@@ -141,11 +151,14 @@ async fn serve(listener: TcpListener, admin: Arc<Admin>, mut stopped: watch::Rec
             _ = stopped.wait_for(|s| *s) => break,
             accepted = listener.accept() => {
                 let Ok((stream, peer)) = accepted else { continue };
+                // The address the client reached: on a wildcard listener, the Host check's
+                // "own address".
+                let Ok(local) = stream.local_addr() else { continue };
                 while connections.try_join_next().is_some() {}
                 let admin = admin.clone();
                 let service = service_fn(move |req| {
                     let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.route(req, peer).await) }
+                    async move { Ok::<_, Infallible>(admin.route(req, peer, local).await) }
                 });
                 connections.spawn(async move {
                     let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
@@ -179,6 +192,18 @@ fn respond(
     response
 }
 
+/// The token of an `Authorization: Bearer <token>` value. The scheme is matched without regard
+/// to case (RFC 9110 §11.1: `bearer`, `BEARER` are the same scheme), and one or more spaces may
+/// separate it from the token.
+fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(b"bearer".len())?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || !rest.starts_with(b" ") {
+        return None;
+    }
+    let token = rest.trim_ascii_start();
+    (!token.is_empty()).then_some(token)
+}
+
 /// Compares in time independent of where the strings differ.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -197,7 +222,7 @@ impl Admin {
         let presented = req
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+            .and_then(|v| bearer_credentials(v.as_bytes()));
         match presented {
             Some(given) if same_secret(given, token.as_bytes()) => None,
             _ => {
@@ -248,9 +273,19 @@ impl Admin {
         })
     }
 
-    async fn route(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<AdminBody> {
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Response<AdminBody> {
+        // Probes come first: orchestrators probe by whatever address they see, and the answers
+        // ("ok", a readiness line) are nothing a rebinding page could use.
         if let Some(probe) = self.probe(&req) {
             return probe;
+        }
+        if let Err(refusal) = host::check(&req, local, &self.allowed_hosts) {
+            return respond(refusal.status(), "application/json", refusal.message());
         }
         let path = req.uri().path().to_string();
         let demo = self

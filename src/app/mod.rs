@@ -184,15 +184,14 @@ impl Server {
         let Some(listen) = admin.listen else {
             return Ok(None);
         };
-        let (token, control, lifecycle, demo) = (
-            admin.token.clone(),
+        let (control, lifecycle, demo) = (
             self.control.clone(),
             self.lifecycle.clone(),
             self.demo.clone(),
         );
         let started = match inherited {
-            Some(listener) => AdminServer::serve_on(listener, token, control, lifecycle, demo),
-            None => AdminServer::start(listen, token, control, lifecycle, demo).await,
+            Some(listener) => AdminServer::serve_on(listener, admin, control, lifecycle, demo),
+            None => AdminServer::start(listen, admin, control, lifecycle, demo).await,
         };
         match started {
             Ok(server) => {

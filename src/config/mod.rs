@@ -2,6 +2,7 @@
 //! [`Config`] below (`validate`). Nothing on the request path ever sees raw config.
 
 mod backends;
+mod client_auth;
 mod edge;
 mod error;
 mod header_rules;
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 use crate::http1::Underscores;
 
+pub use client_auth::{CertificateAuth, ClientAuth, ClientAuthMode};
 pub use edge::{ClientHeader, ForwardedConfig, RequestIdConfig};
 pub use error::{ConfigError, Problem};
 pub use header_rules::{HeaderRules, Template, Var, is_protected};
@@ -139,6 +141,10 @@ pub struct AdminConfig {
     pub explicit: bool,
     /// Bearer token for write calls, from the file or `ALB_ADMIN_TOKEN`; none: writes are off.
     pub token: Option<String>,
+    /// Names (lower case) or IP addresses a request's Host may give besides the listener's own
+    /// address and `localhost` (`admin.allowed_hosts`): any other Host is refused, so that a
+    /// page whose name was rebound to this address (DNS rebinding) cannot read or turn it.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for AdminConfig {
@@ -147,6 +153,7 @@ impl Default for AdminConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
             explicit: false,
             token: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }

@@ -132,6 +132,8 @@ pub struct RawTls {
     pub key: Option<String>,
     pub redirect_http: Option<bool>,
     pub certificate: Option<Vec<RawCertificate>>,
+    pub client_ca: Option<String>,
+    pub client_auth: Option<String>,
 }
 
 /// A certificate chain and its key, both PEM files.
@@ -140,6 +142,8 @@ pub struct RawTls {
 pub struct RawCertificate {
     pub cert: Option<String>,
     pub key: Option<String>,
+    pub client_ca: Option<String>,
+    pub client_auth: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -190,6 +194,7 @@ pub struct RawRequestId {
 pub struct RawAdmin {
     pub listen: Option<String>,
     pub token: Option<String>,
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -36,11 +36,60 @@ pub(super) fn admin(raw: RawAdmin, problems: &mut Problems) -> AdminConfig {
     if token.as_ref().is_some_and(|t| t.len() < 16) {
         problems.add("admin.token", "must be at least 16 characters");
     }
+    let allowed_hosts = raw
+        .allowed_hosts
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, given)| match allowed_host(given) {
+            Ok(host) => Some(host),
+            Err(reason) => {
+                problems.add(
+                    format!("admin.allowed_hosts[{i}]"),
+                    format!("{given:?} {reason}"),
+                );
+                None
+            }
+        })
+        .collect();
     AdminConfig {
         listen,
         explicit: raw.listen.is_some(),
         token,
+        allowed_hosts,
     }
+}
+
+/// One `admin.allowed_hosts` entry as the Host check compares it: a DNS name (lower case,
+/// without a trailing dot) or an IP address. No port (a port forward or NAT changes it, and the
+/// rebinding defence rests on the name), no scheme, no wildcard: each name is one the operator
+/// answers for.
+fn allowed_host(given: &str) -> Result<String, &'static str> {
+    if let Ok(ip) = given
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+    {
+        return Ok(ip.to_string());
+    }
+    let name = given
+        .strip_suffix('.')
+        .unwrap_or(given)
+        .to_ascii_lowercase();
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(
+            "is not a host name like \"ops.example.com\" or an IP address (no port, scheme or wildcard)",
+        );
+    }
+    Ok(name)
 }
 
 /// The trusted list is checked even while disabled, so that turning the feature on later cannot

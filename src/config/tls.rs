@@ -5,7 +5,7 @@
 //! file (a reload then keeps the running set).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,6 +17,7 @@ use rustls::sign::CertifiedKey;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use super::client_auth::{CertificateAuth, ClientAuth, Written, client_auth};
 use super::raw::{RawCertificate, RawTls};
 use super::values::Problems;
 
@@ -44,6 +45,9 @@ pub struct TlsConfig {
     pub redirect_http: bool,
     /// Every certificate, `[tls] cert` first; swapped whole with the config on reload.
     pub certificates: Arc<CertificateSet>,
+    /// `tls.client_ca` and `tls.client_auth`: the listener's client-certificate policy, which
+    /// each certificate inherits unless it has its own.
+    pub client_auth: Option<Arc<ClientAuth>>,
 }
 
 /// One certificate with its key, as loaded from its files.
@@ -55,6 +59,11 @@ pub struct LoadedCertificate {
     pub key_file: PathBuf,
     /// DNS names of its subjectAltName (`*.example.com` for a wildcard), lower case.
     pub names: Vec<String>,
+    /// What a session on this certificate may be asked for: its DNS names and the IP
+    /// addresses of its subjectAltName, as text (see `proxy::TlsSession::covers`).
+    pub covers: Arc<[String]>,
+    /// The client certificates its handshakes ask for, if any.
+    pub client_auth: Option<CertificateAuth>,
     /// The leaf's subject, for `alb check`.
     pub subject: String,
     /// End of validity, seconds since the Unix epoch.
@@ -88,11 +97,16 @@ impl CertificateSet {
     /// sent none (a client connecting to an IP address). An unknown name gets none: serving the
     /// default would only fail the client's name check after a full handshake.
     pub fn choose(&self, server_name: Option<&str>) -> Option<&Arc<CertifiedKey>> {
+        self.entry(server_name).map(|c| &c.certified)
+    }
+
+    /// The certificate [`CertificateSet::choose`] picks, whole: its names and client policy.
+    pub fn entry(&self, server_name: Option<&str>) -> Option<&LoadedCertificate> {
         let index = match server_name {
             None => 0,
             Some(name) => self.index_of(name)?,
         };
-        self.certificates.get(index).map(|c| &c.certified)
+        self.certificates.get(index)
     }
 
     fn index_of(&self, name: &str) -> Option<usize> {
@@ -137,9 +151,23 @@ pub(super) fn tls(raw: RawTls, base: &Path, problems: &mut Problems) -> TlsConfi
     };
     let provider = crypto_provider();
     let mut set = CertificateSet::default();
+    let listener_auth = client_auth(
+        Written {
+            table: "tls",
+            client_ca: raw.client_ca,
+            client_auth: raw.client_auth,
+        },
+        None,
+        base,
+        &provider,
+        problems,
+    );
+    // The `[tls] cert` one has the listener's policy: its own keys are the listener's.
     let first = RawCertificate {
         cert: raw.cert,
         key: raw.key,
+        client_ca: None,
+        client_auth: None,
     };
     let extra = raw.certificate.unwrap_or_default();
     let all = std::iter::once(("tls".to_string(), first)).chain(
@@ -156,6 +184,17 @@ pub(super) fn tls(raw: RawTls, base: &Path, problems: &mut Problems) -> TlsConfi
             );
             continue;
         };
+        let policy = client_auth(
+            Written {
+                table: &key,
+                client_ca: raw.client_ca,
+                client_auth: raw.client_auth,
+            },
+            listener_auth.as_ref(),
+            base,
+            &provider,
+            problems,
+        );
         let loaded = load(
             &key,
             &base.join(cert),
@@ -163,7 +202,11 @@ pub(super) fn tls(raw: RawTls, base: &Path, problems: &mut Problems) -> TlsConfi
             &provider,
             problems,
         );
-        if let Some(loaded) = loaded {
+        if let Some(mut loaded) = loaded {
+            loaded.client_auth = policy.map(|policy| CertificateAuth {
+                policy,
+                server: std::sync::OnceLock::new(),
+            });
             if key != "tls" && loaded.names.is_empty() {
                 problems.add(
                     format!("{key}.cert"),
@@ -180,6 +223,7 @@ pub(super) fn tls(raw: RawTls, base: &Path, problems: &mut Problems) -> TlsConfi
         listen,
         redirect_http: raw.redirect_http.unwrap_or(false),
         certificates: Arc::new(set),
+        client_auth: listener_auth,
     }
 }
 
@@ -219,7 +263,7 @@ fn load(
             return None;
         }
     }
-    let (names, subject, not_after) = match X509Certificate::from_der(&chain[0]) {
+    let (names, addresses, subject, not_after) = match X509Certificate::from_der(&chain[0]) {
         Ok((_, leaf)) => describe(&leaf),
         Err(_) => return None,
     };
@@ -253,32 +297,51 @@ fn load(
             return None;
         }
     };
+    let covers = names
+        .iter()
+        .cloned()
+        .chain(addresses.iter().map(IpAddr::to_string))
+        .collect();
     Some(LoadedCertificate {
         key: key.to_string(),
         cert_file: cert_file.to_path_buf(),
         key_file: key_file.to_path_buf(),
         names,
+        covers,
+        client_auth: None,
         subject,
         not_after,
         certified: Arc::new(certified),
     })
 }
 
-/// The leaf's DNS names, subject and end of validity.
-fn describe(leaf: &X509Certificate<'_>) -> (Vec<String>, String, i64) {
+/// The leaf's DNS names, IP addresses, subject and end of validity.
+fn describe(leaf: &X509Certificate<'_>) -> (Vec<String>, Vec<IpAddr>, String, i64) {
     let mut names = Vec::new();
+    let mut addresses = Vec::new();
     if let Ok(Some(san)) = leaf.subject_alternative_name() {
         for name in &san.value.general_names {
-            if let GeneralName::DNSName(dns) = name {
-                let dns = dns.trim_end_matches('.').to_ascii_lowercase();
-                if !names.contains(&dns) {
-                    names.push(dns);
+            match name {
+                GeneralName::DNSName(dns) => {
+                    let dns = dns.trim_end_matches('.').to_ascii_lowercase();
+                    if !names.contains(&dns) {
+                        names.push(dns);
+                    }
                 }
+                GeneralName::IPAddress(bytes) => {
+                    let ip = match *bytes {
+                        [a, b, c, d] => Some(IpAddr::from([*a, *b, *c, *d])),
+                        octets => <[u8; 16]>::try_from(octets).ok().map(IpAddr::from),
+                    };
+                    addresses.extend(ip);
+                }
+                _ => {}
             }
         }
     }
     (
         names,
+        addresses,
         leaf.subject().to_string(),
         leaf.validity().not_after.timestamp(),
     )

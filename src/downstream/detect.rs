@@ -12,15 +12,31 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 use super::connection::{ConnSettings, Connection, Seat};
+use super::h1_write::linger;
 use super::proxy_protocol::{HeaderFailure, Source, read_header};
 use super::shutdown::Shutdown;
 use super::{h1, h2};
 use crate::deadline::Deadline;
-use crate::http1::{ClientStream, Prefixed, ReadSide};
+use crate::http1::{ClientStream, Prefixed, ReadSide, write_all_within};
 use crate::proxy::{ClientInfo, Proxy};
 
 /// The connection preface every HTTP/2 client sends first (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The preface's request line: bytes that begin with it are an HTTP/2 client's, whatever
+/// follows (no HTTP/1.1 client sends the method `PRI` with the version `HTTP/2.0`).
+const H2_PREFACE_LINE: usize = b"PRI * HTTP/2.0".len();
+
+/// What the first bytes of a plain connection say it speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// The HTTP/2 preface, whole (h2c by prior knowledge).
+    Http2,
+    /// Anything that is not the HTTP/2 preface's request line: HTTP/1.1's room reads it.
+    Http1,
+    /// The preface's request line, then other bytes: an HTTP/2 client with a broken preface,
+    /// owed a GOAWAY with PROTOCOL_ERROR (RFC 9113 §3.4), not an HTTP/1.1 answer.
+    BrokenPreface,
+}
 
 /// Serves one client connection, plain or TLS (its handshake done), until it closes.
 ///
@@ -65,8 +81,24 @@ pub fn serve_connection(
         {
             match Box::pin(starts_with_preface(reader, conn.settings.header_timeout)).await {
                 None => return,
-                Some(false) => {}
-                Some(true) => {
+                Some(Opening::Http1) => {}
+                Some(Opening::BrokenPreface) => {
+                    let Connection {
+                        settings,
+                        side,
+                        mut write,
+                        ..
+                    } = *conn;
+                    let mut timer = Deadline::default();
+                    let frames = &mut [std::io::IoSlice::new(&BROKEN_PREFACE_ANSWER)];
+                    let sent =
+                        write_all_within(&mut write, frames, &mut timer, settings.write_timeout);
+                    if sent.await.is_ok() {
+                        linger(write, side).await;
+                    }
+                    return;
+                }
+                Some(Opening::Http2) => {
                     let Connection {
                         proxy,
                         client,
@@ -127,18 +159,35 @@ async fn take_proxy_header(conn: &mut Connection) -> bool {
     }
 }
 
-/// Whether the client opened with the HTTP/2 preface (h2c by prior knowledge), read within
-/// `limit`; what was read stays in the buffer for whichever protocol it is. `None`: the client
-/// closed or said nothing in time.
-async fn starts_with_preface(reader: &mut ReadSide, limit: Duration) -> Option<bool> {
+/// The answer to a broken preface: the server's preface (an empty SETTINGS frame, which must be
+/// the first frame a server sends, RFC 9113 §3.4), then GOAWAY with last stream 0 and
+/// PROTOCOL_ERROR (0x1), as h2spec's "invalid connection preface" case expects.
+const BROKEN_PREFACE_ANSWER: [u8; 9 + 9 + 8] = [
+    0, 0, 0, 0x4, 0, 0, 0, 0, 0, // SETTINGS, length 0, stream 0
+    0, 0, 8, 0x7, 0, 0, 0, 0, 0, // GOAWAY, length 8, stream 0
+    0, 0, 0, 0, // last stream id 0
+    0, 0, 0, 0x1, // PROTOCOL_ERROR
+];
+
+/// What the client opened with, read within `limit`: the HTTP/2 preface (h2c by prior
+/// knowledge), a broken one, or something else; what was read stays in the buffer for
+/// whichever protocol it is. `None`: the client closed or said nothing in time.
+async fn starts_with_preface(reader: &mut ReadSide, limit: Duration) -> Option<Opening> {
     let sniff = async {
         loop {
             let n = reader.buf.len().min(H2_PREFACE.len());
             if reader.buf[..n] != H2_PREFACE[..n] {
-                return Some(false);
+                let line = n.min(H2_PREFACE_LINE);
+                return Some(
+                    if n > H2_PREFACE_LINE && reader.buf[..line] == H2_PREFACE[..line] {
+                        Opening::BrokenPreface
+                    } else {
+                        Opening::Http1
+                    },
+                );
             }
             if n == H2_PREFACE.len() {
-                return Some(true);
+                return Some(Opening::Http2);
             }
             match poll_fn(|cx| reader.poll_fill(cx, H2_PREFACE.len() - n)).await {
                 Ok(0) | Err(_) => return None,

@@ -17,21 +17,23 @@ use rustls::sign::CertifiedKey;
 use rustls::{PeerIncompatible, ServerConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::LazyConfigAcceptor;
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::connection::{ConnSettings, Seat};
 use super::detect::{refuse_header, serve_connection};
 use super::h2::serve_h2;
 use super::proxy_protocol::{Source, read_header};
 use super::shutdown::Shutdown;
-use crate::config::crypto_provider;
+use crate::config::{LoadedCertificate, crypto_provider};
 use crate::deadline::Deadline;
 use crate::http1::{ClientStream, Prefixed, ReadSide};
-use crate::proxy::Scheme;
-use crate::proxy::{ClientInfo, Proxy, TlsFailure};
+use crate::proxy::{ClientInfo, Proxy, TlsFailure, TlsSession};
 
 /// Sessions remembered for resumption by session ID (TLS 1.2 clients that do not take tickets).
 /// An entry is a few hundred bytes; this many cover a busy minute of new clients.
 const SESSION_CACHE_ENTRIES: usize = 16 * 1024;
+/// The same for each certificate with a client-certificate policy (fewer clients, as a rule).
+const MTLS_SESSION_CACHE_ENTRIES: usize = 1024;
 /// Listen backlog of the TLS listener, as tokio gives the plain one.
 const BACKLOG: i32 = 1024;
 
@@ -50,6 +52,11 @@ pub fn server_config(proxy: Arc<Proxy>) -> Result<Arc<ServerConfig>, rustls::Err
     } else {
         vec![b"http/1.1".to_vec()]
     };
+    // alb's order of cipher suites wins over the client's, as scanners (testssl) expect of a
+    // server: rustls' order, AES-GCM before ChaCha20-Poly1305. Every suite is AEAD with
+    // forward secrecy either way; what a client listing ChaCha20 first loses is only speed on a
+    // CPU without AES instructions, which present-day servers and phones have.
+    config.ignore_client_order = true;
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
     config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
     Ok(Arc::new(config))
@@ -106,7 +113,6 @@ pub fn serve_tls(
         let Some((session, client)) = accepted.await else {
             return;
         };
-        let client = client.over(Scheme::Https);
         if session.get_ref().1.alpn_protocol() == Some(b"h2") {
             return Box::pin(serve_h2(session, proxy, client, settings, shutdown, seat)).await;
         }
@@ -138,9 +144,18 @@ async fn accept_session(
     } else {
         (stream, BytesMut::new(), client)
     };
-    let handshake = handshake(Prefixed::new(early, stream), server, proxy);
+    let handshake = handshake(Prefixed::for_tls(early, stream), server, proxy);
     match tokio::time::timeout(settings.header_timeout, handshake).await {
-        Ok(Ok(session)) => Some((Box::new(session), client)),
+        Ok(Ok((mut session, settled))) => {
+            let client = client.with_tls(settled);
+            let (io, tls) = session.get_mut();
+            if tls.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_2) {
+                io.refuse_renegotiation();
+            } else {
+                io.stop_watching();
+            }
+            Some((Box::new(session), client))
+        }
         Ok(Err((reason, detail))) => {
             failed(proxy, &client, reason, &detail);
             None
@@ -194,36 +209,91 @@ async fn proxy_header(
     }
 }
 
-/// Reads the ClientHello, refuses an SNI name no certificate has, and completes the handshake.
-/// A failure comes with its reason and what rustls said.
+/// Reads the ClientHello, refuses an SNI name no certificate has, and completes the handshake
+/// under the server configuration of the certificate the name chose (its client-certificate
+/// policy). Gives back the session and what it settled (the certificate's names, a verified
+/// client certificate's subject). A failure comes with its reason and what rustls said.
 async fn handshake(
     io: Prefixed,
     server: Arc<ServerConfig>,
     proxy: &Proxy,
-) -> Result<crate::http1::TlsClientStream, (TlsFailure, String)> {
+) -> Result<(crate::http1::TlsClientStream, Arc<TlsSession>), (TlsFailure, String)> {
     let why = |e: std::io::Error| (classify(&e), e.to_string());
     let start = LazyConfigAcceptor::new(Acceptor::default(), io)
         .await
         .map_err(why)?;
-    let (known, name) = {
+    let (chosen, name) = {
         let hello = start.client_hello();
         let snapshot = proxy.snapshot.load();
-        let known = snapshot
+        let chosen = snapshot
             .config()
             .tls
             .as_ref()
-            .is_some_and(|tls| tls.certificates.choose(hello.server_name()).is_some());
-        (known, hello.server_name().map(str::to_string))
+            .and_then(|tls| tls.certificates.entry(hello.server_name()))
+            .map(|certificate| (certificate.covers.clone(), config_for(certificate, &server)));
+        (chosen, hello.server_name().map(str::to_string))
     };
-    let accepting = start.into_stream(server);
-    if !known {
+    let Some((covers, config)) = chosen else {
         // Let rustls refuse it (its resolver finds nothing either), so that the client gets an
         // alert and not a bare close; the reason counted is the name.
-        let _ = accepting.await;
+        let _ = start.into_stream(server).await;
         let detail = format!("no certificate for {:?}", name.unwrap_or_default());
         return Err((TlsFailure::UnknownName, detail));
+    };
+    let config = config.map_err(|e| (TlsFailure::BadHello, e.to_string()))?;
+    let session = start.into_stream(config).await.map_err(why)?;
+    let settled = TlsSession {
+        certificate_names: covers,
+        client_subject: client_subject(session.get_ref().1.peer_certificates()),
+        sni: name.is_some(),
+    };
+    Ok((session, Arc::new(settled)))
+}
+
+/// The server configuration for handshakes `certificate` answers: the listener's own, or, for
+/// a certificate with a client-certificate policy, one made for it (once per config snapshot)
+/// with its verifier and a resolver that gives that certificate alone. rustls takes the
+/// verifier per configuration, so choosing the configuration by SNI (the ClientHello is read
+/// already) is what lets each certificate have its own policy. Its session tickets and cache
+/// are its own: a session begun without a client certificate never resumes under a policy
+/// that asks for one.
+fn config_for(
+    certificate: &LoadedCertificate,
+    base: &Arc<ServerConfig>,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let Some(auth) = &certificate.client_auth else {
+        return Ok(base.clone());
+    };
+    if let Some(made) = auth.server.get() {
+        return Ok(made.clone());
     }
-    accepting.await.map_err(why)
+    let mut config = ServerConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_client_cert_verifier(auth.policy.verifier.clone())
+        .with_cert_resolver(Arc::new(OneCertificate(certificate.certified.clone())));
+    config.alpn_protocols = base.alpn_protocols.clone();
+    config.ignore_client_order = base.ignore_client_order;
+    config.session_storage = ServerSessionMemoryCache::new(MTLS_SESSION_CACHE_ENTRIES);
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    Ok(auth.server.get_or_init(|| Arc::new(config)).clone())
+}
+
+/// The certificate of a configuration made for one certificate.
+#[derive(Debug)]
+struct OneCertificate(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for OneCertificate {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// The subject of the client's certificate (RFC 4514 form, `CN=…, O=…`), which rustls
+/// presents only once verified against the policy's CA.
+fn client_subject(chain: Option<&[rustls::pki_types::CertificateDer<'_>]>) -> Option<Arc<str>> {
+    let leaf = chain?.first()?;
+    let (_, parsed) = X509Certificate::from_der(leaf).ok()?;
+    Some(Arc::from(parsed.subject().to_string()))
 }
 
 /// The metric's reason for a failed handshake.
@@ -267,4 +337,28 @@ fn failed(proxy: &Proxy, client: &ClientInfo, reason: TlsFailure, detail: &str) 
         reason = reason.name(),
         "TLS handshake failed, connection closed: {detail}"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_subject_is_the_leafs_in_rfc_4514_form() {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "client-1");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Example Ops");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("certificate");
+        let chain = [cert.der().clone()];
+        let subject = client_subject(Some(&chain)).expect("a subject");
+        assert!(subject.contains("CN=client-1"), "{subject}");
+        assert!(subject.contains("O=Example Ops"), "{subject}");
+        assert_eq!(client_subject(None), None);
+        assert_eq!(client_subject(Some(&[])), None);
+    }
 }

@@ -219,11 +219,86 @@ impl AsyncWrite for ClientStream {
 pub struct Prefixed {
     prefix: BytesMut,
     inner: TcpStream,
+    /// Under a TLS session: where its records start, to refuse a TLS 1.2 renegotiation.
+    records: Option<RecordWatch>,
 }
 
 impl Prefixed {
     pub fn new(prefix: BytesMut, inner: TcpStream) -> Prefixed {
-        Prefixed { prefix, inner }
+        Prefixed {
+            prefix,
+            inner,
+            records: None,
+        }
+    }
+
+    /// The same, under a TLS session: its records are followed from the first byte (the
+    /// ClientHello), so that once the handshake is done a renegotiation can be seen.
+    pub fn for_tls(prefix: BytesMut, inner: TcpStream) -> Prefixed {
+        Prefixed {
+            records: Some(RecordWatch::default()),
+            ..Prefixed::new(prefix, inner)
+        }
+    }
+
+    /// Called when a TLS 1.2 handshake is done: from now on a handshake record from the client
+    /// is a renegotiation (TLS 1.2 has no other post-handshake message from a client), and the
+    /// read fails, so that the connection closes at once. rustls itself only answers a
+    /// `no_renegotiation` warning, queued until alb next writes: a client waiting for its
+    /// ServerHello would wait out the idle timeout (testssl's renegotiation probe did).
+    pub fn refuse_renegotiation(&mut self) {
+        if let Some(watch) = self.records.as_mut() {
+            watch.refusing = true;
+        }
+    }
+
+    /// Called when a TLS 1.3 handshake is done: every record is `application_data` on the wire
+    /// from then on, so there is nothing to watch.
+    pub fn stop_watching(&mut self) {
+        self.records = None;
+    }
+}
+
+/// TLS record boundaries in the bytes read (RFC 5246 §6.2.1: a 5-byte header of type, version
+/// and length, then that many bytes): a few comparisons per record of up to 16 KiB.
+#[derive(Debug, Default)]
+struct RecordWatch {
+    header: [u8; 5],
+    /// Bytes of `header` read so far.
+    have: usize,
+    /// Bytes of the current record's body still to come.
+    body_left: usize,
+    refusing: bool,
+}
+
+/// The record type of handshake messages.
+const HANDSHAKE_RECORD: u8 = 22;
+
+impl RecordWatch {
+    /// Follows `data`; an error once a handshake record arrives while refusing.
+    fn follow(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            if self.body_left > 0 {
+                let skip = self.body_left.min(data.len());
+                self.body_left -= skip;
+                data = &data[skip..];
+                continue;
+            }
+            self.header[self.have] = data[0];
+            self.have += 1;
+            data = &data[1..];
+            if self.have == self.header.len() {
+                self.have = 0;
+                if self.refusing && self.header[0] == HANDSHAKE_RECORD {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "TLS renegotiation refused",
+                    ));
+                }
+                self.body_left = usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -234,6 +309,7 @@ impl AsyncRead for Prefixed {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let before = buf.filled().len();
         if !this.prefix.is_empty() {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
@@ -241,9 +317,13 @@ impl AsyncRead for Prefixed {
             if this.prefix.is_empty() {
                 this.prefix = BytesMut::new();
             }
-            return Poll::Ready(Ok(()));
+        } else {
+            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        match this.records.as_mut() {
+            Some(watch) => Poll::Ready(watch.follow(&buf.filled()[before..])),
+            None => Poll::Ready(Ok(())),
+        }
     }
 }
 
@@ -274,5 +354,35 @@ impl AsyncWrite for Prefixed {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record of `kind` with a body of `len` bytes.
+    fn record(kind: u8, len: u16) -> Vec<u8> {
+        let mut bytes = vec![kind, 3, 3];
+        bytes.extend_from_slice(&len.to_be_bytes());
+        bytes.extend(std::iter::repeat_n(0xAA, usize::from(len)));
+        bytes
+    }
+
+    #[test]
+    fn handshake_records_pass_until_refusing_then_fail_wherever_the_reads_cut() {
+        let mut stream = record(HANDSHAKE_RECORD, 300);
+        stream.extend(record(23, 20));
+        let mut watch = RecordWatch::default();
+        // Bodies may hold the byte 22 anywhere: only headers count.
+        for piece in stream.chunks(7) {
+            watch.follow(piece).expect("before the handshake is done");
+        }
+        watch.refusing = true;
+        watch.follow(&record(23, 5)).expect("application data");
+        watch.follow(&record(21, 2)).expect("an alert");
+        let renegotiation = record(HANDSHAKE_RECORD, 40);
+        watch.follow(&renegotiation[..3]).expect("half a header");
+        assert!(watch.follow(&renegotiation[3..]).is_err());
     }
 }

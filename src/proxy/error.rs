@@ -45,6 +45,11 @@ pub enum ProxyError {
     /// The route does not admit this client (its address, or no verified certificate).
     #[error("forbidden: {0}")]
     Forbidden(&'static str),
+    /// A request on a TLS connection for a host the connection's certificate does not name
+    /// (SNI said one site, Host another): 421, so that the client retries on a connection of
+    /// its own for that host (RFC 9110 §15.5.20).
+    #[error("the connection's certificate does not cover the requested host")]
+    Misdirected,
     /// Over its route's `rate_limit`; the next request is allowed in this long.
     #[error("over the rate limit, next allowed in {0:?}")]
     RateLimited(Duration),
@@ -90,6 +95,7 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::AmbiguousPath => StatusCode::BAD_REQUEST,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -138,6 +144,9 @@ impl ProxyError {
                 "the path holds an encoded /, a \\ or a ; that servers resolve differently"
             }
             ProxyError::Forbidden(m) => m,
+            ProxyError::Misdirected => {
+                "this connection's certificate is not for the requested host: connect to it by its own name"
+            }
             ProxyError::RateLimited(_) => "too many requests, slow down",
         }
     }

@@ -55,6 +55,14 @@ impl Snapshot {
             let mut route = None;
             let mut pool_rules: Option<&HeaderRules> = None;
             let mut reply = 'answer: {
+                if peer.tls.as_ref().is_some_and(|tls| tls.misdirects(&req)) {
+                    break 'answer self.local_response(
+                        &ProxyError::Misdirected,
+                        None,
+                        log.take(),
+                        method,
+                    );
+                }
                 // Before routing: a CONNECT names no path a route could match (405 over either
                 // protocol, not a 404 for its authority).
                 if req.method() == http::Method::CONNECT {
