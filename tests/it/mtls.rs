@@ -253,3 +253,64 @@ async fn alb_check_lists_each_certificates_client_policy() {
         "tls has the listener's policy, tls.certificate[0] none: {text}"
     );
 }
+
+/// A route on "has a verified client certificate", and the certificate's subject in a header
+/// rule: with the CA's client certificate the route takes the request and the backend is told
+/// who it is; without one the next route (here: refusing everyone) does.
+#[tokio::test]
+async fn a_route_on_a_verified_certificate_and_its_subject_in_a_header_rule() {
+    let backend = TestBackend::start("a").await;
+    let routes = "\n[[route]]\npath_prefix = \"/partners/\"\nclient_certificate = true\n\
+                  pool = \"default\"\n\
+                  [route.request_headers]\nset = { x-client-subject = \"{tls_client_subject}\" }\n\
+                  [[route]]\npath_prefix = \"/partners/\"\ndeny = [\"0.0.0.0/0\", \"::/0\"]\n\
+                  pool = \"default\"\n";
+    let site = start_site(
+        "mtls-route",
+        &backend,
+        "client_ca = \"ca.pem\"\nclient_auth = \"optional\"",
+        routes,
+    )
+    .await;
+    let port = site.lb.tls_addr.expect("TLS listener").port();
+    let ask = |cert: bool| {
+        let mut args = vec![
+            "-o".to_string(),
+            "/dev/null".into(),
+            "-w".into(),
+            "%{http_code}".into(),
+            "--cacert".into(),
+            site.file("ca.pem"),
+            "--resolve".into(),
+            format!("a.example:{port}:127.0.0.1"),
+            "-H".into(),
+            "X-Client-Subject: CN=forged".into(),
+        ];
+        if cert {
+            args.extend([
+                "--cert".into(),
+                site.file("client.pem"),
+                "--key".into(),
+                site.file("client.key"),
+            ]);
+        }
+        args.push(format!("https://a.example:{port}/partners/x"));
+        args
+    };
+    let with = ask(true);
+    let with: Vec<&str> = with.iter().map(String::as_str).collect();
+    assert_eq!(curl(&with).await.1, "200");
+    let seen = backend.last_request().expect("the backend got it");
+    let subject = seen.headers["x-client-subject"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(subject.contains("CN=client-1"), "{subject}");
+    assert_eq!(seen.headers.get_all("x-client-subject").iter().count(), 1);
+    let without = ask(false);
+    let without: Vec<&str> = without.iter().map(String::as_str).collect();
+    assert_eq!(curl(&without).await.1, "403");
+    assert_eq!(backend.hits(), 1);
+    site.lb.stop().await;
+    backend.stop().await;
+}
