@@ -164,12 +164,19 @@ impl RouteTable {
     /// the liberal reading of the path would choose another.
     pub(super) fn find(&self, request: &RequestKey<'_>) -> Result<Option<usize>, AmbiguousPath> {
         let found = self.lookup(request, &request.path.path);
-        for other in [&request.path.liberal, &request.path.folded] {
-            if let Some(other) = other
-                && self.lookup(request, other) != found
-            {
-                return Err(AmbiguousPath);
-            }
+        if let Some(liberal) = &request.path.liberal
+            && self.lookup(request, liberal) != found
+        {
+            return Err(AmbiguousPath);
+        }
+        // Capitals are common and mostly meant (gRPC's `/pkg.Service/Method`): the folded
+        // reading only refuses a path that it would give to a route coming first, one the
+        // request passed by (`/ADMIN/x` taken by a catch-all after `/admin/`).
+        if let Some(folded) = &request.path.folded
+            && let Some(earlier) = self.lookup(request, folded)
+            && found.is_none_or(|found| earlier < found)
+        {
+            return Err(AmbiguousPath);
         }
         if let Some(found) = found {
             self.hits[found].fetch_add(1, Ordering::Relaxed);
@@ -343,8 +350,9 @@ fn resolve_segments(path: &str) -> String {
 /// - the liberal reading finds a dot segment where alb's found none (`/public/..%2fadmin`,
 ///   `/public/..\admin`, `/public/..;/admin`): no client needs that, it can only climb out of
 ///   the route it matched;
-/// - or another reading would choose a different route (`/api%2Fv1/x` when `/api/v1/` and
-///   `/api/` lead to different pools; `/ADMIN/x` beside an `/admin/` route and a catch-all).
+/// - or the liberal reading would choose a different route (`/api%2Fv1/x` when `/api/v1/` and
+///   `/api/` lead to different pools), or the folded one a route that comes before the one the
+///   request took (`/ADMIN/x` beside an `/admin/` route and a catch-all after it).
 ///
 /// Otherwise the path goes on as read: `/files/a%2Fb` stays one segment for the backends that
 /// keep it so, under the route every reading chose.
