@@ -108,6 +108,10 @@ pub(super) fn validate(mut raw: RawConfig, base: &Path) -> Result<Config, Vec<Pr
     let proxy_protocol =
         sections::proxy_protocol(raw.proxy_protocol.take().unwrap_or_default(), &mut problems);
     let http2 = super::http2::http2(raw.http2.take().unwrap_or_default(), &mut problems);
+    let tracing = raw
+        .tracing
+        .take()
+        .map(|section| super::tracing::tracing(section, &mut problems));
     let tls = raw
         .tls
         .take()
@@ -156,6 +160,7 @@ pub(super) fn validate(mut raw: RawConfig, base: &Path) -> Result<Config, Vec<Pr
         upstream_tls,
         tls,
         http2,
+        tracing,
     })
 }
 

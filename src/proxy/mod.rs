@@ -56,6 +56,8 @@ pub use tunnel::{HALF_CLOSED_IDLE, Tunnel};
 use crate::balance::Exclude;
 use crate::config::Timeouts;
 use crate::http1::{BodyDecoder, ResponseHead};
+use crate::trace::AttemptEnd::{Answered, Failed, RetriedStatus};
+use crate::trace::{SpanRecord, Trace};
 use crate::upstream::{
     self, Answer, Backend, InFlightGuard, Outbound, Progress, RequestBody, SessionRequest,
     Unanswered, method_class,
@@ -107,11 +109,12 @@ impl Snapshot {
     /// keep the request twice in its state, and a future that borrowed the snapshot would need
     /// a layer of its own to hold it; each is a copy made per request.
     #[allow(clippy::manual_async_fn)] // see above: the state's size
-    pub fn handle(
+    pub fn handle<'a>(
         self: Arc<Self>,
         req: Request<crate::upstream::IncomingBody>,
-        client: &ClientInfo,
-    ) -> impl Future<Output = Reply> + Send + '_ {
+        client: &'a ClientInfo,
+        trace: &'a mut Trace,
+    ) -> impl Future<Output = Reply> + Send + 'a {
         async move {
             let started = Instant::now();
             let method = method_class(req.method());
@@ -145,6 +148,10 @@ impl Snapshot {
                 self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
                 return self.local_response(&ProxyError::RateLimited(wait), None, log, method);
             }
+            trace.route(
+                plan.route.map(|r| (r, self.routes.get(r))),
+                plan.pool.name(),
+            );
             let mut req = req;
             if let Some(route) = plan.route.map(|r| self.routes.get(r))
                 && route.strip_prefix
@@ -160,24 +167,29 @@ impl Snapshot {
                 (Some(limit), Some(caller)) => Some(limit.min(caller)),
                 (limit, caller) => limit.or(caller),
             };
-            let outbound = match self.prepare(req, client, plan.retry.max_body_buffer).await {
+            let buffer = plan.retry.max_body_buffer;
+            let outbound = match self.prepare(req, client, buffer, trace).await {
                 Ok(prepared) => prepared,
                 Err(error) => return self.local_response(&error, None, log, method),
             };
             let arrival = Arrival { started, method };
             let result = match deadline {
-                Some(limit) => {
-                    tokio::time::timeout(limit, self.dispatch(&plan, outbound, &mut log, arrival))
+                Some(limit) => tokio::time::timeout(
+                    limit,
+                    self.dispatch(&plan, outbound, &mut log, arrival, trace),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Rejection {
+                        error: ProxyError::Deadline(limit),
+                        backend: None,
+                        unsent: false,
+                    })
+                }),
+                None => {
+                    self.dispatch(&plan, outbound, &mut log, arrival, trace)
                         .await
-                        .unwrap_or_else(|_| {
-                            Err(Rejection {
-                                error: ProxyError::Deadline(limit),
-                                backend: None,
-                                unsent: false,
-                            })
-                        })
                 }
-                None => self.dispatch(&plan, outbound, &mut log, arrival).await,
             };
             match result {
                 Ok(response) => response,
@@ -202,6 +214,7 @@ impl Snapshot {
         (outbound, mut body): (Box<Outbound>, RequestBody),
         log: &mut Option<Box<AccessRecord>>,
         arrival: Arrival,
+        trace: &mut Trace,
     ) -> Result<Reply, Rejection> {
         let idempotent = outbound.idempotent;
         let Plan {
@@ -265,6 +278,7 @@ impl Snapshot {
                     );
                     match replay.as_ref() {
                         Some(replay) if retry_status && retry.allow_retry() => {
+                            trace.attempt(backend.url(), attempt, sent_at, RetriedStatus(status));
                             tracing::info!(
                                 backend = backend.url(),
                                 attempt,
@@ -286,7 +300,9 @@ impl Snapshot {
                     if let Some(log) = log.as_mut() {
                         log.set_attempts(attempt);
                     }
-                    let mut reply = self.respond(plan, answer, guard, log.take(), arrival);
+                    trace.attempt(backend.url(), attempt, sent_at, Answered(status));
+                    let span = trace.take();
+                    let mut reply = self.respond(plan, answer, guard, log.take(), span, arrival);
                     if plan.sticky != Some(index)
                         && let Some(cookie) = pool
                             .sticky
@@ -304,6 +320,7 @@ impl Snapshot {
                 Err(failed) => failed,
             };
             let error = ProxyError::from(error);
+            trace.attempt(backend.url(), attempt, sent_at, Failed(&error));
             if let Some(what) = error.passive_failure() {
                 pool.outliers().record_failure(backend, what);
             }
@@ -375,6 +392,7 @@ impl Snapshot {
         answer: Answer,
         guard: InFlightGuard,
         log: Option<Box<AccessRecord>>,
+        span: Option<Box<SpanRecord>>,
         arrival: Arrival,
     ) -> Reply {
         let (response, conn, upload) = match answer {
@@ -383,7 +401,9 @@ impl Snapshot {
                 conn,
                 upload,
             } => (response, conn, upload),
-            Answer::Http2(answer) => return self.respond_h2(plan, answer, guard, log, arrival),
+            Answer::Http2(answer) => {
+                return self.respond_h2(plan, answer, guard, log, span, arrival);
+            }
         };
         let ResponseHead {
             status,
@@ -393,6 +413,10 @@ impl Snapshot {
             switched,
         } = response;
         if let Some(protocol) = switched {
+            // A tunnel's span ends at its 101: the tunnel's life is the access log's to tell.
+            if let Some(span) = span {
+                span.finish(Some(101), "upgraded", 0);
+            }
             return self.switch_protocols(plan.timeouts, conn, fields, protocol, guard, log);
         }
         let upstream = UpstreamParts {
@@ -405,6 +429,7 @@ impl Snapshot {
             reusable,
             started: arrival.started,
             stats: self.stats.clone(),
+            span,
         };
         let body = UpstreamBody::new(BodyDecoder::new(framing), status.as_u16(), upstream);
         let mut reply = Reply::new(status, ResponseBody::Upstream(Box::new(body)));
@@ -420,6 +445,7 @@ impl Snapshot {
         response: http::Response<h2::RecvStream>,
         guard: InFlightGuard,
         log: Option<Box<AccessRecord>>,
+        span: Option<Box<SpanRecord>>,
         arrival: Arrival,
     ) -> Reply {
         let (head, stream) = response.into_parts();
@@ -437,6 +463,7 @@ impl Snapshot {
             reusable: false,
             started: arrival.started,
             stats: self.stats.clone(),
+            span,
         };
         let settlement = settlement::Settlement::new(head.status.as_u16(), &mut parts);
         let body = h2_body::H2UpstreamBody::new(

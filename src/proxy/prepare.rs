@@ -24,6 +24,7 @@ impl Snapshot {
         req: Request<IncomingBody>,
         client: &ClientInfo,
         max_body_buffer: u64,
+        trace: &crate::trace::Trace,
     ) -> Result<(Box<Outbound>, RequestBody), ProxyError> {
         let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
             + req.uri().authority().map_or(0, |a| a.as_str().len());
@@ -46,7 +47,8 @@ impl Snapshot {
         // out of the fields and put an absolute-form target's authority into Host.
         let has_body = !http_body::Body::is_end_stream(&body);
         let upgrade = requested_upgrade(&parts.headers, parts.version, has_body);
-        let added = header_policy::forward(&mut parts.headers, client);
+        let mut added = header_policy::forward(&mut parts.headers, client);
+        trace.propagate(&mut parts.headers, &mut added);
         // A body of known length up to the route's `retry.max_body_buffer` is read whole before a backend is
         // picked, whatever the method: a client trickling it holds alb's memory (bounded) and
         // not a backend's connection slot; an idempotent request can also be replayed with it.
