@@ -18,4 +18,5 @@ mod routing;
 mod smuggling;
 mod support;
 mod tls;
+mod tracing;
 mod websocket;

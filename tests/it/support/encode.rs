@@ -28,6 +28,7 @@ pub fn request_head(
         addr: SocketAddr::from(([192, 0, 2, 1], 40000)),
         ip_header: client_ip.clone(),
         scheme,
+        tls: None,
     };
     outbound_for(copy, &client, framing)
         .http1_head()
