@@ -154,3 +154,66 @@ fn endpoint(text: &str, problems: &mut Problems) -> OtlpEndpoint {
         path,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn load(tracing: &str) -> Result<Config, Vec<String>> {
+        let text = format!("backends = [\"http://127.0.0.1:9\"]\n[tracing]\n{tracing}");
+        Config::from_toml(&text, "t.toml")
+            .map_err(|e| e.problems().iter().map(|p| p.key.clone()).collect())
+    }
+
+    #[test]
+    fn an_empty_section_exports_everything_to_a_local_collector() {
+        let config = load("").expect("valid");
+        let tracing = config.tracing.expect("[tracing] given");
+        assert_eq!(tracing.endpoint.authority, "127.0.0.1:4318");
+        assert_eq!(tracing.endpoint.path, "/v1/traces");
+        assert_eq!(tracing.sampling, 1.0);
+        assert_eq!(tracing.service_name, "alb");
+        assert_eq!((tracing.queue_size, tracing.max_batch), (2048, 512));
+        let none = Config::from_toml("backends = [\"http://127.0.0.1:9\"]\n", "t.toml");
+        assert!(none.expect("valid").tracing.is_none());
+    }
+
+    #[test]
+    fn an_endpoint_with_a_path_is_used_as_written() {
+        let config = load(
+            "endpoint = \"http://otel-collector:4318/otlp/v1/traces\"\nsampling = 0.01\n\
+             service_name = \"edge\"\nqueue_size = 100\nflush_interval = \"200ms\"\n",
+        )
+        .expect("valid");
+        let tracing = config.tracing.expect("[tracing] given");
+        assert_eq!(tracing.endpoint.host, "otel-collector");
+        assert_eq!(tracing.endpoint.port, 4318);
+        assert_eq!(tracing.endpoint.path, "/otlp/v1/traces");
+        assert_eq!(tracing.sampling, 0.01);
+        assert_eq!(tracing.queue_size, 100);
+        assert_eq!(
+            tracing.flush_interval,
+            std::time::Duration::from_millis(200)
+        );
+    }
+
+    #[test]
+    fn mistakes_name_their_key_and_refuse_to_start() {
+        for (text, key) in [
+            ("sampling = 1.5", "tracing.sampling"),
+            ("sampling = -0.1", "tracing.sampling"),
+            ("endpoint = \"https://collector:4318\"", "tracing.endpoint"),
+            ("endpoint = \"collector:4318\"", "tracing.endpoint"),
+            ("endpoint = \"grpc://collector:4317\"", "tracing.endpoint"),
+            ("service_name = \" \"", "tracing.service_name"),
+            ("queue_size = 0", "tracing.queue_size"),
+            ("max_batch = 0", "tracing.max_batch"),
+            ("flush_interval = \"0s\"", "tracing.flush_interval"),
+            ("export_timeout = \"soon\"", "tracing.export_timeout"),
+        ] {
+            let keys = load(text).expect_err(text);
+            assert_eq!(keys, [key], "{text}");
+        }
+        assert!(load("ratio = 0.5").is_err(), "unknown keys are refused");
+    }
+}

@@ -520,6 +520,8 @@ async fn a_collector_that_never_answers_costs_no_request_its_time_and_drops_are_
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no dropped-span counter:\n{metrics}"));
     assert!(dropped >= 4.0, "dropped {dropped}");
+    // Its kept-alive connections closed, the admin listener stops without waiting for them.
+    drop(c);
     s.stop().await;
     let _ = stop.send(());
     let _ = silent.await;
