@@ -74,7 +74,9 @@ impl Proxy {
         let snapshot = self.snapshot.load_full();
         // The trace begins before anything is decided and outlives the handling, so that every
         // answer, alb's own included, ends its span with the status the client got.
-        let mut trace = snapshot.tracer.begin(&req, client.addr);
+        let mut trace = snapshot
+            .tracer
+            .begin(&req, client.addr, client.scheme.as_str());
         async move {
             let reply = snapshot.handle(req, client, &mut trace).await;
             trace.answered(reply.status.as_u16());

@@ -173,23 +173,18 @@ impl Snapshot {
                 Err(error) => return self.local_response(&error, None, log, method),
             };
             let arrival = Arrival { started, method };
+            let dispatch = self.dispatch(&plan, outbound, &mut log, arrival, trace);
             let result = match deadline {
-                Some(limit) => tokio::time::timeout(
-                    limit,
-                    self.dispatch(&plan, outbound, &mut log, arrival, trace),
-                )
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Rejection {
-                        error: ProxyError::Deadline(limit),
-                        backend: None,
-                        unsent: false,
-                    })
-                }),
-                None => {
-                    self.dispatch(&plan, outbound, &mut log, arrival, trace)
-                        .await
-                }
+                Some(limit) => tokio::time::timeout(limit, dispatch)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Rejection {
+                            error: ProxyError::Deadline(limit),
+                            backend: None,
+                            unsent: false,
+                        })
+                    }),
+                None => dispatch.await,
             };
             match result {
                 Ok(response) => response,

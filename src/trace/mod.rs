@@ -69,7 +69,12 @@ impl Tracer {
 
     /// Starts the trace of a request: continues the client's valid `traceparent` (sampled as
     /// the client says), or starts a new trace when tracing is on and the ratio draws it.
-    pub fn begin(&self, req: &http::Request<impl Sized>, client: SocketAddr) -> Trace {
+    pub fn begin(
+        &self,
+        req: &http::Request<impl Sized>,
+        client: SocketAddr,
+        scheme: &'static str,
+    ) -> Trace {
         let headers = req.headers();
         let mut values = headers.get_all(&TRACEPARENT).iter();
         // Two `traceparent` fields are as good as none: which one would the next hop read?
@@ -104,6 +109,7 @@ impl Tracer {
                 parent.map(|p| p.parent_id),
                 req,
                 client,
+                scheme,
             )),
             _ => None,
         };

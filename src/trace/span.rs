@@ -49,7 +49,7 @@ pub struct SpanRecord {
     method: http::Method,
     path: String,
     host: Option<String>,
-    scheme: Option<&'static str>,
+    scheme: &'static str,
     client: SocketAddr,
     trace_state: Option<String>,
     route: Option<(usize, Option<String>)>,
@@ -72,6 +72,7 @@ impl SpanRecord {
         parent: Option<SpanId>,
         req: &http::Request<impl Sized>,
         client: SocketAddr,
+        scheme: &'static str,
     ) -> Box<SpanRecord> {
         let host = req
             .headers()
@@ -92,11 +93,7 @@ impl SpanRecord {
             method: req.method().clone(),
             path: req.uri().path().to_string(),
             host,
-            scheme: req.uri().scheme_str().and_then(|s| match s {
-                "http" => Some("http"),
-                "https" => Some("https"),
-                _ => None,
-            }),
+            scheme,
             client,
             trace_state,
             route: None,
@@ -189,6 +186,7 @@ impl SpanRecord {
         let mut attributes = vec![
             string("http.request.method", self.method.as_str()),
             string("url.path", &self.path),
+            string("url.scheme", self.scheme),
             string("client.address", &self.client.ip().to_string()),
             int("client.port", i64::from(self.client.port())),
             string("alb.outcome", outcome),
@@ -196,9 +194,6 @@ impl SpanRecord {
         ];
         if let Some(host) = &self.host {
             attributes.push(string("server.address", host));
-        }
-        if let Some(scheme) = self.scheme {
-            attributes.push(string("url.scheme", scheme));
         }
         let mut name = self.method.as_str().to_string();
         match &self.route {
@@ -223,9 +218,13 @@ impl SpanRecord {
                 i64::try_from(bytes).unwrap_or(i64::MAX),
             ));
         }
-        // A server span is an error for a 5xx only (4xx is the client's doing), or when the
-        // response broke off.
-        let failed = status.is_none_or(|s| s >= 500) || !matches!(outcome, "complete" | "local");
+        // A server span is an error for a 5xx (4xx is the client's doing), a response the
+        // backend broke off, or a request dropped before any answer.
+        let failed = status.is_none_or(|s| s >= 500)
+            || matches!(
+                outcome,
+                "upstream_broken" | "upstream_idle_timeout" | "cancelled"
+            );
         let remote = if self.parent.is_some() {
             HAS_IS_REMOTE | IS_REMOTE
         } else {
