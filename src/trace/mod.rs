@@ -78,29 +78,26 @@ impl Tracer {
         let headers = req.headers();
         let mut values = headers.get_all(&TRACEPARENT).iter();
         // Two `traceparent` fields are as good as none: which one would the next hop read?
-        let parent = match (values.next(), values.next()) {
-            (Some(value), None) => TraceParent::parse(value.as_bytes()),
-            _ => None,
+        let (parent, sent) = match (values.next(), values.next()) {
+            (None, _) => (None, false),
+            (Some(value), None) => (TraceParent::parse(value.as_bytes()), true),
+            (Some(_), Some(_)) => (None, true),
         };
-        let (outgoing, continued) = match (parent, &self.exporter) {
-            (Some(parent), _) => (
-                Some(TraceParent {
-                    parent_id: SpanId::random(),
-                    ..parent
-                }),
-                true,
-            ),
+        let outgoing = match (parent, &self.exporter) {
+            (Some(parent), _) => Some(TraceParent {
+                parent_id: SpanId::random(),
+                ..parent
+            }),
             (None, Some(_)) => {
                 let trace_id = TraceId::random();
                 let sampled = trace_id.within_ratio(self.sampling);
-                let outgoing = sampled.then(|| TraceParent {
+                sampled.then(|| TraceParent {
                     trace_id,
                     parent_id: SpanId::random(),
                     flags: SAMPLED,
-                });
-                (outgoing, false)
+                })
             }
-            (None, None) => (None, false),
+            (None, None) => None,
         };
         let record = match (&self.exporter, outgoing) {
             (Some(exporter), Some(ours)) if ours.sampled() => Some(SpanRecord::start(
@@ -115,7 +112,7 @@ impl Tracer {
         };
         Trace {
             outgoing,
-            continued,
+            client_sent: sent,
             record,
             status: 0,
         }
@@ -129,8 +126,8 @@ impl Tracer {
 pub struct Trace {
     /// The `traceparent` sent on (alb's span id as parent-id); none: none is sent.
     outgoing: Option<TraceParent>,
-    /// The client's trace goes on (its `tracestate` with it).
-    continued: bool,
+    /// The client sent a `traceparent` (valid or not), to be taken out.
+    client_sent: bool,
     record: Option<Box<SpanRecord>>,
     /// The status alb answered with itself (0: none yet).
     status: u16,
@@ -141,7 +138,7 @@ impl Trace {
     pub fn none() -> Trace {
         Trace {
             outgoing: None,
-            continued: false,
+            client_sent: false,
             record: None,
             status: 0,
         }
@@ -153,13 +150,12 @@ impl Trace {
     }
 
     /// The fields for the next hop: the client's `traceparent` out of `fields`, alb's own in
-    /// `added`, and the client's `tracestate` kept only with its trace (a new trace has no
-    /// state; a state without its parent means nothing). **The one place that writes the
-    /// outgoing `traceparent`.**
+    /// `added`. `tracestate` is an end-to-end field and stays as the client sent it. **The one
+    /// place that writes the outgoing `traceparent`.** A request that brought none and gets none
+    /// costs nothing here: no lookup in `fields`.
     pub fn propagate(&self, fields: &mut HeaderMap, added: &mut crate::upstream::AddedFields) {
-        fields.remove(&TRACEPARENT);
-        if !self.continued {
-            fields.remove(&TRACESTATE);
+        if self.client_sent {
+            fields.remove(&TRACEPARENT);
         }
         if let Some(ours) = self.outgoing
             && let Ok(value) = HeaderValue::from_bytes(&ours.encode())
