@@ -71,16 +71,6 @@ impl Proxy {
         req: Request<IncomingBody>,
         client: &'c ClientInfo,
     ) -> impl Future<Output = Reply> + Send + use<'c> {
-        let snapshot = self.snapshot.load_full();
-        // The trace begins before anything is decided and outlives the handling, so that every
-        // answer, alb's own included, ends its span with the status the client got.
-        let mut trace = snapshot
-            .tracer
-            .begin(&req, client.addr, client.scheme.as_str());
-        async move {
-            let reply = snapshot.handle(req, client, &mut trace).await;
-            trace.answered(reply.status.as_u16());
-            reply
-        }
+        self.snapshot.load_full().handle(req, client)
     }
 }

@@ -109,13 +109,13 @@ impl Snapshot {
     /// keep the request twice in its state, and a future that borrowed the snapshot would need
     /// a layer of its own to hold it; each is a copy made per request.
     #[allow(clippy::manual_async_fn)] // see above: the state's size
-    pub fn handle<'a>(
+    pub fn handle(
         self: Arc<Self>,
         req: Request<crate::upstream::IncomingBody>,
-        client: &'a ClientInfo,
-        trace: &'a mut Trace,
-    ) -> impl Future<Output = Reply> + Send + 'a {
+        client: &ClientInfo,
+    ) -> impl Future<Output = Reply> + Send + '_ {
         async move {
+            let mut trace = self.tracer.begin(&req, client.addr, client.scheme.as_str());
             let started = Instant::now();
             let method = method_class(req.method());
             let mut log = self.access_log.then(|| {
@@ -131,22 +131,24 @@ impl Snapshot {
             {
                 return match redirect::to_https(&req, tls.listen.port()) {
                     Ok(reply) => {
+                        trace.answered(reply.status.as_u16());
                         self.stats.record_local(method, reply.status.as_u16());
                         if let Some(log) = log {
                             log.finish(reply.status.as_u16(), None, 0, Outcome::Complete);
                         }
                         reply
                     }
-                    Err(error) => self.local_response(&error, None, log, method),
+                    Err(error) => self.local_response(&error, None, log, method, &mut trace),
                 };
             }
             let Some(plan) = self.plan(&req, client) else {
                 self.stats.no_route.fetch_add(1, Ordering::Relaxed);
-                return self.local_response(&ProxyError::NoRoute, None, log, method);
+                return self.local_response(&ProxyError::NoRoute, None, log, method, &mut trace);
             };
             if let Some(wait) = plan.route.and_then(|r| self.over_limit(r, &req, client)) {
                 self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
-                return self.local_response(&ProxyError::RateLimited(wait), None, log, method);
+                let error = ProxyError::RateLimited(wait);
+                return self.local_response(&error, None, log, method, &mut trace);
             }
             trace.route(
                 plan.route.map(|r| (r, self.routes.get(r))),
@@ -168,12 +170,12 @@ impl Snapshot {
                 (limit, caller) => limit.or(caller),
             };
             let buffer = plan.retry.max_body_buffer;
-            let outbound = match self.prepare(req, client, buffer, trace).await {
+            let outbound = match self.prepare(req, client, buffer, &trace).await {
                 Ok(prepared) => prepared,
-                Err(error) => return self.local_response(&error, None, log, method),
+                Err(error) => return self.local_response(&error, None, log, method, &mut trace),
             };
             let arrival = Arrival { started, method };
-            let dispatch = self.dispatch(&plan, outbound, &mut log, arrival, trace);
+            let dispatch = self.dispatch(&plan, outbound, &mut log, arrival, &mut trace);
             let result = match deadline {
                 Some(limit) => tokio::time::timeout(limit, dispatch)
                     .await
@@ -193,6 +195,7 @@ impl Snapshot {
                     rejection.backend.as_deref(),
                     log.take(),
                     method,
+                    &mut trace,
                 ),
             }
         }
@@ -509,8 +512,10 @@ impl Snapshot {
         backend: Option<&Backend>,
         log: Option<Box<AccessRecord>>,
         method: usize,
+        trace: &mut Trace,
     ) -> Reply {
         let mut reply = error.to_reply(&self.retry_after);
+        trace.answered(reply.status.as_u16());
         self.stats.record_local(method, reply.status.as_u16());
         if self.explain {
             let url = backend.map_or("-", Backend::url);

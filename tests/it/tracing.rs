@@ -527,3 +527,35 @@ async fn a_collector_that_never_answers_costs_no_request_its_time_and_drops_are_
     let _ = stop.send(());
     let _ = silent.await;
 }
+
+#[tokio::test]
+async fn an_answer_alb_makes_itself_ends_its_span_with_that_status() {
+    let _cpu = crate::support::cpu::shared().await;
+    let mut collector = Collector::start().await;
+    let closed = ClosedPort::new();
+    let s = Scenario::new()
+        .backend_url(format!("http://{closed}"))
+        .config(&tracing_config(&collector, "1"))
+        .quiet_health()
+        .start()
+        .await;
+    let c = client();
+    let status = get_with(&c, &s.url("/nobody"), &[]).await;
+    assert!(status >= 500, "{status}");
+    let (request, attempts) = collector.next_request().await;
+    assert_eq!(
+        attr(&request, "http.response.status_code"),
+        status.to_string()
+    );
+    assert_eq!(attr(&request, "alb.outcome"), "local");
+    assert_eq!(attr(&request, "alb.pool"), "default");
+    let error = opentelemetry_proto::tonic::trace::v1::status::StatusCode::Error as i32;
+    assert_eq!(request.status.as_ref().map(|s| s.code), Some(error));
+    // Unless the health check took the backend out first, the refused attempt is there.
+    for attempt in &attempts {
+        assert_eq!(attempt.parent_span_id, request.span_id);
+        assert!(has_attr(attempt, "error.type"), "{attempt:#?}");
+    }
+    s.stop().await;
+    collector.stop().await;
+}
