@@ -134,21 +134,6 @@ pub struct Trace {
 }
 
 impl Trace {
-    /// A trace that sends and records nothing (tools and tests that build requests alone).
-    pub fn none() -> Trace {
-        Trace {
-            outgoing: None,
-            client_sent: false,
-            record: None,
-            status: 0,
-        }
-    }
-
-    /// Whether a span is being recorded: hooks skip their work otherwise.
-    pub fn recording(&self) -> bool {
-        self.record.is_some()
-    }
-
     /// The fields for the next hop: the client's `traceparent` out of `fields`, alb's own in
     /// `added`. `tracestate` is an end-to-end field and stays as the client sent it. **The one
     /// place that writes the outgoing `traceparent`.** A request that brought none and gets none
