@@ -53,6 +53,8 @@ S2_CONCURRENCY = 8
 # run.sh builds into $CARGO_TARGET_DIR when it is set (cargo's own rule), else into target/.
 TARGET = ROOT / os.environ.get("CARGO_TARGET_DIR", "target")
 ALB_BIN = Path(os.environ.get("ALB_BIN", TARGET / "release" / "alb"))
+# A TOML file appended to alb's config in every scenario (BENCH_ALB_EXTRA_CONFIG).
+ALB_EXTRA = os.environ.get("BENCH_ALB_EXTRA_CONFIG", "")
 LB_PORT = int(os.environ.get("BENCH_PORT", "18080"))
 B1_PORT, B2_PORT = LB_PORT + 1, LB_PORT + 2
 TLS_PORT = LB_PORT + 3  # S9, S10 and S12: each balancer's TLS listener, next to its plain one
@@ -623,6 +625,9 @@ class Bench:
                        B1=B1_PORT, B2=B2_PORT, CHECK_INTER=check_inter, ALGORITHM=algorithm,
                        SCHEME="h2c" if h2 == "grpc" else "http",
                        ACCESS_LOG="true" if access_log else "false", **tls_values)
+            if ALB_EXTRA:
+                # Sections a run adds to alb's config (e.g. `[tracing]`, see BENCHMARKS.md).
+                cfg.write_text(cfg.read_text() + "\n" + Path(ALB_EXTRA).read_text())
             if routes:
                 cfg = with_routes(name, cfg, routes)
                 self.alb_check(cfg, what=f"the config with {routes} route(s)")

@@ -24,6 +24,7 @@
 //! - [`http1`], [`http2`]: the codecs, for both hops; they import nothing above them.
 //! - [`demo`]: the built-in demo backend and its fault knobs.
 //! - [`deadline`]: a timeout cheap to move later, one timer per connection.
+//! - [`trace`]: W3C trace context passed to backends, spans exported over OTLP.
 //! - [`runtime`]: the tokio runtime sized to the cores; [`telemetry`]: log output and the
 //!   access log's writer thread.
 
@@ -43,6 +44,7 @@ pub mod http2;
 pub mod proxy;
 pub mod runtime;
 pub mod telemetry;
+pub mod trace;
 pub mod upstream;
 
 pub use app::Server;

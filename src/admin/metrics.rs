@@ -183,6 +183,23 @@ impl Collector for ProxyCollector {
              reset before alb took them, header lists far over the limit, CONTINUATION floods.",
             &[(vec![], stats.h2_abuse_closed.load(Ordering::Relaxed))],
         )?;
+        let result = |name: &str, n: &std::sync::atomic::AtomicU64| {
+            (
+                vec![("result", name.to_string())],
+                n.load(Ordering::Relaxed),
+            )
+        };
+        counter(
+            &mut encoder,
+            "trace_spans",
+            "Spans of sampled requests: exported to the collector, dropped because the export \
+             queue was full (tracing.queue_size), or lost in a failed export.",
+            &[
+                result("exported", &stats.trace.exported),
+                result("dropped", &stats.trace.dropped),
+                result("failed", &stats.trace.failed),
+            ],
+        )?;
 
         let upstream: Vec<_> = backends
             .iter()

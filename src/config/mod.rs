@@ -14,6 +14,7 @@ mod route_policy;
 mod routes;
 mod sections;
 mod tls;
+mod tracing;
 mod upstream_tls;
 mod validate;
 mod values;
@@ -40,6 +41,7 @@ pub use routes::{
 pub use tls::{
     CertificateSet, EXPIRY_WARNING_DAYS, LoadedCertificate, TlsConfig, crypto_provider, date,
 };
+pub use tracing::{OtlpEndpoint, TracingConfig};
 pub use upstream_tls::UpstreamTls;
 
 /// A validated configuration. Build one with [`Config::load`] or [`Config::from_toml`].
@@ -85,6 +87,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// `[http2]`: HTTP/2 from clients.
     pub http2: Http2Config,
+    /// `[tracing]`: spans exported over OTLP; none: trace context passed on, nothing recorded.
+    pub tracing: Option<TracingConfig>,
 }
 
 /// How backends given by a DNS name are found: one backend per address the name resolves to,

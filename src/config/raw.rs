@@ -36,6 +36,7 @@ pub struct RawConfig {
     /// Named pools besides the top-level one (`default`), by name.
     pub pools: Option<std::collections::BTreeMap<String, RawPool>>,
     pub route: Option<Vec<RawRoute>>,
+    pub tracing: Option<super::tracing::RawTracing>,
 }
 
 /// `[pools.NAME]`: a pool of backends with its own balancing; every section it does not give is

@@ -120,6 +120,10 @@ pub(super) fn validate(mut raw: RawConfig, base: &Path) -> Result<Config, Vec<Pr
         &mut problems,
     );
     let http2 = super::http2::http2(raw.http2.take().unwrap_or_default(), &mut problems);
+    let tracing = raw
+        .tracing
+        .take()
+        .map(|section| super::tracing::tracing(section, &mut problems));
     let tls = raw
         .tls
         .take()
@@ -172,6 +176,7 @@ pub(super) fn validate(mut raw: RawConfig, base: &Path) -> Result<Config, Vec<Pr
         upstream_tls,
         tls,
         http2,
+        tracing,
     })
 }
 

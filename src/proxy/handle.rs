@@ -17,6 +17,7 @@ use super::{
     Snapshot, redirect,
 };
 use crate::config::{HeaderRules, RouteConfig};
+use crate::trace::Trace;
 use crate::upstream::method_class;
 
 impl Snapshot {
@@ -40,6 +41,7 @@ impl Snapshot {
                 trusted_peer,
             } = edge::seen(&self.config.forwarded, peer, req.headers());
             let client = &*client;
+            let mut trace = self.tracer.begin(&req, client.addr, client.scheme.as_str());
             let request_id = RequestId::of(self.config.request_id, req.headers(), trusted_peer);
             let mut log = self.access_log.then(|| {
                 let mut record =
@@ -61,6 +63,7 @@ impl Snapshot {
                         None,
                         log.take(),
                         method,
+                        &mut trace,
                     );
                 }
                 // Before routing: a CONNECT names no path a route could match (405 over either
@@ -68,7 +71,13 @@ impl Snapshot {
                 if req.method() == http::Method::CONNECT {
                     let error =
                         ProxyError::MethodNotAllowed("CONNECT is not supported by this proxy");
-                    break 'answer self.local_response(&error, None, log.take(), method);
+                    break 'answer self.local_response(
+                        &error,
+                        None,
+                        log.take(),
+                        method,
+                        &mut trace,
+                    );
                 }
                 if client.scheme == Scheme::Http
                     && let Some(tls) = self.config.tls.as_ref().filter(|tls| tls.redirect_http)
@@ -77,12 +86,19 @@ impl Snapshot {
                         redirect::to_https(&req, tls.listen.port()),
                         log.take(),
                         method,
+                        &mut trace,
                     );
                 }
                 route = match self.route_for(&req, client, trusted_peer) {
                     Ok(route) => route,
                     Err(error) => {
-                        break 'answer self.local_response(&error, None, log.take(), method);
+                        break 'answer self.local_response(
+                            &error,
+                            None,
+                            log.take(),
+                            method,
+                            &mut trace,
+                        );
                     }
                 };
                 let config = route.map(|r| self.routes.get(r));
@@ -92,13 +108,20 @@ impl Snapshot {
                 if let Some(config) = config {
                     if !config.policy.admits(client.addr.ip()) {
                         let error = ProxyError::Forbidden("this client may not use this route");
-                        break 'answer self.local_response(&error, None, log.take(), method);
+                        break 'answer self.local_response(
+                            &error,
+                            None,
+                            log.take(),
+                            method,
+                            &mut trace,
+                        );
                     }
                     if let (Some(to), Some(vars)) = (&config.policy.redirect, &vars) {
                         break 'answer self.local_answer(
                             redirect::to_route_target(to, vars),
                             log.take(),
                             method,
+                            &mut trace,
                         );
                     }
                 }
@@ -108,7 +131,13 @@ impl Snapshot {
                         if let ProxyError::NoRoute = error {
                             self.stats.no_route.fetch_add(1, Ordering::Relaxed);
                         }
-                        break 'answer self.local_response(&error, None, log.take(), method);
+                        break 'answer self.local_response(
+                            &error,
+                            None,
+                            log.take(),
+                            method,
+                            &mut trace,
+                        );
                     }
                 };
                 if vars.is_none()
@@ -118,10 +147,17 @@ impl Snapshot {
                     vars = Some(RequestVars::of(&req, client, request_id.value()));
                 }
                 pool_rules = Some(&plan.pool.response_headers);
+                trace.route(route.zip(config), plan.pool.name());
                 if let Some(wait) = route.and_then(|r| self.over_limit(r, &req, client)) {
                     self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
                     let error = ProxyError::RateLimited(wait);
-                    break 'answer self.local_response(&error, None, log.take(), method);
+                    break 'answer self.local_response(
+                        &error,
+                        None,
+                        log.take(),
+                        method,
+                        &mut trace,
+                    );
                 }
                 let mut req = req;
                 let replacement = config.and_then(|c| {
@@ -163,29 +199,35 @@ impl Snapshot {
                     route: config.map(|c| &c.policy.request_headers),
                 });
                 let prepared = self
-                    .prepare(req, &hop, rules, plan.retry.max_body_buffer)
+                    .prepare(req, &hop, rules, plan.retry.max_body_buffer, &trace)
                     .await;
                 let outbound = match prepared {
                     Ok(prepared) => prepared,
                     Err(error) => {
-                        break 'answer self.local_response(&error, None, log.take(), method);
+                        break 'answer self.local_response(
+                            &error,
+                            None,
+                            log.take(),
+                            method,
+                            &mut trace,
+                        );
                     }
                 };
                 let arrival = Arrival { started, method };
+                let dispatch = self.dispatch(&plan, outbound, &mut log, arrival, &mut trace);
                 let result = match deadline {
-                    Some(limit) => tokio::time::timeout(
-                        limit,
-                        self.dispatch(&plan, outbound, &mut log, arrival),
-                    )
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(Rejection {
-                            error: ProxyError::Deadline(limit),
-                            backend: None,
-                            unsent: false,
-                        })
-                    }),
-                    None => self.dispatch(&plan, outbound, &mut log, arrival).await,
+                    Some(limit) => {
+                        tokio::time::timeout(limit, dispatch)
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(Rejection {
+                                    error: ProxyError::Deadline(limit),
+                                    backend: None,
+                                    unsent: false,
+                                })
+                            })
+                    }
+                    None => dispatch.await,
                 };
                 match result {
                     Ok(response) => response,
@@ -194,6 +236,7 @@ impl Snapshot {
                         rejection.backend.as_deref(),
                         log.take(),
                         method,
+                        &mut trace,
                     ),
                 }
             };
@@ -236,16 +279,18 @@ impl Snapshot {
         made: Result<Reply, ProxyError>,
         log: Option<Box<AccessRecord>>,
         method: usize,
+        trace: &mut Trace,
     ) -> Reply {
         match made {
             Ok(reply) => {
+                trace.answered(reply.status.as_u16());
                 self.stats.record_local(method, reply.status.as_u16());
                 if let Some(log) = log {
                     log.finish(reply.status.as_u16(), None, 0, Outcome::Complete);
                 }
                 reply
             }
-            Err(error) => self.local_response(&error, None, log, method),
+            Err(error) => self.local_response(&error, None, log, method, trace),
         }
     }
 }

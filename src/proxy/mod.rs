@@ -59,6 +59,8 @@ pub use tunnel::{HALF_CLOSED_IDLE, Tunnel};
 use crate::balance::Exclude;
 use crate::config::Timeouts;
 use crate::http1::{BodyDecoder, ResponseHead};
+use crate::trace::AttemptEnd::{Answered, Failed, RetriedStatus};
+use crate::trace::{SpanRecord, Trace};
 use crate::upstream::{
     self, Answer, Backend, InFlightGuard, Outbound, Progress, RequestBody, SessionRequest,
     Unanswered,
@@ -115,6 +117,7 @@ impl Snapshot {
         (outbound, mut body): (Box<Outbound>, RequestBody),
         log: &mut Option<Box<AccessRecord>>,
         arrival: Arrival,
+        trace: &mut Trace,
     ) -> Result<Reply, Rejection> {
         let idempotent = outbound.idempotent;
         let Plan {
@@ -178,6 +181,7 @@ impl Snapshot {
                     );
                     match replay.as_ref() {
                         Some(replay) if retry_status && retry.allow_retry() => {
+                            trace.attempt(backend.url(), attempt, sent_at, RetriedStatus(status));
                             tracing::info!(
                                 backend = backend.url(),
                                 attempt,
@@ -199,7 +203,9 @@ impl Snapshot {
                     if let Some(log) = log.as_mut() {
                         log.set_attempts(attempt);
                     }
-                    let mut reply = self.respond(plan, answer, guard, log.take(), arrival);
+                    trace.attempt(backend.url(), attempt, sent_at, Answered(status));
+                    let span = trace.take();
+                    let mut reply = self.respond(plan, answer, guard, log.take(), span, arrival);
                     if plan.sticky != Some(index)
                         && let Some(cookie) = pool
                             .sticky
@@ -217,6 +223,7 @@ impl Snapshot {
                 Err(failed) => failed,
             };
             let error = ProxyError::from(error);
+            trace.attempt(backend.url(), attempt, sent_at, Failed(&error));
             if let Some(what) = error.passive_failure() {
                 pool.outliers().record_failure(backend, what);
             }
@@ -288,6 +295,7 @@ impl Snapshot {
         answer: Answer,
         guard: InFlightGuard,
         log: Option<Box<AccessRecord>>,
+        span: Option<Box<SpanRecord>>,
         arrival: Arrival,
     ) -> Reply {
         let (response, conn, upload) = match answer {
@@ -296,7 +304,9 @@ impl Snapshot {
                 conn,
                 upload,
             } => (response, conn, upload),
-            Answer::Http2(answer) => return self.respond_h2(plan, answer, guard, log, arrival),
+            Answer::Http2(answer) => {
+                return self.respond_h2(plan, answer, guard, log, span, arrival);
+            }
         };
         let ResponseHead {
             status,
@@ -306,6 +316,10 @@ impl Snapshot {
             switched,
         } = response;
         if let Some(protocol) = switched {
+            // A tunnel's span ends at its 101: the tunnel's life is the access log's to tell.
+            if let Some(span) = span {
+                span.finish(Some(101), "upgraded", 0);
+            }
             return self.switch_protocols(plan.timeouts, conn, fields, protocol, guard, log);
         }
         let upstream = UpstreamParts {
@@ -318,6 +332,7 @@ impl Snapshot {
             reusable,
             started: arrival.started,
             stats: self.stats.clone(),
+            span,
         };
         let body = UpstreamBody::new(BodyDecoder::new(framing), status.as_u16(), upstream);
         let mut reply = Reply::new(status, ResponseBody::Upstream(Box::new(body)));
@@ -333,6 +348,7 @@ impl Snapshot {
         response: http::Response<h2::RecvStream>,
         guard: InFlightGuard,
         log: Option<Box<AccessRecord>>,
+        span: Option<Box<SpanRecord>>,
         arrival: Arrival,
     ) -> Reply {
         let (head, stream) = response.into_parts();
@@ -350,6 +366,7 @@ impl Snapshot {
             reusable: false,
             started: arrival.started,
             stats: self.stats.clone(),
+            span,
         };
         let settlement = settlement::Settlement::new(head.status.as_u16(), &mut parts);
         let body = h2_body::H2UpstreamBody::new(
@@ -400,8 +417,10 @@ impl Snapshot {
         backend: Option<&Backend>,
         log: Option<Box<AccessRecord>>,
         method: usize,
+        trace: &mut Trace,
     ) -> Reply {
         let mut reply = error.to_reply(&self.retry_after);
+        trace.answered(reply.status.as_u16());
         self.stats.record_local(method, reply.status.as_u16());
         if self.explain {
             let url = backend.map_or("-", Backend::url);

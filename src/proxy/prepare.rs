@@ -26,6 +26,7 @@ impl Snapshot {
         hop: &Hop<'_>,
         rules: Option<RequestRules<'_>>,
         max_body_buffer: u64,
+        trace: &crate::trace::Trace,
     ) -> Result<(Box<Outbound>, RequestBody), ProxyError> {
         let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
             + req.uri().authority().map_or(0, |a| a.as_str().len());
@@ -44,6 +45,7 @@ impl Snapshot {
         let has_body = !http_body::Body::is_end_stream(&body);
         let upgrade = requested_upgrade(&parts.headers, parts.version, has_body);
         let mut added = header_policy::forward(&mut parts.headers, hop);
+        trace.propagate(&mut parts.headers, &mut added);
         if let Some(rules) = rules {
             rules.apply(&mut parts.headers, &mut added);
         }

@@ -9,6 +9,7 @@ use super::ProxyStats;
 use super::access_log::{AccessRecord, Outcome};
 use crate::health::OutlierDetector;
 use crate::http1::UpstreamError;
+use crate::trace::SpanRecord;
 use crate::upstream::{InFlightGuard, Upload, UpstreamConn};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,7 @@ pub(super) struct Settlement {
     status: u16,
     started: Instant,
     stats: Arc<ProxyStats>,
+    span: Option<Box<SpanRecord>>,
 }
 
 impl Settlement {
@@ -46,6 +48,7 @@ impl Settlement {
             status,
             started: parts.started,
             stats: parts.stats.clone(),
+            span: parts.span.take(),
         }
     }
 
@@ -70,6 +73,9 @@ impl Settlement {
         if let Some(log) = self.log.take() {
             log.finish(self.status, Some(backend.url()), bytes, outcome);
         }
+        if let Some(span) = self.span.take() {
+            span.finish(Some(self.status), outcome.as_str(), bytes);
+        }
         Some(guard)
     }
 }
@@ -89,4 +95,6 @@ pub struct UpstreamParts {
     /// When the request arrived.
     pub started: Instant,
     pub stats: Arc<ProxyStats>,
+    /// The request's span when sampled: it ends with the response, like the access-log line.
+    pub span: Option<Box<SpanRecord>>,
 }

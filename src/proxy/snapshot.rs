@@ -36,6 +36,7 @@ pub struct Snapshot {
     pub(super) retry_after: HeaderValue,
     pub(super) explain: bool,
     pub(super) stats: Arc<ProxyStats>,
+    pub(super) tracer: crate::trace::Tracer,
 }
 
 /// One pool a route sends to.
@@ -145,6 +146,11 @@ impl Snapshot {
             access_log: config.access_log,
             retry_after: HeaderValue::from(retry_after),
             explain: config.explain,
+            tracer: crate::trace::Tracer::new(
+                config.tracing.as_ref(),
+                previous.map(|p| &p.tracer),
+                &stats.trace,
+            ),
             stats,
         }
     }

@@ -37,6 +37,8 @@ pub struct ProxyStats {
     pub h2_reset_floods: AtomicU64,
     /// HTTP/2 connections h2's own guards closed with ENHANCE_YOUR_CALM (see `downstream::h2`).
     pub h2_abuse_closed: AtomicU64,
+    /// Spans exported, dropped (queue full) and lost (export failed); kept across reloads.
+    pub trace: std::sync::Arc<crate::trace::TraceStats>,
     /// Connections closed before their PROXY protocol header was taken, by [`HeaderRefusal`].
     proxy_header_refused: [AtomicU64; HeaderRefusal::ALL.len()],
     /// TLS handshakes that failed, by [`TlsFailure`].

@@ -22,4 +22,5 @@ mod smuggling;
 mod support;
 mod tls;
 mod tls_edge;
+mod tracing;
 mod websocket;
