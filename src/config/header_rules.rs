@@ -8,18 +8,9 @@
 use std::collections::BTreeMap;
 
 use http::{HeaderName, HeaderValue};
-use serde::Deserialize;
 
+use super::raw::RawHeaderRules;
 use super::values::Problems;
-
-/// `request_headers` / `response_headers` as written.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawHeaderRules {
-    pub set: Option<BTreeMap<String, String>>,
-    pub add: Option<BTreeMap<String, String>>,
-    pub remove: Option<Vec<String>>,
-}
 
 /// One direction's rules, applied in this order: remove, set (replacing every field of the
 /// name), add (beside what is there).

@@ -25,8 +25,8 @@ pub struct RawConfig {
     pub proxy_protocol: Option<RawProxyProtocol>,
     pub forwarded: Option<RawForwarded>,
     pub request_id: Option<RawRequestId>,
-    pub request_headers: Option<super::header_rules::RawHeaderRules>,
-    pub response_headers: Option<super::header_rules::RawHeaderRules>,
+    pub request_headers: Option<RawHeaderRules>,
+    pub response_headers: Option<RawHeaderRules>,
     pub upstream_tls: Option<RawUpstreamTls>,
     pub tls: Option<RawTls>,
     pub http2: Option<RawHttp2>,
@@ -36,7 +36,7 @@ pub struct RawConfig {
     /// Named pools besides the top-level one (`default`), by name.
     pub pools: Option<std::collections::BTreeMap<String, RawPool>>,
     pub route: Option<Vec<RawRoute>>,
-    pub tracing: Option<super::tracing::RawTracing>,
+    pub tracing: Option<RawTracing>,
 }
 
 /// `[pools.NAME]`: a pool of backends with its own balancing; every section it does not give is
@@ -54,8 +54,8 @@ pub struct RawPool {
     pub retry: Option<RawRetry>,
     pub limits: Option<RawLimits>,
     pub sticky: Option<RawSticky>,
-    pub request_headers: Option<super::header_rules::RawHeaderRules>,
-    pub response_headers: Option<super::header_rules::RawHeaderRules>,
+    pub request_headers: Option<RawHeaderRules>,
+    pub response_headers: Option<RawHeaderRules>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -85,9 +85,9 @@ pub struct RawRoute {
     pub allow: Option<Vec<String>>,
     pub deny: Option<Vec<String>>,
     pub rewrite_prefix: Option<String>,
-    pub redirect: Option<super::route_policy::RawRedirect>,
-    pub request_headers: Option<super::header_rules::RawHeaderRules>,
-    pub response_headers: Option<super::header_rules::RawHeaderRules>,
+    pub redirect: Option<RawRedirect>,
+    pub request_headers: Option<RawHeaderRules>,
+    pub response_headers: Option<RawHeaderRules>,
 }
 
 /// A header condition: a value the field must have, or `true` (present) / `false` (absent).
@@ -303,4 +303,34 @@ inherit! {
         max_header_bytes, max_uri_bytes, max_body_bytes, max_client_connections, listen_backlog,
         backend_max_connections, backend_queue, backend_queue_timeout,
     }
+}
+
+/// `[tracing]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    pub endpoint: Option<String>,
+    pub sampling: Option<f64>,
+    pub service_name: Option<String>,
+    pub queue_size: Option<i64>,
+    pub max_batch: Option<i64>,
+    pub flush_interval: Option<String>,
+    pub export_timeout: Option<String>,
+}
+
+/// `request_headers` / `response_headers` as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderRules {
+    pub set: Option<std::collections::BTreeMap<String, String>>,
+    pub add: Option<std::collections::BTreeMap<String, String>>,
+    pub remove: Option<Vec<String>>,
+}
+
+/// `redirect = { to = "https://{host}{path}", status = 308 }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedirect {
+    pub to: String,
+    pub status: Option<u16>,
 }

@@ -3,21 +3,12 @@
 //! and header rules each way.
 
 use http::StatusCode;
-use serde::Deserialize;
 
 use super::IpNet;
-use super::header_rules::{HeaderRules, RawHeaderRules, Template, Var, header_rules};
+use super::header_rules::{HeaderRules, Template, Var, header_rules};
 use super::ipnet::networks;
-use super::raw::RawRoute;
+use super::raw::{RawHeaderRules, RawRedirect, RawRoute};
 use super::values::Problems;
-
-/// `redirect = { to = "https://{host}{path}", status = 308 }`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRedirect {
-    pub to: String,
-    pub status: Option<u16>,
-}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RoutePolicy {

@@ -4,22 +4,8 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
-
+use super::raw::RawTracing;
 use super::values::{Problems, count, positive_duration};
-
-/// `[tracing]` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTracing {
-    pub endpoint: Option<String>,
-    pub sampling: Option<f64>,
-    pub service_name: Option<String>,
-    pub queue_size: Option<i64>,
-    pub max_batch: Option<i64>,
-    pub flush_interval: Option<String>,
-    pub export_timeout: Option<String>,
-}
 
 /// Where and how spans are exported. Equal configs keep the running exporter across a reload
 /// (its queue and connection), so that a reload loses no span.

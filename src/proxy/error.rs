@@ -39,7 +39,7 @@ pub enum ProxyError {
     MethodNotAllowed(&'static str),
     #[error("no route matches the request and there is no pool \"default\"")]
     NoRoute,
-    /// A path common backends resolve in more than one way (`route::PathReading`).
+    /// A path common backends resolve in more than one way (`path_reading::PathReading`).
     #[error("the path reads differently to different servers")]
     AmbiguousPath,
     /// The route does not admit this client (its address, or no verified certificate).

@@ -11,11 +11,11 @@ use http::Request;
 
 use super::edge::{self, RequestId};
 use super::header_rules::{self, RequestVars};
-use super::route;
 use super::{
     AccessRecord, Arrival, ClientInfo, Hop, Outcome, ProxyError, Rejection, Reply, Scheme,
     Snapshot, redirect,
 };
+use super::{path_reading, route};
 use crate::config::{HeaderRules, RouteConfig};
 use crate::trace::Trace;
 use crate::upstream::method_class;
@@ -171,8 +171,8 @@ impl Snapshot {
                 });
                 match replacement {
                     Some((prefix, to)) => route::replace_prefix(&mut req, prefix, to),
-                    // The backend gets the path the routes matched (see `route::PathReading`).
-                    None if !self.routes.is_empty() => route::forward_as_read(&mut req),
+                    // The backend gets the path the routes matched (see `path_reading::PathReading`).
+                    None if !self.routes.is_empty() => path_reading::forward_as_read(&mut req),
                     None => {}
                 }
                 // A gRPC caller's deadline bounds the wait for the answer like `timeouts.request`.

@@ -31,7 +31,7 @@ impl RequestVars {
             scheme: client.scheme.as_str(),
             path: {
                 // As alb read it: `//evil.example` is no path to put in a Location.
-                let path = super::route::normalize_path(request.uri().path());
+                let path = super::path_reading::normalize_path(request.uri().path());
                 let mut target = path.into_owned().into_bytes();
                 if let Some(query) = request.uri().query() {
                     target.push(b'?');
