@@ -56,49 +56,31 @@ impl Snapshot {
                 .then(|| RequestVars::of(&req, client, request_id.value()));
             let mut route = None;
             let mut pool_rules: Option<&HeaderRules> = None;
-            let mut reply = 'answer: {
+            let answer: Result<Reply, Rejection> = 'answer: {
                 if peer.tls.as_ref().is_some_and(|tls| tls.misdirects(&req)) {
-                    break 'answer self.local_response(
-                        &ProxyError::Misdirected,
-                        None,
-                        log.take(),
-                        method,
-                        &mut trace,
-                    );
+                    break 'answer Err(Rejection::refused(ProxyError::Misdirected));
                 }
                 // Before routing: a CONNECT names no path a route could match (405 over either
                 // protocol, not a 404 for its authority).
                 if req.method() == http::Method::CONNECT {
                     let error =
                         ProxyError::MethodNotAllowed("CONNECT is not supported by this proxy");
-                    break 'answer self.local_response(
-                        &error,
-                        None,
-                        log.take(),
-                        method,
-                        &mut trace,
-                    );
+                    break 'answer Err(Rejection::refused(error));
                 }
                 if client.scheme == Scheme::Http
                     && let Some(tls) = self.config.tls.as_ref().filter(|tls| tls.redirect_http)
                 {
-                    break 'answer self.local_answer(
+                    break 'answer Ok(self.local_answer(
                         redirect::to_https(&req, tls.listen.port()),
                         log.take(),
                         method,
                         &mut trace,
-                    );
+                    ));
                 }
                 route = match self.route_for(&req, client, trusted_peer) {
                     Ok(route) => route,
                     Err(error) => {
-                        break 'answer self.local_response(
-                            &error,
-                            None,
-                            log.take(),
-                            method,
-                            &mut trace,
-                        );
+                        break 'answer Err(Rejection::refused(error));
                     }
                 };
                 let config = route.map(|r| self.routes.get(r));
@@ -108,21 +90,15 @@ impl Snapshot {
                 if let Some(config) = config {
                     if !config.policy.admits(client.addr.ip()) {
                         let error = ProxyError::Forbidden("this client may not use this route");
-                        break 'answer self.local_response(
-                            &error,
-                            None,
-                            log.take(),
-                            method,
-                            &mut trace,
-                        );
+                        break 'answer Err(Rejection::refused(error));
                     }
                     if let (Some(to), Some(vars)) = (&config.policy.redirect, &vars) {
-                        break 'answer self.local_answer(
+                        break 'answer Ok(self.local_answer(
                             redirect::to_route_target(to, vars),
                             log.take(),
                             method,
                             &mut trace,
-                        );
+                        ));
                     }
                 }
                 let plan = match self.plan(route, &req, client) {
@@ -131,13 +107,7 @@ impl Snapshot {
                         if let ProxyError::NoRoute = error {
                             self.stats.no_route.fetch_add(1, Ordering::Relaxed);
                         }
-                        break 'answer self.local_response(
-                            &error,
-                            None,
-                            log.take(),
-                            method,
-                            &mut trace,
-                        );
+                        break 'answer Err(Rejection::refused(error));
                     }
                 };
                 if vars.is_none()
@@ -151,13 +121,7 @@ impl Snapshot {
                 if let Some(wait) = route.and_then(|r| self.over_limit(r, &req, client)) {
                     self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
                     let error = ProxyError::RateLimited(wait);
-                    break 'answer self.local_response(
-                        &error,
-                        None,
-                        log.take(),
-                        method,
-                        &mut trace,
-                    );
+                    break 'answer Err(Rejection::refused(error));
                 }
                 let mut req = req;
                 let replacement = config.and_then(|c| {
@@ -204,13 +168,7 @@ impl Snapshot {
                 let outbound = match prepared {
                     Ok(prepared) => prepared,
                     Err(error) => {
-                        break 'answer self.local_response(
-                            &error,
-                            None,
-                            log.take(),
-                            method,
-                            &mut trace,
-                        );
+                        break 'answer Err(Rejection::refused(error));
                     }
                 };
                 let arrival = Arrival { started, method };
@@ -229,16 +187,18 @@ impl Snapshot {
                     }
                     None => dispatch.await,
                 };
-                match result {
-                    Ok(response) => response,
-                    Err(rejection) => self.local_response(
-                        &rejection.error,
-                        rejection.backend.as_deref(),
-                        log.take(),
-                        method,
-                        &mut trace,
-                    ),
-                }
+                result
+            };
+            // Every refusal and failure above becomes alb's answer here, once.
+            let mut reply = match answer {
+                Ok(reply) => reply,
+                Err(rejection) => self.local_response(
+                    &rejection.error,
+                    rejection.backend.as_deref(),
+                    log.take(),
+                    method,
+                    &mut trace,
+                ),
             };
             if let Some(vars) = &vars {
                 header_rules::apply_to_response(&self.config.response_headers, vars, &mut reply);

@@ -97,6 +97,15 @@ struct Rejection {
 }
 
 impl Rejection {
+    /// A request alb refused before any backend was involved.
+    fn refused(error: ProxyError) -> Rejection {
+        Rejection {
+            error,
+            backend: None,
+            unsent: true,
+        }
+    }
+
     /// What the client is told after several attempts: a backend that took the request and
     /// failed it (502, 504) says more than a later one that could not be reached (503).
     fn or_earlier(self, earlier: Option<Rejection>) -> Rejection {
