@@ -173,7 +173,7 @@ impl Snapshot {
                 };
                 let arrival = Arrival { started, method };
                 let dispatch = self.dispatch(&plan, outbound, &mut log, arrival, &mut trace);
-                let result = match deadline {
+                match deadline {
                     Some(limit) => {
                         tokio::time::timeout(limit, dispatch)
                             .await
@@ -186,8 +186,7 @@ impl Snapshot {
                             })
                     }
                     None => dispatch.await,
-                };
-                result
+                }
             };
             // Every refusal and failure above becomes alb's answer here, once.
             let mut reply = match answer {
