@@ -138,10 +138,11 @@ impl RequestId {
 /// 128 random bits in hex: unique enough for a fleet's logs, and no coordination to make.
 fn new_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bits = fastrand::u128(..);
+    let bits = fastrand::u128(..).to_be_bytes();
     let mut text = [0u8; 32];
-    for (i, byte) in text.iter_mut().enumerate() {
-        *byte = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
+    for (pair, byte) in text.chunks_exact_mut(2).zip(bits) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
     }
     HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("-"))
 }
