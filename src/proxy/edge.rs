@@ -135,6 +135,15 @@ impl RequestId {
     }
 }
 
+/// Ids are cut from a per-thread buffer of this many bytes: one allocation per 128 ids rather
+/// than one per request (each id's `Bytes` shares the buffer until the last is dropped).
+const ID_BUFFER: usize = 32 * 128;
+
+thread_local! {
+    static ID_SPACE: std::cell::RefCell<bytes::BytesMut> =
+        std::cell::RefCell::new(bytes::BytesMut::new());
+}
+
 /// 128 random bits in hex: unique enough for a fleet's logs, and no coordination to make.
 fn new_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -144,7 +153,14 @@ fn new_id() -> HeaderValue {
         pair[0] = HEX[usize::from(byte >> 4)];
         pair[1] = HEX[usize::from(byte & 0xf)];
     }
-    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("-"))
+    let id = ID_SPACE.with_borrow_mut(|space| {
+        if space.capacity() < text.len() {
+            *space = bytes::BytesMut::with_capacity(ID_BUFFER);
+        }
+        space.extend_from_slice(&text);
+        space.split().freeze()
+    });
+    HeaderValue::from_maybe_shared(id).unwrap_or(HeaderValue::from_static("-"))
 }
 
 #[cfg(test)]
@@ -257,5 +273,16 @@ mod tests {
             response: false,
         };
         assert!(matches!(RequestId::of(off, &h, false), RequestId::Off));
+    }
+
+    #[test]
+    fn ids_cut_from_the_shared_buffer_stay_whole_and_distinct_across_refills() {
+        let ids: Vec<HeaderValue> = (0..3 * ID_BUFFER / 32 + 5).map(|_| new_id()).collect();
+        let distinct: std::collections::HashSet<&[u8]> = ids.iter().map(|v| v.as_bytes()).collect();
+        assert_eq!(distinct.len(), ids.len());
+        for id in &ids {
+            assert_eq!(id.len(), 32);
+            assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit), "{id:?}");
+        }
     }
 }
