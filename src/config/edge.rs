@@ -33,10 +33,7 @@ pub enum ClientHeader {
 impl ForwardedConfig {
     pub fn trusts(&self, ip: IpAddr) -> bool {
         // `::ffff:10.0.0.1` is 10.0.0.1 to a list written in IPv4.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
+        let ip = ip.to_canonical();
         self.trusted.iter().any(|net| net.contains(ip))
     }
 }

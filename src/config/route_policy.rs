@@ -33,10 +33,8 @@ pub struct Redirect {
 impl RoutePolicy {
     /// Whether a client at `ip` (the trusted client address) may use the route.
     pub fn admits(&self, ip: std::net::IpAddr) -> bool {
-        let ip = match ip {
-            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
-            v4 => v4,
-        };
+        // `::ffff:10.0.0.1` is 10.0.0.1 to a list written in IPv4.
+        let ip = ip.to_canonical();
         !self.deny.iter().any(|net| net.contains(ip))
             && (self.allow.is_empty() || self.allow.iter().any(|net| net.contains(ip)))
     }

@@ -147,9 +147,6 @@ pub fn parse_client_request(
     }))
 }
 
-/// Whether `name`, read by a server that takes `_` for `-` and ignores case, repeats of either
-/// and either at the ends, is one of the fields that frame a request, route it, or that alb
-/// writes for this hop.
 /// Whether a field named `name` is forwarded under [`RequestRules::underscores`] (`Ok(false)`:
 /// left out), for requests of either HTTP version: the one place that rule is applied.
 ///
@@ -157,14 +154,7 @@ pub fn parse_client_request(
 /// one of alb's fields once the runs collapse, whatever the rule: no client needs such a name,
 /// and a server that collapses them would take it for the real one.
 pub fn keeps_field(name: &[u8], rules: &RequestRules) -> Result<bool, Rejected> {
-    // One early-exit pass: names are short and almost all are plain, so the common case is one
-    // compare per byte and a second per `-` (a memchr call per field costs more, callgrind).
-    let odd = name.first() == Some(&b'-')
-        || name
-            .iter()
-            .enumerate()
-            .any(|(i, &b)| b == b'_' || (b == b'-' && name.get(i + 1).is_none_or(|&n| n == b'-')));
-    if !odd {
+    if !is_unusual_name(name) {
         return Ok(true);
     }
     #[allow(clippy::manual_contains)]
@@ -179,6 +169,9 @@ pub fn keeps_field(name: &[u8], rules: &RequestRules) -> Result<bool, Rejected> 
     }
 }
 
+/// Whether `name`, read by a server that takes `_` for `-` and ignores case, repeats of either
+/// and either at the ends, is one of the fields that frame a request, route it, or that alb
+/// writes for this hop.
 fn reads_as_alb_field(name: &[u8]) -> bool {
     let mut folded: SmallVec<[u8; 24]> = SmallVec::new();
     for &b in name {
@@ -195,6 +188,19 @@ fn reads_as_alb_field(name: &[u8]) -> bool {
         folded.pop();
     }
     std::str::from_utf8(&folded).is_ok_and(super::forwarding::is_alb_field)
+}
+
+/// Whether a field name holds an `_`, a run of `-` or a `-` at an end: the names that some server
+/// could read as another field, which [`keeps_field`] looks at closer. Most names are none of
+/// these and pass this alone.
+pub fn is_unusual_name(name: &[u8]) -> bool {
+    // One early-exit pass: names are short and almost all are plain, so the common case is one
+    // compare per byte and a second per `-` (a memchr call per field costs more, callgrind).
+    name.first() == Some(&b'-')
+        || name
+            .iter()
+            .enumerate()
+            .any(|(i, &b)| b == b'_' || (b == b'-' && name.get(i + 1).is_none_or(|&n| n == b'-')))
 }
 
 fn too_large() -> Rejected {

@@ -31,7 +31,7 @@ pub use client_io::{
     ClientReadHalf, ClientStream, ClientWriteHalf, NotAPair, Prefixed, TlsClientStream,
 };
 pub use client_request::{
-    ClientRequest, RequestRules, Underscores, keeps_field, parse_client_request,
+    ClientRequest, RequestRules, Underscores, is_unusual_name, keeps_field, parse_client_request,
 };
 pub use client_response::{BodyWrite, ResponsePlan, date_value, encode_response_head};
 pub use forwarding::{is_alb_field, is_forwarding};

@@ -9,7 +9,7 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Uri, request};
 
-use crate::http1::{Rejected, RequestRules, is_authority, keeps_field};
+use crate::http1::{Rejected, RequestRules, is_authority, is_unusual_name, keeps_field};
 
 /// Fields that describe a connection rather than a message: never in an HTTP/2 message
 /// (RFC 9113 §8.2.2), so left out of everything alb sends on HTTP/2.
@@ -83,10 +83,11 @@ pub fn forwardable(
     }
     let length = declared_length(&parts.headers)?;
     parts.headers.remove(header::CONTENT_LENGTH);
-    let odd = |name: &str| {
-        name.contains('_') || name.contains("--") || name.starts_with('-') || name.ends_with('-')
-    };
-    if parts.headers.keys().any(|name| odd(name.as_str())) {
+    if parts
+        .headers
+        .keys()
+        .any(|name| is_unusual_name(name.as_str().as_bytes()))
+    {
         parts.headers = kept_fields(std::mem::take(&mut parts.headers), rules)?;
     }
     join_cookies(&mut parts.headers);

@@ -12,8 +12,8 @@ use http::Request;
 use super::edge::{self, RequestId};
 use super::header_rules::{self, RequestVars};
 use super::{
-    AccessRecord, Arrival, ClientInfo, Hop, Outcome, ProxyError, Rejection, Reply, Scheme,
-    Snapshot, redirect,
+    AccessRecord, Arrival, BackendPool, ClientInfo, Hop, Outcome, ProxyError, Rejection, Reply,
+    Scheme, Snapshot, redirect,
 };
 use super::{path_reading, route};
 use crate::config::{HeaderRules, RouteConfig};
@@ -52,7 +52,7 @@ impl Snapshot {
             });
             // Top-level rules apply to every answer, alb's own refusals included.
             let mut vars = self
-                .has_rules(None)
+                .has_rules(None, None)
                 .then(|| RequestVars::of(&req, client, request_id.value()));
             let mut route = None;
             let mut pool_rules: Option<&HeaderRules> = None;
@@ -84,7 +84,7 @@ impl Snapshot {
                     }
                 };
                 let config = route.map(|r| self.routes.get(r));
-                if vars.is_none() && self.has_rules(config) {
+                if vars.is_none() && self.has_rules(config, None) {
                     vars = Some(RequestVars::of(&req, client, request_id.value()));
                 }
                 if let Some(config) = config {
@@ -110,10 +110,7 @@ impl Snapshot {
                         break 'answer Err(Rejection::refused(error));
                     }
                 };
-                if vars.is_none()
-                    && !(plan.pool.request_headers.is_empty()
-                        && plan.pool.response_headers.is_empty())
-                {
+                if vars.is_none() && self.has_rules(config, Some(plan.pool)) {
                     vars = Some(RequestVars::of(&req, client, request_id.value()));
                 }
                 pool_rules = Some(&plan.pool.response_headers);
@@ -221,8 +218,9 @@ impl Snapshot {
         }
     }
 
-    /// Whether a request on `route` needs [`RequestVars`]: some header rule or a redirect.
-    fn has_rules(&self, route: Option<&RouteConfig>) -> bool {
+    /// Whether a request on `route` to `pool` (as far as they are known) needs [`RequestVars`]:
+    /// some header rule or a redirect.
+    fn has_rules(&self, route: Option<&RouteConfig>, pool: Option<&BackendPool>) -> bool {
         !self.config.request_headers.is_empty()
             || !self.config.response_headers.is_empty()
             || route.is_some_and(|r| {
@@ -230,6 +228,7 @@ impl Snapshot {
                     || !r.policy.request_headers.is_empty()
                     || !r.policy.response_headers.is_empty()
             })
+            || pool.is_some_and(|p| !p.request_headers.is_empty() || !p.response_headers.is_empty())
     }
 
     /// An answer alb makes without a backend (a redirect), or the error that stopped it.

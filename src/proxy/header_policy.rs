@@ -328,6 +328,13 @@ mod tests {
         ClientInfo::new("10.0.0.1:5000".parse().unwrap()).over(scheme)
     }
 
+    fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
     fn sent(headers: &HeaderMap, added: &AddedFields) -> Vec<(String, String)> {
         headers
             .iter()
@@ -361,10 +368,7 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("x-forwarded-for", "1.1.1.1, 2.2.2.2, 10.0.0.1"),
         ];
-        let expected: Vec<(String, String)> = expected
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect();
+        let expected = owned(&expected);
         assert_eq!(pairs, expected, "a trusted peer's fields are kept");
         let added = forward(&mut from_untrusted, &Hop::untrusted(&peer));
         let pairs = sent(&from_untrusted, &added);
@@ -375,10 +379,7 @@ mod tests {
             ("x-forwarded-proto", "http"),
             ("x-forwarded-host", "example.com"),
         ];
-        let expected: Vec<(String, String)> = expected
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect();
+        let expected = owned(&expected);
         assert_eq!(pairs, expected);
     }
 
@@ -455,10 +456,7 @@ mod tests {
             ("forwarded", "for=10.0.0.1;proto=http;host=\"a.example\""),
             ("x-request-id", "0123"),
         ];
-        let expected: Vec<(String, String)> = expected
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect();
+        let expected = owned(&expected);
         assert_eq!(pairs, expected);
     }
 

@@ -89,12 +89,35 @@ pub(super) fn apply_to_request(
     headers: &mut HeaderMap,
     added: &mut AddedFields,
 ) {
+    apply(rules, vars, headers, |name| {
+        added.retain(|(n, _)| *n != name)
+    });
+}
+
+/// Response rules over a reply: a backend's relayed fields and the map alike.
+pub(super) fn apply_to_response(rules: &HeaderRules, vars: &RequestVars, reply: &mut Reply) {
+    let relayed = &mut reply.relayed;
+    apply(rules, vars, &mut reply.headers, |name| {
+        if let Some(relayed) = relayed.as_mut() {
+            relayed.remove(name.as_str());
+        }
+    });
+}
+
+/// `rules` over `headers` (remove, then set, then add), with `forget` told each name removed or
+/// set, for the fields that ride beside the map.
+fn apply(
+    rules: &HeaderRules,
+    vars: &RequestVars,
+    headers: &mut HeaderMap,
+    mut forget: impl FnMut(&HeaderName),
+) {
     for name in &rules.remove {
         headers.remove(name);
-        added.retain(|(n, _)| *n != name);
+        forget(name);
     }
     for (name, template) in &rules.set {
-        added.retain(|(n, _)| *n != name);
+        forget(name);
         match vars.render(template) {
             Some(value) => {
                 headers.insert(name.clone(), value);
@@ -107,35 +130,6 @@ pub(super) fn apply_to_request(
     for (name, template) in &rules.add {
         if let Some(value) = vars.render(template) {
             headers.append(name.clone(), value);
-        }
-    }
-}
-
-/// Response rules over a reply: a backend's relayed fields and the map alike.
-pub(super) fn apply_to_response(rules: &HeaderRules, vars: &RequestVars, reply: &mut Reply) {
-    let drop_relayed = |reply: &mut Reply, name: &HeaderName| {
-        if let Some(relayed) = reply.relayed.as_mut() {
-            relayed.remove(name.as_str());
-        }
-    };
-    for name in &rules.remove {
-        reply.headers.remove(name);
-        drop_relayed(reply, name);
-    }
-    for (name, template) in &rules.set {
-        drop_relayed(reply, name);
-        match vars.render(template) {
-            Some(value) => {
-                reply.headers.insert(name.clone(), value);
-            }
-            None => {
-                reply.headers.remove(name);
-            }
-        }
-    }
-    for (name, template) in &rules.add {
-        if let Some(value) = vars.render(template) {
-            reply.headers.append(name.clone(), value);
         }
     }
 }

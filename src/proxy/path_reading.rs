@@ -158,12 +158,17 @@ fn without_trailing_dots(path: &str) -> String {
 /// backend that does not resolve `/admin//../x` itself must not reach `/admin/` with it after
 /// alb routed it as `/x`.
 pub(super) fn forward_as_read<B>(request: &mut Request<B>) {
-    let Cow::Owned(path) = normalize_path(request.uri().path()) else {
-        return;
-    };
+    if let Cow::Owned(path) = normalize_path(request.uri().path()) {
+        set_path(request, &path);
+    }
+}
+
+/// Gives `request` the path `path` (origin form, starting with `/`), its query kept. A path that
+/// is no valid target leaves the request as it was.
+pub(super) fn set_path<B>(request: &mut Request<B>, path: &str) {
     let target = match request.uri().query() {
         Some(query) => format!("{path}?{query}"),
-        None => path,
+        None => path.to_owned(),
     };
     let mut parts = request.uri().clone().into_parts();
     if let Ok(path_and_query) = target.parse() {

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::{HeaderMap, Method, Request};
 
-use super::path_reading::{AmbiguousPath, PathReading, normalize_path};
+use super::path_reading::{AmbiguousPath, PathReading, normalize_path, set_path};
 use crate::config::{HeaderTest, HostPattern, RouteConfig, prefix_matches};
 
 /// The routes of one snapshot.
@@ -253,20 +253,9 @@ pub(super) fn replace_prefix<B>(request: &mut Request<B>, prefix: &str, replacem
     let Some(rest) = path.strip_prefix(prefix.trim_end_matches('/')) else {
         return;
     };
-    let query = request
-        .uri()
-        .query()
-        .map_or(String::new(), |q| format!("?{q}"));
     let front = replacement.trim_end_matches('/');
     let slash = if rest.starts_with('/') { "" } else { "/" };
-    let mut parts = request.uri().clone().into_parts();
-    match format!("{front}{slash}{rest}{query}").parse() {
-        Ok(path_and_query) => parts.path_and_query = Some(path_and_query),
-        Err(_) => return,
-    }
-    if let Ok(uri) = http::Uri::from_parts(parts) {
-        *request.uri_mut() = uri;
-    }
+    set_path(request, &format!("{front}{slash}{rest}"));
 }
 
 /// Walks sorted lists of route numbers in increasing order (each list is in file order) and
