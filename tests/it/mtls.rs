@@ -41,13 +41,18 @@ impl Site {
     /// curl to `https://{sni}/` presenting the client certificate `cert` (`client`, `other`)
     /// if any: the status, or None when the handshake (or the first read) failed.
     async fn status(&self, sni: &str, host: &str, cert: Option<&str>) -> Option<String> {
+        self.get(sni, "/", &[&format!("Host: {host}")], cert).await
+    }
+
+    /// [`Site::status`] for `path` with the request fields `fields`.
+    async fn get(
+        &self,
+        sni: &str,
+        path: &str,
+        fields: &[&str],
+        cert: Option<&str>,
+    ) -> Option<String> {
         let port = self.lb.tls_addr.expect("TLS listener").port();
-        let (cert_file, key_file) = cert.map_or((None, None), |c| {
-            (
-                Some(self.file(&format!("{c}.pem"))),
-                Some(self.file(&format!("{c}.key"))),
-            )
-        });
         let mut args = vec![
             "-o".to_string(),
             "/dev/null".into(),
@@ -57,13 +62,19 @@ impl Site {
             self.file("ca.pem"),
             "--resolve".into(),
             format!("{sni}:{port}:127.0.0.1"),
-            "-H".into(),
-            format!("Host: {host}"),
         ];
-        if let (Some(cert_file), Some(key_file)) = (cert_file, key_file) {
-            args.extend(["--cert".into(), cert_file, "--key".into(), key_file]);
+        for field in fields {
+            args.extend(["-H".to_string(), field.to_string()]);
         }
-        args.push(format!("https://{sni}:{port}/"));
+        if let Some(c) = cert {
+            args.extend([
+                "--cert".into(),
+                self.file(&format!("{c}.pem")),
+                "--key".into(),
+                self.file(&format!("{c}.key")),
+            ]);
+        }
+        args.push(format!("https://{sni}:{port}{path}"));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (ok, out, _err) = curl(&args).await;
         ok.then_some(out)
@@ -272,34 +283,9 @@ async fn a_route_on_a_verified_certificate_and_its_subject_in_a_header_rule() {
         routes,
     )
     .await;
-    let port = site.lb.tls_addr.expect("TLS listener").port();
-    let ask = |cert: bool| {
-        let mut args = vec![
-            "-o".to_string(),
-            "/dev/null".into(),
-            "-w".into(),
-            "%{http_code}".into(),
-            "--cacert".into(),
-            site.file("ca.pem"),
-            "--resolve".into(),
-            format!("a.example:{port}:127.0.0.1"),
-            "-H".into(),
-            "X-Client-Subject: CN=forged".into(),
-        ];
-        if cert {
-            args.extend([
-                "--cert".into(),
-                site.file("client.pem"),
-                "--key".into(),
-                site.file("client.key"),
-            ]);
-        }
-        args.push(format!("https://a.example:{port}/partners/x"));
-        args
-    };
-    let with = ask(true);
-    let with: Vec<&str> = with.iter().map(String::as_str).collect();
-    assert_eq!(curl(&with).await.1, "200");
+    let forged = ["X-Client-Subject: CN=forged"];
+    let with = site.get("a.example", "/partners/x", &forged, Some("client"));
+    assert_eq!(with.await.as_deref(), Some("200"));
     let seen = backend.last_request().expect("the backend got it");
     let subject = seen.headers["x-client-subject"]
         .to_str()
@@ -307,9 +293,8 @@ async fn a_route_on_a_verified_certificate_and_its_subject_in_a_header_rule() {
         .to_string();
     assert!(subject.contains("CN=client-1"), "{subject}");
     assert_eq!(seen.headers.get_all("x-client-subject").iter().count(), 1);
-    let without = ask(false);
-    let without: Vec<&str> = without.iter().map(String::as_str).collect();
-    assert_eq!(curl(&without).await.1, "403");
+    let without = site.get("a.example", "/partners/x", &forged, None);
+    assert_eq!(without.await.as_deref(), Some("403"));
     assert_eq!(backend.hits(), 1);
     site.lb.stop().await;
     backend.stop().await;

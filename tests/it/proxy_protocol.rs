@@ -9,7 +9,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use alb::proxy::HeaderRefusal;
@@ -334,24 +333,11 @@ async fn without_the_section_a_header_is_just_bad_http() {
 /// The haproxy binary, or None (with SKIPPED printed) where it is not installed; under CI its
 /// absence fails the test.
 fn haproxy(test: &str) -> Option<PathBuf> {
-    let found = ["haproxy", "/usr/sbin/haproxy"].into_iter().find(|p| {
-        std::process::Command::new(p)
-            .arg("-v")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    match found {
-        Some(path) => Some(PathBuf::from(path)),
-        None => {
-            crate::support::prerequisite::missing(
-                test,
-                "haproxy is not installed (apt-get install haproxy)",
-            );
-            None
-        }
-    }
+    crate::support::prerequisite::program(
+        test,
+        &["haproxy", "/usr/sbin/haproxy"],
+        "haproxy is not installed (apt-get install haproxy)",
+    )
 }
 
 /// `alb run` behind which `backend` serves, requiring a header from 127.0.0.1 only.

@@ -6,8 +6,7 @@
 //! first segment.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -51,21 +50,6 @@ async fn raw_get(addr: SocketAddr, path: &str, fields: &str) -> (u16, String) {
         .split_once("\r\n\r\n")
         .map_or(String::new(), |(_, b)| b.to_string());
     (status, body)
-}
-
-fn installed(test: &str, candidates: &[&str], why: &str) -> Option<PathBuf> {
-    let found = candidates.iter().find(|p| {
-        std::process::Command::new(p)
-            .arg("-v")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    if found.is_none() {
-        crate::support::prerequisite::missing(test, why);
-    }
-    found.map(PathBuf::from)
 }
 
 /// Debian's nginx on `port`, telling in its body which location served a request and the path
@@ -129,7 +113,7 @@ async fn alb_before(backend: SocketAddr) -> TestBalancer {
 #[tokio::test]
 async fn paths_that_climb_through_an_encoded_separator_never_reach_an_nginx_backend() {
     let test = "paths_that_climb_through_an_encoded_separator_never_reach_an_nginx_backend";
-    let Some(program) = installed(
+    let Some(program) = crate::support::prerequisite::program(
         test,
         &["nginx", "/usr/sbin/nginx"],
         "nginx is not installed (apt-get install nginx)",

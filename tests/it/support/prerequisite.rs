@@ -18,3 +18,21 @@ pub fn missing(test: &str, why: &str) {
     assert!(!under_ci(), "CI is set, so {test} must run: {why}");
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
+
+/// The first of `candidates` that runs (`program -v` exits 0: nginx and HAProxy both answer
+/// so), or None once [`missing`] said why `test` cannot run here.
+#[track_caller]
+pub fn program(test: &str, candidates: &[&str], why: &str) -> Option<std::path::PathBuf> {
+    let found = candidates.iter().find(|p| {
+        std::process::Command::new(p)
+            .arg("-v")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if found.is_none() {
+        missing(test, why);
+    }
+    found.map(std::path::PathBuf::from)
+}
