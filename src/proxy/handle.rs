@@ -77,8 +77,9 @@ impl Snapshot {
                         &mut trace,
                     ));
                 }
-                route = match self.route_for(&req, client, trusted_peer) {
-                    Ok(route) => route,
+                let read_path;
+                (route, read_path) = match self.route_for(&req, client, trusted_peer) {
+                    Ok(routed) => routed,
                     Err(error) => {
                         break 'answer Err(Rejection::refused(error));
                     }
@@ -130,11 +131,11 @@ impl Snapshot {
                     };
                     Some((prefix, to?))
                 });
-                match replacement {
-                    Some((prefix, to)) => route::replace_prefix(&mut req, prefix, to),
-                    // The backend gets the path the routes matched (see `path_reading::PathReading`).
-                    None if !self.routes.is_empty() => path_reading::forward_as_read(&mut req),
-                    None => {}
+                // The backend gets the path the routes matched (see `path_reading::PathReading`).
+                match (replacement, read_path.as_deref()) {
+                    (Some((prefix, to)), read) => route::replace_prefix(&mut req, read, prefix, to),
+                    (None, Some(read)) => path_reading::set_path(&mut req, read),
+                    (None, None) => {}
                 }
                 // A gRPC caller's deadline bounds the wait for the answer like `timeouts.request`.
                 let deadline = match (

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::{HeaderMap, Method, Request};
 
-use super::path_reading::{AmbiguousPath, PathReading, normalize_path, set_path};
+use super::path_reading::{AmbiguousPath, PathReading, set_path};
 use crate::config::{HeaderTest, HostPattern, RouteConfig, prefix_matches};
 
 /// The routes of one snapshot.
@@ -94,6 +94,14 @@ pub(super) struct RequestKey<'a> {
 }
 
 impl<'a> RequestKey<'a> {
+    /// The path as read, when reading changed it (dot segments, slashes, escapes).
+    pub(super) fn into_read_path(self) -> Option<String> {
+        match self.path.path {
+            Cow::Owned(path) => Some(path),
+            Cow::Borrowed(_) => None,
+        }
+    }
+
     pub(super) fn of<B>(
         request: &'a Request<B>,
         verified_client: bool,
@@ -246,16 +254,22 @@ impl RouteTable {
 
 /// Forwards `request` with `replacement` instead of `prefix` at the front of its path:
 /// `/api/users?x` under `path_prefix = "/api/"` goes on as `/users?x` (`strip_prefix`, an empty
-/// replacement) or `/v2/users?x` (`rewrite_prefix = "/v2/"`). The path the prefix matched is
-/// the normalised one, so that is the one cut and sent.
-pub(super) fn replace_prefix<B>(request: &mut Request<B>, prefix: &str, replacement: &str) {
-    let path = normalize_path(request.uri().path());
+/// replacement) or `/v2/users?x` (`rewrite_prefix = "/v2/"`). The path cut is `read`, the one
+/// the prefix matched (none: the request's own, which reading left as it was).
+pub(super) fn replace_prefix<B>(
+    request: &mut Request<B>,
+    read: Option<&str>,
+    prefix: &str,
+    replacement: &str,
+) {
+    let path = read.unwrap_or(request.uri().path());
     let Some(rest) = path.strip_prefix(prefix.trim_end_matches('/')) else {
         return;
     };
     let front = replacement.trim_end_matches('/');
     let slash = if rest.starts_with('/') { "" } else { "/" };
-    set_path(request, &format!("{front}{slash}{rest}"));
+    let path = format!("{front}{slash}{rest}");
+    set_path(request, &path);
 }
 
 /// Walks sorted lists of route numbers in increasing order (each list is in file order) and

@@ -182,16 +182,17 @@ impl Snapshot {
         self.pools[0].outliers()
     }
 
-    /// The route `request` takes, if any (counted as a hit); `Err` for a path backends read in
-    /// more than one way.
+    /// The route `request` takes, if any (counted as a hit), and the path as routing read it
+    /// when that is not the path as sent (see `path_reading::PathReading`), for the request to
+    /// go on with; `Err` for a path backends read in more than one way.
     pub(super) fn route_for<B>(
         &self,
         request: &Request<B>,
         client: &ClientInfo,
         trusted_peer: bool,
-    ) -> Result<Option<usize>, ProxyError> {
+    ) -> Result<(Option<usize>, Option<String>), ProxyError> {
         if self.routes.is_empty() {
-            return Ok(None);
+            return Ok((None, None));
         }
         let ambiguous = |_| ProxyError::AmbiguousPath;
         let verified = client
@@ -199,7 +200,8 @@ impl Snapshot {
             .as_ref()
             .is_some_and(|t| t.client_subject.is_some());
         let key = RequestKey::of(request, verified, trusted_peer).map_err(ambiguous)?;
-        self.routes.find(&key).map_err(ambiguous)
+        let route = self.routes.find(&key).map_err(ambiguous)?;
+        Ok((route, key.into_read_path()))
     }
 
     /// Where `request` goes once routing chose `route` (none: the pool `default`).
