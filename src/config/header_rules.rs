@@ -148,7 +148,17 @@ pub fn is_protected(name: &HeaderName) -> bool {
     )
 }
 
-pub(super) fn header_rules(key: &str, raw: RawHeaderRules, problems: &mut Problems) -> HeaderRules {
+/// `request_headers` / `response_headers` under `key`, wherever given (top level, pool, route);
+/// none given: no rules.
+pub(super) fn header_rules(
+    key: &str,
+    raw: Option<RawHeaderRules>,
+    problems: &mut Problems,
+) -> HeaderRules {
+    raw.map(|r| rules_of(key, r, problems)).unwrap_or_default()
+}
+
+fn rules_of(key: &str, raw: RawHeaderRules, problems: &mut Problems) -> HeaderRules {
     let mut name = |what: &str, text: &str| -> Option<HeaderName> {
         let field = format!("{key}.{what}");
         match HeaderName::try_from(text) {
@@ -247,7 +257,7 @@ mod tests {
             remove: Some(vec!["content-length".into(), "server".into()]),
         };
         let mut problems = Problems::default();
-        let rules = header_rules("route[0].request_headers", raw, &mut problems);
+        let rules = header_rules("route[0].request_headers", Some(raw), &mut problems);
         let keys: Vec<String> = problems
             .into_result()
             .unwrap_err()

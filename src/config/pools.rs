@@ -9,8 +9,8 @@ use http::HeaderName;
 
 use super::HeaderRules;
 use super::backends;
+use super::header_rules::header_rules;
 use super::raw::{RawHealthCheck, RawLimits, RawPassiveHealth, RawPool, RawRetry, RawSticky};
-use super::route_policy::top_rules;
 use super::sections;
 use super::values::{Problems, duration};
 use super::{Algorithm, BackendSpec, HealthCheckConfig, PassiveHealthConfig, RetryConfig};
@@ -214,12 +214,12 @@ pub(super) fn named(
             backend_queue: limits.backend_queue,
             backend_queue_timeout: limits.backend_queue_timeout,
             sticky: pool.sticky.map(|s| sticky(&prefix, s, problems)),
-            request_headers: top_rules(
+            request_headers: header_rules(
                 &format!("{prefix}request_headers"),
                 pool.request_headers,
                 problems,
             ),
-            response_headers: top_rules(
+            response_headers: header_rules(
                 &format!("{prefix}response_headers"),
                 pool.response_headers,
                 problems,

@@ -7,8 +7,8 @@ use http::StatusCode;
 use super::IpNet;
 use super::header_rules::{HeaderRules, Template, Var, header_rules};
 use super::ipnet::networks;
-use super::raw::{RawHeaderRules, RawRedirect, RawRoute};
-use super::values::Problems;
+use super::raw::{RawRedirect, RawRoute};
+use super::values::{Problems, route_path};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RoutePolicy {
@@ -64,30 +64,22 @@ pub(super) fn route_policy(
                 "give strip_prefix or rewrite_prefix, not both",
             );
         }
-        if !to.starts_with('/')
-            || to.parse::<http::uri::PathAndQuery>().is_err()
-            || to.contains('?')
-        {
-            problems.add(
-                key("rewrite_prefix"),
-                format!("{to:?} must be a path starting with '/', without a query"),
-            );
-        }
+        route_path(&key("rewrite_prefix"), to, problems);
     }
     let redirect = raw
         .redirect
         .take()
         .and_then(|r| redirect(prefix, r, problems));
-    let request_headers = raw
-        .request_headers
-        .take()
-        .map(|r| header_rules(&key("request_headers"), r, problems))
-        .unwrap_or_default();
-    let response_headers = raw
-        .response_headers
-        .take()
-        .map(|r| header_rules(&key("response_headers"), r, problems))
-        .unwrap_or_default();
+    let request_headers = header_rules(
+        &key("request_headers"),
+        raw.request_headers.take(),
+        problems,
+    );
+    let response_headers = header_rules(
+        &key("response_headers"),
+        raw.response_headers.take(),
+        problems,
+    );
     RoutePolicy {
         allow,
         deny,
@@ -123,14 +115,4 @@ fn redirect(prefix: &str, raw: RawRedirect, problems: &mut Problems) -> Option<R
         );
     }
     Some(Redirect { to, status })
-}
-
-/// `request_headers` / `response_headers` at the top level (for every request) or of a pool.
-pub(super) fn top_rules(
-    key: &str,
-    raw: Option<RawHeaderRules>,
-    problems: &mut Problems,
-) -> HeaderRules {
-    raw.map(|r| header_rules(key, r, problems))
-        .unwrap_or_default()
 }

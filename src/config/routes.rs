@@ -10,7 +10,7 @@ use http::{HeaderName, Method};
 use super::pools::DEFAULT_POOL;
 use super::raw::{RawHeaderMatch, RawRateLimit, RawRetry, RawRoute, RawTimeouts};
 use super::sections;
-use super::values::{Problems, count};
+use super::values::{Problems, count, route_path};
 use super::{Problem, RetryConfig, RoutePolicy, Timeouts};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -195,15 +195,8 @@ fn one(
             }
         });
     for (name, value) in [("path_prefix", &raw.path_prefix), ("path", &raw.path)] {
-        if let Some(path) = value
-            && (!path.starts_with('/')
-                || path.parse::<http::uri::PathAndQuery>().is_err()
-                || path.contains('?'))
-        {
-            problems.add(
-                key(name),
-                format!("{path:?} must be a path starting with '/', without a query"),
-            );
+        if let Some(path) = value {
+            route_path(&key(name), path, problems);
         }
     }
     if raw.path.is_some() && raw.path_prefix.is_some() {

@@ -109,12 +109,12 @@ pub(super) fn validate(mut raw: RawConfig, base: &Path) -> Result<Config, Vec<Pr
         sections::proxy_protocol(raw.proxy_protocol.take().unwrap_or_default(), &mut problems);
     let forwarded = super::edge::forwarded(raw.forwarded.take().unwrap_or_default(), &mut problems);
     let request_id = super::edge::request_id(raw.request_id.take().unwrap_or_default());
-    let request_headers = super::route_policy::top_rules(
+    let request_headers = super::header_rules::header_rules(
         "request_headers",
         raw.request_headers.take(),
         &mut problems,
     );
-    let response_headers = super::route_policy::top_rules(
+    let response_headers = super::header_rules::header_rules(
         "response_headers",
         raw.response_headers.take(),
         &mut problems,

@@ -150,3 +150,17 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .checked_mul(factor)
         .ok_or_else(|| format!("{text:?} is too large"))
 }
+
+/// A path a route matches or writes (`path`, `path_prefix`, `rewrite_prefix`): origin form,
+/// starting with `/`, without a query; otherwise a problem under `key`.
+pub(super) fn route_path(key: &str, path: &str, problems: &mut Problems) {
+    if !path.starts_with('/')
+        || path.parse::<http::uri::PathAndQuery>().is_err()
+        || path.contains('?')
+    {
+        problems.add(
+            key,
+            format!("{path:?} must be a path starting with '/', without a query"),
+        );
+    }
+}
