@@ -4,13 +4,11 @@
 //! `openssl s_client`, rustls with the h2 crate.
 
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Request;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -121,21 +119,10 @@ async fn a_host_the_connections_certificate_does_not_name_gets_421_over_http1_an
 
 /// An HTTP/2 connection made with SNI `sni`, over rustls trusting the test CA.
 async fn h2_connection(site: &Site, sni: &str) -> h2::client::SendRequest<Bytes> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(site.pki.ca_pem().as_bytes()).unwrap())
-        .unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    let config = site.pki.client_config(b"h2");
     let tcp = TcpStream::connect(site.lb.tls_addr.unwrap()).await.unwrap();
     let name = ServerName::try_from(sni.to_string()).unwrap();
-    let tls = TlsConnector::from(Arc::new(config))
+    let tls = TlsConnector::from(config)
         .connect(name, tcp)
         .await
         .expect("TLS handshake");

@@ -39,6 +39,25 @@ impl Pki {
         self.ca.pem()
     }
 
+    /// A rustls client that trusts this CA alone and offers `alpn`.
+    pub fn client_config(&self, alpn: &[u8]) -> std::sync::Arc<rustls::ClientConfig> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(self.ca_pem().as_bytes()).unwrap())
+            .unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        std::sync::Arc::new(config)
+    }
+
     /// A leaf named `cn` for the DNS `names`, valid until `not_after` (a year by default).
     pub fn leaf(&self, cn: &str, names: &[&str], not_after: Option<SystemTime>) -> Leaf {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();

@@ -12,8 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
@@ -99,20 +98,9 @@ impl Site {
     }
 
     async fn handshake(&self, tcp: TcpStream, name: &str) -> TlsStream<TcpStream> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(self.pki.ca_pem().as_bytes()).unwrap())
-            .unwrap();
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let config = self.pki.client_config(b"http/1.1");
         let name = ServerName::try_from(name.to_string()).unwrap();
-        TlsConnector::from(Arc::new(config))
+        TlsConnector::from(config)
             .connect(name, tcp)
             .await
             .expect("TLS handshake")
