@@ -18,6 +18,12 @@ pub struct BackendView {
     /// `name:port` for an address found by DNS discovery.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns_name: Option<String>,
+    /// The zone it runs in, when known (`zone = "…"`, or its EndpointSlice).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Picked only when nothing else in its pool is left.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub backup: bool,
     /// `up`, `down` (active checks), `ejected` (passive health), `draining` or `disabled`.
     pub state: &'static str,
     pub healthy: bool,
@@ -49,6 +55,8 @@ pub fn view(pool: &str, b: &Backend) -> BackendView {
         pool: pool.to_string(),
         url: b.url().to_string(),
         dns_name: b.dns_name().map(str::to_string),
+        zone: b.zone().map(str::to_string),
+        backup: b.is_backup(),
         state,
         healthy: b.is_healthy(),
         ejected: b.is_ejected(),

@@ -350,7 +350,7 @@ impl Collector for ProxyCollector {
         )?;
         let addresses: Vec<_> = names
             .iter()
-            .map(|(name, r)| (vec![("name", name.clone())], r.addrs.len() as i64))
+            .map(|(name, r)| (vec![("name", name.clone())], r.found.len() as i64))
             .collect();
         gauge(
             &mut encoder,

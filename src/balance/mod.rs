@@ -10,6 +10,7 @@ mod least_time;
 mod p2c;
 mod random;
 mod round_robin;
+mod tiers;
 mod weights;
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ pub use least_time::LeastTime;
 pub use p2c::PowerOfTwoChoices;
 pub use random::WeightedRandom;
 pub use round_robin::RoundRobin;
+pub use tiers::Tiers;
 
 use crate::config::Algorithm;
 use crate::upstream::Backend;
@@ -117,6 +119,9 @@ mod tests {
                     dns_name: None,
                     tls: None,
                     http2: false,
+                    zone: None,
+                    backup: false,
+                    draining: false,
                 }))
             })
             .collect()

@@ -33,7 +33,7 @@ pub(super) fn backend_list(
     default_max: Option<u32>,
     problems: &mut Problems,
 ) -> Vec<BackendSpec> {
-    type Entry<'a> = (String, &'a str, Option<i64>, Option<i64>);
+    type Entry<'a> = (String, &'a str, Option<&'a RawBackend>);
     let entries: Vec<Entry> = match (urls, tables) {
         (Some(_), Some(_)) => {
             problems.add(
@@ -45,23 +45,20 @@ pub(super) fn backend_list(
         (Some(urls), None) => urls
             .iter()
             .enumerate()
-            .map(|(i, url)| (format!("{prefix}backends[{i}]"), url.as_str(), None, None))
+            .map(|(i, url)| (format!("{prefix}backends[{i}]"), url.as_str(), None))
             .collect(),
         (None, Some(tables)) => tables
             .iter()
             .enumerate()
-            .map(|(i, b)| {
-                let key = format!("{prefix}backend[{i}]");
-                (key, b.url.as_str(), b.weight, b.max_connections)
-            })
+            .map(|(i, b)| (format!("{prefix}backend[{i}]"), b.url.as_str(), Some(b)))
             .collect(),
         (None, None) => Vec::new(),
     };
     let mut seen = HashSet::new();
     let mut specs = Vec::with_capacity(entries.len());
-    for (key, url, weight, max_connections) in entries {
-        let weight = backend_weight(&key, weight, problems);
-        let max_connections = match max_connections {
+    for (key, url, table) in entries {
+        let weight = backend_weight(&key, table.and_then(|t| t.weight), problems);
+        let max_connections = match table.and_then(|t| t.max_connections) {
             Some(n) => Some(count(
                 &format!("{key}.max_connections"),
                 Some(n),
@@ -76,6 +73,19 @@ pub(super) fn backend_list(
             continue;
         };
         spec.max_connections = max_connections;
+        if let Some(table) = table {
+            if let Some(zone) = &table.zone {
+                super::locality::zone_name(&format!("{key}.zone"), zone, problems);
+                if spec.addr.is_found_only() {
+                    problems.add(
+                        format!("{key}.zone"),
+                        "the zone of a discovered backend comes from discovery",
+                    );
+                }
+            }
+            spec.zone = table.zone.clone();
+            spec.backup = table.backup.unwrap_or(false);
+        }
         // One address is one backend, whatever the scheme: a port speaks TLS or it does not.
         if !seen.insert(spec.authority.clone()) {
             problems.add(key, format!("duplicate backend {}", spec.url));
@@ -100,8 +110,10 @@ fn backend_weight(key: &str, weight: Option<i64>, problems: &mut Problems) -> u3
     }
 }
 
-/// Accepts `http://host[:port][/]`, `https://...` and `h2c://...` (HTTP/2 by prior knowledge) only: no path prefix, query, user info or
-/// other scheme, since alb would otherwise silently drop them.
+/// Accepts `http://host[:port][/]`, `https://...` and `h2c://...` (HTTP/2 by prior knowledge),
+/// and the discovered forms `srv+http://_service._tcp.name` and `k8s://namespace/service:port`
+/// (each also `+https`, `+h2c`): no path prefix, query, user info or other scheme, since alb
+/// would otherwise silently drop them.
 fn backend_url(key: &str, url: &str, weight: u32, problems: &mut Problems) -> Option<BackendSpec> {
     let mut fail = |reason: String| {
         problems.add(key, format!("{url:?}: {reason}"));
@@ -109,6 +121,28 @@ fn backend_url(key: &str, url: &str, weight: u32, problems: &mut Problems) -> Op
     };
     if url.contains('#') {
         return fail("a fragment is not supported, give only http://host:port".into());
+    }
+    if let Some((found, scheme, rest)) = discovered_form(url) {
+        return match found_addr(found, rest) {
+            Ok((addr, authority)) => Some(BackendSpec {
+                url: match (&addr, scheme) {
+                    (BackendAddr::Srv { name }, _) => format!("srv+{scheme}://{name}"),
+                    (BackendAddr::Kubernetes { .. }, "http") => format!("k8s://{authority}"),
+                    _ => format!("k8s+{scheme}://{authority}"),
+                },
+                authority,
+                addr,
+                weight,
+                max_connections: None,
+                dns_name: None,
+                tls: None,
+                http2: scheme == "h2c",
+                zone: None,
+                backup: false,
+                draining: false,
+            }),
+            Err(reason) => fail(reason),
+        };
     }
     let uri: http::Uri = match url.parse() {
         Ok(uri) => uri,
@@ -171,5 +205,89 @@ fn backend_url(key: &str, url: &str, weight: u32, problems: &mut Problems) -> Op
         dns_name: None,
         tls: None,
         http2: scheme == "h2c",
+        zone: None,
+        backup: false,
+        draining: false,
     })
+}
+
+/// Backends only discovery knows the addresses of.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Found {
+    Srv,
+    Kubernetes,
+}
+
+/// `srv+SCHEME://…` and `k8s[+SCHEME]://…`: which discovery, the backends' scheme (`http`
+/// when not given) and what follows `://`.
+fn discovered_form(url: &str) -> Option<(Found, &'static str, &str)> {
+    let (head, rest) = url.split_once("://")?;
+    let head = head.to_ascii_lowercase();
+    let (kind, scheme) = match head.split_once('+') {
+        Some((kind, scheme)) => (kind, Some(scheme)),
+        None => (head.as_str(), None),
+    };
+    let found = match (kind, scheme) {
+        ("srv", Some(_)) => Found::Srv,
+        ("k8s", _) => Found::Kubernetes,
+        _ => return None,
+    };
+    let scheme = match scheme.unwrap_or("http") {
+        "http" => "http",
+        "https" => "https",
+        "h2c" => "h2c",
+        _ => return None,
+    };
+    Some((found, scheme, rest))
+}
+
+/// The address of a discovered backend, and the authority it is known by until discovery
+/// answers: `_service._proto.name` for SRV, `namespace/service:port` for Kubernetes.
+fn found_addr(found: Found, rest: &str) -> Result<(BackendAddr, String), String> {
+    let rest = rest.strip_suffix('/').unwrap_or(rest).to_ascii_lowercase();
+    match found {
+        Found::Srv => {
+            let labels: Vec<&str> = rest.trim_end_matches('.').split('.').collect();
+            let valid = labels.len() >= 3
+                && labels[0].starts_with('_')
+                && labels[1].starts_with('_')
+                && labels.iter().all(|l| is_dns_label(l.trim_start_matches('_')));
+            if !valid {
+                return Err(
+                    "an SRV name is `_service._proto.domain`, as in srv+http://_http._tcp.example.com"
+                        .into(),
+                );
+            }
+            let name = rest.trim_end_matches('.').to_string();
+            Ok((BackendAddr::Srv { name: name.clone() }, name))
+        }
+        Found::Kubernetes => {
+            let shape = "write it as k8s://namespace/service:port (the port's name or number)";
+            let (namespace, service_port) = rest.split_once('/').ok_or(shape)?;
+            let (service, port) = service_port.split_once(':').ok_or(shape)?;
+            let named = |text: &str| !text.is_empty() && text.len() <= 63 && is_dns_label(text);
+            if !named(namespace) || !named(service) || !named(port) {
+                return Err(format!(
+                    "{shape}; namespace, service and port are DNS labels (a-z, 0-9, '-')"
+                ));
+            }
+            let authority = format!("{namespace}/{service}:{port}");
+            let addr = BackendAddr::Kubernetes {
+                namespace: namespace.to_string(),
+                service: service.to_string(),
+                port: port.to_string(),
+            };
+            Ok((addr, authority))
+        }
+    }
+}
+
+fn is_dns_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !label.starts_with('-')
+        && !label.ends_with('-')
 }

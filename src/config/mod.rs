@@ -8,6 +8,7 @@ mod error;
 mod header_rules;
 mod http2;
 mod ipnet;
+mod locality;
 mod pools;
 mod raw;
 mod route_policy;
@@ -32,6 +33,7 @@ pub use error::{ConfigError, Problem};
 pub use header_rules::{HeaderRules, Template, Var, is_protected};
 pub use http2::Http2Config;
 pub use ipnet::IpNet;
+pub use locality::Locality;
 pub use pools::{DEFAULT_POOL, HashConfig, HashKey, PoolConfig, StickyConfig};
 pub use route_policy::{Redirect, RoutePolicy};
 pub use routes::{
@@ -89,6 +91,8 @@ pub struct Config {
     pub http2: Http2Config,
     /// `[tracing]`: spans exported over OTLP; none: trace context passed on, nothing recorded.
     pub tracing: Option<TracingConfig>,
+    /// `[locality]`: this replica's zone, preferred in every pool.
+    pub locality: Locality,
 }
 
 /// How backends given by a DNS name are found: one backend per address the name resolves to,
@@ -214,7 +218,39 @@ impl FromStr for Algorithm {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendAddr {
     Ip(SocketAddr),
+    /// Every address the name resolves to (A/AAAA), at this port.
     Name { host: String, port: u16 },
+    /// `srv+http://_service._tcp.name`: the targets of the name's SRV records, at their ports.
+    Srv { name: String },
+    /// `k8s://namespace/service:port`: the endpoints of the Service's EndpointSlices, at the
+    /// port of that name (or number).
+    Kubernetes {
+        namespace: String,
+        service: String,
+        port: String,
+    },
+}
+
+impl BackendSpec {
+    /// What it speaks: `http`, `https` or `h2c`, whatever form the URL takes (`srv+https://`,
+    /// `k8s://` for plain HTTP…).
+    pub fn scheme(&self) -> &str {
+        let head = self.url.split("://").next().unwrap_or("http");
+        match head.split_once('+') {
+            Some((_, scheme)) => scheme,
+            None if head == "k8s" => "http",
+            None => head,
+        }
+    }
+}
+
+impl BackendAddr {
+    /// Whether the address stands for backends found at run time, none of them known before
+    /// discovery answers (a DNS name without an answer yet is still reached by resolving it on
+    /// each connection).
+    pub fn is_found_only(&self) -> bool {
+        matches!(self, BackendAddr::Srv { .. } | BackendAddr::Kubernetes { .. })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,6 +269,13 @@ pub struct BackendSpec {
     pub tls: Option<BackendTls>,
     /// Spoken to in HTTP/2: `h2c://`, or `https://` with `upstream_tls.http2`.
     pub http2: bool,
+    /// The zone it runs in (`zone = "…"`, or an EndpointSlice's): see [`Locality`].
+    pub zone: Option<String>,
+    /// Picked only when no other backend of its pool is available (`backup = true`, or an SRV
+    /// target of the next priority).
+    pub backup: bool,
+    /// In the pool but taking no new requests: an endpoint Kubernetes is terminating.
+    pub draining: bool,
 }
 
 /// How an `https://` backend is reached: the TLS client of its config, and the name its

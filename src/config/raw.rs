@@ -37,6 +37,7 @@ pub struct RawConfig {
     pub pools: Option<std::collections::BTreeMap<String, RawPool>>,
     pub route: Option<Vec<RawRoute>>,
     pub tracing: Option<RawTracing>,
+    pub locality: Option<RawLocality>,
 }
 
 /// `[pools.NAME]`: a pool of backends with its own balancing; every section it does not give is
@@ -204,6 +205,17 @@ pub struct RawBackend {
     pub url: String,
     pub weight: Option<i64>,
     pub max_connections: Option<i64>,
+    pub zone: Option<String>,
+    pub backup: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLocality {
+    pub zone: Option<String>,
+    pub zone_env: Option<String>,
+    pub min_healthy: Option<f64>,
+    pub max_in_flight: Option<i64>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

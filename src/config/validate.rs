@@ -72,7 +72,7 @@ pub(super) fn validate(mut raw: RawConfig, base: &Path) -> Result<Config, Vec<Pr
     let any_https = backends
         .iter()
         .chain(named.iter().flat_map(|p| &p.backends))
-        .any(|b| b.url.starts_with("https://"));
+        .any(|b| b.scheme() == "https");
     let upstream_tls =
         super::upstream_tls::upstream_tls(raw.upstream_tls.take(), any_https, base, &mut problems);
     if let Some(client) = &upstream_tls {
@@ -120,6 +120,8 @@ pub(super) fn validate(mut raw: RawConfig, base: &Path) -> Result<Config, Vec<Pr
         &mut problems,
     );
     let http2 = super::http2::http2(raw.http2.take().unwrap_or_default(), &mut problems);
+    let locality =
+        super::locality::locality(raw.locality.take().unwrap_or_default(), &mut problems);
     let tracing = raw
         .tracing
         .take()
@@ -177,18 +179,31 @@ pub(super) fn validate(mut raw: RawConfig, base: &Path) -> Result<Config, Vec<Pr
         tls,
         http2,
         tracing,
+        locality,
     })
 }
 
 /// Gives every `https://` backend the TLS client and the name its certificate must carry.
 fn attach_tls(backends: &mut [BackendSpec], client: &std::sync::Arc<super::UpstreamTls>) {
-    for spec in backends
-        .iter_mut()
-        .filter(|b| b.url.starts_with("https://"))
-    {
+    for spec in backends.iter_mut().filter(|b| b.scheme() == "https") {
+        // A discovered backend's name until discovery answers: each target then gets its own
+        // (an SRV target's host name; a Kubernetes Service's `service.namespace.svc`).
+        let found_name = match &spec.addr {
+            BackendAddr::Srv { name } => Some(name.clone()),
+            BackendAddr::Kubernetes {
+                namespace, service, ..
+            } => Some(format!("{service}.{namespace}.svc")),
+            _ => None,
+        };
         let server_name = match (&client.server_name, &spec.addr) {
             (Some(name), _) => name.clone(),
             (None, BackendAddr::Ip(sa)) => ServerName::IpAddress(sa.ip().into()),
+            (None, BackendAddr::Srv { .. } | BackendAddr::Kubernetes { .. }) => {
+                match found_name.and_then(|n| ServerName::try_from(n).ok()) {
+                    Some(name) => name,
+                    None => continue,
+                }
+            }
             (None, BackendAddr::Name { host, .. }) => match ServerName::try_from(host.clone()) {
                 Ok(name) => name,
                 // A host the URL parser took is a valid DNS name; should one not be, the

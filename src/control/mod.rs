@@ -20,7 +20,7 @@ use crate::health::HealthChecker;
 use crate::proxy::{Proxy, Snapshot};
 use crate::upstream::AdminState;
 
-pub use discovery::{Discovered, DiscoveryTask, MAX_ADDRESSES_PER_NAME, NameRecord};
+pub use discovery::{Discovered, DiscoveryTask, Found, MAX_ADDRESSES_PER_NAME, SourceRecord};
 pub use live_check::{LiveResult, live_check, pools_without_healthy};
 
 #[derive(Debug, thiserror::Error)]

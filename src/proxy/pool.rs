@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{ProxyStats, RetryPolicy, StickyCookies};
-use crate::balance::{ConsistentHash, Exclude, Selector, selector_for};
-use crate::config::{Algorithm, BackendSpec, HashKey, PoolConfig};
+use crate::balance::{ConsistentHash, Exclude, Selector, Tiers, selector_for};
+use crate::config::{Algorithm, BackendSpec, HashKey, Locality, PoolConfig};
 use crate::health::OutlierDetector;
 use crate::upstream::Backend;
 
@@ -16,6 +16,8 @@ pub struct BackendPool {
     name: String,
     backends: Vec<Arc<Backend>>,
     selector: Box<dyn Selector>,
+    /// Zones and backups, when its backends do not all stand alike.
+    tiers: Option<Tiers>,
     outliers: Arc<OutlierDetector>,
     slow_start: Duration,
     algorithm: &'static str,
@@ -37,6 +39,7 @@ impl BackendPool {
     /// client certificate or CA makes new ones, whose connections use it.
     pub fn new(
         config: &PoolConfig,
+        locality: &Locality,
         specs: &[BackendSpec],
         previous: &[Arc<Backend>],
         stats: Arc<ProxyStats>,
@@ -51,6 +54,8 @@ impl BackendPool {
                             && b.weight() == spec.weight
                             && b.max_connections() == spec.max_connections
                             && b.tls() == spec.tls.as_ref()
+                            && b.zone() == spec.zone.as_deref()
+                            && b.is_backup() == spec.backup
                     })
                     .cloned()
                     .ok_or_else(|| Backend::with_queue(spec, config.backend_queue))
@@ -76,6 +81,14 @@ impl BackendPool {
                 })
             })
             .collect();
+        // A terminating endpoint stays for what is in flight on it and takes nothing new
+        // (it never comes back: Kubernetes ends it).
+        for (backend, spec) in backends.iter().zip(specs) {
+            if spec.draining && backend.admin_state() == crate::upstream::AdminState::Enabled {
+                backend.set_admin_state(crate::upstream::AdminState::Draining);
+            }
+        }
+        let tiers = Tiers::new(&backends, config.algorithm, config.hash.balance, locality);
         let selector: Box<dyn Selector> = match config.algorithm {
             Algorithm::Hash => Box::new(ConsistentHash::new(&backends, config.hash.balance)),
             other => selector_for(other, &backends),
@@ -97,6 +110,7 @@ impl BackendPool {
                     .ok()
             }),
             selector,
+            tiers,
             outliers: Arc::new(OutlierDetector::new(&config.passive_health, &backends)),
             backends,
             slow_start: config.health_check.slow_start,
@@ -126,10 +140,7 @@ impl BackendPool {
     /// Picks a backend; during slow start a recovering backend is passed over in proportion to
     /// how far its ramp still has to go.
     pub fn pick(&self, exclude: &Exclude, key: Option<u64>) -> Option<usize> {
-        let index = match key {
-            Some(key) => self.selector.select_keyed(&self.backends, exclude, key)?,
-            None => self.selector.select(&self.backends, exclude)?,
-        };
+        let index = self.select(exclude, key)?;
         if self.slow_start.is_zero() {
             return Some(index);
         }
@@ -139,9 +150,21 @@ impl BackendPool {
         }
         let mut others = exclude.clone();
         others.add(index);
-        self.selector
-            .select(&self.backends, &others)
-            .or(Some(index))
+        self.select(&others, None).or(Some(index))
+    }
+
+    fn select(&self, exclude: &Exclude, key: Option<u64>) -> Option<usize> {
+        match (&self.tiers, key) {
+            (Some(tiers), key) => tiers.select(exclude, key),
+            (None, Some(key)) => self.selector.select_keyed(&self.backends, exclude, key),
+            (None, None) => self.selector.select(&self.backends, exclude),
+        }
+    }
+
+    /// Where `index` stands in the order of preference: 0 for the first tier (this zone, or
+    /// every backend when none is preferred), higher for other zones and backups.
+    pub fn tier_of(&self, index: usize) -> usize {
+        self.tiers.as_ref().map_or(0, |tiers| tiers.tier_of(index))
     }
 
     /// Whether any backend besides the excluded ones could take a retry.

@@ -82,7 +82,13 @@ impl Snapshot {
                 let before = previous
                     .and_then(|p| p.pool(&pool.name))
                     .map_or(&[][..], BackendPool::backends);
-                BackendPool::new(pool, &expand(&pool.backends), before, stats.clone())
+                BackendPool::new(
+                    pool,
+                    &config.locality,
+                    &expand(&pool.backends),
+                    before,
+                    stats.clone(),
+                )
             })
             .collect();
         let index = |name: &str| pools.iter().position(|p| p.name() == name);

@@ -124,6 +124,8 @@ struct Cold {
     url: String,
     /// The DNS name this address was found through, if any.
     dns_name: Option<String>,
+    zone: Option<String>,
+    backup: bool,
     addr: BackendAddr,
     /// For an `https://` backend: its TLS client and the name its certificate must carry.
     tls: Option<BackendTls>,
@@ -169,6 +171,8 @@ impl Backend {
             cold: Box::new(Cold {
                 url: spec.url.clone(),
                 dns_name: spec.dns_name.clone(),
+                zone: spec.zone.clone(),
+                backup: spec.backup,
                 addr: spec.addr.clone(),
                 tls: spec.tls.clone(),
                 host_header: HeaderValue::from_str(&spec.authority)
@@ -207,6 +211,16 @@ impl Backend {
     /// `name:port` for an address found by DNS discovery.
     pub fn dns_name(&self) -> Option<&str> {
         self.cold.dns_name.as_deref()
+    }
+
+    /// The zone it runs in, if known.
+    pub fn zone(&self) -> Option<&str> {
+        self.cold.zone.as_deref()
+    }
+
+    /// Picked only when nothing else in its pool is left.
+    pub fn is_backup(&self) -> bool {
+        self.cold.backup
     }
 
     pub fn addr(&self) -> &BackendAddr {

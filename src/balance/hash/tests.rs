@@ -18,6 +18,9 @@ fn backend(url: &str, weight: u32) -> Arc<Backend> {
         dns_name: None,
         tls: None,
         http2: false,
+        zone: None,
+        backup: false,
+        draining: false,
     }))
 }
 

@@ -1,0 +1,94 @@
+//! `[locality]`: the zone this replica runs in, so that each pool sends its requests to backends
+//! in the same zone while they can take them (cross-zone traffic is slower and, on every cloud,
+//! billed) and spills over to the other zones when they cannot.
+
+use super::raw::RawLocality;
+use super::values::{Problems, count};
+
+/// Where this replica runs, and when its zone's backends stop being enough.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Locality {
+    /// This replica's zone; none: no zone is preferred, every backend is picked alike.
+    pub zone: Option<String>,
+    /// The same-zone backends take the traffic only while at least this share of them is
+    /// available (healthy, not ejected, not drained): below it, the few left would carry what
+    /// a whole zone carried.
+    pub min_healthy: f64,
+    /// The same-zone backends count as overloaded, and a request spills over, when every
+    /// available one has this many requests in flight. None: a backend's own `max_connections`
+    /// when it has one, else no bound (only health spills over).
+    pub max_in_flight: Option<u32>,
+}
+
+impl Default for Locality {
+    fn default() -> Self {
+        Locality {
+            zone: None,
+            min_healthy: 0.5,
+            max_in_flight: None,
+        }
+    }
+}
+
+pub(super) fn locality(raw: RawLocality, problems: &mut Problems) -> Locality {
+    let defaults = Locality::default();
+    let zone = match (raw.zone, raw.zone_env) {
+        (Some(_), Some(_)) => {
+            problems.add("locality.zone", "give `zone` or `zone_env`, not both");
+            None
+        }
+        (Some(zone), None) => Some(zone),
+        // The Kubernetes downward API or the orchestrator puts the zone in the environment.
+        (None, Some(var)) => match std::env::var(&var) {
+            Ok(zone) => Some(zone),
+            Err(_) => {
+                problems.add(
+                    "locality.zone_env",
+                    format!("the environment variable {var:?} is not set"),
+                );
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    if let Some(zone) = &zone {
+        zone_name("locality.zone", zone, problems);
+    }
+    let min_healthy = match raw.min_healthy {
+        None => defaults.min_healthy,
+        Some(share) if (0.0..=1.0).contains(&share) => share,
+        Some(share) => {
+            problems.add(
+                "locality.min_healthy",
+                format!("{share} is not a share between 0.0 and 1.0"),
+            );
+            defaults.min_healthy
+        }
+    };
+    let max_in_flight = raw.max_in_flight.map(|n| {
+        count(
+            "locality.max_in_flight",
+            Some(n),
+            1,
+            1,
+            1_000_000,
+            problems,
+        )
+    });
+    Locality {
+        zone,
+        min_healthy,
+        max_in_flight,
+    }
+}
+
+/// A zone is a label like `eu-west-1a` or `topology.kubernetes.io/zone`'s values: printable,
+/// without spaces, so that it reads the same in the config, the API and the metrics.
+pub(super) fn zone_name(key: &str, zone: &str, problems: &mut Problems) {
+    if zone.is_empty() || zone.len() > 128 || !zone.bytes().all(|b| b.is_ascii_graphic()) {
+        problems.add(
+            key,
+            format!("{zone:?} is not a zone name (1 to 128 visible ASCII characters)"),
+        );
+    }
+}
