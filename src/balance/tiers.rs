@@ -207,10 +207,15 @@ mod tests {
 
     #[test]
     fn a_zone_at_its_in_flight_bound_spills_over_and_takes_back() {
-        let pool = [backend(0, "a", false, Some(2)), backend(1, "b", false, None)];
+        let pool = [
+            backend(0, "a", false, Some(2)),
+            backend(1, "b", false, None),
+        ];
         let tiers = Tiers::new(&pool, Algorithm::LeastConn, 1.25, &locality("a")).expect("tiers");
         assert_eq!(tiers.select(&Exclude::default(), None), Some(0));
-        let busy: Vec<InFlightGuard> = (0..2).map(|_| InFlightGuard::new(pool[0].clone())).collect();
+        let busy: Vec<InFlightGuard> = (0..2)
+            .map(|_| InFlightGuard::new(pool[0].clone()))
+            .collect();
         assert_eq!(tiers.select(&Exclude::default(), None), Some(1));
         drop(busy);
         assert_eq!(tiers.select(&Exclude::default(), None), Some(0));

@@ -251,7 +251,9 @@ fn found_addr(found: Found, rest: &str) -> Result<(BackendAddr, String), String>
             let valid = labels.len() >= 3
                 && labels[0].starts_with('_')
                 && labels[1].starts_with('_')
-                && labels.iter().all(|l| is_dns_label(l.trim_start_matches('_')));
+                && labels
+                    .iter()
+                    .all(|l| is_dns_label(l.trim_start_matches('_')));
             if !valid {
                 return Err(
                     "an SRV name is `_service._proto.domain`, as in srv+http://_http._tcp.example.com"

@@ -65,16 +65,9 @@ pub(super) fn locality(raw: RawLocality, problems: &mut Problems) -> Locality {
             defaults.min_healthy
         }
     };
-    let max_in_flight = raw.max_in_flight.map(|n| {
-        count(
-            "locality.max_in_flight",
-            Some(n),
-            1,
-            1,
-            1_000_000,
-            problems,
-        )
-    });
+    let max_in_flight = raw
+        .max_in_flight
+        .map(|n| count("locality.max_in_flight", Some(n), 1, 1, 1_000_000, problems));
     Locality {
         zone,
         min_healthy,
@@ -90,5 +83,80 @@ pub(super) fn zone_name(key: &str, zone: &str, problems: &mut Problems) {
             key,
             format!("{zone:?} is not a zone name (1 to 128 visible ASCII characters)"),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{BackendAddr, Config};
+
+    fn keys(text: &str) -> Vec<String> {
+        match Config::from_toml(text, "t.toml") {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems().iter().map(|p| p.key.clone()).collect(),
+        }
+    }
+
+    #[test]
+    fn discovered_backends_are_read_from_their_urls() {
+        let config = Config::from_toml(
+            "backends = [\"srv+h2c://_grpc._tcp.Example.internal.\", \"k8s://shop/web:http\", \
+             \"k8s+https://shop/api:8443\"]\n",
+            "t.toml",
+        )
+        .expect("valid");
+        let got: Vec<(&str, &str, &BackendAddr, bool)> = config
+            .backends
+            .iter()
+            .map(|b| (b.url.as_str(), b.scheme(), &b.addr, b.http2))
+            .collect();
+        assert_eq!(got[0].0, "srv+h2c://_grpc._tcp.example.internal");
+        assert_eq!((got[0].1, got[0].3), ("h2c", true));
+        assert_eq!(got[1].0, "k8s://shop/web:http");
+        assert_eq!(
+            got[1].2,
+            &BackendAddr::Kubernetes {
+                namespace: "shop".into(),
+                service: "web".into(),
+                port: "http".into()
+            }
+        );
+        assert_eq!((got[2].0, got[2].1), ("k8s+https://shop/api:8443", "https"));
+        assert!(config.backends[2].tls.is_some());
+    }
+
+    #[test]
+    fn a_mistake_names_its_key() {
+        for (text, key) in [
+            ("backends = [\"srv+http://web.example\"]\n", "backends[0]"),
+            (
+                "backends = [\"srv+ftp://_a._tcp.example\"]\n",
+                "backends[0]",
+            ),
+            ("backends = [\"k8s://shop/web\"]\n", "backends[0]"),
+            ("backends = [\"k8s://Shop_1/web:http\"]\n", "backends[0]"),
+            (
+                "[[backend]]\nurl = \"http://127.0.0.1:1\"\nzone = \"eu west\"\n",
+                "backend[0].zone",
+            ),
+            (
+                "[[backend]]\nurl = \"k8s://shop/web:http\"\nzone = \"a\"\n",
+                "backend[0].zone",
+            ),
+            (
+                "backends = [\"http://127.0.0.1:1\"]\n[locality]\nmin_healthy = 1.5\n",
+                "locality.min_healthy",
+            ),
+            (
+                "backends = [\"http://127.0.0.1:1\"]\n[locality]\nzone_env = \"ALB_TEST_NO_SUCH_VARIABLE\"\n",
+                "locality.zone_env",
+            ),
+            (
+                "backends = [\"http://127.0.0.1:1\"]\n[locality]\nmax_in_flight = 0\n",
+                "locality.max_in_flight",
+            ),
+        ] {
+            assert_eq!(keys(text), [key], "{text}");
+        }
     }
 }

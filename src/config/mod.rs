@@ -219,9 +219,14 @@ impl FromStr for Algorithm {
 pub enum BackendAddr {
     Ip(SocketAddr),
     /// Every address the name resolves to (A/AAAA), at this port.
-    Name { host: String, port: u16 },
+    Name {
+        host: String,
+        port: u16,
+    },
     /// `srv+http://_service._tcp.name`: the targets of the name's SRV records, at their ports.
-    Srv { name: String },
+    Srv {
+        name: String,
+    },
     /// `k8s://namespace/service:port`: the endpoints of the Service's EndpointSlices, at the
     /// port of that name (or number).
     Kubernetes {
@@ -249,7 +254,10 @@ impl BackendAddr {
     /// discovery answers (a DNS name without an answer yet is still reached by resolving it on
     /// each connection).
     pub fn is_found_only(&self) -> bool {
-        matches!(self, BackendAddr::Srv { .. } | BackendAddr::Kubernetes { .. })
+        matches!(
+            self,
+            BackendAddr::Srv { .. } | BackendAddr::Kubernetes { .. }
+        )
     }
 }
 

@@ -24,3 +24,4 @@ mod tls;
 mod tls_edge;
 mod tracing;
 mod websocket;
+mod zones;

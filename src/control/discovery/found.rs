@@ -255,7 +255,11 @@ mod tests {
             .collect();
         assert_eq!(got[0].0, "https://10.0.0.1:8001");
         assert_eq!(got[0].1, "node-8001.example.internal:8001");
-        assert!(got[0].4.contains("node-8001.example.internal"), "{}", got[0].4);
+        assert!(
+            got[0].4.contains("node-8001.example.internal"),
+            "{}",
+            got[0].4
+        );
         assert_eq!((got[0].2, got[0].3), (60, false));
         // Weight 0 is the least share, never none; weights past alb's bound are clamped.
         assert_eq!((got[1].2, got[2].2, got[2].3), (1, MAX_WEIGHT, true));

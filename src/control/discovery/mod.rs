@@ -24,8 +24,8 @@ use hickory_resolver::TokioResolver;
 
 use super::ControlPlane;
 use crate::config::{BackendAddr, BackendSpec};
-use dns::{Answer, LOOKUP_TIMEOUT};
 pub use dns::MAX_ADDRESSES_PER_NAME;
+use dns::{Answer, LOOKUP_TIMEOUT};
 pub use found::{Discovered, Found, SourceRecord};
 
 /// How a DNS source is asked.
@@ -130,7 +130,11 @@ impl ControlPlane {
             .collect();
         let sources = dns_sources(&specs);
         let configured = |key: &String| sources.iter().any(|(k, _)| k == key);
-        let dropped: Vec<String> = schedule.keys().filter(|k| !configured(k)).cloned().collect();
+        let dropped: Vec<String> = schedule
+            .keys()
+            .filter(|k| !configured(k))
+            .cloned()
+            .collect();
         schedule.retain(|key, _| configured(key));
         // The due sources are looked up at once: one that times out does not hold up the others
         // (nor, at start, the first request by the sum of every timeout).
@@ -228,4 +232,3 @@ impl ControlPlane {
         }
     }
 }
-

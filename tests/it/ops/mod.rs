@@ -5,4 +5,5 @@ mod demo;
 mod discovery;
 mod probes;
 mod reload;
+mod srv_discovery;
 mod upgrade;
