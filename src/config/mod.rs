@@ -107,6 +107,20 @@ pub struct DiscoveryConfig {
     pub max_interval: Duration,
     /// Name servers to ask (`ip:port`); empty: those of `/etc/resolv.conf`.
     pub nameservers: Vec<SocketAddr>,
+    /// `[discovery.kubernetes]`: the API server `k8s://` backends are read from.
+    pub kubernetes: KubernetesApi,
+}
+
+/// How the Kubernetes API server is reached: in the cluster by default (the address Kubernetes
+/// puts in the pod's environment, the service account's token and CA), or as given.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KubernetesApi {
+    /// `https://host:port` (or `http://` for a local proxy such as `kubectl proxy`).
+    pub api_server: Option<String>,
+    /// A file holding the bearer token, read again when it changes (projected tokens rotate).
+    pub token_file: Option<std::path::PathBuf>,
+    /// The CA that signed the API server's certificate (PEM).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for DiscoveryConfig {
@@ -115,6 +129,7 @@ impl Default for DiscoveryConfig {
             min_interval: Duration::from_secs(1),
             max_interval: Duration::from_secs(30),
             nameservers: Vec::new(),
+            kubernetes: KubernetesApi::default(),
         }
     }
 }

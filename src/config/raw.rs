@@ -154,6 +154,15 @@ pub struct RawDiscovery {
     pub min_interval: Option<String>,
     pub max_interval: Option<String>,
     pub nameservers: Option<Vec<String>>,
+    pub kubernetes: Option<RawKubernetes>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKubernetes {
+    pub api_server: Option<String>,
+    pub token_file: Option<String>,
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

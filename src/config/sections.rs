@@ -376,9 +376,28 @@ pub(super) fn discovery(raw: RawDiscovery, problems: &mut Problems) -> Discovery
             ),
         }
     }
+    let kubernetes = raw.kubernetes.unwrap_or_default();
+    if let Some(url) = &kubernetes.api_server {
+        let scheme = url.parse::<http::Uri>().ok().and_then(|u| {
+            let scheme = u.scheme_str()?.to_string();
+            u.authority()?;
+            Some(scheme)
+        });
+        if !matches!(scheme.as_deref(), Some("https" | "http")) {
+            problems.add(
+                "discovery.kubernetes.api_server",
+                format!("{url:?} is not an https:// (or http://) URL"),
+            );
+        }
+    }
     DiscoveryConfig {
         min_interval,
         max_interval,
         nameservers,
+        kubernetes: super::KubernetesApi {
+            api_server: kubernetes.api_server,
+            token_file: kubernetes.token_file.map(Into::into),
+            ca_file: kubernetes.ca_file.map(Into::into),
+        },
     }
 }
