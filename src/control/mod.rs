@@ -7,6 +7,7 @@
 //! state kept here.
 
 mod discovery;
+pub mod kubernetes;
 mod live_check;
 
 use std::path::PathBuf;

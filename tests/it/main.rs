@@ -10,6 +10,7 @@ mod grpc;
 mod h2c_preface;
 mod health;
 mod http2;
+mod kubernetes_watch;
 mod limits_and_timeouts;
 mod mtls;
 mod ops;

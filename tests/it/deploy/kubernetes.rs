@@ -324,3 +324,51 @@ fn the_pods_are_replicated_and_locked_down() {
         }
     }
 }
+
+#[test]
+fn alb_may_read_endpointslices_and_nothing_else() {
+    let docs = documents();
+    let account = find(&docs, "ServiceAccount", "alb");
+    assert_eq!(
+        account["automountServiceAccountToken"], false,
+        "mounted where asked"
+    );
+    let pod = &find(&docs, "Deployment", "alb")["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "alb");
+    assert_eq!(
+        pod["automountServiceAccountToken"], true,
+        "alb reads its token"
+    );
+    let role = find(&docs, "Role", "alb-endpointslice-reader");
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([{
+            "apiGroups": ["discovery.k8s.io"],
+            "resources": ["endpointslices"],
+            "verbs": ["get", "list", "watch"],
+        }])
+    );
+    let binding = find(&docs, "RoleBinding", "alb-endpointslice-reader");
+    assert_eq!(
+        binding["roleRef"],
+        serde_json::json!({
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": "alb-endpointslice-reader",
+        })
+    );
+    assert_eq!(
+        binding["subjects"],
+        serde_json::json!([{"kind": "ServiceAccount", "name": "alb"}])
+    );
+    let cluster_wide = docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "ClusterRoleBinding")
+        .count();
+    assert_eq!(cluster_wide, 0, "no rights beyond the namespace");
+    let backend = &find(&docs, "Deployment", "backend")["spec"]["template"]["spec"];
+    assert_eq!(
+        backend["automountServiceAccountToken"], false,
+        "the backends get no token"
+    );
+}

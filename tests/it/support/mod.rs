@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod dns;
 pub mod encode;
 pub mod h2raw;
+pub mod kube_api;
 mod load;
 pub mod pki;
 pub mod prerequisite;
