@@ -14,6 +14,7 @@
 //! A name never resolved yet stays one backend resolved on each new connection, as before.
 
 mod dns;
+mod endpoints;
 mod found;
 
 use std::collections::HashMap;
@@ -92,7 +93,16 @@ impl ControlPlane {
         let control = self.clone();
         let task = tokio::spawn(async move {
             let mut schedule = HashMap::new();
+            let mut watches = endpoints::Watches::default();
+            let first_lists = control.sync_watches(&mut watches);
             control.discover_due(&resolver, &mut schedule).await;
+            // The first lists are waited for as DNS answers are: not past the lookup timeout.
+            let _ = tokio::time::timeout(LOOKUP_TIMEOUT, async {
+                for first_list in first_lists {
+                    let _ = first_list.await;
+                }
+            })
+            .await;
             let _ = first_round.send(());
             loop {
                 let notified = control.rediscover.notified();
@@ -106,6 +116,7 @@ impl ControlPlane {
                     }
                     None => notified.await,
                 }
+                control.sync_watches(&mut watches);
                 control.discover_due(&resolver, &mut schedule).await;
             }
         });

@@ -141,6 +141,34 @@ impl ApiServer {
         ApiServer::build(&url, token, ca_pem.as_deref())
     }
 
+    /// An API server given in the config: its URL, a token file read before each request (as
+    /// in a pod, so that a rotated token is picked up), and the CA file.
+    pub fn from_files(
+        url: &str,
+        token_file: Option<&Path>,
+        ca_file: Option<&Path>,
+    ) -> Result<ApiServer, KubeError> {
+        let token = match token_file {
+            Some(path) => {
+                let token = Token::File {
+                    path: path.to_path_buf(),
+                    last: Mutex::new(None),
+                };
+                token.header()?;
+                token
+            }
+            None => Token::None,
+        };
+        let ca = match ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|source| KubeError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?),
+            None => None,
+        };
+        ApiServer::build(url, token, ca.as_deref())
+    }
+
     fn from_service_account(host: &str, port: &str, dir: &Path) -> Result<ApiServer, KubeError> {
         let read = |file: &str| {
             let path = dir.join(file);

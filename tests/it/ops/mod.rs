@@ -3,6 +3,7 @@ mod chaos;
 mod dashboard;
 mod demo;
 mod discovery;
+mod endpointslices;
 mod probes;
 mod reload;
 mod srv_discovery;
