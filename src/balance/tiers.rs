@@ -106,12 +106,19 @@ impl Tiers {
     fn fit(&self, tier: &Tier) -> bool {
         let mut available = 0usize;
         let mut has_room = false;
+        // Drained and disabled members are on their way out (a pod terminating, an operator's
+        // maintenance): the zone is judged by the ones meant to serve.
+        let serving = tier
+            .backends
+            .iter()
+            .filter(|b| b.admin_state() == crate::upstream::AdminState::Enabled)
+            .count();
         for backend in tier.backends.iter().filter(|b| b.is_available()) {
             available += 1;
             let bound = self.max_in_flight.or(backend.max_connections());
             has_room |= bound.is_none_or(|bound| backend.in_flight() < u64::from(bound));
         }
-        let needed = (self.min_healthy * tier.backends.len() as f64).ceil() as usize;
+        let needed = (self.min_healthy * serving as f64).ceil() as usize;
         available > 0 && available >= needed && has_room
     }
 
@@ -253,6 +260,28 @@ mod tests {
         assert_eq!(
             (0..4).map(|i| tiers.tier_of(i)).collect::<Vec<_>>(),
             [2, 0, 1, 3]
+        );
+    }
+
+    #[test]
+    fn terminating_members_do_not_make_a_healthy_zone_spill() {
+        // Zone a scaled down from 5 to 2: three pods terminating (drained), two ready.
+        let pool = [
+            backend(0, "a", false, None),
+            backend(1, "a", false, None),
+            backend(2, "a", false, None),
+            backend(3, "a", false, None),
+            backend(4, "a", false, None),
+            backend(5, "b", false, None),
+        ];
+        for terminating in &pool[2..5] {
+            terminating.set_admin_state(crate::upstream::AdminState::Draining);
+        }
+        let tiers = Tiers::new(&pool, Algorithm::RoundRobin, 1.25, &locality("a")).expect("tiers");
+        assert_eq!(
+            picks(&tiers, 50),
+            [0, 1].into(),
+            "two healthy in-zone backends, all traffic cross-zone"
         );
     }
 }

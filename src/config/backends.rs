@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::raw::RawBackend;
 use super::values::{Problems, count};
-use super::{Algorithm, BackendAddr, BackendSpec, MAX_WEIGHT};
+use super::{Algorithm, BackendAddr, BackendSpec, MAX_WEIGHT, ServiceRef};
 
 pub(super) fn algorithm(prefix: &str, value: Option<&str>, problems: &mut Problems) -> Algorithm {
     let Some(text) = value else {
@@ -264,22 +264,9 @@ fn found_addr(found: Found, rest: &str) -> Result<(BackendAddr, String), String>
             Ok((BackendAddr::Srv { name: name.clone() }, name))
         }
         Found::Kubernetes => {
-            let shape = "write it as k8s://namespace/service:port (the port's name or number)";
-            let (namespace, service_port) = rest.split_once('/').ok_or(shape)?;
-            let (service, port) = service_port.split_once(':').ok_or(shape)?;
-            let named = |text: &str| !text.is_empty() && text.len() <= 63 && is_dns_label(text);
-            if !named(namespace) || !named(service) || !named(port) {
-                return Err(format!(
-                    "{shape}; namespace, service and port are DNS labels (a-z, 0-9, '-')"
-                ));
-            }
-            let authority = format!("{namespace}/{service}:{port}");
-            let addr = BackendAddr::Kubernetes {
-                namespace: namespace.to_string(),
-                service: service.to_string(),
-                port: port.to_string(),
-            };
-            Ok((addr, authority))
+            let service: ServiceRef = format!("k8s://{rest}").parse()?;
+            let authority = format!("{}/{}:{}", service.namespace, service.service, service.port);
+            Ok((BackendAddr::Kubernetes(service), authority))
         }
     }
 }

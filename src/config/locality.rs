@@ -75,10 +75,15 @@ pub(super) fn locality(raw: RawLocality, problems: &mut Problems) -> Locality {
     }
 }
 
+/// Whether `zone` reads as a zone's name (see [`zone_name`]); discovery drops any other.
+pub fn is_zone_name(zone: &str) -> bool {
+    !zone.is_empty() && zone.len() <= 128 && zone.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// A zone is a label like `eu-west-1a` or `topology.kubernetes.io/zone`'s values: printable,
 /// without spaces, so that it reads the same in the config, the API and the metrics.
 pub(super) fn zone_name(key: &str, zone: &str, problems: &mut Problems) {
-    if zone.is_empty() || zone.len() > 128 || !zone.bytes().all(|b| b.is_ascii_graphic()) {
+    if !is_zone_name(zone) {
         problems.add(
             key,
             format!("{zone:?} is not a zone name (1 to 128 visible ASCII characters)"),
@@ -115,11 +120,11 @@ mod tests {
         assert_eq!(got[1].0, "k8s://shop/web:http");
         assert_eq!(
             got[1].2,
-            &BackendAddr::Kubernetes {
+            &BackendAddr::Kubernetes(crate::config::ServiceRef {
                 namespace: "shop".into(),
                 service: "web".into(),
-                port: "http".into()
-            }
+                port: crate::config::PortRef::Name("http".into())
+            })
         );
         assert_eq!((got[2].0, got[2].1), ("k8s+https://shop/api:8443", "https"));
         assert!(config.backends[2].tls.is_some());
@@ -158,5 +163,20 @@ mod tests {
         ] {
             assert_eq!(keys(text), [key], "{text}");
         }
+    }
+
+    #[test]
+    fn k8s_urls_the_watch_can_never_match_are_refused() {
+        let accepted: Vec<&str> = [
+            "k8s://shop/cart:0",
+            "k8s://shop/cart:70000",
+            "k8s://shop/9cart:80",
+            "k8s://shop/cart:a-very-long-port-name",
+            "k8s://shop/cart:http--alt",
+        ]
+        .into_iter()
+        .filter(|url| Config::from_toml(&format!("backends = [\"{url}\"]\n"), "t.toml").is_ok())
+        .collect();
+        assert!(accepted.is_empty(), "accepted: {accepted:?}");
     }
 }

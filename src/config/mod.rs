@@ -14,6 +14,7 @@ mod raw;
 mod route_policy;
 mod routes;
 mod sections;
+mod service_ref;
 mod tls;
 mod tracing;
 mod upstream_tls;
@@ -33,13 +34,14 @@ pub use error::{ConfigError, Problem};
 pub use header_rules::{HeaderRules, Template, Var, is_protected};
 pub use http2::Http2Config;
 pub use ipnet::IpNet;
-pub use locality::Locality;
+pub use locality::{Locality, is_zone_name};
 pub use pools::{DEFAULT_POOL, HashConfig, HashKey, PoolConfig, StickyConfig};
 pub use route_policy::{Redirect, RoutePolicy};
 pub use routes::{
     HeaderCondition, HeaderTest, HostPattern, RateKey, RateLimitConfig, RouteConfig, RouteTarget,
     prefix_matches,
 };
+pub use service_ref::{PortRef, ServiceRef};
 pub use tls::{
     CertificateSet, EXPIRY_WARNING_DAYS, LoadedCertificate, TlsConfig, crypto_provider, date,
 };
@@ -244,11 +246,7 @@ pub enum BackendAddr {
     },
     /// `k8s://namespace/service:port`: the endpoints of the Service's EndpointSlices, at the
     /// port of that name (or number).
-    Kubernetes {
-        namespace: String,
-        service: String,
-        port: String,
-    },
+    Kubernetes(ServiceRef),
 }
 
 impl BackendSpec {
@@ -269,10 +267,7 @@ impl BackendAddr {
     /// discovery answers (a DNS name without an answer yet is still reached by resolving it on
     /// each connection).
     pub fn is_found_only(&self) -> bool {
-        matches!(
-            self,
-            BackendAddr::Srv { .. } | BackendAddr::Kubernetes { .. }
-        )
+        matches!(self, BackendAddr::Srv { .. } | BackendAddr::Kubernetes(_))
     }
 }
 

@@ -190,15 +190,15 @@ fn attach_tls(backends: &mut [BackendSpec], client: &std::sync::Arc<super::Upstr
         // (an SRV target's host name; a Kubernetes Service's `service.namespace.svc`).
         let found_name = match &spec.addr {
             BackendAddr::Srv { name } => Some(name.clone()),
-            BackendAddr::Kubernetes {
-                namespace, service, ..
-            } => Some(format!("{service}.{namespace}.svc")),
+            BackendAddr::Kubernetes(service) => {
+                Some(format!("{}.{}.svc", service.service, service.namespace))
+            }
             _ => None,
         };
         let server_name = match (&client.server_name, &spec.addr) {
             (Some(name), _) => name.clone(),
             (None, BackendAddr::Ip(sa)) => ServerName::IpAddress(sa.ip().into()),
-            (None, BackendAddr::Srv { .. } | BackendAddr::Kubernetes { .. }) => {
+            (None, BackendAddr::Srv { .. } | BackendAddr::Kubernetes(_)) => {
                 match found_name.and_then(|n| ServerName::try_from(n).ok()) {
                     Some(name) => name,
                     None => continue,

@@ -144,7 +144,8 @@ impl ControlPlane {
             )
         };
         let report = diff(&old, &new);
-        let new_backends = config.all_pools() != old.config().all_pools();
+        let new_backends = config.all_pools() != old.config().all_pools()
+            || config.discovery != old.config().discovery;
         // A backend whose URL is gone from its pool is retired: its tunnels drain (a changed weight makes a
         // new `Backend` for the same URL, and is no reason to cut one).
         for pool in old.pools() {
@@ -157,7 +158,7 @@ impl ControlPlane {
         }
         self.proxy.snapshot.store(Arc::new(new));
         if new_backends {
-            // They may name hosts discovery has not resolved yet.
+            // They may name hosts discovery has not resolved yet, or another API server.
             self.rediscover.notify_one();
         }
         let running = lock(&self.health).is_some();

@@ -27,7 +27,15 @@ impl Proxy {
         Proxy {
             snapshot: ArcSwap::from_pointee(Snapshot::new(
                 config,
-                &|specs| specs.to_vec(),
+                // Until discovery answers, a name stands for itself and an SRV name or a
+                // Service for nothing (see `control::Discovered::expand`).
+                &|specs| {
+                    specs
+                        .iter()
+                        .filter(|s| !s.addr.is_found_only())
+                        .cloned()
+                        .collect()
+                },
                 stats.clone(),
                 None,
             )),

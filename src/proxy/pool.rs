@@ -81,12 +81,9 @@ impl BackendPool {
                 })
             })
             .collect();
-        // A terminating endpoint stays for what is in flight on it and takes nothing new
-        // (it never comes back: Kubernetes ends it).
+        // A terminating endpoint stays for what is in flight on it and takes nothing new.
         for (backend, spec) in backends.iter().zip(specs) {
-            if spec.draining && backend.admin_state() == crate::upstream::AdminState::Enabled {
-                backend.set_admin_state(crate::upstream::AdminState::Draining);
-            }
+            backend.follow_discovery(spec.draining);
         }
         let tiers = Tiers::new(&backends, config.algorithm, config.hash.balance, locality);
         let selector: Box<dyn Selector> = match config.algorithm {

@@ -159,7 +159,7 @@ async fn tcp_connect(addr: &BackendAddr) -> io::Result<TcpStream> {
         BackendAddr::Ip(sa) => TcpStream::connect(sa).await,
         BackendAddr::Name { host, port } => TcpStream::connect((host.as_str(), *port)).await,
         // Discovery replaces these with the addresses it found before any request sees them.
-        BackendAddr::Srv { .. } | BackendAddr::Kubernetes { .. } => Err(io::Error::new(
+        BackendAddr::Srv { .. } | BackendAddr::Kubernetes(_) => Err(io::Error::new(
             io::ErrorKind::AddrNotAvailable,
             "no address discovered yet",
         )),

@@ -126,6 +126,9 @@ struct Cold {
     dns_name: Option<String>,
     zone: Option<String>,
     backup: bool,
+    /// Drained because discovery says it is terminating (not by an operator): undone when
+    /// discovery puts it back in rotation.
+    terminating: AtomicBool,
     addr: BackendAddr,
     /// For an `https://` backend: its TLS client and the name its certificate must carry.
     tls: Option<BackendTls>,
@@ -173,6 +176,7 @@ impl Backend {
                 dns_name: spec.dns_name.clone(),
                 zone: spec.zone.clone(),
                 backup: spec.backup,
+                terminating: AtomicBool::new(false),
                 addr: spec.addr.clone(),
                 tls: spec.tls.clone(),
                 host_header: HeaderValue::from_str(&spec.authority)
@@ -284,6 +288,21 @@ impl Backend {
             1 => AdminState::Draining,
             2 => AdminState::Disabled,
             _ => AdminState::Enabled,
+        }
+    }
+
+    /// Drains it while discovery says it is terminating, and takes it back when discovery puts
+    /// it in rotation again; a drain or disable by an operator is left as it is.
+    pub fn follow_discovery(&self, terminating: bool) {
+        if terminating {
+            if self.admin_state() == AdminState::Enabled {
+                self.set_admin_state(AdminState::Draining);
+                self.cold.terminating.store(true, Ordering::Relaxed);
+            }
+        } else if self.cold.terminating.swap(false, Ordering::Relaxed)
+            && self.admin_state() == AdminState::Draining
+        {
+            self.set_admin_state(AdminState::Enabled);
         }
     }
 

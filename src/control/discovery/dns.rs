@@ -36,7 +36,13 @@ pub(super) async fn addresses(resolver: &TokioResolver, name: &str) -> Answer {
 /// later ones are not used while these answer); each target resolved to its addresses. A
 /// target that does not resolve is left out; the answer fails only when none resolves.
 pub(super) async fn service(resolver: &TokioResolver, name: &str) -> Answer {
-    let lookup = resolver.srv_lookup(name).await.map_err(|e| e.to_string())?;
+    // Fully qualified: an SRV name is never one of the search domains' (with Kubernetes'
+    // `ndots:5`, a relative one would be asked under each of them first).
+    let fqdn = format!("{name}.");
+    let lookup = resolver
+        .srv_lookup(fqdn.as_str())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut valid_until = lookup.valid_until();
     let records: Vec<_> = lookup
         .answers()
@@ -45,8 +51,9 @@ pub(super) async fn service(resolver: &TokioResolver, name: &str) -> Answer {
             RData::SRV(srv) => Some(srv.clone()),
             _ => None,
         })
-        // RFC 2782: a target of "." means the service is decidedly not available here.
-        .filter(|srv| !srv.target.is_root())
+        // RFC 2782: a target of "." means the service is decidedly not available here; port 0
+        // is nothing to connect to.
+        .filter(|srv| !srv.target.is_root() && srv.port != 0)
         .collect();
     let priorities: BTreeSet<u16> = records.iter().map(|srv| srv.priority).collect();
     let mut tiers = priorities.into_iter();
@@ -62,9 +69,10 @@ pub(super) async fn service(resolver: &TokioResolver, name: &str) -> Answer {
         };
         let resolver = resolver.clone();
         targets.spawn(async move {
-            let host = srv.target.to_ascii();
-            let host = host.trim_end_matches('.').to_string();
-            let answer = addresses(&resolver, &host).await;
+            // Asked as the absolute name it is; known (Host, SNI) without the final dot.
+            let absolute = srv.target.to_ascii();
+            let host = absolute.trim_end_matches('.').to_string();
+            let answer = addresses(&resolver, &absolute).await;
             (srv, host, backup, answer)
         });
     }

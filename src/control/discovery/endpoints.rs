@@ -13,7 +13,7 @@ use std::sync::Arc;
 use super::found::Found;
 use crate::config::{BackendAddr, KubernetesApi};
 use crate::control::ControlPlane;
-use crate::control::kubernetes::{self, ApiServer, Endpoint, PortRef, ServiceRef};
+use crate::control::kubernetes::{self, ApiServer, Endpoint, ServiceRef};
 
 /// The watches running, by source key; each stops when dropped.
 #[derive(Default)]
@@ -23,6 +23,12 @@ pub(super) struct Watches {
     running: HashMap<String, tokio::task::JoinHandle<()>>,
     /// Whether the last attempt to reach the API server failed (warned once).
     failing: bool,
+}
+
+impl Watches {
+    pub(super) fn failing(&self) -> bool {
+        self.failing
+    }
 }
 
 impl Drop for Watches {
@@ -35,23 +41,10 @@ impl Drop for Watches {
 
 /// The Service a `k8s://` backend reads.
 fn service_of(addr: &BackendAddr) -> Option<ServiceRef> {
-    let BackendAddr::Kubernetes {
-        namespace,
-        service,
-        port,
-    } = addr
-    else {
-        return None;
-    };
-    let port = match port.parse::<u16>() {
-        Ok(number) => PortRef::Number(number),
-        Err(_) => PortRef::Name(port.clone()),
-    };
-    Some(ServiceRef {
-        namespace: namespace.clone(),
-        service: service.clone(),
-        port,
-    })
+    match addr {
+        BackendAddr::Kubernetes(service) => Some(service.clone()),
+        _ => None,
+    }
 }
 
 impl ControlPlane {
@@ -269,6 +262,64 @@ mod tests {
         assert_eq!(
             states(&found),
             [("10.0.0.1".into(), false), ("10.0.0.2".into(), true)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_terminating_endpoint_back_in_rotation_takes_requests_again() {
+        let config =
+            crate::Config::from_toml("backends = [\"k8s://shop/web:http\"]\n", "test").unwrap();
+        let proxy = Arc::new(crate::proxy::Proxy::new(&config));
+        let control = ControlPlane::new(proxy.clone(), None);
+        let key = "shop/web:http";
+        // Only a terminating pod still serving: it takes the traffic (found_of's fallback).
+        control.record_endpoints(key, &[endpoint("10.0.0.1", false, true, true)]);
+        assert!(proxy.backends()[0].is_available());
+        // A new pod is ready: the old one drains.
+        control.record_endpoints(
+            key,
+            &[
+                endpoint("10.0.0.1", false, true, true),
+                endpoint("10.0.0.2", true, true, false),
+            ],
+        );
+        // The new pod fails its readiness probe: the terminating one is all there is again.
+        control.record_endpoints(
+            key,
+            &[
+                endpoint("10.0.0.1", false, true, true),
+                endpoint("10.0.0.2", false, false, false),
+            ],
+        );
+        let backends = proxy.backends();
+        assert_eq!(backends.len(), 1);
+        assert!(
+            backends[0].is_available(),
+            "10.0.0.1 is in rotation again but stays {:?}",
+            backends[0].admin_state()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_service_never_listed_stands_for_no_backend() {
+        let config = crate::Config::from_toml(
+            "backends = [\"k8s://shop/web:http\"]\n\
+             [discovery.kubernetes]\napi_server = \"http://127.0.0.1:1\"\n",
+            "test",
+        )
+        .unwrap();
+        let proxy = Arc::new(crate::proxy::Proxy::new(&config));
+        let control = Arc::new(ControlPlane::new(proxy.clone(), None));
+        let _task = control.start_discovery().await;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let urls: Vec<String> = proxy
+            .backends()
+            .iter()
+            .map(|b| b.url().to_string())
+            .collect();
+        assert!(
+            urls.is_empty(),
+            "placeholder backends in the pool: {urls:?}"
         );
     }
 }

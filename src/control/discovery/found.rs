@@ -84,11 +84,10 @@ pub fn source_key(addr: &BackendAddr) -> Option<String> {
         BackendAddr::Ip(_) => None,
         BackendAddr::Name { host, .. } => Some(host.clone()),
         BackendAddr::Srv { name } => Some(name.clone()),
-        BackendAddr::Kubernetes {
-            namespace,
-            service,
-            port,
-        } => Some(format!("{namespace}/{service}:{port}")),
+        BackendAddr::Kubernetes(service) => Some(format!(
+            "{}/{}:{}",
+            service.namespace, service.service, service.port
+        )),
     }
 }
 

@@ -29,6 +29,10 @@ pub use dns::MAX_ADDRESSES_PER_NAME;
 use dns::{Answer, LOOKUP_TIMEOUT};
 pub use found::{Discovered, Found, SourceRecord};
 
+/// How often a Kubernetes API server that could not be set up (no token yet, a bad CA) is
+/// tried again.
+const API_RETRY: Duration = Duration::from_secs(5);
+
 /// How a DNS source is asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Lookup {
@@ -43,7 +47,7 @@ fn dns_sources(specs: &[BackendSpec]) -> Vec<(String, Lookup)> {
         .filter_map(|s| match &s.addr {
             BackendAddr::Name { host, .. } => Some((host.clone(), Lookup::Addresses)),
             BackendAddr::Srv { name } => Some((name.clone(), Lookup::Service)),
-            BackendAddr::Ip(_) | BackendAddr::Kubernetes { .. } => None,
+            BackendAddr::Ip(_) | BackendAddr::Kubernetes(_) => None,
         })
         .collect();
     sources.sort();
@@ -106,7 +110,13 @@ impl ControlPlane {
             let _ = first_round.send(());
             loop {
                 let notified = control.rediscover.notified();
-                let next = schedule.values().map(|s: &Schedule| s.at).min();
+                // An API server that could not be set up is tried again every few seconds.
+                let retry = watches.failing().then(|| Instant::now() + API_RETRY);
+                let next = schedule
+                    .values()
+                    .map(|s: &Schedule| s.at)
+                    .chain(retry)
+                    .min();
                 match next {
                     Some(at) => {
                         tokio::select! {

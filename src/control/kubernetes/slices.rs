@@ -8,11 +8,12 @@
 //! ownerReferences...) are skipped by serde without being kept.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::str::FromStr;
 
 use serde::Deserialize;
+
+use crate::config::is_zone_name;
+pub use crate::config::{PortRef, ServiceRef};
 
 /// Most endpoints published for one Service: whoever writes its slices must not be able to grow
 /// alb's pool (a backend and a health check each) without bound.
@@ -23,116 +24,11 @@ const MAX_STORED: usize = 4 * MAX_ENDPOINTS;
 /// Most slices kept for one Service; ~41 hold [`MAX_ENDPOINTS`] at the controller's default of
 /// 100 endpoints a slice.
 const MAX_SLICES: usize = 1024;
+/// Most zone hints kept per endpoint (Kubernetes writes one).
+const MAX_HINTS: usize = 8;
+
 /// Longest slice name kept: the API's limit for object names (a DNS subdomain).
 const MAX_NAME: usize = 253;
-
-/// Where a Service's endpoints are read from: `k8s://namespace/service:port` (port = the port's
-/// name in the EndpointSlice, or its number).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ServiceRef {
-    pub namespace: String,
-    pub service: String,
-    pub port: PortRef,
-}
-
-/// The port of the endpoints alb connects to. A number is the endpoints' own port (the Service's
-/// `targetPort`, which is what slices carry), not the Service's `port`; a name is the Service
-/// port's name, the same on every slice even when pods serve it on different numbers.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum PortRef {
-    Name(String),
-    Number(u16),
-}
-
-impl FromStr for ServiceRef {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<ServiceRef, String> {
-        const FORM: &str = "k8s://namespace/service:port";
-        let rest = text
-            .strip_prefix("k8s://")
-            .ok_or_else(|| format!("{text:?} does not start with k8s:// ({FORM})"))?;
-        let (namespace, rest) = rest
-            .split_once('/')
-            .ok_or_else(|| format!("{text:?} has no namespace ({FORM})"))?;
-        let (service, port) = rest.split_once(':').ok_or_else(|| {
-            format!("{text:?} has no port ({FORM}: the port's name or the endpoints' number)")
-        })?;
-        dns_label("namespace", namespace, false)?;
-        dns_label("service", service, true)?;
-        let port = if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
-            match port.parse::<u16>() {
-                Ok(n) if n > 0 => PortRef::Number(n),
-                _ => return Err(format!("port {port} is not in 1..=65535")),
-            }
-        } else {
-            port_name(port)?;
-            PortRef::Name(port.to_string())
-        };
-        Ok(ServiceRef {
-            namespace: namespace.to_string(),
-            service: service.to_string(),
-            port,
-        })
-    }
-}
-
-impl fmt::Display for ServiceRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "k8s://{}/{}:{}", self.namespace, self.service, self.port)
-    }
-}
-
-impl fmt::Display for PortRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PortRef::Name(name) => f.write_str(name),
-            PortRef::Number(n) => write!(f, "{n}"),
-        }
-    }
-}
-
-/// A namespace is an RFC 1123 label, a Service name an RFC 1035 one (a letter first): checked
-/// here so that a typo is a config error, not a watch answered 404 forever, and so that both go
-/// into the request's path as they are.
-fn dns_label(what: &str, label: &str, letter_first: bool) -> Result<(), String> {
-    let valid = !label.is_empty()
-        && label.len() <= 63
-        && label
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !label.starts_with('-')
-        && !label.ends_with('-')
-        && (!letter_first || label.starts_with(|c: char| c.is_ascii_lowercase()));
-    match valid {
-        true => Ok(()),
-        false => Err(format!(
-            "{what} {label:?} is not a DNS label (1 to 63 of a-z, 0-9 and '-', \
-             alphanumeric at both ends{})",
-            if letter_first { ", a letter first" } else { "" }
-        )),
-    }
-}
-
-/// The API's rule for port names (IANA_SVC_NAME).
-fn port_name(name: &str) -> Result<(), String> {
-    let valid = !name.is_empty()
-        && name.len() <= 15
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && name.bytes().any(|b| b.is_ascii_lowercase())
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-        && !name.contains("--");
-    match valid {
-        true => Ok(()),
-        false => Err(format!(
-            "port {name:?} is neither a number nor a port name (1 to 15 of a-z, 0-9 and '-', \
-             a letter among them)"
-        )),
-    }
-}
 
 /// One address of one endpoint, with what its slice said about it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -354,7 +250,7 @@ impl Slices {
         all
     }
 
-    fn cap(&mut self, what: fmt::Arguments<'_>) {
+    fn cap(&mut self, what: std::fmt::Arguments<'_>) {
         if !std::mem::replace(&mut self.capped, true) {
             tracing::warn!(service = %self.service, "kubernetes: {what}");
         }
@@ -387,13 +283,18 @@ impl Slices {
             let ready = conditions.ready.unwrap_or(true);
             let serving = conditions.serving.unwrap_or(ready);
             let terminating = conditions.terminating.unwrap_or(false);
+            // Each address gets a copy of these: a zone that is not a zone's name, and more
+            // hints than a cluster has zones, would multiply one event's bytes by the endpoints.
             let hints: Vec<String> = endpoint
                 .hints
                 .and_then(|h| h.for_zones)
                 .unwrap_or_default()
                 .into_iter()
-                .filter_map(|z| z.name)
+                .filter_map(|z| z.name.filter(|z| is_zone_name(z)))
+                .take(MAX_HINTS)
                 .collect();
+            let zone = endpoint.zone.filter(|z| is_zone_name(z));
+            let node = endpoint.node_name.filter(|n| n.len() <= MAX_NAME);
             for address in endpoint.addresses.unwrap_or_default() {
                 let Ok(ip) = address.parse::<IpAddr>() else {
                     if !std::mem::replace(&mut self.warned_address, true) {
@@ -416,8 +317,8 @@ impl Slices {
                     ready,
                     serving,
                     terminating,
-                    zone: endpoint.zone.clone(),
-                    node: endpoint.node_name.clone(),
+                    zone: zone.clone(),
+                    node: node.clone(),
                     hints: hints.clone(),
                 });
             }
@@ -628,5 +529,33 @@ mod tests {
         )
         .unwrap();
         assert_eq!(event.object.resource_version(), Some("12"));
+    }
+
+    #[test]
+    fn one_watch_line_cannot_multiply_into_much_more_memory() {
+        let mut slices = Slices::new(&service(PortRef::Number(80)));
+        let zone = "z".repeat(16 * 1024);
+        let addresses: Vec<String> = (0..2000u32)
+            .map(|i| format!("\"10.0.{}.{}\"", i / 256, i % 256))
+            .collect();
+        let line = format!(
+            r#"{{"metadata":{{"name":"s"}},"addressType":"IPv4","ports":[{{"port":80}}],
+               "endpoints":[{{"addresses":[{}],"zone":"{zone}","hints":{{"forZones":[{{"name":"{zone}"}}]}}}}]}}"#,
+            addresses.join(",")
+        );
+        slices.upsert(slice(&line));
+        let held: usize = slices
+            .merged()
+            .iter()
+            .map(|e| {
+                e.zone.as_ref().map_or(0, String::len)
+                    + e.hints.iter().map(String::len).sum::<usize>()
+            })
+            .sum();
+        assert!(
+            held < 16 * line.len(),
+            "a {} byte slice holds {held} bytes of zone names",
+            line.len()
+        );
     }
 }

@@ -157,3 +157,41 @@ async fn a_service_s_endpoints_are_the_pool_terminating_ones_drained() {
         b.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_to_another_api_server_is_followed() {
+    let _cpu = crate::support::cpu::shared().await;
+    let b = TestBackend::start("b").await;
+    let api = KubeApi::start(TOKEN).await;
+    api.apply(&slice("bx", &b, "zone-a", false));
+    let token_file = std::env::temp_dir().join(format!("alb-k8s-token-r-{}", std::process::id()));
+    std::fs::write(&token_file, TOKEN).expect("token file");
+    let toml = |server: &str| {
+        format!(
+            "backends = [\"k8s://{NAMESPACE}/cart:http\"]\n\
+             [discovery.kubernetes]\napi_server = \"{server}\"\ntoken_file = \"{}\"\n",
+            token_file.display()
+        )
+    };
+    // A typo in api_server; the operator fixes it and reloads.
+    let lb = TestBalancer::start(&toml("http://127.0.0.1:1")).await;
+    let fixed = alb::Config::from_toml(&toml(&api.url()), "fixed.toml").expect("config");
+    lb.control.apply(&fixed);
+    let found = wait_until(Duration::from_secs(5), || {
+        lb.proxy.backends().iter().any(|x| x.url() == b.url())
+    })
+    .await;
+    let urls: Vec<String> = lb
+        .proxy
+        .backends()
+        .iter()
+        .map(|x| x.url().to_string())
+        .collect();
+    lb.stop().await;
+    let _ = std::fs::remove_file(&token_file);
+    b.stop().await;
+    assert!(
+        found.is_ok(),
+        "still not watching the reloaded API server: {urls:?}"
+    );
+}

@@ -229,3 +229,48 @@ async fn srv_targets_bring_their_ports_weights_and_backups() {
     balancer.stop().await;
     b3.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_srv_target_on_port_zero_is_no_backend() {
+    let Some(program) = crate::support::prerequisite::program(
+        "an_srv_target_on_port_zero_is_no_backend",
+        &["dnsmasq", "/usr/sbin/dnsmasq"],
+        "needs dnsmasq",
+    ) else {
+        return;
+    };
+    let _cpu = crate::support::cpu::shared().await;
+    let b2 = TestBackend::start("b2").await;
+    let dns = Dnsmasq::start(
+        &program,
+        &[
+            ("t1.alb.test", 0, 10, 1),
+            ("t2.alb.test", b2.addr.port(), 10, 1),
+        ],
+    );
+    let balancer = TestBalancer::start(&format!(
+        "backends = [\"srv+http://{SERVICE}\"]\n\
+         [discovery]\nmin_interval = \"100ms\"\nnameservers = [\"{}\"]\n",
+        dns.addr
+    ))
+    .await;
+    let _ = wait_until(Duration::from_secs(5), || {
+        balancer
+            .proxy
+            .backends()
+            .iter()
+            .any(|b| b.url().starts_with("http://"))
+    })
+    .await;
+    let urls: Vec<String> = balancer
+        .proxy
+        .backends()
+        .iter()
+        .map(|b| b.url().to_string())
+        .collect();
+    let want = format!("http://{}", b2.addr);
+    drop(dns);
+    balancer.stop().await;
+    b2.stop().await;
+    assert_eq!(urls, [want]);
+}

@@ -488,7 +488,7 @@ fn check_config_result(text: &str) -> Result<(), TestCaseError> {
                         format!("{host}:{port}")
                     }
                     // Not generated: their URLs are not `scheme://address`.
-                    BackendAddr::Srv { .. } | BackendAddr::Kubernetes { .. } => continue,
+                    BackendAddr::Srv { .. } | BackendAddr::Kubernetes(_) => continue,
                 };
                 prop_assert_eq!(&b.url, &format!("{scheme}://{normal}"));
                 prop_assert!(addrs.insert(normal), "one backend twice: {:?}", b.url);
