@@ -15,6 +15,7 @@ mod route_policy;
 mod routes;
 mod sections;
 mod service_ref;
+mod shared_state;
 mod tls;
 mod tracing;
 mod upstream_tls;
@@ -42,6 +43,7 @@ pub use routes::{
     prefix_matches,
 };
 pub use service_ref::{PortRef, ServiceRef};
+pub use shared_state::{DEFAULT_TIMEOUT as SHARED_STATE_TIMEOUT, MAX_LEASE, SharedStateConfig};
 pub use tls::{
     CertificateSet, EXPIRY_WARNING_DAYS, LoadedCertificate, TlsConfig, crypto_provider, date,
 };
@@ -95,6 +97,9 @@ pub struct Config {
     pub tracing: Option<TracingConfig>,
     /// `[locality]`: this replica's zone, preferred in every pool.
     pub locality: Locality,
+    /// `[shared_state]`: the Redis replicas share route rate limits through; none: each
+    /// replica limits on its own.
+    pub shared_state: Option<SharedStateConfig>,
 }
 
 /// How backends given by a DNS name are found: one backend per address the name resolves to,

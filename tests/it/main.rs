@@ -19,6 +19,7 @@ mod proxy_protocol;
 mod proxying;
 mod retries;
 mod routing;
+mod shared_state;
 mod smuggling;
 mod support;
 mod tls;
