@@ -25,6 +25,7 @@
 //! - [`demo`]: the built-in demo backend and its fault knobs.
 //! - [`deadline`]: a timeout cheap to move later, one timer per connection.
 //! - [`trace`]: W3C trace context passed to backends, spans exported over OTLP.
+//! - [`shared_state`]: the Redis replicas share route rate limits through (`[shared_state]`).
 //! - [`runtime`]: the tokio runtime sized to the cores; [`telemetry`]: log output and the
 //!   access log's writer thread.
 
@@ -43,6 +44,7 @@ pub mod http1;
 pub mod http2;
 pub mod proxy;
 pub mod runtime;
+pub mod shared_state;
 pub mod telemetry;
 pub mod trace;
 pub mod upstream;

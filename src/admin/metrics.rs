@@ -13,6 +13,7 @@ use prometheus_client::registry::Registry;
 
 use crate::control::ControlPlane;
 use crate::proxy::{HeaderRefusal, TlsFailure};
+use crate::shared_state::{Fallback, SharedStateStats};
 use crate::upstream::{Histogram, METHOD_CLASSES, STATUS_CLASSES};
 
 /// Renders every metric in the Prometheus text format.
@@ -52,6 +53,44 @@ fn gauge(
         ConstGauge::new(*value).encode(metric.encode_family(labels)?)?;
     }
     Ok(())
+}
+
+/// `[shared_state]`: whether Redis answers, how often it was asked, and how often a rate-limit
+/// decision was made locally without it (shown only when the section is configured).
+fn shared_state(
+    encoder: &mut DescriptorEncoder,
+    stats: &SharedStateStats,
+) -> Result<(), std::fmt::Error> {
+    gauge(
+        encoder,
+        "shared_state_up",
+        "1 while the [shared_state] Redis answers (rate limits shared), 0 while each replica \
+         limits on its own share",
+        &[(vec![], i64::from(stats.up.load(Ordering::Relaxed)))],
+    )?;
+    counter(
+        encoder,
+        "shared_state_round_trips",
+        "Scripts run in the [shared_state] Redis: rate-limit decisions that found no lease",
+        &[(vec![], stats.round_trips.load(Ordering::Relaxed))],
+    )?;
+    let fallbacks: Vec<_> = Fallback::ALL
+        .iter()
+        .map(|&why| {
+            (
+                vec![("reason", why.name().to_string())],
+                stats.fallbacks(why),
+            )
+        })
+        .collect();
+    counter(
+        encoder,
+        "shared_state_fallbacks",
+        "Rate-limit decisions made by the replica alone, at its share of the limit: Redis was \
+         down (unavailable), did not answer within shared_state.timeout (timeout), or failed \
+         (error)",
+        &fallbacks,
+    )
 }
 
 fn histogram(
@@ -144,6 +183,9 @@ impl Collector for ProxyCollector {
             "Requests refused with 429 by a route's rate limit",
             &[(vec![], stats.rate_limited.load(Ordering::Relaxed))],
         )?;
+        if snapshot.config().shared_state.is_some() {
+            shared_state(&mut encoder, &stats.shared_state)?;
+        }
         let protocol = |name: &str| vec![("protocol", name.to_string())];
         counter(
             &mut encoder,

@@ -13,6 +13,7 @@ mod raw;
 mod route_policy;
 mod routes;
 mod sections;
+mod shared_state;
 mod tls;
 mod tracing;
 mod upstream_tls;
@@ -38,6 +39,7 @@ pub use routes::{
     HeaderCondition, HeaderTest, HostPattern, RateKey, RateLimitConfig, RouteConfig, RouteTarget,
     prefix_matches,
 };
+pub use shared_state::{DEFAULT_TIMEOUT as SHARED_STATE_TIMEOUT, MAX_LEASE, SharedStateConfig};
 pub use tls::{
     CertificateSet, EXPIRY_WARNING_DAYS, LoadedCertificate, TlsConfig, crypto_provider, date,
 };
@@ -89,6 +91,9 @@ pub struct Config {
     pub http2: Http2Config,
     /// `[tracing]`: spans exported over OTLP; none: trace context passed on, nothing recorded.
     pub tracing: Option<TracingConfig>,
+    /// `[shared_state]`: the Redis replicas share route rate limits through; none: each
+    /// replica limits on its own.
+    pub shared_state: Option<SharedStateConfig>,
 }
 
 /// How backends given by a DNS name are found: one backend per address the name resolves to,

@@ -37,6 +37,7 @@ pub struct RawConfig {
     pub pools: Option<std::collections::BTreeMap<String, RawPool>>,
     pub route: Option<Vec<RawRoute>>,
     pub tracing: Option<RawTracing>,
+    pub shared_state: Option<RawSharedState>,
 }
 
 /// `[pools.NAME]`: a pool of backends with its own balancing; every section it does not give is
@@ -316,6 +317,17 @@ pub struct RawTracing {
     pub max_batch: Option<i64>,
     pub flush_interval: Option<String>,
     pub export_timeout: Option<String>,
+}
+
+/// `[shared_state]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSharedState {
+    pub redis: Option<String>,
+    pub timeout: Option<String>,
+    pub replicas: Option<i64>,
+    pub prefix: Option<String>,
+    pub lease: Option<i64>,
 }
 
 /// `request_headers` / `response_headers` as written.

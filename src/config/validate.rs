@@ -124,6 +124,10 @@ pub(super) fn validate(mut raw: RawConfig, base: &Path) -> Result<Config, Vec<Pr
         .tracing
         .take()
         .map(|section| super::tracing::tracing(section, &mut problems));
+    let shared_state = raw
+        .shared_state
+        .take()
+        .map(|section| super::shared_state::shared_state(section, &mut problems));
     let tls = raw
         .tls
         .take()
@@ -177,6 +181,7 @@ pub(super) fn validate(mut raw: RawConfig, base: &Path) -> Result<Config, Vec<Pr
         tls,
         http2,
         tracing,
+        shared_state,
     })
 }
 

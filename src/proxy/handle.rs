@@ -116,7 +116,11 @@ impl Snapshot {
                 }
                 pool_rules = Some(&plan.pool.response_headers);
                 trace.route(route.zip(config), plan.pool.name());
-                if let Some(wait) = route.and_then(|r| self.over_limit(r, &req, client)) {
+                let over_limit = match route {
+                    Some(route) => self.over_limit(route, &req, client).await,
+                    None => None,
+                };
+                if let Some(wait) = over_limit {
                     self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
                     let error = ProxyError::RateLimited(wait);
                     break 'answer Err(Rejection::refused(error));

@@ -45,7 +45,7 @@ pub use path_reading::AmbiguousPath;
 pub use pool::BackendPool;
 use prepare::Replay;
 pub use prepare::outbound_for;
-pub use rate_limit::{DEFAULT_MAX_KEYS, RateLimiter};
+pub use rate_limit::{DEFAULT_MAX_KEYS, Decision, RateLimiter, RouteLimiter};
 pub use reply::Reply;
 pub use response_body::ResponseBody;
 pub use retry::{AfterFailure, Reached, RetryBudget, RetryPolicy, is_idempotent};

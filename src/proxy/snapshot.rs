@@ -2,15 +2,15 @@
 //! ([`Plan`]): its route, pool, retry rules and timeouts, and what ties it to a backend.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::{HeaderValue, Request};
 
 use super::Scheme;
 use super::route::{RequestKey, RouteTable};
-use super::{BackendPool, ClientInfo, ProxyError, ProxyStats, RateLimiter, RetryPolicy, affinity};
+use super::{BackendPool, ClientInfo, ProxyError, ProxyStats, RetryPolicy, RouteLimiter, affinity};
 use crate::config::{BackendSpec, Config, DEFAULT_POOL, Limits, Timeouts};
 use crate::health::OutlierDetector;
+use crate::shared_state::SharedStore;
 use crate::upstream::Backend;
 
 /// The data plane as one config made it: its pools of backends, the routes to them and the
@@ -27,7 +27,10 @@ pub struct Snapshot {
     pub(super) default_pool: Option<usize>,
     /// Each route's rate limiter, if it has a `rate_limit` (kept across reloads that leave the
     /// route's limit as it was, so a reload is no way to reset a client's bucket).
-    pub(super) route_limits: Vec<Option<Arc<RateLimiter>>>,
+    pub(super) route_limits: Vec<Option<RouteLimiter>>,
+    /// The `[shared_state]` store the limiters share (kept across reloads that leave the section
+    /// as it was: one connection).
+    pub(super) shared_store: Option<Arc<SharedStore>>,
     /// Every backend of every pool, pool after pool.
     pub(super) backends: Vec<Arc<Backend>>,
     pub(super) timeouts: Timeouts,
@@ -108,6 +111,15 @@ impl Snapshot {
                     .collect()
             })
             .collect();
+        let shared_store = config.shared_state.as_ref().map(|section| {
+            let kept = previous
+                .filter(|p| p.config.shared_state.as_ref() == Some(section))
+                .and_then(|p| p.shared_store.clone());
+            kept.unwrap_or_else(|| {
+                Arc::new(SharedStore::start(section, stats.shared_state.clone()))
+            })
+        });
+        let shared = config.shared_state.as_ref().zip(shared_store.as_ref());
         let route_limits = config
             .routes
             .iter()
@@ -118,21 +130,18 @@ impl Snapshot {
                         .routes
                         .iter()
                         .zip(&p.route_limits)
-                        .find(|(r, l)| r.rate_limit.as_ref() == Some(limit) && l.is_some())
-                        .and_then(|(_, l)| l.clone())
+                        .filter(|(r, _)| r.rate_limit.as_ref() == Some(limit))
+                        .filter_map(|(_, l)| l.as_ref())
+                        .find(|l| l.fits(route, limit, shared_store.as_ref()))
+                        .cloned()
                 });
-                Some(kept.unwrap_or_else(|| {
-                    Arc::new(RateLimiter::new(
-                        f64::from(limit.per_second),
-                        limit.burst,
-                        limit.max_keys,
-                    ))
-                }))
+                Some(kept.unwrap_or_else(|| RouteLimiter::new(route, limit, shared)))
             })
             .collect();
         Snapshot {
             config: config.clone(),
             route_limits,
+            shared_store,
             routes: RouteTable::new(&config.routes),
             route_targets,
             default_pool: index(DEFAULT_POOL),
@@ -237,8 +246,9 @@ impl Snapshot {
     }
 
     /// Takes one request from the route's rate limit; the wait until the next is allowed when
-    /// it is spent.
-    pub(super) fn over_limit<B>(
+    /// it is spent. Asks the `[shared_state]` store when there is one and this replica holds no
+    /// lease for the key: at most `shared_state.timeout`, then the replica decides alone.
+    pub(super) async fn over_limit<B>(
         &self,
         route: usize,
         request: &Request<B>,
@@ -246,8 +256,8 @@ impl Snapshot {
     ) -> Option<std::time::Duration> {
         let limiter = self.route_limits[route].as_ref()?;
         let limit = self.routes.get(route).rate_limit.as_ref()?;
-        let key = affinity::rate_key(&limit.key, request, client);
-        limiter.check(&key, Instant::now()).err()
+        let decision = limiter.check(&affinity::rate_key(&limit.key, request, client));
+        decision.finish().await.err()
     }
 
     /// The pool of `route` for this request: by weight when the route splits.

@@ -39,6 +39,9 @@ pub struct ProxyStats {
     pub h2_abuse_closed: AtomicU64,
     /// Spans exported, dropped (queue full) and lost (export failed); kept across reloads.
     pub trace: std::sync::Arc<crate::trace::TraceStats>,
+    /// Whether the `[shared_state]` store answers, its round trips and the decisions made
+    /// locally without it; kept across reloads.
+    pub shared_state: std::sync::Arc<crate::shared_state::SharedStateStats>,
     /// Connections closed before their PROXY protocol header was taken, by [`HeaderRefusal`].
     proxy_header_refused: [AtomicU64; HeaderRefusal::ALL.len()],
     /// TLS handshakes that failed, by [`TlsFailure`].

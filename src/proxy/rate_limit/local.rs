@@ -1,4 +1,5 @@
-//! Per-key rate limits (a route's `rate_limit = { per_second, burst, key }`) in bounded memory.
+//! Per-key rate limits (a route's `rate_limit = { per_second, burst, key }`) in bounded memory,
+//! in this process.
 //!
 //! The algorithm is GCRA, the generic cell rate algorithm: a token bucket of `burst` requests
 //! refilled at `per_second`, kept as one number per key, the "theoretical arrival time" (TAT) at
@@ -22,7 +23,9 @@
 //! client cannot choose keys that share buckets and evict each other (or someone else). Two keys
 //! with one 64-bit hash would share an entry: at a million keys, odds of 3 in 10^8.
 //!
-//! Each alb replica limits on its own: behind N replicas a key gets up to N times the rate.
+//! This table is one replica's: behind N replicas that share no state a key gets up to N times
+//! the rate. With `[shared_state]` the buckets live in Redis instead (`shared`), and this table is
+//! the fallback while Redis does not answer, at the replica's share of the rate.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
