@@ -43,10 +43,11 @@ const WINDOW: Duration = Duration::from_secs(5);
 const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// No load runs longer than this, whatever becomes of the test that started it.
 const LOAD_LIMIT: Duration = Duration::from_secs(90);
-/// What the redis-limits branch counts: decisions taken by the local limiter because Redis did
-/// not answer within its budget, and the store's state (1: Redis answers).
+/// Rate-limit decisions a replica took alone (Redis down, silent past `shared_state.timeout`, or
+/// failing), and whether Redis answers (1) or each replica limits on its own share (0).
 const FALLBACKS: &str = "alb_shared_state_fallbacks_total";
 const REDIS_UP: &str = "alb_shared_state_up";
+const ROUND_TRIPS: &str = "alb_shared_state_round_trips_total";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fleet_of_three_replicas_shares_limits_and_survives_failures() {
@@ -174,6 +175,19 @@ impl Fleet {
         answer.ok().flatten()
     }
 
+    /// Each replica's Redis round trips and fallbacks so far.
+    async fn store_counts(&self) -> Vec<(f64, f64)> {
+        let mut counts = Vec::new();
+        for r in &self.replicas {
+            let text = self.metrics(r).await;
+            counts.push((
+                metric(&text, ROUND_TRIPS, &[]),
+                metric(&text, FALLBACKS, &[]),
+            ));
+        }
+        counts
+    }
+
     async fn metrics(&self, replica: &Replica) -> String {
         self.admin_get(replica, "/metrics")
             .await
@@ -192,7 +206,7 @@ impl Fleet {
     }
 
     /// Waits until every replica answers through its published port and reports the three
-    /// backends up.
+    /// backends up, with Redis answering.
     async fn ready(&self, within: Duration) -> Duration {
         let started = Instant::now();
         for replica in &self.replicas {
@@ -210,6 +224,14 @@ impl Fleet {
                 .await;
                 let answered = answered.ok().flatten().unwrap_or(false);
                 if !answered {
+                    return false;
+                }
+                // Redis connected (alb starts without it and connects in the background).
+                let metrics = self
+                    .admin_get(replica, "/metrics")
+                    .await
+                    .unwrap_or_default();
+                if metric(&metrics, REDIS_UP, &[]) != 1.0 {
                     return false;
                 }
                 for b in ["b1:8081", "b2:8081", "b3:8081"] {
@@ -515,16 +537,17 @@ impl Drop for Spread {
     }
 }
 
-/// 1. The route limited to 200/s, loaded at 6 times that through all three replicas.
+/// Scenario 1: the route limited to 200/s, loaded at 6 times that through all three replicas.
 async fn shared_limit(fleet: &Fleet) {
+    let before = fleet.store_counts().await;
     let spread = Spread::start(
         fleet,
         Plan {
             path: "/limited",
             tenant: Some("shared-limit"),
-            workers: 4,
-            per_second: 100,
-            max: 2_000,
+            workers: 8,
+            per_second: 50,
+            max: 1_000,
         },
     );
     // The measurement window: how long the load runs, not an event to wait for.
@@ -532,12 +555,15 @@ async fn shared_limit(fleet: &Fleet) {
     let done = spread.finish().await;
     done.assert_none_failed();
     let (ran, tallies, all) = (done.ran, &done.tallies, done.all());
+    let store: Vec<(f64, f64)> = (fleet.store_counts().await.iter().zip(&before))
+        .map(|(a, b)| (a.0 - b.0, a.1 - b.1))
+        .collect();
     let secs = ran.as_secs_f64();
     let expected = LIMIT * secs + BURST;
     let accuracy = all.ok as f64 / expected;
     let per_replica: Vec<u64> = tallies.iter().map(|t| t.ok).collect();
     eprintln!(
-        "shared limit: {} requests in {ran:.2?} ({:.0}/s offered over 3 replicas), {} passed ({:.1}/s; {per_replica:?} by replica), {} got 429; expected {expected:.0} (200/s × {secs:.2} s + burst 20): {:+.1} %",
+        "shared limit: {} requests in {ran:.2?} ({:.0}/s offered over 3 replicas), {} passed ({:.1}/s; {per_replica:?} by replica), {} got 429; expected {expected:.0} (200/s × {secs:.2} s + burst 20): {:+.1} %; Redis round trips and local fallbacks by replica {store:?}",
         all.sent,
         all.sent as f64 / secs,
         all.ok,
@@ -570,7 +596,7 @@ impl Drop for Paused {
     }
 }
 
-/// 2. Redis paused (its connections stay open, nothing answers) under load on the limited
+/// Scenario 2: Redis paused (its connections stay open, nothing answers) under load on the limited
 /// route, then unpaused.
 async fn redis_paused(fleet: &Fleet) {
     let spread = Spread::start(
@@ -638,9 +664,13 @@ async fn redis_paused(fleet: &Fleet) {
         during.ok as f64 / during_secs < 1.5 * LIMIT,
         "while Redis was paused the local limiters let {during:?} through in {during_secs:.1} s"
     );
+    assert!(
+        after.ok as f64 / after_secs < 1.5 * LIMIT,
+        "back on Redis the fleet let {after:?} through in {after_secs:.1} s"
+    );
 }
 
-/// 3. One backend cut off the network (no reset: its packets vanish) under GETs.
+/// Scenario 3: one backend cut off the network (no reset: its packets vanish) under GETs.
 async fn backend_partitioned(fleet: &Fleet) {
     let spread = Spread::start(
         fleet,
@@ -680,7 +710,7 @@ async fn backend_partitioned(fleet: &Fleet) {
     );
 }
 
-/// 4. A header rule changed in the file every replica mounts, then SIGHUP to one replica at a
+/// Scenario 4: a header rule changed in the file every replica mounts, then SIGHUP to one replica at a
 /// time: each answers with the new version once it reloaded, and only then.
 async fn rolling_reload(fleet: &Fleet) {
     let spread = Spread::start(
@@ -716,13 +746,8 @@ async fn rolling_reload(fleet: &Fleet) {
             .await
             .unwrap_or_else(|_| panic!("{} still answers {}", r.name, spread.version(i)));
         took.push(sent.elapsed());
-        for j in i + 1..fleet.replicas.len() {
-            assert_eq!(
-                spread.version(j),
-                "v1",
-                "{} changed before its reload",
-                REPLICAS[j]
-            );
+        for (j, later) in REPLICAS.iter().enumerate().skip(i + 1) {
+            assert_eq!(spread.version(j), "v1", "{later} changed before its reload");
         }
         assert_eq!(
             metric(&fleet.metrics(r).await, "alb_reload_failures_total", &[]),
@@ -741,7 +766,7 @@ async fn rolling_reload(fleet: &Fleet) {
     );
 }
 
-/// 5. `docker kill` of one replica while clients spread over all three.
+/// Scenario 5: `docker kill` of one replica while clients spread over all three.
 async fn replica_killed(fleet: &Fleet) {
     let spread = Spread::start(
         fleet,
@@ -779,8 +804,7 @@ async fn replica_killed(fleet: &Fleet) {
         others.sent,
         others.failed()
     );
-    for i in 1..done.tallies.len() {
-        let t = done.tallies[i];
+    for (i, t) in done.tallies.iter().enumerate().skip(1) {
         assert_eq!(
             t.failed(),
             0,
