@@ -3,11 +3,13 @@
 //!
 //! A request never waits for the connection to be made and never waits longer than the budget
 //! (`shared_state.timeout`) for an answer. While the store is marked down, callers do not ask it
-//! at all and decide locally (`proxy::rate_limit`); the first failure (an error, or no answer
-//! within the budget) marks it down, logs once and wakes a background task that reconnects with
-//! a growing pause (50 ms to 1 s) until Redis answers a PING within the budget again, which is
-//! logged once too. So a slow or partitioned Redis costs one budget to the requests in flight at
-//! that moment, not to every request while it lasts.
+//! at all and decide locally (`proxy::rate_limit`). A broken connection or an error marks it down
+//! at once; answers later than the budget do after [`TIMEOUTS_TO_DOWN`] in a row (one slow
+//! answer in a busy moment costs one local decision, not a reconnection). Marking it down logs
+//! once and wakes a background task that reconnects with a growing pause (50 ms to 1 s) until
+//! Redis answers a PING within the budget again, which is logged once too. So a slow or
+//! partitioned Redis costs one budget to the few requests in flight at that moment, not to every
+//! request while it lasts.
 //!
 //! The connection is the `redis` crate's multiplexed one: requests of every worker thread are
 //! pipelined on it (no pool, no lock), and a clone of it is a handle. alb keeps it itself rather
@@ -15,7 +17,7 @@
 //! and hides whether the store answers: the gauge and the fallback need to know.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -52,6 +54,8 @@ return {granted, 0}
 /// Longest a (re)connection may take, TLS handshake and `SCRIPT LOAD` included. Not on any
 /// request's path: only the background task waits for it.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Answers later than the budget, in a row, that mark the store down.
+pub const TIMEOUTS_TO_DOWN: u32 = 3;
 const FIRST_PAUSE: Duration = Duration::from_millis(50);
 const LONGEST_PAUSE: Duration = Duration::from_secs(1);
 
@@ -123,6 +127,8 @@ struct Inner {
     connection: ArcSwapOption<MultiplexedConnection>,
     /// Woken when a request marks the store down.
     lost: tokio::sync::Notify,
+    /// Answers later than the budget since the last one in time.
+    late: AtomicU32,
     budget: Duration,
     /// `redis://host:port/db`, no credentials.
     display: String,
@@ -168,6 +174,7 @@ impl SharedStore {
             client,
             connection: ArcSwapOption::empty(),
             lost: tokio::sync::Notify::new(),
+            late: AtomicU32::new(0),
             budget: config.timeout,
             display: config.display.clone(),
             script: redis::Script::new(TAKE),
@@ -232,19 +239,25 @@ impl SharedStore {
         )
         .await;
         match answer {
-            Ok(Ok((tokens, wait))) => Some(Grant {
-                tokens,
-                wait: Duration::from_micros(wait),
-            }),
-            Ok(Err(e)) => {
+            Ok(Ok((tokens, wait))) => {
+                inner.late.store(0, Ordering::Relaxed);
+                Some(Grant {
+                    tokens,
+                    wait: Duration::from_micros(wait),
+                })
+            }
+            Ok(Err(e)) if !e.is_timeout() => {
                 inner.stats.fell_back(Fallback::Error);
                 inner.lose(&current, &e.to_string());
                 None
             }
-            Err(_) => {
+            // The connection's own response timeout (set to the budget) or this one.
+            Ok(Err(_)) | Err(_) => {
                 inner.stats.fell_back(Fallback::Timeout);
-                let why = format!("no answer within {:?}", inner.budget);
-                inner.lose(&current, &why);
+                if inner.late.fetch_add(1, Ordering::Relaxed) + 1 >= TIMEOUTS_TO_DOWN {
+                    let why = format!("{TIMEOUTS_TO_DOWN} answers later than {:?}", inner.budget);
+                    inner.lose(&current, &why);
+                }
                 None
             }
         }
@@ -308,6 +321,7 @@ async fn keep_connected(inner: Arc<Inner>) {
         if inner.connection.load().is_none() {
             match tokio::time::timeout(CONNECT_TIMEOUT, inner.connect()).await {
                 Ok(Ok(connection)) => {
+                    inner.late.store(0, Ordering::Relaxed);
                     inner.connection.store(Some(Arc::new(connection)));
                     inner.stats.up.store(true, Ordering::Relaxed);
                     tracing::info!(

@@ -18,6 +18,7 @@ mod proxy_protocol;
 mod proxying;
 mod retries;
 mod routing;
+mod shared_state;
 mod smuggling;
 mod support;
 mod tls;

@@ -13,6 +13,7 @@ mod load;
 pub mod pki;
 pub mod prerequisite;
 pub mod recorder;
+pub mod redis;
 mod scenario;
 pub use load::SteadyLoad;
 pub use scenario::{Running, Scenario};
