@@ -537,7 +537,8 @@ impl Drop for Spread {
     }
 }
 
-/// Scenario 1: the route limited to 200/s, loaded at 6 times that through all three replicas.
+/// Scenario 1: the route limited to 200/s, loaded at up to 6 times that (8 clients of 50/s per
+/// replica) through all three replicas.
 async fn shared_limit(fleet: &Fleet) {
     let before = fleet.store_counts().await;
     let spread = Spread::start(
@@ -571,8 +572,10 @@ async fn shared_limit(fleet: &Fleet) {
         all.limited,
         (accuracy - 1.0) * 100.0
     );
+    // Without sharing the fleet would pass what it is sent up to 600/s: past 1.25 times the
+    // limit, that is outside the ±10 % below.
     assert!(
-        all.sent as f64 > 1.5 * expected,
+        all.sent as f64 > 1.25 * expected,
         "the load ({} requests) must exceed the limit for the test to tell 200/s from 600/s",
         all.sent
     );
