@@ -126,7 +126,7 @@ impl SharedLimit {
 
     pub(super) fn check(self: &Arc<Self>, key: &[u8], now: Instant) -> Decision {
         let hash = self.hasher.hash_one(key);
-        if let Some(decided) = self.from_lease(hash, now) {
+        if let Some(decided) = self.decide_locally(hash, now) {
             return Decision::Now(decided);
         }
         if !self.store.is_up() {
@@ -140,7 +140,7 @@ impl SharedLimit {
 
     /// A decision from what this replica holds for the key: a token of its lease, or the
     /// bucket known to be empty.
-    fn from_lease(&self, hash: u64, now: Instant) -> Option<Result<(), Duration>> {
+    fn decide_locally(&self, hash: u64, now: Instant) -> Option<Result<(), Duration>> {
         let mut leases = self.shard(hash);
         let lease = leases.by_key.get_mut(&hash)?;
         if now < lease.empty_until {
@@ -308,17 +308,21 @@ mod tests {
             lease.tokens = 2;
             lease.until = now + LEASE_LIFE;
         });
-        assert_eq!(limiter.from_lease(hash, now), Some(Ok(())));
-        assert_eq!(limiter.from_lease(hash, now), Some(Ok(())));
-        assert_eq!(limiter.from_lease(hash, now), None, "spent: ask Redis");
+        assert_eq!(limiter.decide_locally(hash, now), Some(Ok(())));
+        assert_eq!(limiter.decide_locally(hash, now), Some(Ok(())));
+        assert_eq!(limiter.decide_locally(hash, now), None, "spent: ask Redis");
         limiter.remember(hash, now, |lease| lease.tokens = 1);
-        assert_eq!(limiter.from_lease(hash, now + LEASE_LIFE), None, "expired");
+        assert_eq!(
+            limiter.decide_locally(hash, now + LEASE_LIFE),
+            None,
+            "expired"
+        );
         limiter.remember(hash, now, |lease| {
             lease.empty_until = now + Duration::from_millis(30);
         });
         let later = now + Duration::from_millis(10);
         assert_eq!(
-            limiter.from_lease(hash, later),
+            limiter.decide_locally(hash, later),
             Some(Err(Duration::from_millis(20)))
         );
     }
@@ -346,6 +350,6 @@ mod tests {
             lease.tokens = 1;
             lease.until = later + LEASE_LIFE;
         });
-        assert_eq!(limiter.from_lease(hash, later), Some(Ok(())));
+        assert_eq!(limiter.decide_locally(hash, later), Some(Ok(())));
     }
 }
