@@ -88,6 +88,12 @@ impl Stack {
         }
     }
 
+    /// One more variable for the compose file (and for `down` when the stack is dropped).
+    pub fn with_env(mut self, name: &'static str, value: &str) -> Stack {
+        self.envs.push((name, value.to_string()));
+        self
+    }
+
     fn args<'a>(&'a self, rest: &[&'a str]) -> Vec<&'a str> {
         let mut args: Vec<&str> = self.compose[1..].iter().map(String::as_str).collect();
         args.extend([
@@ -117,7 +123,15 @@ impl Stack {
 
     /// `127.0.0.1:PORT` that alb's 8080 is published on.
     pub fn published(&self) -> String {
-        let out = self.compose(&["port", "alb", "8080"], Duration::from_secs(30));
+        self.port("alb", 8080)
+    }
+
+    /// `127.0.0.1:PORT` that `service`'s `port` is published on.
+    pub fn port(&self, service: &str, port: u16) -> String {
+        let out = self.compose(
+            &["port", service, &port.to_string()],
+            Duration::from_secs(30),
+        );
         out.trim().replace("0.0.0.0", "127.0.0.1")
     }
 

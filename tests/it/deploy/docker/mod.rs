@@ -1,14 +1,17 @@
 //! alb's deployment on a real Docker engine: the image built with no registry, the project's
 //! compose stack (alb and two `alb backend` containers on `lb_network`, only 8080 published) and
 //! the DNS-discovery stack scaled up and down, under load, from the host through the published
-//! port. Needs a Docker daemon and compose: without them the test says SKIPPED and why, except
-//! under CI, where it fails. Everything it makes (image, containers, networks) it removes.
+//! port; the fleet stack (three replicas sharing their rate limits through Redis) in `fleet`.
+//! Needs a Docker daemon and compose: without them the tests say SKIPPED and why, except under
+//! CI, where they fail. Everything they make (images, containers, networks) they remove.
 
 mod compose;
+mod fleet;
 mod load;
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use compose::{Images, Stack, compose_command, container_ip, ok};
@@ -27,19 +30,47 @@ async fn alb_deploys_on_a_real_docker_engine() {
         }
     };
     let id = std::process::id();
-    let image = format!("alb-test-{id}:latest");
-    let base = format!("alb-runtime-test-{id}:local");
-    let _images = Images(vec![image.clone(), base.clone()]);
-    build_image(&image, &base);
+    let image = alb_image().await;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    compose_stack(&compose, &root.join("docker-compose.yml"), id, &image).await;
+    compose_stack(&compose, &root.join("docker-compose.yml"), id, &image.name).await;
     discovery_stack(
         &compose,
         &root.join("deploy/discovery/docker-compose.yml"),
         id,
-        &image,
+        &image.name,
     )
     .await;
+}
+
+/// alb's image, built once for the tests that run at the same time, removed (with its runtime
+/// base) when the last of them drops it.
+pub struct AlbImage {
+    pub name: String,
+    _images: Images,
+}
+
+static ALB_IMAGE: tokio::sync::Mutex<Weak<AlbImage>> = tokio::sync::Mutex::const_new(Weak::new());
+
+/// The image of the binary under test: the one built already if a test still holds it, else a
+/// new one (under a new tag: the last one's removal may still be under way).
+pub async fn alb_image() -> Arc<AlbImage> {
+    static BUILDS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let mut slot = ALB_IMAGE.lock().await;
+    if let Some(image) = slot.upgrade() {
+        return image;
+    }
+    let id = std::process::id();
+    let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let name = format!("alb-test-{id}-{n}:latest");
+    let base = format!("alb-runtime-test-{id}-{n}:local");
+    let images = Images(vec![name.clone(), base.clone()]);
+    build_image(&name, &base);
+    let image = Arc::new(AlbImage {
+        name,
+        _images: images,
+    });
+    *slot = Arc::downgrade(&image);
+    image
 }
 
 /// The image, by the script the README gives, from the binary under test.
