@@ -100,15 +100,19 @@ impl ControlPlane {
     /// Starts (or restarts) the health checks of the current backends.
     pub fn start_health(&self) {
         let routing = self.proxy.snapshot.load();
+        let mut running = lock(&self.health).take();
         let mut checker = HealthChecker::default();
         for (pool, config) in routing.pools().iter().zip(routing.config().all_pools()) {
-            checker.spawn(
+            checker.spawn_or_keep(
                 pool.backends(),
                 &config.health_check,
                 &config.passive_health,
+                running.as_mut(),
             );
         }
-        // Replacing the old checker drops it, which aborts its tasks.
+        // The old checker's tasks not carried over (backends gone or re-configured) are aborted
+        // as it drops.
+        drop(running);
         *lock(&self.health) = Some(checker);
     }
 

@@ -19,7 +19,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
 
 use crate::config::{HealthCheckConfig, PassiveHealthConfig};
 use crate::upstream::Backend;
@@ -37,7 +37,24 @@ const CONFIRM_INTERVAL: Duration = Duration::from_secs(1);
 /// Runs the health checks of a set of backends until dropped or shut down.
 #[derive(Debug, Default)]
 pub struct HealthChecker {
-    tasks: JoinSet<()>,
+    checks: Vec<Check>,
+}
+
+/// One backend's probing task, and what it was started with.
+#[derive(Debug)]
+struct Check {
+    backend: Arc<Backend>,
+    config: HealthCheckConfig,
+    forgive_after: Duration,
+    task: JoinHandle<()>,
+}
+
+impl Drop for HealthChecker {
+    fn drop(&mut self) {
+        for check in &self.checks {
+            check.task.abort();
+        }
+    }
 }
 
 impl HealthChecker {
@@ -59,16 +76,49 @@ impl HealthChecker {
         config: &HealthCheckConfig,
         passive: &PassiveHealthConfig,
     ) {
+        self.spawn_or_keep(backends, config, passive, None);
+    }
+
+    /// Like [`HealthChecker::spawn`], but a backend already checked by `running` with the same
+    /// settings keeps its task, which goes on at its own pace: a change elsewhere in the pool
+    /// (an endpoint of a Service turning ready, a DNS answer, a runtime addition) probes only
+    /// what is new, not every backend at once.
+    pub fn spawn_or_keep(
+        &mut self,
+        backends: &[Arc<Backend>],
+        config: &HealthCheckConfig,
+        passive: &PassiveHealthConfig,
+        mut running: Option<&mut HealthChecker>,
+    ) {
+        let forgive_after = passive.max_ejection_time;
         for backend in backends {
-            let forgive_after = passive.max_ejection_time;
-            self.tasks
-                .spawn(check_loop(backend.clone(), config.clone(), forgive_after));
+            let kept = running.as_deref_mut().and_then(|running| {
+                let at = running.checks.iter().position(|c| {
+                    Arc::ptr_eq(&c.backend, backend)
+                        && c.config == *config
+                        && c.forgive_after == forgive_after
+                })?;
+                Some(running.checks.swap_remove(at))
+            });
+            let check = kept.unwrap_or_else(|| Check {
+                backend: backend.clone(),
+                config: config.clone(),
+                forgive_after,
+                task: tokio::spawn(check_loop(backend.clone(), config.clone(), forgive_after)),
+            });
+            self.checks.push(check);
         }
     }
 
     /// Stops every probing task.
     pub async fn stop(mut self) {
-        self.tasks.shutdown().await;
+        let checks = std::mem::take(&mut self.checks);
+        for check in &checks {
+            check.task.abort();
+        }
+        for check in checks {
+            let _ = check.task.await;
+        }
     }
 }
 

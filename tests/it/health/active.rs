@@ -192,7 +192,9 @@ async fn a_reload_does_not_take_a_known_backend_out_on_one_failed_probe() {
     .unwrap();
     a.set_mode(Mode::Fail);
     let before = a.probes();
-    let config = lb.proxy.snapshot().config().clone();
+    // A reload that changes the checks restarts them (an unchanged check goes on at its pace).
+    let mut config = lb.proxy.snapshot().config().clone();
+    config.health_check.timeout += Duration::from_millis(1);
     lb.control.apply(&config);
     let backend = lb.proxy.backends()[0].clone();
     wait_until(Duration::from_secs(2), || {

@@ -195,3 +195,59 @@ async fn a_reload_to_another_api_server_is_followed() {
         "still not watching the reloaded API server: {urls:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_endpoint_s_changes_do_not_probe_every_backend_again() {
+    let _cpu = crate::support::cpu::shared().await;
+    let b = TestBackend::start("b").await;
+    let api = KubeApi::start(TOKEN).await;
+    api.apply(&slice("bx", &b, "zone-a", false));
+    // Another pod, which nothing listens for: its zone label changes, over and over.
+    let other = |zone: &str| {
+        Slice::new(
+            "cart",
+            "cx",
+            vec![Ep::ready("127.0.0.9").on("node-c", zone)],
+        )
+        .ports(&[(Some("http"), 9)])
+    };
+    api.apply(&other("zone-0"));
+    let token_file = std::env::temp_dir().join(format!("alb-k8s-token-p-{}", std::process::id()));
+    std::fs::write(&token_file, TOKEN).expect("token file");
+    let lb = TestBalancer::start(&format!(
+        "backends = [\"k8s://{NAMESPACE}/cart:http\"]\n\
+         [health_check]\ninterval = \"30s\"\n\
+         [discovery.kubernetes]\napi_server = \"{}\"\ntoken_file = \"{}\"\n",
+        api.url(),
+        token_file.display()
+    ))
+    .await;
+    wait_until(Duration::from_secs(5), || {
+        lb.proxy.backends().len() == 2 && b.probes() >= 1
+    })
+    .await
+    .expect("discovered and probed once");
+    let before = b.probes();
+    // Each change makes the other endpoint a new backend, probed at once (its zone changed);
+    // b's check, unchanged, goes on at its own 30 s pace.
+    for i in 1..=20 {
+        let zone = format!("zone-{i}");
+        api.apply(&other(&zone));
+        wait_until(Duration::from_secs(5), || {
+            lb.proxy
+                .backends()
+                .iter()
+                .any(|x| x.zone() == Some(zone.as_str()) && x.last_probe().is_some())
+        })
+        .await
+        .expect("the changed endpoint is a new backend, probed");
+    }
+    let probes = b.probes() - before;
+    lb.stop().await;
+    let _ = std::fs::remove_file(&token_file);
+    b.stop().await;
+    assert_eq!(
+        probes, 0,
+        "b, unchanged, probed {probes} times at interval 30 s"
+    );
+}
