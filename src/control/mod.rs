@@ -1,8 +1,8 @@
 //! The control plane: everything that replaces the data plane's [`Snapshot`] while requests run
 //! on it. A reload (SIGHUP or the admin API) or a runtime change builds a new snapshot from a
-//! config, carries over the backends that did not change (with their health, counters and
-//! connections), swaps it in whole, and starts the health checks of what is new or re-configured; discovery does the
-//! same when a name's addresses change. Nothing here is on a request's path: a request loads the
+//! config, carries over the backends that did not change (with their health, counters,
+//! connections and running health checks), swaps it in whole, and starts the health checks of
+//! what is new or re-configured; discovery does the same when a source's backends change. Nothing here is on a request's path: a request loads the
 //! snapshot once and never waits on a change, and the [`Proxy`] it runs on holds none of the
 //! state kept here.
 
