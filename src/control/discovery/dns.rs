@@ -102,8 +102,11 @@ pub(super) async fn service(resolver: &TokioResolver, name: &str) -> Answer {
     if !failures.is_empty() {
         tracing::warn!(name, "SRV targets left out: {}", failures.join("; "));
     }
-    found.sort();
-    found.dedup_by(|a, b| (a.ip, a.port) == (b.ip, b.port));
+    // Primaries before backups, so that the bound of backends per name keeps the primaries
+    // (and an address that is both stays a primary).
+    found.sort_by(|a, b| (a.backup, a.ip, a.port).cmp(&(b.backup, b.ip, b.port)));
+    let mut seen = std::collections::HashSet::new();
+    found.retain(|f| seen.insert((f.ip, f.port)));
     Ok((capped(name, found), valid_until))
 }
 
@@ -111,7 +114,7 @@ fn capped(name: &str, mut found: Vec<Found>) -> Vec<Found> {
     if found.len() > MAX_ADDRESSES_PER_NAME {
         tracing::warn!(
             name,
-            "{name} brings {} backends; only the first {MAX_ADDRESSES_PER_NAME} (in address order) are used",
+            "{name} brings {} backends; only the first {MAX_ADDRESSES_PER_NAME} (backups last, each in address order) are used",
             found.len()
         );
         found.truncate(MAX_ADDRESSES_PER_NAME);

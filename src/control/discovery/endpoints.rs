@@ -96,6 +96,10 @@ impl ControlPlane {
                 }
             }
         }
+        if wanted.is_empty() {
+            // Nothing to reach the API server for: no retry is due.
+            watches.failing = false;
+        }
         let mut first_lists = Vec::new();
         for (key, service) in wanted {
             if watches.running.contains_key(&key) {
