@@ -104,7 +104,7 @@ pub(super) async fn service(resolver: &TokioResolver, name: &str) -> Answer {
     }
     // Primaries before backups, so that the bound of backends per name keeps the primaries
     // (and an address that is both stays a primary).
-    found.sort_by(|a, b| (a.backup, a.ip, a.port).cmp(&(b.backup, b.ip, b.port)));
+    found.sort_by_key(|f| (f.backup, f.ip, f.port));
     let mut seen = std::collections::HashSet::new();
     found.retain(|f| seen.insert((f.ip, f.port)));
     Ok((capped(name, found), valid_until))
