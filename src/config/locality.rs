@@ -160,6 +160,11 @@ mod tests {
                 "backends = [\"http://127.0.0.1:1\"]\n[locality]\nmax_in_flight = 0\n",
                 "locality.max_in_flight",
             ),
+            (
+                "backends = [\"k8s://shop/web:http\"]\n[discovery.kubernetes]\n\
+                 api_server = \"https://10.0.0.1:6443\"\ntoken_file = \"/no/such/token\"\n",
+                "discovery.kubernetes.token_file",
+            ),
         ] {
             assert_eq!(keys(text), [key], "{text}");
         }

@@ -341,7 +341,11 @@ fn statuses(key: &str, list: &[i64], problems: &mut Problems) -> Vec<u16> {
         .collect()
 }
 
-pub(super) fn discovery(raw: RawDiscovery, problems: &mut Problems) -> DiscoveryConfig {
+pub(super) fn discovery(
+    raw: RawDiscovery,
+    base: &std::path::Path,
+    problems: &mut Problems,
+) -> DiscoveryConfig {
     let d = DiscoveryConfig::default();
     let min_interval = positive_duration(
         "discovery.min_interval",
@@ -396,8 +400,33 @@ pub(super) fn discovery(raw: RawDiscovery, problems: &mut Problems) -> Discovery
         nameservers,
         kubernetes: super::KubernetesApi {
             api_server: kubernetes.api_server,
-            token_file: kubernetes.token_file.map(Into::into),
-            ca_file: kubernetes.ca_file.map(Into::into),
+            token_file: readable_file(
+                "discovery.kubernetes.token_file",
+                kubernetes.token_file,
+                base,
+                problems,
+            ),
+            ca_file: readable_file(
+                "discovery.kubernetes.ca_file",
+                kubernetes.ca_file,
+                base,
+                problems,
+            ),
         },
     }
+}
+
+/// A file named relative to the config file's directory, as certificates are; one alb cannot
+/// read is a problem now (`alb check` says so), not a watch failing later.
+fn readable_file(
+    key: &str,
+    name: Option<String>,
+    base: &std::path::Path,
+    problems: &mut Problems,
+) -> Option<std::path::PathBuf> {
+    let path = base.join(name?);
+    if let Err(e) = std::fs::File::open(&path) {
+        problems.add(key, format!("cannot read {}: {e}", path.display()));
+    }
+    Some(path)
 }

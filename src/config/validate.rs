@@ -104,7 +104,11 @@ pub(super) fn validate(mut raw: RawConfig, base: &Path) -> Result<Config, Vec<Pr
     let workers = count("workers", raw.workers, 0, 0, 1024, &mut problems) as usize;
     let admin = sections::admin(raw.admin.take().unwrap_or_default(), &mut problems);
     let underscores_in_headers = underscores(raw.underscores_in_headers.as_deref(), &mut problems);
-    let discovery = sections::discovery(raw.discovery.take().unwrap_or_default(), &mut problems);
+    let discovery = sections::discovery(
+        raw.discovery.take().unwrap_or_default(),
+        base,
+        &mut problems,
+    );
     let proxy_protocol =
         sections::proxy_protocol(raw.proxy_protocol.take().unwrap_or_default(), &mut problems);
     let forwarded = super::edge::forwarded(raw.forwarded.take().unwrap_or_default(), &mut problems);
