@@ -7,17 +7,6 @@ use std::time::Duration;
 
 use crate::support::*;
 
-async fn names(url: &str, n: usize) -> HashMap<String, usize> {
-    let client = client();
-    let mut counts = HashMap::new();
-    for _ in 0..n {
-        let (status, headers, _) = get(&client, url).await;
-        assert_eq!(status, 200);
-        *counts.entry(backend_of(&headers)).or_insert(0) += 1;
-    }
-    counts
-}
-
 fn only(counts: &HashMap<String, usize>, names: &[&str]) -> bool {
     counts.keys().all(|k| names.contains(&k.as_str()))
 }
@@ -45,7 +34,7 @@ async fn the_own_zone_takes_the_traffic_and_spills_over_when_short_or_full() {
     .await;
 
     // Fit: zone a takes everything, shared between its two backends.
-    let counts = names(&lb.url("/"), 100).await;
+    let counts = answers_by_backend(&lb.url("/"), 100).await;
     assert!(only(&counts, &["a1", "a2"]), "{counts:?}");
     assert_eq!((counts["a1"], counts["a2"]), (50, 50), "{counts:?}");
 
@@ -82,7 +71,7 @@ async fn the_own_zone_takes_the_traffic_and_spills_over_when_short_or_full() {
     );
     a1.set_delay(Duration::ZERO);
     a2.set_delay(Duration::ZERO);
-    let counts = names(&lb.url("/"), 20).await;
+    let counts = answers_by_backend(&lb.url("/"), 20).await;
     assert!(
         only(&counts, &["a1", "a2"]),
         "back once there is room: {counts:?}"
@@ -92,13 +81,13 @@ async fn the_own_zone_takes_the_traffic_and_spills_over_when_short_or_full() {
     let a1_port = a1.stop().await;
     lb.wait_health(&a1_port.addr(), false, Duration::from_secs(5))
         .await;
-    let counts = names(&lb.url("/"), 20).await;
+    let counts = answers_by_backend(&lb.url("/"), 20).await;
     assert_eq!(counts.get("a2"), Some(&20), "{counts:?}");
     // Both down: zone b takes everything, nothing fails.
     let a2_port = a2.stop().await;
     lb.wait_health(&a2_port.addr(), false, Duration::from_secs(5))
         .await;
-    let counts = names(&lb.url("/"), 40).await;
+    let counts = answers_by_backend(&lb.url("/"), 40).await;
     assert!(only(&counts, &["b1", "b2"]), "{counts:?}");
     assert_eq!((counts["b1"], counts["b2"]), (20, 20), "{counts:?}");
 

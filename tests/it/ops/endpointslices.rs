@@ -3,24 +3,14 @@
 //! zone's preferred, a terminating endpoint drained (its request in flight finishes, it gets no
 //! new one), a deleted slice's endpoint gone, the zone spilling over when it has nothing left.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::support::kube_api::{Ep, KubeApi, NAMESPACE, Slice};
-use crate::support::{TestBackend, TestBalancer, backend_of, client, get, wait_until};
+use crate::support::{
+    TestBackend, TestBalancer, answers_by_backend, backend_of, client, get, wait_until,
+};
 
 const TOKEN: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImFsYiJ9.YWxiLXRlc3Q.sig";
-
-async fn names(url: &str, n: usize) -> HashMap<String, usize> {
-    let client = client();
-    let mut counts = HashMap::new();
-    for _ in 0..n {
-        let (status, headers, _) = get(&client, url).await;
-        assert_eq!(status, 200);
-        *counts.entry(backend_of(&headers)).or_insert(0) += 1;
-    }
-    counts
-}
 
 /// One slice of `cart` with one endpoint on 127.0.0.1 at `backend`'s port, in `zone`.
 fn slice(suffix: &str, backend: &TestBackend, zone: &str, terminating: bool) -> Slice {
@@ -81,7 +71,7 @@ async fn a_service_s_endpoints_are_the_pool_terminating_ones_drained() {
     assert_eq!(seen, want);
 
     // This zone's two take everything.
-    let counts = names(&lb.url("/"), 40).await;
+    let counts = answers_by_backend(&lb.url("/"), 40).await;
     assert_eq!(
         (counts.get("a1"), counts.get("a2")),
         (Some(&20), Some(&20)),
@@ -124,7 +114,7 @@ async fn a_service_s_endpoints_are_the_pool_terminating_ones_drained() {
         (200, "a1")
     );
     let hits = a1.hits();
-    let counts = names(&lb.url("/"), 20).await;
+    let counts = answers_by_backend(&lb.url("/"), 20).await;
     assert_eq!(counts.get("a2"), Some(&20), "{counts:?}");
     assert_eq!(a1.hits(), hits);
 
@@ -135,7 +125,7 @@ async fn a_service_s_endpoints_are_the_pool_terminating_ones_drained() {
     })
     .await
     .expect("a deleted slice's endpoint leaves the pool");
-    let counts = names(&lb.url("/"), 20).await;
+    let counts = answers_by_backend(&lb.url("/"), 20).await;
     assert_eq!(counts.get("b1"), Some(&20), "{counts:?}");
 
     // The API shows the terminating endpoint as draining.

@@ -2,11 +2,12 @@
 //! stands for each target of the lowest priority at its own port and weight, the next priority
 //! as backups taken only when the others are down, and follows the records when they change.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{TestBackend, TestBalancer, backend_of, client, get, wait_until};
+use crate::support::{TestBackend, TestBalancer, answers_by_backend, client, get, wait_until};
 
 const SERVICE: &str = "_web._tcp.alb.test";
 
@@ -113,20 +114,9 @@ impl Drop for Dnsmasq {
     }
 }
 
-/// Backend names of `n` sequential GETs, each answered 200.
-async fn answers(url: &str, n: usize) -> Vec<String> {
-    let client = client();
-    let mut names = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (status, headers, _) = get(&client, url).await;
-        assert_eq!(status, 200);
-        names.push(backend_of(&headers));
-    }
-    names
-}
-
-fn count(names: &[String], name: &str) -> usize {
-    names.iter().filter(|n| *n == name).count()
+/// How many of `counts` the backend `name` answered.
+fn count(counts: &HashMap<String, usize>, name: &str) -> usize {
+    counts.get(name).copied().unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,7 +180,7 @@ async fn srv_targets_bring_their_ports_weights_and_backups() {
     assert_eq!(seen, want);
 
     // The SRV weights share the traffic 3:1 between the first priority; the backup gets none.
-    let names = answers(&balancer.url("/"), 400).await;
+    let names = answers_by_backend(&balancer.url("/"), 400).await;
     let (n1, n2, n3) = (
         count(&names, "b1"),
         count(&names, "b2"),
@@ -207,7 +197,7 @@ async fn srv_targets_bring_their_ports_weights_and_backups() {
             .wait_health(&closed.addr(), false, Duration::from_secs(5))
             .await;
     }
-    let names = answers(&balancer.url("/"), 50).await;
+    let names = answers_by_backend(&balancer.url("/"), 50).await;
     assert_eq!(count(&names, "b3"), 50, "{names:?}");
 
     // The records change: t3 alone, now of the first priority. alb follows within a TTL or two.

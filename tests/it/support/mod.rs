@@ -81,6 +81,18 @@ pub async fn send(
     (parts.status, parts.headers, body)
 }
 
+/// `n` sequential GETs of `url`, each answered 200: how many each backend answered.
+pub async fn answers_by_backend(url: &str, n: usize) -> std::collections::HashMap<String, usize> {
+    let client = client();
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..n {
+        let (status, headers, _) = get(&client, url).await;
+        assert_eq!(status, 200);
+        *counts.entry(backend_of(&headers)).or_insert(0) += 1;
+    }
+    counts
+}
+
 /// The backend name a response came from.
 pub fn backend_of(headers: &HeaderMap) -> String {
     headers
