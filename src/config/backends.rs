@@ -124,23 +124,14 @@ fn backend_url(key: &str, url: &str, weight: u32, problems: &mut Problems) -> Op
     }
     if let Some((found, scheme, rest)) = discovered_form(url) {
         return match found_addr(found, rest) {
-            Ok((addr, authority)) => Some(BackendSpec {
-                url: match (&addr, scheme) {
+            Ok((addr, authority)) => {
+                let url = match (&addr, scheme) {
                     (BackendAddr::Srv { name }, _) => format!("srv+{scheme}://{name}"),
                     (BackendAddr::Kubernetes { .. }, "http") => format!("k8s://{authority}"),
                     _ => format!("k8s+{scheme}://{authority}"),
-                },
-                authority,
-                addr,
-                weight,
-                max_connections: None,
-                dns_name: None,
-                tls: None,
-                http2: scheme == "h2c",
-                zone: None,
-                backup: false,
-                draining: false,
-            }),
+                };
+                Some(spec(url, authority, addr, weight, scheme))
+            }
             Err(reason) => fail(reason),
         };
     }
@@ -196,8 +187,25 @@ fn backend_url(key: &str, url: &str, weight: u32, problems: &mut Problems) -> Op
             (BackendAddr::Name { host, port }, authority)
         }
     };
-    Some(BackendSpec {
-        url: format!("{scheme}://{authority}"),
+    Some(spec(
+        format!("{scheme}://{authority}"),
+        authority,
+        addr,
+        weight,
+        scheme,
+    ))
+}
+
+/// A backend as its URL gives it: what the tables, TLS and discovery add is set later.
+fn spec(
+    url: String,
+    authority: String,
+    addr: BackendAddr,
+    weight: u32,
+    scheme: &str,
+) -> BackendSpec {
+    BackendSpec {
+        url,
         authority,
         addr,
         weight,
@@ -208,7 +216,7 @@ fn backend_url(key: &str, url: &str, weight: u32, problems: &mut Problems) -> Op
         zone: None,
         backup: false,
         draining: false,
-    })
+    }
 }
 
 /// Backends only discovery knows the addresses of.
